@@ -1,0 +1,271 @@
+"""The `chatctl` command line: thin by design.
+
+Each command parses its options (all defined in options.py), calls one library function, and
+turns a ChatctlError into one line on stderr and its exit code (errors.ExitCode). Library
+modules are imported inside the commands so that `chatctl --help` and `chatctl send` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import typer
+
+from chatctl import options as o
+from chatctl.config import DEFAULT_ROOM, ServerConfig
+from chatctl.errors import ChatctlError, ExitCode
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
+    "4 could not connect or connection lost; 5 rejected by the server; 6 timed out; "
+    "7 bench saw loss; 8 not built yet; 130 interrupted."
+)
+
+app = typer.Typer(
+    name="chatctl",
+    help="A chat server, its clients, a load generator and a bot, over one wire protocol.",
+    epilog=EXIT_CODES_HELP,
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    version: o.Version = None,
+) -> None:
+    """chatctl: serve, join, send, bench and bot."""
+
+
+def run(action: Callable[[], int | None]) -> None:
+    """Call the library; map its errors to one line on stderr and an exit code."""
+    try:
+        code = action()
+    except ChatctlError as exc:
+        print(f"chatctl: {exc}", file=sys.stderr)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    raise typer.Exit(code or 0)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def serve(
+    host: o.ServeHosts = None,
+    port: o.Port = o.DEFAULT_PORT,
+    name: o.ServerName = ServerConfig.name,
+    log_level: o.LogLevelOpt = o.LogLevel.info,
+    log_format: o.LogFormatOpt = o.LogFormat.rich,
+    max_frame: o.MaxFrame = ServerConfig.max_frame,
+    max_text: o.MaxText = ServerConfig.max_text,
+    max_output: o.MaxOutput = ServerConfig.max_output,
+    handshake_timeout: o.HandshakeTimeout = ServerConfig.handshake_timeout,
+    ping_interval: o.PingInterval = ServerConfig.ping_interval,
+    idle_timeout: o.IdleTimeout = ServerConfig.idle_timeout,
+    rate: o.RateLimit = ServerConfig.rate,
+    burst: o.Burst = ServerConfig.burst,
+    max_connections: o.MaxConnections = ServerConfig.max_connections,
+    max_per_ip: o.MaxPerIp = ServerConfig.max_per_ip,
+    data: o.DataDir = None,
+    join_history: o.JoinHistory = ServerConfig.join_history,
+    retain_messages: o.RetainMessages = ServerConfig.retain_messages,
+    retain_age: o.RetainAge = ServerConfig.retain_age,
+) -> None:
+    """Run the chat server (one thread, an epoll event loop)."""
+    config = ServerConfig(
+        hosts=tuple(host or ServerConfig.hosts),
+        port=port,
+        name=name,
+        log_level=log_level.value,
+        log_format=log_format.value,
+        max_frame=max_frame,
+        max_text=max_text,
+        max_output=max_output,
+        handshake_timeout=handshake_timeout,
+        ping_interval=ping_interval,
+        idle_timeout=idle_timeout,
+        rate=rate,
+        burst=burst,
+        max_connections=max_connections,
+        max_per_ip=max_per_ip,
+        data=data,
+        join_history=join_history,
+        retain_messages=retain_messages,
+        retain_age=retain_age,
+    )
+
+    def action() -> int | None:
+        from chatctl.server import serve as serve_forever
+
+        return serve_forever(config)
+
+    run(action)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def join(
+    host: o.HostArg = o.DEFAULT_HOST,
+    port: o.Port = o.DEFAULT_PORT,
+    nick: o.Nick = None,
+    room: o.Rooms = None,
+    fmt: o.Format = o.OutputFormat.text,
+    count: o.Count = None,
+    timeout: o.Timeout = None,
+    reconnect: o.Reconnect = False,
+    history: o.HistoryCount = None,
+    connect_timeout: o.ConnectTimeout = 5.0,
+) -> None:
+    """Chat interactively; in a pipe, send stdin lines and print events one per line."""
+
+    def action() -> int | None:
+        from chatctl.join import run_join
+
+        return run_join(
+            host=host,
+            port=port,
+            nick=nick,
+            rooms=room or [DEFAULT_ROOM],
+            fmt=fmt.value,
+            count=count,
+            timeout=timeout,
+            reconnect=reconnect,
+            history=history,
+            connect_timeout=connect_timeout,
+        )
+
+    run(action)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def send(
+    message: o.MessageArg = None,
+    host: o.HostArg = o.DEFAULT_HOST,
+    port: o.Port = o.DEFAULT_PORT,
+    room: o.SendRoom = DEFAULT_ROOM,
+    to: o.SendTo = None,
+    nick: o.Nick = None,
+    count: o.SendCount = 1,
+    json_out: o.Json = False,
+    require_recipient: o.RequireRecipient = False,
+    action_: o.Action = False,
+    timeout: o.Timeout = 10.0,
+    connect_timeout: o.ConnectTimeout = 5.0,
+) -> None:
+    """Send one message, wait for the server's ack and print a receipt."""
+
+    def action() -> int | None:
+        from chatctl.send import run_send
+
+        return run_send(
+            message=message,
+            host=host,
+            port=port,
+            room=room,
+            to=to,
+            nick=nick,
+            count=count,
+            json_out=json_out,
+            require_recipient=require_recipient,
+            action=action_,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
+
+    run(action)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def bench(
+    scenario: o.Scenario = "fanout",
+    target: o.Target = None,
+    pub: o.Publishers = 1,
+    sub: o.Subscribers = 10,
+    clients: o.Clients = 10,
+    rooms: o.BenchRooms = 4,
+    msgs: o.Messages = 10_000,
+    duration: o.Duration = 10.0,
+    size: o.Size = 100,
+    rate: o.Rate = 0.0,
+    warmup: o.Warmup = 0.0,
+    workers: o.Workers = 2,
+    json_out: o.Json = False,
+    csv: o.Csv = None,
+    sweep: o.Sweep = None,
+) -> None:
+    """Load-test a chatctl, Redis or NATS server and verify nothing was lost."""
+
+    def action() -> int | None:
+        from chatctl.bench import run_bench
+
+        return run_bench(
+            scenario=scenario,
+            target=target,
+            publishers=pub,
+            subscribers=sub,
+            clients=clients,
+            rooms=rooms,
+            messages=msgs,
+            duration=duration,
+            size=size,
+            rate=rate,
+            warmup=warmup,
+            workers=workers,
+            json_out=json_out,
+            csv_path=csv,
+            sweep=sweep,
+        )
+
+    run(action)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def bot(
+    host: o.HostArg = o.DEFAULT_HOST,
+    port: o.Port = o.DEFAULT_PORT,
+    nick: o.BotNick = "ai",
+    room: o.Rooms = None,
+    backend: o.Backend = "offline",
+    base_url: o.BaseUrl = "http://127.0.0.1:8080/v1",
+    model: o.Model = None,
+    every_lines: o.EveryLines = None,
+    every_seconds: o.EverySeconds = None,
+    system: o.SystemPrompt = None,
+    knowledge: o.Knowledge = None,
+    context: o.ContextMessages = 30,
+    context_chars: o.ContextChars = 4000,
+    reply_rate: o.ReplyRate = 12.0,
+    max_reply: o.MaxReply = 1500,
+    on_failure: o.OnFailure = "notice",
+) -> None:
+    """Run an AI participant that answers in the chat (offline by default)."""
+
+    def action() -> int | None:
+        from chatctl.bot import run_bot
+
+        return run_bot(
+            host=host,
+            port=port,
+            nick=nick,
+            rooms=room or [DEFAULT_ROOM],
+            backend=backend,
+            base_url=base_url,
+            model=model,
+            every_lines=every_lines,
+            every_seconds=every_seconds,
+            system=system,
+            knowledge=knowledge,
+            context=context,
+            context_chars=context_chars,
+            reply_rate=reply_rate,
+            max_reply=max_reply,
+            on_failure=on_failure,
+        )
+
+    run(action)
+
+
+def main() -> None:
+    app()

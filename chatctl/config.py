@@ -1,0 +1,33 @@
+"""Server settings and their defaults: the one source the CLI options and the tests share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatctl.protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT
+
+DEFAULT_ROOM = "lobby"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 1060
+    name: str = "chatctl"
+    log_level: str = "info"
+    log_format: str = "rich"
+    max_frame: int = DEFAULT_MAX_FRAME_SIZE
+    max_text: int = DEFAULT_MAX_TEXT
+    max_output: int = 1024 * 1024  # high-water mark of one connection's output queue
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+    idle_timeout: float = 90.0
+    rate: float = 50.0  # messages per second per connection, 0 = unlimited
+    burst: int = 200
+    max_connections: int = 100_000
+    max_per_ip: int = 100_000  # loopback load tests come from one address
+    data: str | None = None  # None: XDG state dir; ":memory:": no persistence
+    join_history: int = 20
+    retain_messages: int = 100_000
+    retain_age: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,439 @@
+"""Every command-line option and its CHATCTL_* environment variable, in one place.
+
+Commands in cli.py take these Annotated aliases as parameter types; nothing else defines an
+option name. A new option goes here, next to its siblings.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1060
+
+
+class OutputFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogFormat(enum.StrEnum):
+    rich = "rich"
+    json = "json"
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+def _print_version(value: bool | None) -> None:
+    if value:
+        from chatctl import __version__
+
+        typer.echo(f"chatctl {__version__}")
+        raise typer.Exit()
+
+
+def _env(name: str) -> str:
+    return f"CHATCTL_{name}"
+
+
+# Shared by several commands ------------------------------------------------------------------
+HostArg = Annotated[
+    str,
+    typer.Argument(
+        envvar=_env("HOST"), help="Server address (name, IPv4 or IPv6).", show_default=True
+    ),
+]
+Port = Annotated[
+    int, typer.Option("--port", "-p", envvar=_env("PORT"), min=0, max=65535, help="TCP port.")
+]
+Nick = Annotated[
+    str | None,
+    typer.Option(
+        "--nick", "-n", envvar=_env("NICK"), help="Nick to use (default: asked, or login name)."
+    ),
+]
+Rooms = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--room",
+        "-r",
+        envvar=_env("ROOM"),
+        help="Room to join; repeat for several. Default: lobby.",
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", "-t", envvar=_env("TIMEOUT"), min=0.0, help="Give up after this many seconds."
+    ),
+]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        "--connect-timeout",
+        envvar=_env("CONNECT_TIMEOUT"),
+        min=0.0,
+        help="Seconds to wait for the TCP connect and handshake.",
+    ),
+]
+Format = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--format",
+        "-f",
+        envvar=_env("FORMAT"),
+        help="Output format in a pipe: text, or JSON Lines.",
+    ),
+]
+Json = Annotated[
+    bool, typer.Option("--json", envvar=_env("JSON"), help="Print machine-readable JSON on stdout.")
+]
+Version = Annotated[
+    bool | None,
+    typer.Option(
+        "--version",
+        "-V",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+]
+
+# serve -----------------------------------------------------------------------------------------
+ServeHosts = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--host",
+        "-H",
+        envvar=_env("HOST"),
+        help=f"Address to listen on; repeat for several (e.g. ::1 for IPv6). Default: {DEFAULT_HOST}.",
+    ),
+]
+ServerName = Annotated[
+    str, typer.Option("--name", envvar=_env("SERVER_NAME"), help="Server name sent in the welcome.")
+]
+LogLevelOpt = Annotated[
+    LogLevel,
+    typer.Option("--log-level", envvar=_env("LOG_LEVEL"), help="Least severe log level shown."),
+]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar=_env("LOG_FORMAT"),
+        help="rich for people, json (one object a line) for machines.",
+    ),
+]
+MaxFrame = Annotated[
+    int,
+    typer.Option(
+        "--max-frame",
+        envvar=_env("MAX_FRAME"),
+        min=256,
+        max=4 * 1024 * 1024,
+        help="Largest frame body accepted, in bytes.",
+    ),
+]
+MaxText = Annotated[
+    int,
+    typer.Option(
+        "--max-text", envvar=_env("MAX_TEXT"), min=1, help="Longest message text, in UTF-8 bytes."
+    ),
+]
+MaxOutput = Annotated[
+    int,
+    typer.Option(
+        "--max-output",
+        envvar=_env("MAX_OUTPUT"),
+        min=1024,
+        help="Output-buffer high-water mark per connection, in bytes; a slower reader is disconnected.",
+    ),
+]
+HandshakeTimeout = Annotated[
+    float,
+    typer.Option(
+        "--handshake-timeout",
+        envvar=_env("HANDSHAKE_TIMEOUT"),
+        min=0.1,
+        help="Seconds a new connection has to complete its Hello.",
+    ),
+]
+PingInterval = Annotated[
+    float,
+    typer.Option(
+        "--ping-interval",
+        envvar=_env("PING_INTERVAL"),
+        min=0.1,
+        help="Seconds of silence before the server pings a client.",
+    ),
+]
+IdleTimeout = Annotated[
+    float,
+    typer.Option(
+        "--idle-timeout",
+        envvar=_env("IDLE_TIMEOUT"),
+        min=0.1,
+        help="Seconds of silence (pings unanswered) before a client is dropped.",
+    ),
+]
+RateLimit = Annotated[
+    float,
+    typer.Option(
+        "--rate",
+        envvar=_env("RATE"),
+        min=0.0,
+        help="Messages per second each connection may send on average (0: no limit).",
+    ),
+]
+Burst = Annotated[
+    int,
+    typer.Option(
+        "--burst",
+        envvar=_env("BURST"),
+        min=1,
+        help="Messages a connection may send at once before the rate applies.",
+    ),
+]
+MaxConnections = Annotated[
+    int,
+    typer.Option(
+        "--max-connections",
+        envvar=_env("MAX_CONNECTIONS"),
+        min=1,
+        help="Connections held at once, in total.",
+    ),
+]
+MaxPerIp = Annotated[
+    int,
+    typer.Option(
+        "--max-per-ip",
+        envvar=_env("MAX_PER_IP"),
+        min=1,
+        help="Connections held at once from one IP address.",
+    ),
+]
+DataDir = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        envvar=_env("DATA"),
+        help="History directory (default: XDG state dir); :memory: keeps nothing.",
+    ),
+]
+JoinHistory = Annotated[
+    int,
+    typer.Option(
+        "--join-history",
+        envvar=_env("JOIN_HISTORY"),
+        min=0,
+        help="Messages replayed to a client joining a room (0: none).",
+    ),
+]
+RetainMessages = Annotated[
+    int,
+    typer.Option(
+        "--retain-messages",
+        envvar=_env("RETAIN_MESSAGES"),
+        min=0,
+        help="Messages kept per room (0: no limit).",
+    ),
+]
+RetainAge = Annotated[
+    float,
+    typer.Option(
+        "--retain-age",
+        envvar=_env("RETAIN_AGE"),
+        min=0.0,
+        help="Seconds a message is kept (0: no limit).",
+    ),
+]
+
+# join ----------------------------------------------------------------------------------------
+Count = Annotated[
+    int | None,
+    typer.Option(
+        "--count", "-c", envvar=_env("COUNT"), min=1, help="Exit after this many messages."
+    ),
+]
+Reconnect = Annotated[
+    bool,
+    typer.Option(
+        "--reconnect/--no-reconnect",
+        envvar=_env("RECONNECT"),
+        help="In a pipe, reconnect instead of exiting when the connection drops.",
+    ),
+]
+HistoryCount = Annotated[
+    int | None,
+    typer.Option(
+        "--history",
+        envvar=_env("HISTORY"),
+        min=0,
+        help="Recent messages to show on joining (default: the server's).",
+    ),
+]
+
+# send ----------------------------------------------------------------------------------------
+MessageArg = Annotated[
+    str | None, typer.Argument(help="Message text; '-' or absent reads stdin.", show_default=False)
+]
+SendRoom = Annotated[
+    str, typer.Option("--room", "-r", envvar=_env("ROOM"), help="Room to send to.")
+]
+SendTo = Annotated[
+    str | None,
+    typer.Option("--to", envvar=_env("TO"), help="Send a direct message to this nick instead."),
+]
+SendCount = Annotated[
+    int, typer.Option("--count", "-c", min=1, help="Send the message this many times.")
+]
+RequireRecipient = Annotated[
+    bool,
+    typer.Option(
+        "--require-recipient",
+        envvar=_env("REQUIRE_RECIPIENT"),
+        help="Exit 3 if nobody else received it.",
+    ),
+]
+Action = Annotated[bool, typer.Option("--me", help="Send as a /me action.")]
+
+# bench ---------------------------------------------------------------------------------------
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        envvar=_env("BENCH_TARGET"),
+        help="HOST:PORT of a chatctl server, redis://HOST:PORT or nats://HOST:PORT. Default: start a local server.",
+    ),
+]
+Scenario = Annotated[str, typer.Argument(help="fanout, room, rooms or connect.")]
+Publishers = Annotated[int, typer.Option("--pub", "-P", min=0, help="Publishers (fanout).")]
+Subscribers = Annotated[int, typer.Option("--sub", "-S", min=0, help="Subscribers (fanout).")]
+Clients = Annotated[
+    int, typer.Option("--clients", "-N", min=1, help="Clients (room, rooms, connect).")
+]
+BenchRooms = Annotated[int, typer.Option("--rooms", "-R", min=1, help="Rooms (rooms).")]
+Messages = Annotated[
+    int, typer.Option("--msgs", "-m", min=0, help="Messages per publisher (0: run for --duration).")
+]
+Duration = Annotated[
+    float, typer.Option("--duration", "-d", min=0.0, help="Seconds to run when --msgs is 0.")
+]
+Size = Annotated[int, typer.Option("--size", "-s", min=16, help="Message size in bytes.")]
+Rate = Annotated[
+    float,
+    typer.Option(
+        "--rate", min=0.0, help="Messages per second per publisher (0: as fast as possible)."
+    ),
+]
+Warmup = Annotated[
+    float, typer.Option("--warmup", min=0.0, help="Seconds of load before measuring.")
+]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Load-generator processes.")]
+Csv = Annotated[Path | None, typer.Option("--csv", help="Also write the results to this CSV file.")]
+Sweep = Annotated[
+    str | None, typer.Option("--sweep", help="Run a series, e.g. subscribers=1,10,100.")
+]
+
+# bot -----------------------------------------------------------------------------------------
+BotNick = Annotated[
+    str, typer.Option("--nick", "-n", envvar=_env("BOT_NICK"), help="The bot's nick.")
+]
+Backend = Annotated[
+    str, typer.Option("--backend", envvar=_env("BOT_BACKEND"), help="offline, openai or local.")
+]
+BaseUrl = Annotated[
+    str,
+    typer.Option(
+        "--base-url",
+        envvar=_env("BOT_BASE_URL"),
+        help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1.",
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model", envvar=_env("BOT_MODEL"), help="Model name (openai), or GGUF path (local)."
+    ),
+]
+EveryLines = Annotated[
+    int | None,
+    typer.Option(
+        "--every-lines",
+        envvar=_env("BOT_EVERY_LINES"),
+        min=1,
+        help="Speak after every N messages in a room.",
+    ),
+]
+EverySeconds = Annotated[
+    float | None,
+    typer.Option(
+        "--every-seconds",
+        envvar=_env("BOT_EVERY_SECONDS"),
+        min=1.0,
+        help="Speak every N seconds while a room is active.",
+    ),
+]
+SystemPrompt = Annotated[
+    str | None,
+    typer.Option(
+        "--system",
+        envvar=_env("BOT_SYSTEM"),
+        help="System prompt, or @FILE to read it from a file.",
+    ),
+]
+Knowledge = Annotated[
+    Path | None,
+    typer.Option(
+        "--knowledge",
+        envvar=_env("BOT_KNOWLEDGE"),
+        help="Markdown or text file the offline backend answers from (default: the user guide).",
+    ),
+]
+ContextMessages = Annotated[
+    int,
+    typer.Option(
+        "--context",
+        envvar=_env("BOT_CONTEXT"),
+        min=1,
+        help="Recent messages kept per room as context.",
+    ),
+]
+ContextChars = Annotated[
+    int,
+    typer.Option(
+        "--context-chars",
+        envvar=_env("BOT_CONTEXT_CHARS"),
+        min=100,
+        help="Character budget of that context.",
+    ),
+]
+ReplyRate = Annotated[
+    float,
+    typer.Option(
+        "--reply-rate", envvar=_env("BOT_REPLY_RATE"), min=0.0, help="Replies per minute at most."
+    ),
+]
+MaxReply = Annotated[
+    int,
+    typer.Option(
+        "--max-reply", envvar=_env("BOT_MAX_REPLY"), min=20, help="Longest reply, in characters."
+    ),
+]
+OnFailure = Annotated[
+    str,
+    typer.Option(
+        "--on-failure",
+        envvar=_env("BOT_ON_FAILURE"),
+        help="notice (say so in the chat) or silent, when the backend fails.",
+    ),
+]

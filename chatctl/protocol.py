@@ -1,0 +1,715 @@
+"""The chatctl wire protocol, sans-IO.
+
+Bytes go in with `Connection.receive_data`, typed events come out of `Connection.next_event`,
+and `Connection.send(event)` returns the bytes to write. Nothing here touches a socket, a
+thread or a clock, so the same code serves the server, every client and the tests.
+
+Every frame is an 8-byte header followed by a body:
+
+    offset 0  2 bytes  magic  b"CC"
+    offset 2  1 byte   frame type
+    offset 3  1 byte   flags (0 in protocol version 1)
+    offset 4  4 bytes  body length, unsigned, big-endian
+
+The body is a UTF-8 JSON object. docs/protocol.md is the full specification; this module is
+its reference implementation and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import re
+import struct
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
+
+PROTOCOL_VERSION = 1
+MAGIC = b"CC"
+HEADER = struct.Struct("!2sBBI")
+HEADER_SIZE = HEADER.size  # 8
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+MAX_FRAME_SIZE_CEILING = 4 * 1024 * 1024
+MAX_INT = 2**63 - 1
+DEFAULT_MAX_TEXT = 8 * 1024  # UTF-8 bytes of message text; JSON escaping stays under 64 KiB
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    """Session states, shared by both ends of one connection."""
+
+    START = "start"  # nothing sent yet; the client must say Hello
+    HANDSHAKE = "handshake"  # Hello sent, Welcome (or Bye) awaited
+    READY = "ready"  # Welcome sent: the chat is open
+    CLOSED = "closed"  # Bye sent or received, or the stream ended
+
+
+class ErrorCode(enum.IntEnum):
+    """Stable numeric codes carried by Error and Bye frames. Never renumber."""
+
+    NORMAL = 0
+    # 1xx: the peer broke the protocol; the connection ends.
+    MALFORMED_FRAME = 100
+    FRAME_TOO_LARGE = 101
+    UNKNOWN_FRAME_TYPE = 102
+    UNEXPECTED_FRAME = 103
+    UNSUPPORTED_VERSION = 104
+    # 2xx: a request was refused; the connection stays open.
+    INVALID_NICK = 200
+    NICK_IN_USE = 201
+    INVALID_ROOM = 202
+    NOT_IN_ROOM = 203
+    NO_SUCH_NICK = 204
+    TEXT_TOO_LONG = 205
+    EMPTY_TEXT = 206
+    TOO_MANY_ROOMS = 207
+    RATE_LIMITED = 208
+    INVALID_REQUEST = 209
+    # 3xx: why the server is ending the connection.
+    HANDSHAKE_TIMEOUT = 300
+    IDLE_TIMEOUT = 301
+    SLOW_CONSUMER = 302
+    TOO_MANY_CONNECTIONS = 303
+    SERVER_SHUTDOWN = 304
+    REPLACED = 305
+    FLOODING = 306
+    SERVER_ERROR = 307
+
+
+class ProtocolError(Exception):
+    """Base of the two protocol errors. `code` is what to put in the Bye frame."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.MALFORMED_FRAME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused the API: sent a frame the state does not allow, or an invalid one."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that are not a valid frame, or a frame it may not send now."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+class Event:
+    """Base of every frame event. Subclasses are frozen, keyword-only dataclasses."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+
+
+_frame = dataclass(frozen=True, kw_only=True, slots=True)
+
+
+# Sent by the client ---------------------------------------------------------------------------
+
+
+@_frame
+class Hello(Event):
+    """First frame of a client: the protocol version it speaks, the nick it wants, and the
+    resume token of an earlier session (empty when new)."""
+
+    TYPE: ClassVar[int] = 0x01
+    version: int
+    nick: str
+    token: str = ""
+
+
+@_frame
+class Join(Event):
+    """Join a room, creating it if needed. `after` asks for every stored message with a higher
+    sequence number (resume); otherwise `history` asks for that many recent messages (None:
+    the server's default)."""
+
+    TYPE: ClassVar[int] = 0x10
+    room: str
+    history: int | None = None
+    after: int | None = None
+
+
+@_frame
+class Part(Event):
+    TYPE: ClassVar[int] = 0x11
+    room: str
+    reason: str = ""
+
+
+@_frame
+class Say(Event):
+    """A message to a room. `msg_id` is chosen by the client and echoed in the Ack; a resent
+    `msg_id` is recognised as a duplicate. `action` marks a `/me` action."""
+
+    TYPE: ClassVar[int] = 0x12
+    msg_id: str
+    room: str
+    text: str
+    action: bool = False
+
+
+@_frame
+class Tell(Event):
+    """A direct message to one nick."""
+
+    TYPE: ClassVar[int] = 0x13
+    msg_id: str
+    to: str
+    text: str
+    action: bool = False
+
+
+@_frame
+class ChangeNick(Event):
+    TYPE: ClassVar[int] = 0x14
+    nick: str
+
+
+@_frame
+class Who(Event):
+    """Ask for the member list of a room; answered by Members."""
+
+    TYPE: ClassVar[int] = 0x15
+    room: str
+
+
+@_frame
+class ListRooms(Event):
+    """Ask for the list of rooms; answered by RoomList."""
+
+    TYPE: ClassVar[int] = 0x16
+
+
+@_frame
+class History(Event):
+    """Ask for stored messages of a room: those after sequence number `after`, oldest first,
+    or with `after` None the latest `limit`. Answered by Message frames marked history, a Gap
+    where messages are no longer stored, and a HistoryEnd."""
+
+    TYPE: ClassVar[int] = 0x17
+    room: str
+    after: int | None = None
+    limit: int = 50
+
+
+# Sent by either side ----------------------------------------------------------------------------
+
+
+@_frame
+class Bye(Event):
+    """The sender is closing the connection and will send nothing more. From the server,
+    `code` says why (ErrorCode); from the client it is a clean quit."""
+
+    TYPE: ClassVar[int] = 0x02
+    code: int = 0
+    reason: str = ""
+
+
+@_frame
+class Ping(Event):
+    TYPE: ClassVar[int] = 0x03
+    token: int = 0
+
+
+@_frame
+class Pong(Event):
+    TYPE: ClassVar[int] = 0x04
+    token: int = 0
+
+
+# Sent by the server ---------------------------------------------------------------------------
+
+
+@_frame
+class Welcome(Event):
+    """The server accepted the Hello. `nick` is the nick assigned (it may differ from the one
+    asked for), `token` resumes this session later, `limits` are the limits in force."""
+
+    TYPE: ClassVar[int] = 0x81
+    protocol: int
+    server: str
+    version: str
+    nick: str
+    token: str
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+@_frame
+class Message(Event):
+    """A room message, stamped by the server: sender, per-room sequence number and time (Unix
+    milliseconds). `history` marks a replay of a stored message."""
+
+    TYPE: ClassVar[int] = 0x90
+    room: str
+    seq: int
+    ts: int
+    sender: str
+    text: str
+    action: bool = False
+    history: bool = False
+
+
+@_frame
+class DirectMessage(Event):
+    TYPE: ClassVar[int] = 0x91
+    sender: str
+    to: str
+    ts: int
+    text: str
+    action: bool = False
+
+
+@_frame
+class Notice(Event):
+    """A system notice: `kind` is one of NOTICE_KINDS. `room` is empty for a rename, which
+    every member of a shared room receives once."""
+
+    TYPE: ClassVar[int] = 0x92
+    kind: str
+    nick: str
+    ts: int
+    room: str = ""
+    new_nick: str = ""
+    reason: str = ""
+
+
+NOTICE_KINDS = ("joined", "left", "renamed", "dropped")
+
+
+@_frame
+class Ack(Event):
+    """The server accepted the Say or Tell with this `msg_id`: it has sequence number `seq`
+    in `room` (0 for a direct message) and reached `recipients` members besides the sender."""
+
+    TYPE: ClassVar[int] = 0x93
+    msg_id: str
+    ts: int
+    recipients: int
+    room: str = ""
+    seq: int = 0
+
+
+@_frame
+class Members(Event):
+    TYPE: ClassVar[int] = 0x94
+    room: str
+    nicks: list[str] = field(default_factory=list)
+
+
+@_frame
+class RoomList(Event):
+    """Every room, with its number of members."""
+
+    TYPE: ClassVar[int] = 0x95
+    rooms: dict[str, int] = field(default_factory=dict)
+
+
+@_frame
+class Gap(Event):
+    """Messages `first`..`last` (inclusive) of `room` were asked for but are no longer stored."""
+
+    TYPE: ClassVar[int] = 0x96
+    room: str
+    first: int
+    last: int
+
+
+@_frame
+class HistoryEnd(Event):
+    """The end of a history replay. `head` is the room's latest sequence number."""
+
+    TYPE: ClassVar[int] = 0x97
+    room: str
+    head: int
+
+
+@_frame
+class Error(Event):
+    """A request was refused; the connection stays open. `msg_id` names the refused Say or
+    Tell, when it was one."""
+
+    TYPE: ClassVar[int] = 0x9F
+    code: int
+    message: str
+    msg_id: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectionClosed(Event):
+    """Not a frame: `next_event` returns it once the peer's stream has ended cleanly."""
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA: Literal[_Sentinel.NEED_DATA] = _Sentinel.NEED_DATA
+NeedData: TypeAlias = Literal[_Sentinel.NEED_DATA]
+
+CLIENT_EVENTS: tuple[type[Event], ...] = (
+    Hello,
+    Join,
+    Part,
+    Say,
+    Tell,
+    ChangeNick,
+    Who,
+    ListRooms,
+    History,
+)
+SERVER_EVENTS: tuple[type[Event], ...] = (
+    Welcome,
+    Message,
+    DirectMessage,
+    Notice,
+    Ack,
+    Members,
+    RoomList,
+    Gap,
+    HistoryEnd,
+    Error,
+)
+SHARED_EVENTS: tuple[type[Event], ...] = (Bye, Ping, Pong)
+FRAME_TYPES: dict[int, type[Event]] = {
+    cls.TYPE: cls for cls in CLIENT_EVENTS + SERVER_EVENTS + SHARED_EVENTS
+}
+
+# ---------------------------------------------------------------------------------------------
+# The session state machine: (state, who sends, frame class) -> next state. Anything absent is
+# forbidden: LocalProtocolError when we would send it, RemoteProtocolError when we receive it.
+
+_C, _S = Role.CLIENT, Role.SERVER
+TRANSITIONS: dict[tuple[State, Role, type[Event]], State] = {
+    (State.START, _C, Hello): State.HANDSHAKE,
+    (State.START, _C, Bye): State.CLOSED,
+    (State.START, _S, Bye): State.CLOSED,
+    (State.HANDSHAKE, _S, Welcome): State.READY,
+    (State.HANDSHAKE, _S, Bye): State.CLOSED,
+    (State.HANDSHAKE, _C, Bye): State.CLOSED,
+    (State.READY, _C, Bye): State.CLOSED,
+    (State.READY, _S, Bye): State.CLOSED,
+    **{(State.READY, _C, cls): State.READY for cls in (*CLIENT_EVENTS[1:], Ping, Pong)},
+    **{(State.READY, _S, cls): State.READY for cls in (*SERVER_EVENTS[1:], Ping, Pong)},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Body codec: every field is one of a few JSON shapes, checked strictly on the way in.
+
+
+def _is_str(v: object) -> bool:
+    return type(v) is str
+
+
+def _is_int(v: object) -> bool:
+    # bool is an int subclass; IntEnum members (ErrorCode) are welcome on the way out.
+    return isinstance(v, int) and type(v) is not bool and 0 <= v <= MAX_INT
+
+
+def _is_bool(v: object) -> bool:
+    return type(v) is bool
+
+
+def _is_opt_int(v: object) -> bool:
+    return v is None or _is_int(v)
+
+
+def _is_str_list(v: object) -> bool:
+    return type(v) is list and all(type(x) is str for x in v)
+
+
+def _is_int_dict(v: object) -> bool:
+    return type(v) is dict and all(_is_int(x) for x in v.values())
+
+
+_CHECKS: dict[object, tuple[str, Callable[[object], bool]]] = {
+    str: ("a string", _is_str),
+    int: ("an integer from 0 to 2**63-1", _is_int),
+    bool: ("true or false", _is_bool),
+    int | None: ("an integer or null", _is_opt_int),
+    list[str]: ("a list of strings", _is_str_list),
+    dict[str, int]: ("an object of integers", _is_int_dict),
+}
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    what: str
+    check: Callable[[object], bool]
+    default: object  # _MISSING when required
+    factory: Callable[[], object] | None  # for list and dict defaults, fresh per event
+
+
+def _specs(cls: type[Event]) -> tuple[_FieldSpec, ...]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        what, check = _CHECKS[hints[f.name]]
+        factory = None if f.default_factory is dataclasses.MISSING else f.default_factory
+        if f.default is not dataclasses.MISSING:
+            default: object = f.default
+        elif factory is not None:
+            default = factory()
+        else:
+            default = _MISSING
+        out.append(_FieldSpec(f.name, what, check, default, factory))
+    return tuple(out)
+
+
+_SPECS: dict[type[Event], tuple[_FieldSpec, ...]] = {
+    cls: _specs(cls) for cls in FRAME_TYPES.values()
+}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_loads = json.JSONDecoder().decode
+
+
+def _has_surrogate(value: object) -> bool:
+    if type(value) is str:
+        return _SURROGATE.search(value) is not None
+    if type(value) is list:
+        return any(_has_surrogate(x) for x in value)
+    if type(value) is dict:
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    return False
+
+
+def encode(event: Event) -> bytes:
+    """The frame for `event`, header included. Fields equal to their default are left out.
+
+    No state is checked: the server uses this to encode a message once for many recipients
+    that are already in the READY state. Everyone else should call `Connection.send`.
+    """
+    try:
+        specs = _SPECS[type(event)]
+    except KeyError:
+        raise LocalProtocolError(f"{type(event).__name__} is not a frame") from None
+    body: dict[str, Any] = {}
+    for spec in specs:
+        value = getattr(event, spec.name)
+        if value == spec.default and type(value) is type(spec.default):
+            continue
+        if not spec.check(value):
+            raise LocalProtocolError(f"{type(event).__name__}.{spec.name} must be {spec.what}")
+        body[spec.name] = value
+    try:
+        data = _dumps(body).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            f"{type(event).__name__} has text that is not valid Unicode"
+        ) from None
+    if len(data) > MAX_FRAME_SIZE_CEILING:
+        raise LocalProtocolError(
+            f"{type(event).__name__} body is {len(data)} bytes, over the ceiling"
+        )
+    return HEADER.pack(MAGIC, event.TYPE, 0, len(data)) + data
+
+
+def decode_body(frame_type: int, body: bytes) -> Event:
+    """The event for one frame body. Raises RemoteProtocolError for anything invalid."""
+    cls = FRAME_TYPES.get(frame_type)
+    if cls is None:
+        raise RemoteProtocolError(
+            f"unknown frame type 0x{frame_type:02x}", ErrorCode.UNKNOWN_FRAME_TYPE
+        )
+    try:
+        text = body.decode("utf-8")
+        obj = _loads(text)
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{cls.__name__} body is not valid UTF-8") from None
+    except (ValueError, RecursionError):
+        raise RemoteProtocolError(f"{cls.__name__} body is not valid JSON") from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError(f"{cls.__name__} body is not a JSON object")
+    kwargs: dict[str, Any] = {}
+    for spec in _SPECS[cls]:
+        value = obj.get(spec.name, _MISSING)
+        if value is _MISSING:
+            if spec.default is _MISSING:
+                raise RemoteProtocolError(f"{cls.__name__} lacks the field {spec.name!r}")
+            value = spec.default if spec.factory is None else spec.factory()
+        elif not spec.check(value):
+            raise RemoteProtocolError(f"{cls.__name__}.{spec.name} must be {spec.what}")
+        kwargs[spec.name] = value
+    # JSON escapes can smuggle lone surrogates past the UTF-8 check; they are not text.
+    if "\\u" in text and any(_has_surrogate(v) for v in kwargs.values()):
+        raise RemoteProtocolError(f"{cls.__name__} has text that is not valid Unicode")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The connection
+
+
+class Connection:
+    """One end of one chatctl connection: a frame decoder, an encoder and the session state.
+
+    `receive_data(b"")` signals that the peer closed its side of the stream.
+    """
+
+    def __init__(self, our_role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if not 0 < max_frame_size <= MAX_FRAME_SIZE_CEILING:
+            raise LocalProtocolError(
+                f"max_frame_size must be from 1 to {MAX_FRAME_SIZE_CEILING}, not {max_frame_size}"
+            )
+        self.our_role = our_role
+        self.their_role = Role.SERVER if our_role is Role.CLIENT else Role.CLIENT
+        self.max_frame_size = max_frame_size
+        self.state = State.START
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as events."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof and data:
+            raise LocalProtocolError("data received after the end of the stream")
+        if not data:
+            self._eof = True
+            return
+        if self._error is not None:
+            return  # the stream is already broken; buffering more would only cost memory
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Event | NeedData:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            self._pos = 0
+            raise
+
+    def _next_event(self) -> Event | NeedData:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < HEADER_SIZE:
+            if not self._eof:
+                # Catch a wrong magic early: an HTTP request or other garbage fails at once.
+                if available and not MAGIC.startswith(bytes(buf[pos : pos + 2])):
+                    raise RemoteProtocolError("bad magic: this is not a chatctl stream")
+                return NEED_DATA
+            if available:
+                raise RemoteProtocolError("the stream ended in the middle of a frame")
+            if self.state is not State.CLOSED:
+                self.state = State.CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        magic, frame_type, flags, length = HEADER.unpack_from(buf, pos)
+        if magic != MAGIC:
+            raise RemoteProtocolError("bad magic: this is not a chatctl stream")
+        if flags:
+            raise RemoteProtocolError(f"flags must be 0 in protocol version 1, not {flags}")
+        if length > self.max_frame_size:
+            raise RemoteProtocolError(
+                f"frame body of {length} bytes is over the limit of {self.max_frame_size}",
+                ErrorCode.FRAME_TOO_LARGE,
+            )
+        end = pos + HEADER_SIZE + length
+        if len(buf) < end:
+            if self._eof:
+                raise RemoteProtocolError("the stream ended in the middle of a frame")
+            return NEED_DATA
+        if self.state is State.CLOSED:
+            raise RemoteProtocolError(
+                "frame received after the connection closed", ErrorCode.UNEXPECTED_FRAME
+            )
+        event = decode_body(frame_type, bytes(buf[pos + HEADER_SIZE : end]))
+        self._pos = end
+        self._transition(self.their_role, event, RemoteProtocolError)
+        if type(event) is Welcome and self.our_role is Role.CLIENT:
+            # Accept frames up to the size the server says it may send.
+            announced = event.limits.get("max_frame", 0)
+            self.max_frame_size = max(self.max_frame_size, min(announced, MAX_FRAME_SIZE_CEILING))
+        return event
+
+    def send(self, event: Event) -> bytes:
+        """The bytes that carry `event`. Raises LocalProtocolError if it may not be sent now."""
+        data = encode(event)
+        self._transition(self.our_role, event, LocalProtocolError)
+        return data
+
+    def _transition(self, sender: Role, event: Event, exc: type[ProtocolError]) -> None:
+        new_state = TRANSITIONS.get((self.state, sender, type(event)))
+        if new_state is None:
+            raise exc(
+                f"{type(event).__name__} may not be sent by the {sender.value} in state {self.state.value}",
+                ErrorCode.UNEXPECTED_FRAME,
+            )
+        self.state = new_state
+
+
+__all__ = [
+    "CLIENT_EVENTS",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_TEXT",
+    "FRAME_TYPES",
+    "HEADER_SIZE",
+    "MAX_FRAME_SIZE_CEILING",
+    "NEED_DATA",
+    "NOTICE_KINDS",
+    "PROTOCOL_VERSION",
+    "SERVER_EVENTS",
+    "SHARED_EVENTS",
+    "TRANSITIONS",
+    "Ack",
+    "Bye",
+    "ChangeNick",
+    "Connection",
+    "ConnectionClosed",
+    "DirectMessage",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "Gap",
+    "Hello",
+    "History",
+    "HistoryEnd",
+    "Join",
+    "ListRooms",
+    "LocalProtocolError",
+    "Members",
+    "Message",
+    "NeedData",
+    "Notice",
+    "Part",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Role",
+    "RoomList",
+    "Say",
+    "State",
+    "Tell",
+    "Welcome",
+    "Who",
+    "decode_body",
+    "encode",
+]

@@ -1,0 +1,51 @@
+"""Quality gates: `nox` runs lint, typecheck and tests. `nox -s fuzz` and `nox -s bench` are extra."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PACKAGES = ["chatctl", "tests", "noxfile.py"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", *PACKAGES)
+    session.run("ruff", "format", "--check", *PACKAGES)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]", "mypy", "nox")
+    session.run("mypy", "--strict", *PACKAGES)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-W",
+        "error",
+        "--strict-markers",
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "ci"},
+    )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The property tests, with far more examples."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-m",
+        "not slow",
+        "-k",
+        "property or stateful",
+        *session.posargs,
+        env={"HYPOTHESIS_PROFILE": "fuzz"},
+    )
