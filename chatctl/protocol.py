@@ -110,13 +110,10 @@ class Event:
     TYPE: ClassVar[int]
 
 
-_frame = dataclass(frozen=True, kw_only=True, slots=True)
-
-
 # Sent by the client ---------------------------------------------------------------------------
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Hello(Event):
     """First frame of a client: the protocol version it speaks, the nick it wants, and the
     resume token of an earlier session (empty when new)."""
@@ -127,7 +124,7 @@ class Hello(Event):
     token: str = ""
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Join(Event):
     """Join a room, creating it if needed. `after` asks for every stored message with a higher
     sequence number (resume); otherwise `history` asks for that many recent messages (None:
@@ -139,14 +136,14 @@ class Join(Event):
     after: int | None = None
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Part(Event):
     TYPE: ClassVar[int] = 0x11
     room: str
     reason: str = ""
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Say(Event):
     """A message to a room. `msg_id` is chosen by the client and echoed in the Ack; a resent
     `msg_id` is recognised as a duplicate. `action` marks a `/me` action."""
@@ -158,7 +155,7 @@ class Say(Event):
     action: bool = False
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Tell(Event):
     """A direct message to one nick."""
 
@@ -169,13 +166,13 @@ class Tell(Event):
     action: bool = False
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ChangeNick(Event):
     TYPE: ClassVar[int] = 0x14
     nick: str
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Who(Event):
     """Ask for the member list of a room; answered by Members."""
 
@@ -183,14 +180,14 @@ class Who(Event):
     room: str
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ListRooms(Event):
     """Ask for the list of rooms; answered by RoomList."""
 
     TYPE: ClassVar[int] = 0x16
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class History(Event):
     """Ask for stored messages of a room: those after sequence number `after`, oldest first,
     or with `after` None the latest `limit`. Answered by Message frames marked history, a Gap
@@ -205,7 +202,7 @@ class History(Event):
 # Sent by either side ----------------------------------------------------------------------------
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Bye(Event):
     """The sender is closing the connection and will send nothing more. From the server,
     `code` says why (ErrorCode); from the client it is a clean quit."""
@@ -215,13 +212,13 @@ class Bye(Event):
     reason: str = ""
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Ping(Event):
     TYPE: ClassVar[int] = 0x03
     token: int = 0
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Pong(Event):
     TYPE: ClassVar[int] = 0x04
     token: int = 0
@@ -230,7 +227,7 @@ class Pong(Event):
 # Sent by the server ---------------------------------------------------------------------------
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Welcome(Event):
     """The server accepted the Hello. `nick` is the nick assigned (it may differ from the one
     asked for), `token` resumes this session later, `limits` are the limits in force."""
@@ -244,7 +241,7 @@ class Welcome(Event):
     limits: dict[str, int] = field(default_factory=dict)
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Message(Event):
     """A room message, stamped by the server: sender, per-room sequence number and time (Unix
     milliseconds). `history` marks a replay of a stored message."""
@@ -259,7 +256,7 @@ class Message(Event):
     history: bool = False
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DirectMessage(Event):
     TYPE: ClassVar[int] = 0x91
     sender: str
@@ -269,7 +266,7 @@ class DirectMessage(Event):
     action: bool = False
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Notice(Event):
     """A system notice: `kind` is one of NOTICE_KINDS. `room` is empty for a rename, which
     every member of a shared room receives once."""
@@ -286,7 +283,7 @@ class Notice(Event):
 NOTICE_KINDS = ("joined", "left", "renamed", "dropped")
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Ack(Event):
     """The server accepted the Say or Tell with this `msg_id`: it has sequence number `seq`
     in `room` (0 for a direct message) and reached `recipients` members besides the sender."""
@@ -299,14 +296,14 @@ class Ack(Event):
     seq: int = 0
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Members(Event):
     TYPE: ClassVar[int] = 0x94
     room: str
     nicks: list[str] = field(default_factory=list)
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RoomList(Event):
     """Every room, with its number of members."""
 
@@ -314,7 +311,7 @@ class RoomList(Event):
     rooms: dict[str, int] = field(default_factory=dict)
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Gap(Event):
     """Messages `first`..`last` (inclusive) of `room` were asked for but are no longer stored."""
 
@@ -324,7 +321,7 @@ class Gap(Event):
     last: int
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HistoryEnd(Event):
     """The end of a history replay. `head` is the room's latest sequence number."""
 
@@ -333,7 +330,7 @@ class HistoryEnd(Event):
     head: int
 
 
-@_frame
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Error(Event):
     """A request was refused; the connection stays open. `msg_id` names the refused Say or
     Tell, when it was one."""
