@@ -7,7 +7,7 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
-PACKAGES = ["chatctl", "tests", "noxfile.py"]
+PACKAGES = ["chatctl", "tests", "benchmarks", "noxfile.py"]
 
 
 @nox.session
