@@ -239,6 +239,7 @@ def bot(
     reply_rate: o.ReplyRate = 12.0,
     max_reply: o.MaxReply = 1500,
     on_failure: o.OnFailure = "notice",
+    ignore: o.BotIgnore = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
 
@@ -262,6 +263,7 @@ def bot(
             reply_rate=reply_rate,
             max_reply=max_reply,
             on_failure=on_failure,
+            ignore=ignore or [],
         )
 
     run(action)

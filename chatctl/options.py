@@ -437,3 +437,12 @@ OnFailure = Annotated[
         help="notice (say so in the chat) or silent, when the backend fails.",
     ),
 ]
+BotIgnore = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ignore",
+        envvar=_env("BOT_IGNORE"),
+        help="Nick whose messages never trigger the bot (repeat for several); nicks ending "
+        "in 'bot' are always ignored.",
+    ),
+]

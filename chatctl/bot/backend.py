@@ -1,0 +1,111 @@
+"""The one small interface every bot backend implements, and the chat prompt the LLM ones share.
+
+A backend turns a Prompt into text, streamed as pieces. It raises BackendError for anything
+that went wrong on its side (down, slow, garbage); the runner turns that into a short notice
+or silence, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from chatctl.bot.brain import Prompt, TurnKind
+from chatctl.errors import ChatctlError
+
+BACKENDS = ("offline", "openai", "local")
+
+DEFAULT_SYSTEM = (
+    "You are {nick}, a friendly participant in a text chat room. Lines of the conversation "
+    'are given as "nick: text". Answer briefly, in plain text on one line, without Markdown, '
+    "in at most {max_chars} characters. If you do not know, say so."
+)
+
+
+class BackendError(ChatctlError):
+    """The backend could not produce a reply. The message is one line, fit for a log."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, prompt: Prompt) -> Iterator[str]:
+        """Yield the reply in pieces as they are produced; raise BackendError on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def system_text(system: str | None, prompt: Prompt) -> str:
+    template = system if system else DEFAULT_SYSTEM
+    try:
+        return template.format(nick=prompt.bot_nick, max_chars=prompt.max_chars)
+    except (KeyError, IndexError, ValueError):
+        return template  # a user's prompt with stray braces is used as written
+
+
+def _speaker(line_sender: str, text: str, action: bool) -> str:
+    return f"* {line_sender} {text}" if action else f"{line_sender}: {text}"
+
+
+def chat_messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
+    """The OpenAI-style message list for a prompt: system, the conversation, the request."""
+    messages = [{"role": "system", "content": system_text(system, prompt)}]
+    transcript = "\n".join(_speaker(ln.sender, ln.text, ln.action) for ln in prompt.context)
+    if prompt.kind is TurnKind.SUMMARY:
+        messages.append(
+            {
+                "role": "user",
+                "content": "Summarise this chat conversation in a few sentences, naming who "
+                f"said what:\n{transcript or '(no messages)'}",
+            }
+        )
+        return messages
+    for line in prompt.context:
+        if line.sender.casefold() == prompt.bot_nick.casefold():
+            messages.append({"role": "assistant", "content": line.text})
+        else:
+            messages.append(
+                {"role": "user", "content": _speaker(line.sender, line.text, line.action)}
+            )
+    if prompt.kind is TurnKind.CHIME:
+        messages.append(
+            {
+                "role": "user",
+                "content": "(Add one short, useful remark to the conversation above.)",
+            }
+        )
+    else:
+        messages.append({"role": "user", "content": f"{prompt.asker}: {prompt.question}"})
+    return messages
+
+
+def make_backend(
+    name: str,
+    *,
+    system: str | None,
+    knowledge: str | None,
+    base_url: str,
+    model: str | None,
+    timeout: float = 60.0,
+) -> Backend:
+    """Build the backend called `name` (one of BACKENDS)."""
+    if name == "offline":
+        from chatctl.bot.offline import OfflineBackend
+
+        return OfflineBackend.from_file(knowledge)
+    if name == "openai":
+        from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
+
+        return OpenAIBackend(
+            base_url=base_url,
+            model=model,
+            api_key=api_key_from_env(),
+            system=system,
+            timeout=timeout,
+        )
+    if name == "local":
+        from chatctl.bot.local import LocalBackend
+
+        return LocalBackend(model_path=model, system=system)
+    raise ChatctlError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,430 @@
+"""The bot's decisions, sans-IO: chat lines and clock ticks in, turns (what to answer, where) out.
+
+The brain owns every rule about *when* the bot speaks: mentions, direct messages, the
+every-N-lines and every-N-seconds cadences, summaries on request, the reply-rate limit and the
+loop guard. It keeps a bounded log of each room for context and summaries. It never touches a
+socket, a thread or a clock: the runner passes `now` in, so tests drive it deterministically.
+
+Loop guard (why the bot never ends up talking to a bot forever):
+1. It never reacts to its own nick, to nicks ending in "bot" (any case), or to `ignore` nicks.
+   Their lines still go into the context, they just never trigger anything.
+2. A *ping-pong streak* per channel (a room, or one person's direct messages): when the same
+   nick triggers the bot again within `loop_window` seconds of the bot's last reply to them,
+   with nobody else speaking in between, the streak grows. Past `max_streak` replies in a row
+   the bot ignores that nick in that channel until someone else speaks there or the nick stays
+   quiet for `loop_window` seconds (each ignored trigger restarts that wait). A person
+   asking follow-up questions at human speed is never affected; a bot that answers instantly
+   is cut off after `max_streak` exchanges.
+3. The token bucket caps replies per minute overall, whatever triggered them.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from chatctl.bot.manners import TokenBucket
+
+LOG_LIMIT = 200  # messages remembered per room, for summaries; the context window is smaller
+DM_PEERS_LIMIT = 100  # direct-message conversations remembered at once (least recent dropped)
+DM_LOG_LIMIT = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatLine:
+    """One message as the bot saw it. `room` is None for a direct message."""
+
+    sender: str
+    text: str
+    ts: float
+    room: str | None = None
+    action: bool = False
+    history: bool = False  # a replay of a stored message: context only, never a trigger
+
+
+class TurnKind(enum.StrEnum):
+    ANSWER = "answer"  # someone asked the bot something
+    SUMMARY = "summary"  # someone asked for a summary of recent messages
+    CHIME = "chime"  # the cadence says: take part in the conversation
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prompt:
+    """What a backend gets: everything it needs to write one reply, nothing about sockets."""
+
+    kind: TurnKind
+    bot_nick: str
+    question: str = ""  # the text addressed to the bot, the mention removed
+    asker: str = ""
+    context: tuple[ChatLine, ...] = ()  # oldest first; for SUMMARY, the lines to summarise
+    room: str | None = None  # the room the conversation is in, if any
+    max_chars: int = 1500
+
+
+@dataclass(frozen=True, kw_only=True)
+class Turn:
+    """The brain's one action: answer `prompt` in `room`, or by direct message to `to`."""
+
+    prompt: Prompt
+    room: str | None = None
+    to: str | None = None
+
+    @property
+    def channel(self) -> str:
+        return channel_key(self.room, self.to)
+
+
+def channel_key(room: str | None, peer: str | None) -> str:
+    return f"#{room}" if room is not None else f"@{(peer or '').casefold()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrainSettings:
+    nick: str = "ai"
+    every_lines: int | None = None
+    every_seconds: float | None = None
+    context_messages: int = 30
+    context_chars: int = 4000
+    reply_rate: float = 12.0  # replies per minute; 0 means no limit
+    burst: int = 3
+    max_reply: int = 1500
+    max_streak: int = 3
+    loop_window: float = 10.0
+    ignore: tuple[str, ...] = ()
+    summary_default: int = 30
+
+
+@dataclass(kw_only=True)
+class _Channel:
+    log: collections.deque[ChatLine]
+    lines_since_spoke: int = 0  # human lines since the bot last spoke here (every-lines)
+    due: float | None = None  # when the every-seconds cadence fires (None: no activity yet)
+    replied_to: str = ""  # casefolded nick the bot last answered here
+    replied_at: float = float("-inf")
+    streak: int = 0
+    interrupted: bool = True  # somebody else spoke since the bot's last reply
+
+
+_SUMMARY = re.compile(
+    r"^\s*(?:summary|summari[sz]e|recap|tl;?dr)\b"
+    r"(?:\s+(?:of\s+)?(?:the\s+)?(?:last\s+)?(?P<count>\d{1,6})(?:\s+(?:messages|lines))?)?"
+    r"(?:\s+(?:of|in|for)?\s*#?(?P<room>[^\s?.!]+))?\s*[?.!]*\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SummaryRequest:
+    count: int | None
+    room: str | None
+
+
+def parse_summary(question: str) -> SummaryRequest | None:
+    """`summary`, `summary 20`, `summarise the last 20 messages`, `summary #dev` -> a request."""
+    m = _SUMMARY.match(question)
+    if m is None:
+        return None
+    count = int(m["count"]) if m["count"] else None
+    return SummaryRequest(count=count, room=m["room"])
+
+
+def is_botlike(nick: str) -> bool:
+    return nick.casefold().endswith("bot")
+
+
+class Brain:
+    def __init__(self, settings: BrainSettings, *, now: float) -> None:
+        self.settings = settings
+        self.nick = settings.nick
+        self._ignore = {n.casefold() for n in settings.ignore}
+        self._rooms: dict[str, _Channel] = {}
+        self._peers: collections.OrderedDict[str, _Channel] = collections.OrderedDict()
+        self._bucket = TokenBucket(
+            rate=settings.reply_rate / 60.0, capacity=settings.burst, now=now
+        )
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self._mention = self._compile_mention()
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def rename(self, nick: str) -> None:
+        """The server assigned (or changed) the bot's nick."""
+        self.nick = nick
+        self._mention = self._compile_mention()
+
+    def _compile_mention(self) -> re.Pattern[str]:
+        nick = re.escape(self.nick)
+        # "@ai ..." anywhere, or "ai: ..." / "ai, ..." at the start.
+        return re.compile(rf"(?:^|(?<=\s))@{nick}(?![\w-])[,:]?|^\s*{nick}\s*[:,](?=\s|$)", re.I)
+
+    def is_self(self, nick: str) -> bool:
+        return nick.casefold() == self.nick.casefold()
+
+    def ignores(self, nick: str) -> bool:
+        """Never triggered by: itself, bot-like nicks, the ignore list."""
+        return self.is_self(nick) or is_botlike(nick) or nick.casefold() in self._ignore
+
+    def addressed(self, text: str) -> str | None:
+        """The question if `text` addresses the bot, with the mention removed; else None."""
+        if self._mention.search(text) is None:
+            return None
+        return self._mention.sub(" ", text).strip()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def _room(self, room: str) -> _Channel:
+        chan = self._rooms.get(room)
+        if chan is None:
+            chan = _Channel(log=collections.deque(maxlen=LOG_LIMIT))
+            self._rooms[room] = chan
+        return chan
+
+    def _peer(self, nick: str) -> _Channel:
+        key = nick.casefold()
+        chan = self._peers.pop(key, None)
+        if chan is None:
+            chan = _Channel(log=collections.deque(maxlen=DM_LOG_LIMIT))
+        self._peers[key] = chan
+        while len(self._peers) > DM_PEERS_LIMIT:
+            self._peers.popitem(last=False)
+        return chan
+
+    def forget_room(self, room: str) -> None:
+        self._rooms.pop(room, None)
+
+    def log(self, room: str) -> list[ChatLine]:
+        return list(self._room(room).log)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def observe(self, line: ChatLine, now: float) -> list[Turn]:
+        """A room message or direct message arrived. Returns what to say, if anything."""
+        if line.room is None:
+            return self._observe_direct(line, now)
+        chan = self._room(line.room)
+        if self.is_self(line.sender):
+            # The server echoed our own message; `spoke` already recorded it.
+            return []
+        chan.log.append(line)
+        if line.history:
+            return []
+        if self.ignores(line.sender):
+            self.skipped["ignored sender"] += 1
+            return []
+        if chan.replied_to != line.sender.casefold():
+            chan.interrupted = True
+        chan.lines_since_spoke += 1
+        if self.settings.every_seconds is not None and chan.due is None:
+            chan.due = now + self.settings.every_seconds
+
+        question = self.addressed(line.text)
+        if question is not None:
+            return self._admit(chan, self._addressed_turn(line, question), line.sender, now)
+        every = self.settings.every_lines
+        if every is not None and chan.lines_since_spoke >= every:
+            return self._admit(chan, self._chime(line.room), None, now)
+        return []
+
+    def _observe_direct(self, line: ChatLine, now: float) -> list[Turn]:
+        if self.ignores(line.sender):
+            self.skipped["ignored sender"] += 1
+            return []
+        chan = self._peer(line.sender)
+        chan.log.append(line)
+        question = self.addressed(line.text)
+        if question is None:
+            question = line.text.strip()
+        summary = parse_summary(question)
+        if summary is not None:
+            room = self._summary_room(summary.room)
+            if room is None:
+                turn = Turn(
+                    prompt=Prompt(
+                        kind=TurnKind.ANSWER,
+                        bot_nick=self.nick,
+                        question=question,
+                        asker=line.sender,
+                        max_chars=self.settings.max_reply,
+                    ),
+                    to=line.sender,
+                )
+            else:
+                turn = self._summary_turn(room, summary.count, asker=line.sender, to=line.sender)
+        else:
+            turn = Turn(
+                prompt=Prompt(
+                    kind=TurnKind.ANSWER,
+                    bot_nick=self.nick,
+                    question=question,
+                    asker=line.sender,
+                    context=tuple(self._window(chan.log, upto=len(chan.log) - 1)),
+                    max_chars=self.settings.max_reply,
+                ),
+                to=line.sender,
+            )
+        return self._admit(chan, turn, line.sender, now)
+
+    def tick(self, now: float) -> list[Turn]:
+        """Time passed: fire the every-N-seconds cadence of rooms that have been active."""
+        turns: list[Turn] = []
+        for room, chan in self._rooms.items():
+            if chan.due is not None and now >= chan.due:
+                chan.due = None
+                turns += self._admit(chan, self._chime(room), None, now)
+        return turns
+
+    def next_deadline(self) -> float | None:
+        """When `tick` next has something to do (None: only a new message can change that)."""
+        dues = [c.due for c in self._rooms.values() if c.due is not None]
+        return min(dues) if dues else None
+
+    def spoke(self, turn: Turn, text: str, now: float) -> None:
+        """The runner sent `text` for `turn`: remember it as part of the conversation."""
+        line = ChatLine(sender=self.nick, text=text, ts=now, room=turn.room)
+        if turn.room is not None:
+            chan = self._room(turn.room)
+        elif turn.to is not None:
+            chan = self._peer(turn.to)
+        else:
+            return
+        chan.log.append(line)
+        # The loop window counts from when the reply went out, not from when it was asked
+        # for: a slow backend must not make quick human follow-ups look like a bot loop.
+        chan.replied_at = max(chan.replied_at, now)
+
+    # -- turns --------------------------------------------------------------------------------
+
+    def _addressed_turn(self, line: ChatLine, question: str) -> Turn:
+        assert line.room is not None
+        summary = parse_summary(question)
+        if summary is not None:
+            room = self._summary_room(summary.room) or line.room
+            return self._summary_turn(room, summary.count, asker=line.sender, room_out=line.room)
+        chan = self._room(line.room)
+        return Turn(
+            prompt=Prompt(
+                kind=TurnKind.ANSWER,
+                bot_nick=self.nick,
+                question=question,
+                asker=line.sender,
+                context=tuple(self._window(chan.log, upto=len(chan.log) - 1)),
+                room=line.room,
+                max_chars=self.settings.max_reply,
+            ),
+            room=line.room,
+        )
+
+    def _summary_room(self, named: str | None) -> str | None:
+        if named is not None:
+            for room in self._rooms:
+                if room.casefold() == named.casefold():
+                    return room
+            return None
+        # Unnamed: the room with the latest message.
+        latest = max(
+            ((c.log[-1].ts, room) for room, c in self._rooms.items() if c.log), default=None
+        )
+        return latest[1] if latest else None
+
+    def _summary_turn(
+        self,
+        room: str,
+        count: int | None,
+        *,
+        asker: str,
+        room_out: str | None = None,
+        to: str | None = None,
+    ) -> Turn:
+        chan = self._room(room)
+        wanted = max(1, min(count or self.settings.summary_default, LOG_LIMIT))
+        lines = [ln for ln in chan.log if not (self.is_self(ln.sender) or self._is_request(ln))]
+        return Turn(
+            prompt=Prompt(
+                kind=TurnKind.SUMMARY,
+                bot_nick=self.nick,
+                question=f"summary of the last {wanted} messages",
+                asker=asker,
+                context=tuple(lines[-wanted:]),
+                room=room,
+                max_chars=self.settings.max_reply,
+            ),
+            room=room_out,
+            to=to,
+        )
+
+    def _is_request(self, line: ChatLine) -> bool:
+        """A line addressed to the bot ("@ai summary") is not conversation worth summarising."""
+        question = self.addressed(line.text)
+        return question is not None and parse_summary(question) is not None
+
+    def _chime(self, room: str) -> Turn:
+        chan = self._room(room)
+        return Turn(
+            prompt=Prompt(
+                kind=TurnKind.CHIME,
+                bot_nick=self.nick,
+                context=tuple(self._window(chan.log, upto=len(chan.log))),
+                room=room,
+                max_chars=self.settings.max_reply,
+            ),
+            room=room,
+        )
+
+    def _window(self, log: Iterable[ChatLine], *, upto: int) -> list[ChatLine]:
+        """The newest lines of `log[:upto]` within the message count and character budget."""
+        lines = list(log)[:upto]
+        picked: list[ChatLine] = []
+        budget = self.settings.context_chars
+        for line in reversed(lines[-self.settings.context_messages :]):
+            cost = len(line.sender) + len(line.text) + 2
+            if cost > budget:
+                break
+            budget -= cost
+            picked.append(line)
+        picked.reverse()
+        return picked
+
+    def _admit(self, chan: _Channel, turn: Turn, asker: str | None, now: float) -> list[Turn]:
+        """Apply the loop guard and the rate limit to a turn the triggers produced."""
+        if asker is not None:
+            who = asker.casefold()
+            if (
+                who == chan.replied_to
+                and not chan.interrupted
+                and now - chan.replied_at <= self.settings.loop_window
+            ):
+                chan.streak += 1
+            else:
+                chan.streak = 1
+            if chan.streak > self.settings.max_streak:
+                # Stay quiet until that nick pauses for a whole loop_window (or someone else
+                # speaks), so a bot that keeps pinging never gets a reply again.
+                chan.replied_at = now
+                self.skipped["loop guard"] += 1
+                return []
+        if not self._bucket.take(now):
+            self.skipped["rate limit"] += 1
+            return []
+        chan.lines_since_spoke = 0
+        chan.due = None
+        if asker is not None:
+            chan.replied_to = asker.casefold()
+            chan.replied_at = now
+            chan.interrupted = False
+        return [turn]
+
+
+__all__ = [
+    "Brain",
+    "BrainSettings",
+    "ChatLine",
+    "Prompt",
+    "Turn",
+    "TurnKind",
+]

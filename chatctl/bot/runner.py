@@ -1,0 +1,328 @@
+"""The bot's IO: the chat connection (chatctl.client), a worker thread for the backend, logs.
+
+The main thread reads chat events and feeds them to the brain, and ticks the brain's timers.
+Turns the brain returns go to a small bounded queue; one worker thread runs them through the
+backend and streams the reply into the chat, frame by frame as the text arrives, so a slow
+model never stops the bot from reading (and answering the server's pings). When the queue is
+full a turn is dropped with a log line: the bot would rather miss a turn than flood later.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
+from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Turn
+from chatctl.bot.manners import ELLIPSIS, one_line, split_frames
+from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
+from chatctl.errors import ChatctlError, ExitCode
+from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
+
+log = logging.getLogger("chatctl.bot")
+
+FAILURE_MODES = ("notice", "silent")
+QUEUE_LIMIT = 4  # turns waiting for the backend; more are dropped, never delivered late
+NOTICE_INTERVAL = 60.0  # at most one failure notice per channel per minute
+
+
+@dataclass(frozen=True, kw_only=True)
+class BotConfig:
+    host: str = "127.0.0.1"
+    port: int = 1060
+    rooms: tuple[str, ...] = ("lobby",)
+    on_failure: str = "notice"
+    connect_timeout: float = 5.0
+    brain: BrainSettings = field(default_factory=BrainSettings)
+
+
+def load_system(system: str | None) -> str | None:
+    """--system TEXT, or --system @FILE to read the prompt from a file."""
+    if system is None or not system.startswith("@"):
+        return system
+    path = Path(system[1:])
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ChatctlError(f"cannot read the system prompt {path}: {exc}") from None
+
+
+class Bot:
+    def __init__(self, config: BotConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.brain = Brain(config.brain, now=time.monotonic())
+        self._brain_lock = threading.Lock()  # the brain is sans-IO, not thread-safe
+        self._turns: queue.Queue[Turn | None] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._noticed: dict[str, float] = {}
+        self.client = Client(
+            config.host,
+            config.port,
+            nick=config.brain.nick,
+            rooms=config.rooms,
+            connect_timeout=config.connect_timeout,
+            reconnect=True,
+        )
+        self.replies = 0  # replies sent, for the log and tests
+
+    @property
+    def max_text(self) -> int:
+        limit = self.client.limits.get("max_text", DEFAULT_MAX_TEXT)
+        return max(16, limit)
+
+    # -- the main thread: chat events and timers -------------------------------------------------
+
+    def run(self, stop: threading.Event) -> int:
+        welcome = self.client.connect()
+        with self._brain_lock:
+            self.brain.rename(welcome.nick)
+        log.info(
+            "connected to %s as %s (backend %s), rooms: %s",
+            self.client.addr,
+            welcome.nick,
+            self.backend.name,
+            ", ".join(self.config.rooms),
+        )
+        worker = threading.Thread(target=self._work, name="chatctl-bot-worker", daemon=True)
+        worker.start()
+        try:
+            while not stop.is_set():
+                with self._brain_lock:
+                    deadline = self.brain.next_deadline()
+                wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                event = self.client.next_event(timeout=max(0.0, wait))
+                if isinstance(event, Closed):
+                    if event.error is not None:
+                        raise event.error
+                    return 0
+                if event is not None:
+                    self._on_event(event)
+                with self._brain_lock:
+                    turns = self.brain.tick(time.monotonic())
+                self._queue(turns)
+            return 0
+        finally:
+            self._turns.queue.clear()
+            self._turns.put(None)
+            self.client.close("bot stopping")
+            worker.join(2.0)
+            self.backend.close()
+
+    def _on_event(self, event: object) -> None:
+        now = time.monotonic()
+        line: ChatLine | None = None
+        if isinstance(event, Message):
+            line = ChatLine(
+                sender=event.sender,
+                text=event.text,
+                ts=now,
+                room=event.room,
+                action=event.action,
+                history=event.history,
+            )
+        elif isinstance(event, DirectMessage):
+            line = ChatLine(sender=event.sender, text=event.text, ts=now, action=event.action)
+        elif isinstance(event, Notice) and event.kind == "renamed":
+            with self._brain_lock:
+                self.brain.rename(self.client.nick)
+        elif isinstance(event, Reconnected):
+            log.info("reconnected to %s after %d attempt(s)", self.client.addr, event.attempts)
+            with self._brain_lock:
+                self.brain.rename(event.welcome.nick)
+        elif isinstance(event, Disconnected):
+            log.warning("disconnected: %s; reconnecting", event.reason)
+        elif isinstance(event, Refused):
+            log.warning("the server refused a reply: %s", event.error.message)
+        elif isinstance(event, Error):
+            log.warning("server error %d: %s", event.code, event.message)
+        if line is not None:
+            with self._brain_lock:
+                turns = self.brain.observe(line, now)
+            self._queue(turns)
+
+    def _queue(self, turns: list[Turn]) -> None:
+        for turn in turns:
+            try:
+                self._turns.put_nowait(turn)
+            except queue.Full:
+                log.warning("busy: dropped a %s turn for %s", turn.prompt.kind, turn.channel)
+
+    # -- the worker thread: backend calls and replies -------------------------------------------
+
+    def _work(self) -> None:
+        while (turn := self._turns.get()) is not None:
+            try:
+                self._answer(turn)
+            except Exception as exc:  # a bug in one reply must not kill the bot
+                log.exception("reply for %s failed: %r", turn.channel, exc)
+
+    def _send(self, turn: Turn, text: str) -> None:
+        if turn.room is not None:
+            self.client.say(turn.room, text)
+        elif turn.to is not None:
+            self.client.tell(turn.to, text)
+
+    def _answer(self, turn: Turn) -> None:
+        started = time.monotonic()
+        first: float | None = None
+        pieces = 0
+        sent: list[str] = []
+        try:
+            for frame, is_first in self._frames(self.backend.complete(turn.prompt), turn):
+                if first is None and is_first:
+                    first = time.monotonic() - started
+                self._send(turn, frame)
+                sent.append(frame)
+            pieces = int(getattr(self.backend, "chunks", 0))
+        except BackendError as exc:
+            self._failed(turn, str(exc), sent_any=bool(sent))
+            return
+        if not sent:
+            self._failed(turn, "the backend returned an empty reply", sent_any=False)
+            return
+        self.replies += 1
+        text = " ".join(sent)
+        with self._brain_lock:
+            self.brain.spoke(turn, text, time.monotonic())
+        log.info(
+            "replied (%s) in %s: %d frame(s), %d chars, %d chunk(s) streamed, first frame "
+            "after %.2f s, done in %.2f s",
+            turn.prompt.kind,
+            turn.channel,
+            len(sent),
+            len(text),
+            pieces,
+            first if first is not None else 0.0,
+            time.monotonic() - started,
+        )
+
+    def _frames(self, stream: Iterator[str], turn: Turn) -> Iterator[tuple[str, bool]]:
+        """Chat frames from a stream of text pieces: full frames go out as soon as they are
+        full; the reply stops at max_reply characters (and the stream is closed then)."""
+        max_chars = turn.prompt.max_chars
+        pending = ""
+        total = 0
+        first = True
+        truncated = False
+        try:
+            for chunk in stream:
+                room_left = max_chars - total
+                truncated = len(chunk) > room_left
+                piece = chunk[:room_left]
+                pending += piece
+                total += len(piece)
+                frames = split_frames(pending, self.max_text) if pending.strip() else []
+                for frame in frames[:-1]:
+                    yield frame, first
+                    first = False
+                if frames:
+                    pending = frames[-1] + (" " if pending[-1:].isspace() else "")
+                if truncated:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # stops a model mid-stream when we have enough
+        tail = one_line(pending)
+        if truncated and tail:
+            tail = tail.rstrip() + ELLIPSIS
+        for frame in split_frames(tail, self.max_text) if tail else []:
+            yield frame, first
+            first = False
+
+    def _failed(self, turn: Turn, reason: str, *, sent_any: bool) -> None:
+        log.warning("backend %s failed for %s: %s", self.backend.name, turn.channel, reason)
+        if self.config.on_failure != "notice" or sent_any:
+            return
+        now = time.monotonic()
+        if now - self._noticed.get(turn.channel, float("-inf")) < NOTICE_INTERVAL:
+            return
+        self._noticed[turn.channel] = now
+        self._send(turn, f"(sorry, my {self.backend.name} backend is not answering right now)")
+
+
+def _stop_on_sigterm(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s chatctl bot: %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def run_bot(
+    *,
+    host: str,
+    port: int,
+    nick: str,
+    rooms: list[str],
+    backend: str = "offline",
+    base_url: str = "http://127.0.0.1:8080/v1",
+    model: str | None = None,
+    every_lines: int | None = None,
+    every_seconds: float | None = None,
+    system: str | None = None,
+    knowledge: Path | None = None,
+    context: int = 30,
+    context_chars: int = 4000,
+    reply_rate: float = 12.0,
+    max_reply: int = 1500,
+    on_failure: str = "notice",
+    ignore: list[str] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """`chatctl bot`: connect, take part, and keep going until SIGINT/SIGTERM (or `stop`)."""
+    if backend not in BACKENDS:
+        raise ChatctlError(
+            f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}", ExitCode.USAGE
+        )
+    if on_failure not in FAILURE_MODES:
+        raise ChatctlError(
+            f"--on-failure must be one of {', '.join(FAILURE_MODES)}, not {on_failure!r}",
+            ExitCode.USAGE,
+        )
+    _setup_logging()
+    settings = BrainSettings(
+        nick=nick,
+        every_lines=every_lines,
+        every_seconds=every_seconds,
+        context_messages=context,
+        context_chars=context_chars,
+        reply_rate=reply_rate,
+        max_reply=max_reply,
+        ignore=tuple(ignore or ()),
+    )
+    started = time.monotonic()
+    engine = make_backend(
+        backend,
+        system=load_system(system),
+        knowledge=str(knowledge) if knowledge is not None else None,
+        base_url=base_url,
+        model=model,
+    )
+    log.info("backend %s ready in %.2f s", engine.name, time.monotonic() - started)
+    bot = Bot(
+        BotConfig(host=host, port=port, rooms=tuple(rooms), on_failure=on_failure, brain=settings),
+        engine,
+    )
+    stop = stop or threading.Event()
+    _stop_on_sigterm(stop)
+    return bot.run(stop)
