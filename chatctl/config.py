@@ -28,6 +28,8 @@ class ServerConfig:
     max_per_ip: int = 100_000  # loopback load tests come from one address
     data: str | None = None  # None: XDG state dir; ":memory:": no persistence
     join_history: int = 20
+    replay_limit: int = 1000  # most messages one join or history request replays
+    max_rooms: int = 100  # rooms one connection may be in at once
     retain_messages: int = 100_000
     retain_age: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)

@@ -1,10 +1,685 @@
-"""Placeholder until this command is built."""
+"""`chatctl serve`: the event loop. One thread, non-blocking sockets, `selectors` (epoll).
+
+The loop only moves bytes, runs timers and manages connections; hub.py decides who receives
+what. Each loop turn:
+
+1. read every ready socket (one large `recv`), decode every complete frame, and feed each
+   event to the hub, appending the encoded deliveries to the recipients' output queues;
+2. `store.flush()`: everything appended this turn becomes durable before any ack leaves;
+3. write: one `send` per socket with pending output (EVENT_WRITE is registered only while the
+   kernel buffer is full), and disconnect consumers whose queue passed the high-water mark.
+
+`Server` can be driven programmatically (tests run it in a thread): `bind()`, `run()`, and
+`stop()`, which is safe from any thread and from a signal handler.
+"""
 
 from __future__ import annotations
 
+import errno
+import heapq
+import itertools
+import os
+import resource
+import selectors
+import signal
+import socket
+import time
+from types import FrameType
+
+from chatctl import __version__
 from chatctl.config import ServerConfig
-from chatctl.errors import NotBuilt
+from chatctl.errors import ChatctlError
+from chatctl.hub import Delivery, Hub
+from chatctl.peer import Peer
+from chatctl.protocol import (
+    NEED_DATA,
+    Bye,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    Say,
+    State,
+    Tell,
+    Welcome,
+    encode,
+)
+from chatctl.serverlog import ServerLog
+from chatctl.store import Store, open_store
+
+READ_CHUNK = 256 * 1024
+ACCEPTS_PER_TURN = 256
+CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
+SHUTDOWN_GRACE = 3.0
+TRIM_EVERY = 5.0
+_LISTENER = object()
+_WAKEUP = object()
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Server:
+    def __init__(
+        self, config: ServerConfig, *, journal: ServerLog | None = None, store: Store | None = None
+    ) -> None:
+        self.config = config
+        self.journal = (
+            journal if journal is not None else ServerLog(config.log_level, config.log_format)
+        )
+        self._store = store
+        self.addresses: list[tuple[str, int]] = []
+        self._listeners: list[socket.socket] = []
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, _READ, _WAKEUP)
+        self._stop_requested = False
+        self._cids = itertools.count(1)
+        self.peers: dict[int, Peer] = {}
+        self._per_ip: dict[str, int] = {}
+        self._dirty: list[Peer] = []
+        self._timers: list[tuple[float, int, Peer | None]] = []
+        self._timer_seq = itertools.count()
+        self._buf = bytearray(READ_CHUNK)
+        self._view = memoryview(self._buf)
+        self._now = time.monotonic()
+        self._now_ms = int(time.time() * 1000)
+        self._accept_paused_until = 0.0
+        self.hub: Hub | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def bind(self) -> list[tuple[str, int]]:
+        """Open the listening sockets. Raises ChatctlError for a bad address or a port in use."""
+        raise_fd_limit()
+        port = self.config.port
+        try:
+            for host in self.config.hosts:
+                for sock in self._listen(host, port):
+                    self._listeners.append(sock)
+                    bound = sock.getsockname()
+                    self.addresses.append((bound[0], bound[1]))
+                    port = bound[1]  # with --port 0, every address shares the first one's port
+        except BaseException:
+            self._close_listeners()
+            raise
+        return self.addresses
+
+    def _listen(self, host: str, port: int) -> list[socket.socket]:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ChatctlError(f"cannot listen on {host!r}: bad address ({exc})") from None
+        seen: set[tuple[object, ...]] = set()
+        out: list[socket.socket] = []
+        for family, kind, proto, _, sockaddr in infos:
+            if sockaddr in seen:
+                continue
+            seen.add(sockaddr)
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.listen(4096)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                for s in out:
+                    s.close()
+                where = _format_addr(str(sockaddr[0]), int(sockaddr[1]))
+                raise ChatctlError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            out.append(sock)
+        return out
+
+    def stop(self) -> None:
+        """Ask the loop to shut down gracefully. Safe from any thread or a signal handler."""
+        self._stop_requested = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # the wakeup buffer is full (a wakeup is pending anyway) or already closed
+
+    def run(self) -> None:
+        """Serve until `stop()`, then shut down gracefully. `bind()` first."""
+        if not self._listeners:
+            self.bind()
+        config = self.config
+        store = self._store
+        if store is None:
+            store = open_store(
+                config.data,
+                retain_messages=config.retain_messages,
+                retain_age=config.retain_age,
+            )
+        self.store = store
+        self.hub = Hub(config, store)
+        for sock in self._listeners:
+            self._sel.register(sock, _READ, _LISTENER)
+        self.journal.banner(
+            f"chatctl {__version__} server {config.name!r}",
+            {**self.hub.limits, "hosts": ", ".join(config.hosts)},
+        )
+        for host, port in self.addresses:
+            self.journal.info(
+                "listening", f"listening on {_format_addr(host, port)}", host=host, port=port
+            )
+        self._schedule(time.monotonic() + TRIM_EVERY, None)
+        try:
+            self._loop()
+            self._shutdown()
+        finally:
+            self._close_listeners()
+            for peer in list(self.peers.values()):
+                self._abort(peer)
+            store.close()
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners:
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        self._listeners.clear()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        select = self._sel.select
+        timers = self._timers
+        store = self.store
+        while not self._stop_requested:
+            timeout = max(timers[0][0] - time.monotonic(), 0.0) if timers else None
+            ready = select(timeout)
+            self._now = now = time.monotonic()
+            self._now_ms = int(time.time() * 1000)
+            for key, mask in ready:
+                data = key.data
+                if type(data) is Peer:
+                    if mask & _READ:
+                        self._read(data)
+                    if mask & _WRITE and not data.scheduled:
+                        data.scheduled = True
+                        self._dirty.append(data)
+                elif data is _LISTENER:
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+                else:
+                    self._drain_wakeup()
+            if timers and timers[0][0] <= now:
+                self._run_timers(now)
+            store.flush()
+            if self._dirty:
+                self._write_all()
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _schedule(self, when: float, peer: Peer | None) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), peer))
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, peer = heapq.heappop(timers)
+            if peer is None:
+                self._housekeeping(now)
+            elif peer.sock.fileno() >= 0:
+                self._check_peer(peer, now)
+
+    def _housekeeping(self, now: float) -> None:
+        self._schedule(now + TRIM_EVERY, None)
+        removed = self.store.trim(self._now_ms)
+        if removed:
+            self.journal.debug("trim", f"retention removed {removed} messages", removed=removed)
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._resume_accepting()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _accept(self, lsock: socket.socket) -> None:
+        config = self.config
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, address = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting for a moment instead of spinning.
+                    self.journal.error(
+                        "accept_paused", f"accept failed ({exc.strerror}); pausing accepts for 1 s"
+                    )
+                    self._pause_accepting()
+                return
+            ip, port = str(address[0]), int(address[1])
+            addr = _format_addr(ip, port)
+            refusal = None
+            if len(self.peers) >= config.max_connections:
+                refusal = f"the server holds its maximum of {config.max_connections} connections"
+            elif self._per_ip.get(ip, 0) >= config.max_per_ip:
+                refusal = f"{ip} holds its maximum of {config.max_per_ip} connections"
+            if refusal is not None:
+                self.journal.warning("refused", f"refused {addr}: {refusal}", peer=addr)
+                try:
+                    sock.send(encode(Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=refusal)))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            peer = Peer(
+                next(self._cids),
+                sock,
+                ip,
+                addr,
+                self._now,
+                max_frame=config.max_frame,
+                burst=config.burst,
+            )
+            self.peers[peer.cid] = peer
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+            self._sel.register(sock, _READ, peer)
+            self._schedule(self._now + config.handshake_timeout, peer)
+            self.journal.debug("connect", f"connection from {addr}", peer=addr, cid=peer.cid)
+
+    def _pause_accepting(self) -> None:
+        self._accept_paused_until = self._now + 1.0
+        for sock in self._listeners:
+            try:
+                self._sel.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = 0.0
+        for sock in self._listeners:
+            try:
+                self._sel.register(sock, _READ, _LISTENER)
+            except (KeyError, ValueError):
+                pass
+
+    def _read(self, peer: Peer) -> None:
+        if peer.closing:
+            return
+        try:
+            n = peer.sock.recv_into(self._buf, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(peer, f"connection error: {exc.strerror or exc}")
+            return
+        conn = peer.conn
+        conn.receive_data(bytes(self._view[:n]) if n else b"")
+        peer.last_recv = self._now
+        peer.pinged = False
+        hub = self.hub
+        assert hub is not None
+        now_ms = self._now_ms
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                self._protocol_error(peer, exc)
+                return
+            if event is NEED_DATA:
+                return
+            kind = type(event)
+            if kind is Ping:
+                self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]
+                continue
+            if kind is Pong:
+                continue
+            if kind is Bye:
+                self._end(peer, None, event.reason or "quit", clean=True)  # type: ignore[attr-defined]
+                return
+            if kind is ConnectionClosed:
+                self._end(peer, None, "connection closed by the client")
+                return
+            if kind is not Hello and self.config.rate and not self._take_token(peer, event):
+                if peer.ended:
+                    return
+                continue
+            self._dispatch(hub.handle(peer.cid, event, now_ms))
+            if peer.ended:
+                return
+
+    def _take_token(self, peer: Peer, event: Event) -> bool:
+        """The token bucket: False (and an Error, or a disconnect) when over the rate."""
+        config = self.config
+        now = self._now
+        elapsed = now - peer.refill_at
+        peer.refill_at = now
+        tokens = peer.tokens + elapsed * config.rate
+        tokens = min(tokens, config.burst)
+        if tokens >= 1.0:
+            peer.tokens = tokens - 1.0
+            return True
+        peer.tokens = tokens
+        # Rejections decay at the allowed rate: only sustained excess builds up to a burst.
+        peer.strikes = max(peer.strikes - elapsed * config.rate, 0.0) + 1.0
+        if peer.strikes > config.burst:
+            self.journal.warning(
+                "flooding", f"{peer.addr} keeps sending over the rate limit: disconnected"
+            )
+            self._end(peer, ErrorCode.FLOODING, "flooding: too many messages over the rate limit")
+            return False
+        msg_id = event.msg_id if isinstance(event, (Say, Tell)) else ""
+        error = Error(
+            code=ErrorCode.RATE_LIMITED,
+            message=f"over the rate limit of {config.rate:g} messages a second",
+            msg_id=msg_id,
+        )
+        self._enqueue(peer, encode(error))
+        return False
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        peers = self.peers
+        dirty = self._dirty
+        high_water = self.config.max_output
+        for d in deliveries:
+            kind = type(d.event)
+            if kind is Welcome or kind is Bye:
+                peer = peers.get(d.to[0])
+                if peer is not None:
+                    self._control(peer, d)
+                continue
+            data = d.data
+            size = len(data)
+            skip = d.skip
+            for cid in d.to:
+                if cid == skip:
+                    continue
+                peer = peers[cid]
+                peer.out.append(data)
+                peer.out_size += size
+                # A peer waiting for EVENT_WRITE is looked at again only once over the limit.
+                if not peer.scheduled and (not peer.want_write or peer.out_size > high_water):
+                    peer.scheduled = True
+                    dirty.append(peer)
+
+    def _control(self, peer: Peer, d: Delivery) -> None:
+        """A Welcome or Bye from the hub: these change the connection's protocol state."""
+        if type(d.event) is Welcome:
+            self._enqueue(peer, peer.conn.send(d.event))
+            peer.welcomed = True
+            self._schedule_keepalive(peer)
+            self.journal.info(
+                "hello",
+                f"{peer.addr} is {d.event.nick}",
+                peer=peer.addr,
+                nick=d.event.nick,
+            )
+        else:
+            bye: Bye = d.event  # type: ignore[assignment]
+            self.journal.info(
+                "bye", f"{peer.addr}: {bye.reason}", peer=peer.addr, code=int(bye.code)
+            )
+            self._end(peer, ErrorCode(bye.code), bye.reason)
+
+    def _enqueue(self, peer: Peer, data: bytes) -> None:
+        peer.out.append(data)
+        peer.out_size += len(data)
+        if not peer.scheduled and (not peer.want_write or peer.out_size > self.config.max_output):
+            peer.scheduled = True
+            self._dirty.append(peer)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _write_all(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        high_water = self.config.max_output
+        for peer in dirty:
+            peer.scheduled = False
+            if not peer.out or peer.sock.fileno() < 0:
+                continue
+            try:
+                left = peer.write_once()
+            except OSError as exc:
+                self._lost(peer, f"connection error: {exc.strerror or exc}")
+                continue
+            if left == 0:
+                if peer.want_write:
+                    peer.want_write = False
+                    if peer.closing:
+                        self._abort(peer)
+                    else:
+                        self._sel.modify(peer.sock, _READ, peer)
+                elif peer.closing:
+                    self._abort(peer)
+            elif left > high_water and not peer.closing:
+                self._slow_consumer(peer)
+            elif not peer.want_write:
+                peer.want_write = True
+                self._sel.modify(peer.sock, _WRITE if peer.closing else _READ | _WRITE, peer)
+
+    def _slow_consumer(self, peer: Peer) -> None:
+        self.journal.warning(
+            "slow_consumer",
+            f"{peer.addr} ({self._nick(peer)}) reads too slowly: {peer.out_size} bytes queued, "
+            f"over the limit of {self.config.max_output}; disconnected",
+            peer=peer.addr,
+            queued=peer.out_size,
+        )
+        peer.out.clear()
+        peer.out_size = 0
+        self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer: output buffer over the limit")
+        # Its kernel buffer is full, so the Bye may not get through; try once, then drop.
+        try:
+            peer.write_once()
+        except OSError:
+            pass
+        self._abort(peer)
+
+    # -- timers: handshake, keepalive, closing -------------------------------------------------
+
+    def _schedule_keepalive(self, peer: Peer) -> None:
+        config = self.config
+        interval = config.ping_interval or config.idle_timeout
+        if interval:
+            self._schedule(peer.last_recv + interval, peer)
+
+    def _check_peer(self, peer: Peer, now: float) -> None:
+        config = self.config
+        if peer.closing:
+            if now >= peer.born:  # `born` holds the close deadline once closing
+                self._abort(peer)
+            else:
+                self._schedule(peer.born, peer)
+            return
+        if not peer.welcomed:
+            deadline = peer.born + config.handshake_timeout
+            if now >= deadline:
+                self.journal.warning(
+                    "handshake_timeout",
+                    f"{peer.addr} sent no Hello within {config.handshake_timeout:g} s",
+                    peer=peer.addr,
+                )
+                self._end(peer, ErrorCode.HANDSHAKE_TIMEOUT, "no Hello in time")
+            else:
+                self._schedule(deadline, peer)
+            return
+        silent = now - peer.last_recv
+        if config.idle_timeout and silent >= config.idle_timeout:
+            self.journal.info(
+                "idle_timeout",
+                f"{peer.addr} ({self._nick(peer)}) silent for {silent:.0f} s",
+                peer=peer.addr,
+            )
+            self._end(peer, ErrorCode.IDLE_TIMEOUT, f"no data for {config.idle_timeout:g} s")
+            return
+        if config.ping_interval and silent >= config.ping_interval:
+            if not peer.pinged:
+                peer.pinged = True
+                self._enqueue(peer, encode(Ping(token=int(now * 1000) & 0xFFFFFFFF)))
+            next_check = peer.last_recv + (config.idle_timeout or 2 * config.ping_interval)
+        else:
+            next_check = peer.last_recv + (config.ping_interval or config.idle_timeout)
+        self._schedule(max(next_check, now + 0.05), peer)
+
+    # -- ending connections --------------------------------------------------------------------
+
+    def _nick(self, peer: Peer) -> str:
+        return (self.hub.nick_of(peer.cid) if self.hub else "") or "-"
+
+    def _protocol_error(self, peer: Peer, exc: RemoteProtocolError) -> None:
+        self.journal.warning(
+            "protocol_error",
+            f"{peer.addr} ({self._nick(peer)}) broke the protocol: {exc}",
+            peer=peer.addr,
+            code=int(exc.code),
+        )
+        self._end(peer, exc.code, str(exc))
+
+    def _lost(self, peer: Peer, reason: str) -> None:
+        self._end(peer, None, reason)
+        self._abort(peer)
+
+    def _end(
+        self,
+        peer: Peer,
+        code: ErrorCode | None,
+        reason: str,
+        *,
+        clean: bool = False,
+        notify: bool = True,
+    ) -> None:
+        """Forget the connection in the hub (its rooms hear why), say Bye when `code` is given,
+        and close it once its output has drained (close flushes). Idempotent."""
+        if peer.ended:
+            return
+        peer.ended = True
+        nick = self._nick(peer)
+        if self.hub is not None:
+            self._dispatch(
+                self.hub.disconnect(peer.cid, reason, self._now_ms, clean=clean, notify=notify)
+            )
+        if code is not None and peer.conn.state is not State.CLOSED:
+            self._enqueue(peer, peer.conn.send(Bye(code=code, reason=reason)))
+        self.journal.info(
+            "disconnect",
+            f"{peer.addr} ({nick}) disconnected: {reason}",
+            peer=peer.addr,
+            reason=reason,
+        )
+        self._close(peer)
+
+    def _close(self, peer: Peer) -> None:
+        """Stop reading; close once the output queue has drained, or after a grace period."""
+        if peer.closing:
+            return
+        peer.closing = True
+        if not peer.out:
+            self._abort(peer)
+            return
+        peer.born = self._now + CLOSE_GRACE  # reused as the close deadline
+        self._schedule(peer.born, peer)
+        # Stop reading. A scheduled peer is re-registered by the write phase.
+        if peer.want_write:
+            self._sel.modify(peer.sock, _WRITE, peer)
+
+    def _abort(self, peer: Peer) -> None:
+        """Close now, dropping any output. Idempotent."""
+        sock = peer.sock
+        if sock.fileno() < 0:
+            return
+        if not peer.ended:
+            peer.ended = True
+            if self.hub is not None:
+                self._dispatch(self.hub.disconnect(peer.cid, "connection closed", self._now_ms))
+        peer.closing = True
+        peer.out.clear()
+        peer.out_size = 0
+        try:
+            self._sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+        del self.peers[peer.cid]
+        left = self._per_ip[peer.ip] - 1
+        if left:
+            self._per_ip[peer.ip] = left
+        else:
+            del self._per_ip[peer.ip]
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop accepting, say Bye to everyone, flush the store, let the Byes drain."""
+        self._close_listeners()
+        count = len(self.peers)
+        self.journal.info("shutdown", f"shutting down: saying goodbye to {count} connections")
+        self._now_ms = int(time.time() * 1000)
+        for peer in list(self.peers.values()):
+            # No "dropped" notices: everyone is leaving, and N^2 notices would only delay it.
+            self._end(peer, ErrorCode.SERVER_SHUTDOWN, "server shutting down", notify=False)
+        self.store.flush()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while self.peers and time.monotonic() < deadline:
+            if self._dirty:
+                self._write_all()
+            if not self.peers:
+                break
+            for key, mask in self._sel.select(max(deadline - time.monotonic(), 0.0)):
+                peer = key.data
+                if type(peer) is Peer and mask & _WRITE and not peer.scheduled:
+                    peer.scheduled = True
+                    self._dirty.append(peer)
+        self.journal.info("stopped", "server stopped")
 
 
 def serve(config: ServerConfig) -> int:
-    raise NotBuilt(f"`chatctl serve` is not built yet ({config.port})")
+    """Run the server in this (main) thread until SIGINT or SIGTERM. Exit status 0."""
+    server = Server(config)
+    server.bind()
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        del frame
+        if stopping:
+            os._exit(128 + signum)  # a second signal: exit at once
+        stopping = True
+        server.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

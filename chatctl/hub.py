@@ -1,0 +1,558 @@
+"""The chat rules, sans-IO: rooms, nicks, membership and who receives what.
+
+The event loop feeds `Hub.handle(cid, event, now_ms)` with every decoded client frame of a
+connection (`cid`) and `Hub.disconnect` when a connection ends. Both return deliveries: which
+connections get which frame. Each delivered frame is encoded here exactly once, so the loop can
+append the same bytes to every recipient's output queue. Nothing here touches a socket or a
+clock, so the rules are unit-tested without either.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from chatctl import __version__
+from chatctl.config import ServerConfig
+from chatctl.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    ChangeNick,
+    DirectMessage,
+    Error,
+    ErrorCode,
+    Event,
+    Gap,
+    Hello,
+    History,
+    HistoryEnd,
+    Join,
+    ListRooms,
+    Members,
+    Message,
+    Notice,
+    Part,
+    RoomList,
+    Say,
+    Tell,
+    Welcome,
+    Who,
+    encode,
+)
+from chatctl.store import Store, StoredMessage
+
+NICK_MAX = 32
+ROOM_MAX = 64
+REASON_MAX = 200  # reasons are echoed to whole rooms: keep them short
+GUEST_NICK = "guest"  # what an empty nick in Hello becomes
+_NICK_PUNCT = frozenset("_-.[]{}|^`")
+_ROOM_PUNCT = frozenset("_-.+")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Delivery:
+    """`data` (the encoding of `event`) goes to every connection in `to` except `skip`."""
+
+    to: Sequence[int]
+    event: Event
+    data: bytes
+    skip: int = -1
+
+
+def deliver(to: Sequence[int], event: Event, skip: int = -1) -> Delivery:
+    return Delivery(to=to, event=event, data=encode(event), skip=skip)
+
+
+def nick_problem(nick: str) -> str | None:
+    """Why `nick` is not a valid nick, or None when it is."""
+    if not nick:
+        return "a nick may not be empty"
+    if len(nick) > NICK_MAX:
+        return f"a nick has at most {NICK_MAX} characters"
+    if nick[0] in "-.":
+        return "a nick may not start with '-' or '.'"
+    for ch in nick:
+        if not (ch.isalnum() or ch in _NICK_PUNCT):
+            return f"a nick may not contain {ch!r} (letters, digits and _-.[]{{}}|^` only)"
+    return None
+
+
+def normalise_room(name: str) -> str | None:
+    """The canonical form of a room name ('#Lobby' -> 'lobby'), or None when it is invalid."""
+    room = name[1:] if name.startswith("#") else name
+    room = room.lower()
+    if not room or len(room) > ROOM_MAX:
+        return None
+    for ch in room:
+        if not (ch.isalnum() or ch in _ROOM_PUNCT):
+            return None
+    return room
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 1] + "…"
+
+
+class Session:
+    """A welcomed connection: its nick, its resume token and its rooms."""
+
+    __slots__ = ("cid", "key", "nick", "rooms", "token")
+
+    def __init__(self, cid: int, nick: str, token: str) -> None:
+        self.cid = cid
+        self.nick = nick
+        self.key = nick.casefold()
+        self.token = token
+        self.rooms: dict[str, None] = {}  # an ordered set
+
+
+class Room:
+    __slots__ = ("members", "name", "targets")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[int, None] = {}
+        # An immutable snapshot of `members`, rebuilt on every change, so a Delivery can hold
+        # it without copying per message.
+        self.targets: tuple[int, ...] = ()
+
+    def add(self, cid: int) -> None:
+        self.members[cid] = None
+        self.targets = tuple(self.members)
+
+    def remove(self, cid: int) -> None:
+        del self.members[cid]
+        self.targets = tuple(self.members)
+
+
+class Hub:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        *,
+        new_token: Callable[[], str] = lambda: secrets.token_hex(16),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._new_token = new_token
+        self.sessions: dict[int, Session] = {}
+        self.nicks: dict[str, Session] = {}  # casefolded nick -> session
+        self.tokens: dict[str, Session] = {}
+        self.rooms: dict[str, Room] = {}  # rooms with members
+        self.max_text = config.max_text
+        self.replay_budget = max(config.max_output // 2, 4096)
+        self.limits = {
+            "max_frame": config.max_frame,
+            "max_text": config.max_text,
+            "max_output": config.max_output,
+            "max_rooms": config.max_rooms,
+            "max_nick": NICK_MAX,
+            "max_room_name": ROOM_MAX,
+            "rate": round(config.rate),
+            "burst": config.burst,
+            "ping_interval": round(config.ping_interval),
+            "idle_timeout": round(config.idle_timeout),
+            "join_history": config.join_history,
+            "replay_limit": config.replay_limit,
+        }
+        self._handlers: dict[type[Event], Callable[[Session, Event, int], list[Delivery]]] = {
+            Say: self._say,  # type: ignore[dict-item]
+            Tell: self._tell,  # type: ignore[dict-item]
+            Join: self._join,  # type: ignore[dict-item]
+            Part: self._part,  # type: ignore[dict-item]
+            ChangeNick: self._change_nick,  # type: ignore[dict-item]
+            Who: self._who,  # type: ignore[dict-item]
+            ListRooms: self._list_rooms,
+            History: self._history,  # type: ignore[dict-item]
+        }
+
+    # -- the two entry points ------------------------------------------------------------------
+
+    def handle(self, cid: int, event: Event, now_ms: int) -> list[Delivery]:
+        """The deliveries that follow from `event`, sent by connection `cid`.
+
+        A Bye among them means: send it, then close that connection.
+        """
+        if type(event) is Hello:
+            return self._hello(cid, event, now_ms)
+        session = self.sessions.get(cid)
+        if session is None:
+            return []  # a connection that was replaced or never welcomed
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return []  # Ping, Pong and Bye belong to the event loop
+        return handler(session, event, now_ms)
+
+    def disconnect(
+        self, cid: int, reason: str, now_ms: int, *, clean: bool = False, notify: bool = True
+    ) -> list[Delivery]:
+        """Forget connection `cid`. Its rooms hear that it left (`clean`) or dropped."""
+        session = self.sessions.pop(cid, None)
+        if session is None:
+            return []
+        del self.nicks[session.key]
+        if self.tokens.get(session.token) is session:
+            del self.tokens[session.token]
+        out: list[Delivery] = []
+        kind = "left" if clean else "dropped"
+        for name in session.rooms:
+            room = self.rooms[name]
+            room.remove(cid)
+            if not room.members:
+                del self.rooms[name]
+            elif notify:
+                notice = Notice(
+                    kind=kind, nick=session.nick, ts=now_ms, room=name, reason=_clip(reason)
+                )
+                out.append(deliver(room.targets, notice))
+        return out
+
+    def nick_of(self, cid: int) -> str:
+        session = self.sessions.get(cid)
+        return session.nick if session else ""
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    def _hello(self, cid: int, hello: Hello, now_ms: int) -> list[Delivery]:
+        to = (cid,)
+        if hello.version != PROTOCOL_VERSION:
+            return [
+                deliver(
+                    to,
+                    Bye(
+                        code=ErrorCode.UNSUPPORTED_VERSION,
+                        reason=f"this server speaks protocol version {PROTOCOL_VERSION}, not {hello.version}",
+                    ),
+                )
+            ]
+        out: list[Delivery] = []
+        old = self.tokens.get(hello.token) if hello.token else None
+        if old is not None and old.cid != cid:
+            # A reconnect with the token of a session that is still registered: the new
+            # connection takes over its nick and rooms silently; the old one is told why.
+            out.append(
+                deliver(
+                    (old.cid,),
+                    Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"),
+                )
+            )
+            self._move(old, cid)
+            session = old
+        else:
+            nick = hello.nick or GUEST_NICK
+            problem = nick_problem(nick)
+            if problem is not None:
+                return [deliver(to, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
+            if nick.casefold() in self.nicks:
+                nick = self._free_variant(nick)
+            token = hello.token if _TOKEN.fullmatch(hello.token) else self._new_token()
+            session = Session(cid, nick, token)
+            self.nicks[session.key] = session
+            self.tokens[token] = session
+        self.sessions[cid] = session
+        welcome = Welcome(
+            protocol=PROTOCOL_VERSION,
+            server=self.config.name,
+            version=__version__,
+            nick=session.nick,
+            token=session.token,
+            limits=self.limits,
+        )
+        out.append(deliver(to, welcome))
+        return out
+
+    def _move(self, session: Session, cid: int) -> None:
+        old = session.cid
+        del self.sessions[old]
+        session.cid = cid
+        for name in session.rooms:
+            room = self.rooms[name]
+            room.remove(old)
+            room.add(cid)
+
+    def _free_variant(self, nick: str) -> str:
+        n = 2
+        while True:
+            suffix = str(n)
+            candidate = nick[: NICK_MAX - len(suffix)] + suffix
+            if candidate.casefold() not in self.nicks:
+                return candidate
+            n += 1
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _check_text(self, cid: int, text: str, msg_id: str) -> list[Delivery] | None:
+        if not text or text.isspace():
+            return [
+                deliver(
+                    (cid,),
+                    Error(code=ErrorCode.EMPTY_TEXT, message="the message is empty", msg_id=msg_id),
+                )
+            ]
+        if len(text) > self.max_text // 4 and len(text.encode("utf-8")) > self.max_text:
+            return [
+                deliver(
+                    (cid,),
+                    Error(
+                        code=ErrorCode.TEXT_TOO_LONG,
+                        message=f"a message has at most {self.max_text} bytes of UTF-8 text",
+                        msg_id=msg_id,
+                    ),
+                )
+            ]
+        return None
+
+    def _say(self, session: Session, say: Say, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        name = normalise_room(say.room)
+        if name is None:
+            return [_bad_room(cid, say.room, say.msg_id)]
+        refused = self._check_text(cid, say.text, say.msg_id)
+        if refused is not None:
+            return refused
+        room = self.rooms.get(name)
+        store = self.store
+        if say.msg_id:
+            earlier = store.find(session.token, say.msg_id)
+            if earlier is not None:
+                # A resend after a reconnect: acknowledge again, deliver nothing.
+                ack = Ack(
+                    msg_id=say.msg_id,
+                    ts=earlier.ts,
+                    recipients=self._recipients(room, cid),
+                    room=earlier.room,
+                    seq=earlier.seq,
+                )
+                return [deliver((cid,), ack)]
+        seq = store.head(name) + 1
+        store.append(
+            StoredMessage(
+                room=name,
+                seq=seq,
+                ts=now_ms,
+                sender=session.nick,
+                text=say.text,
+                action=say.action,
+                sender_key=session.token,
+                msg_id=say.msg_id,
+            )
+        )
+        ack = Ack(
+            msg_id=say.msg_id, ts=now_ms, recipients=self._recipients(room, cid), room=name, seq=seq
+        )
+        if room is None:
+            return [deliver((cid,), ack)]
+        message = Message(
+            room=name, seq=seq, ts=now_ms, sender=session.nick, text=say.text, action=say.action
+        )
+        return [deliver(room.targets, message, skip=cid), deliver((cid,), ack)]
+
+    @staticmethod
+    def _recipients(room: Room | None, cid: int) -> int:
+        if room is None:
+            return 0
+        return len(room.members) - (cid in room.members)
+
+    def _tell(self, session: Session, tell: Tell, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        target = self.nicks.get(tell.to.casefold())
+        if target is None:
+            return [
+                deliver(
+                    (cid,),
+                    Error(
+                        code=ErrorCode.NO_SUCH_NICK,
+                        message=f"nobody is called {tell.to!r}",
+                        msg_id=tell.msg_id,
+                    ),
+                )
+            ]
+        refused = self._check_text(cid, tell.text, tell.msg_id)
+        if refused is not None:
+            return refused
+        dm = DirectMessage(
+            sender=session.nick, to=target.nick, ts=now_ms, text=tell.text, action=tell.action
+        )
+        ack = Ack(msg_id=tell.msg_id, ts=now_ms, recipients=1)
+        return [deliver((target.cid,), dm), deliver((cid,), ack)]
+
+    # -- rooms -------------------------------------------------------------------------------
+
+    def _join(self, session: Session, join: Join, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        name = normalise_room(join.room)
+        if name is None:
+            return [_bad_room(cid, join.room)]
+        out: list[Delivery] = []
+        joined = name not in session.rooms
+        if joined:
+            if len(session.rooms) >= self.config.max_rooms:
+                return [
+                    deliver(
+                        (cid,),
+                        Error(
+                            code=ErrorCode.TOO_MANY_ROOMS,
+                            message=f"a connection may be in at most {self.config.max_rooms} rooms",
+                        ),
+                    )
+                ]
+            room = self.rooms.get(name)
+            if room is None:
+                room = self.rooms[name] = Room(name)
+            room.add(cid)
+            session.rooms[name] = None
+        if join.after is not None:
+            out += self._replay_after(cid, name, join.after, self.config.replay_limit)
+        else:
+            count = self.config.join_history if join.history is None else join.history
+            out += self._replay_latest(cid, name, min(count, self.config.replay_limit))
+        if joined:
+            notice = Notice(kind="joined", nick=session.nick, ts=now_ms, room=name)
+            out.append(deliver(self.rooms[name].targets, notice))
+        return out
+
+    def _part(self, session: Session, part: Part, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        name = normalise_room(part.room)
+        if name is None:
+            return [_bad_room(cid, part.room)]
+        if name not in session.rooms:
+            return [
+                deliver(
+                    (cid,),
+                    Error(code=ErrorCode.NOT_IN_ROOM, message=f"you are not in #{name}"),
+                )
+            ]
+        room = self.rooms[name]
+        notice = Notice(
+            kind="left", nick=session.nick, ts=now_ms, room=name, reason=_clip(part.reason)
+        )
+        # Everyone, the parting member included, hears it: that is the member's confirmation.
+        out = [deliver(room.targets, notice)]
+        room.remove(cid)
+        del session.rooms[name]
+        if not room.members:
+            del self.rooms[name]
+        return out
+
+    def _change_nick(self, session: Session, change: ChangeNick, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        problem = nick_problem(change.nick)
+        if problem is not None:
+            return [deliver((cid,), Error(code=ErrorCode.INVALID_NICK, message=problem))]
+        key = change.nick.casefold()
+        holder = self.nicks.get(key)
+        if holder is not None and holder is not session:
+            return [
+                deliver(
+                    (cid,),
+                    Error(code=ErrorCode.NICK_IN_USE, message=f"{change.nick!r} is taken"),
+                )
+            ]
+        old = session.nick
+        if change.nick == old:
+            return []
+        del self.nicks[session.key]
+        session.nick = change.nick
+        session.key = key
+        self.nicks[key] = session
+        # Everyone who shares a room with the member hears it once, and so does the member.
+        audience: dict[int, None] = {cid: None}
+        for name in session.rooms:
+            audience.update(self.rooms[name].members)
+        notice = Notice(kind="renamed", nick=old, ts=now_ms, new_nick=change.nick)
+        return [deliver(tuple(audience), notice)]
+
+    def _who(self, session: Session, who: Who, now_ms: int) -> list[Delivery]:
+        del now_ms
+        name = normalise_room(who.room)
+        if name is None:
+            return [_bad_room(session.cid, who.room)]
+        room = self.rooms.get(name)
+        nicks = [] if room is None else [self.sessions[c].nick for c in room.members]
+        nicks.sort(key=str.casefold)
+        return [deliver((session.cid,), Members(room=name, nicks=nicks))]
+
+    def _list_rooms(self, session: Session, event: Event, now_ms: int) -> list[Delivery]:
+        del event, now_ms
+        # Rooms with stored history count too: they can be joined and read.
+        rooms = dict.fromkeys(sorted(self.store.rooms()), 0)
+        for name, room in self.rooms.items():
+            rooms[name] = len(room.members)
+        return [deliver((session.cid,), RoomList(rooms=dict(sorted(rooms.items()))))]
+
+    def _history(self, session: Session, request: History, now_ms: int) -> list[Delivery]:
+        del now_ms
+        cid = session.cid
+        name = normalise_room(request.room)
+        if name is None:
+            return [_bad_room(cid, request.room)]
+        limit = min(request.limit, self.config.replay_limit)
+        if request.after is not None:
+            return self._replay_after(cid, name, request.after, limit)
+        return self._replay_latest(cid, name, limit)
+
+    # -- history replay ----------------------------------------------------------------------
+
+    def _replay_after(self, cid: int, room: str, after: int, limit: int) -> list[Delivery]:
+        """Messages after `after`, oldest first, the gap before them and a HistoryEnd. The
+        replay stops at `limit` messages or the byte budget; HistoryEnd.head tells the client
+        whether to ask for more."""
+        result = self.store.read(room, after, limit)
+        to = (cid,)
+        out: list[Delivery] = []
+        if result.gap is not None:
+            out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
+        budget = self.replay_budget
+        for stored in result.messages:
+            d = deliver(to, _replayed(stored))
+            budget -= len(d.data)
+            if budget < 0:
+                break
+            out.append(d)
+        out.append(deliver(to, HistoryEnd(room=room, head=self.store.head(room))))
+        return out
+
+    def _replay_latest(self, cid: int, room: str, limit: int) -> list[Delivery]:
+        """The latest `limit` messages, oldest first, within the byte budget (newest kept)."""
+        to = (cid,)
+        kept: list[Delivery] = []
+        if limit > 0:
+            budget = self.replay_budget
+            for stored in reversed(self.store.latest(room, limit)):
+                d = deliver(to, _replayed(stored))
+                budget -= len(d.data)
+                if budget < 0:
+                    break
+                kept.append(d)
+            kept.reverse()
+        kept.append(deliver(to, HistoryEnd(room=room, head=self.store.head(room))))
+        return kept
+
+
+def _replayed(stored: StoredMessage) -> Message:
+    return Message(
+        room=stored.room,
+        seq=stored.seq,
+        ts=stored.ts,
+        sender=stored.sender,
+        text=stored.text,
+        action=stored.action,
+        history=True,
+    )
+
+
+def _bad_room(cid: int, room: str, msg_id: str = "") -> Delivery:
+    return deliver(
+        (cid,),
+        Error(
+            code=ErrorCode.INVALID_ROOM,
+            message=f"{room!r} is not a valid room name (1-{ROOM_MAX} letters, digits or _-.+)",
+            msg_id=msg_id,
+        ),
+    )

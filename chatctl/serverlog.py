@@ -1,0 +1,80 @@
+"""The server's log: a rich console log for people, or JSON Lines for machines.
+
+Every line has an event name and a message; the JSON form adds the fields as keys. The address
+the server listens on is always logged as `listening on HOST:PORT` (event "listening", with
+"host" and "port" fields in JSON), which is how scripts and tests find a `--port 0` server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import TextIO
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_STYLES = {"debug": "dim", "info": "green", "warning": "yellow", "error": "bold red"}
+
+
+class ServerLog:
+    def __init__(self, level: str = "info", fmt: str = "rich", stream: TextIO | None = None):
+        self.threshold = LEVELS[level]
+        self.json = fmt == "json"
+        self.stream = stream if stream is not None else sys.stderr
+        self._console = (
+            None
+            if self.json
+            else Console(file=self.stream, soft_wrap=True, highlight=False, emoji=False)
+        )
+
+    def enabled(self, level: str) -> bool:
+        return LEVELS[level] >= self.threshold
+
+    def debug(self, event: str, message: str, **fields: object) -> None:
+        if self.threshold <= 10:
+            self._emit("debug", event, message, fields)
+
+    def info(self, event: str, message: str, **fields: object) -> None:
+        if self.threshold <= 20:
+            self._emit("info", event, message, fields)
+
+    def warning(self, event: str, message: str, **fields: object) -> None:
+        if self.threshold <= 30:
+            self._emit("warning", event, message, fields)
+
+    def error(self, event: str, message: str, **fields: object) -> None:
+        self._emit("error", event, message, fields)
+
+    def banner(self, title: str, limits: Mapping[str, object]) -> None:
+        """The start-up summary: the limits in force (the addresses follow as log lines)."""
+        if self.threshold > 20:
+            return
+        if self._console is None:
+            self._emit("info", "start", title, {"limits": dict(limits)})
+            return
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="cyan")
+        grid.add_column()
+        for key, value in limits.items():
+            grid.add_row(key, str(value))
+        self._console.print(Panel(grid, title=Text(title, style="bold"), expand=False))
+
+    def _emit(self, level: str, event: str, message: str, fields: Mapping[str, object]) -> None:
+        now = time.time()
+        if self._console is None:
+            record = {"ts": round(now, 3), "level": level, "event": event, "msg": message}
+            record.update(fields)
+            self.stream.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            self.stream.flush()
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(now))
+        line = Text.assemble(
+            (stamp, "dim"), " ", (f"{level.upper():<7}", _STYLES[level]), " ", message
+        )
+        self._console.print(line)

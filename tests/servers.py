@@ -1,0 +1,290 @@
+"""Real servers for tests, and a small blocking client that speaks the protocol.
+
+- `running_server(**overrides)`: the server in this process, in a background thread, on port 0
+  of 127.0.0.1 with in-memory history; yields (host, port) and stops it cleanly at exit.
+- `serve_process(*args)`: a real `python -m chatctl serve --port 0` subprocess; yields a
+  ServeProcess with .host, .port, .proc and the log lines read so far; killed at exit.
+- `Client`: a blocking test client with a deadline on every wait (no sleeps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from chatctl.config import ServerConfig
+from chatctl.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    Connection,
+    ConnectionClosed,
+    Event,
+    Hello,
+    HistoryEnd,
+    Join,
+    Role,
+    Say,
+    Welcome,
+)
+from chatctl.server import Server
+from chatctl.serverlog import ServerLog
+
+LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
+E = TypeVar("E", bound=Event)
+
+
+@contextmanager
+def server_instance(**overrides: Any) -> Iterator[tuple[Server, str, int]]:
+    """The real server, in-process in a background thread, on port 0 of 127.0.0.1 with
+    in-memory history. Keyword arguments override ServerConfig fields. Yields the Server (to
+    look at its state), host and port; stops it cleanly at exit and re-raises its failure."""
+    settings: dict[str, Any] = {
+        "hosts": ("127.0.0.1",),
+        "port": 0,
+        "data": ":memory:",
+        "log_level": "warning",
+    }
+    settings.update(overrides)
+    config = ServerConfig(**settings)
+    server = Server(config, journal=ServerLog(config.log_level, config.log_format, io.StringIO()))
+    host, port = server.bind()[0]
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="chatctl-server", daemon=True)
+    thread.start()
+    opened = len(_open_clients)
+    try:
+        yield server, host, port
+    finally:
+        _close_clients_since(opened)
+        server.stop()
+        thread.join(timeout=15)
+        if thread.is_alive():
+            raise RuntimeError("the in-process server did not stop within 15 s")
+    if failure:
+        raise failure[0]
+
+
+@contextmanager
+def running_server(**overrides: Any) -> Iterator[tuple[str, int]]:
+    """The real server in-process (see server_instance); yields (host, port)."""
+    with server_instance(**overrides) as (_, host, port):
+        yield host, port
+
+
+@dataclasses.dataclass
+class ServeProcess:
+    proc: subprocess.Popen[str]
+    host: str = ""
+    port: int = 0
+    lines: list[str] = dataclasses.field(default_factory=list)
+    _cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first log line (stderr) matching `pattern`, waiting up to `timeout`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and self._done):
+                    raise AssertionError(
+                        f"no log line matched {pattern!r}; log:\n" + "".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    _done: bool = False
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+
+@contextmanager
+def serve_process(*extra_args: str, timeout: float = 20.0) -> Iterator[ServeProcess]:
+    """`python -m chatctl serve --port 0 ...` in a subprocess (history in memory unless
+    --data is given). Its stderr log is collected in .lines; it is killed at exit."""
+    args = [sys.executable, "-m", "chatctl", "serve", "--port", "0", *extra_args]
+    if "--data" not in extra_args:
+        args += ["--data", ":memory:"]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    handle = ServeProcess(proc)
+    pump = threading.Thread(target=handle._pump, daemon=True)
+    pump.start()
+    opened = len(_open_clients)
+    try:
+        found = handle.wait_for_line(LISTENING.pattern, timeout)
+        handle.host, handle.port = found.group(1), int(found.group(2))
+        yield handle
+    finally:
+        _close_clients_since(opened)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        pump.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# Clients opened inside a server context are closed when it ends, so tests need no cleanup.
+_open_clients: list[Client] = []
+
+
+def _close_clients_since(index: int) -> None:
+    for client in _open_clients[index:]:
+        client.close()
+    del _open_clients[index:]
+
+
+class Client:
+    """A blocking protocol client for tests. Every wait has a deadline."""
+
+    def __init__(self, host: str, port: int, *, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        _open_clients.append(self)
+        self.conn = Connection(Role.CLIENT)
+        self.timeout = timeout
+        self.seen: list[Event] = []  # events passed over by wait_for
+        self.nick = ""
+        self.token = ""
+        self._pending: list[Event] = []
+        self._eof = False
+        self._msg_ids = 0
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, nick: str, *rooms: str, token: str = "", timeout: float = 10.0
+    ) -> Client:
+        """Connected, welcomed, and in `rooms` (each join's replay consumed)."""
+        client = cls(host, port, timeout=timeout)
+        client.hello(nick, token=token)
+        for room in rooms:
+            client.join(room)
+        return client
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, event: Event) -> None:
+        self.sock.sendall(self.conn.send(event))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next_msg_id(self) -> str:
+        self._msg_ids += 1
+        return f"m{self._msg_ids}"
+
+    def recv(self, timeout: float | None = None) -> Event:
+        """The next event; ConnectionClosed once the server closed the stream."""
+        if self._pending:
+            return self._pending.pop(0)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                return event
+            if self._eof:  # after a Bye the protocol reports no ConnectionClosed; we do
+                return ConnectionClosed()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no event from the server in time")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError("no event from the server in time") from None
+            except ConnectionResetError:
+                data = b""
+            self._eof = not data
+            self.conn.receive_data(data)
+
+    def wait_for(
+        self,
+        kind: type[E],
+        where: Callable[[E], bool] = lambda e: True,
+        timeout: float | None = None,
+    ) -> E:
+        """The next event of type `kind` matching `where`; others are kept in .seen."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            event = self.recv(max(deadline - time.monotonic(), 0.001))
+            if isinstance(event, kind) and where(event):
+                return event
+            if type(event) is ConnectionClosed:
+                raise ConnectionError(f"closed while waiting for {kind.__name__}: {self.seen}")
+            self.seen.append(event)
+
+    def hello(self, nick: str, *, token: str = "") -> Welcome:
+        self.send(Hello(version=PROTOCOL_VERSION, nick=nick, token=token))
+        event = self.recv()
+        if type(event) is not Welcome:
+            raise AssertionError(f"expected Welcome, got {event}")
+        self.nick, self.token = event.nick, event.token
+        return event
+
+    def join(self, room: str, **kwargs: Any) -> HistoryEnd:
+        self.send(Join(room=room, **kwargs))
+        return self.wait_for(HistoryEnd, lambda e: e.room == room.lstrip("#").lower())
+
+    def say(self, room: str, text: str, *, action: bool = False, msg_id: str = "") -> Ack:
+        msg_id = msg_id or self.next_msg_id()
+        self.send(Say(msg_id=msg_id, room=room, text=text, action=action))
+        return self.wait_for(Ack, lambda a: a.msg_id == msg_id)
+
+    def bye(self) -> None:
+        self.send(Bye())
+
+    def wait_closed(self, timeout: float | None = None) -> Bye | None:
+        """Read until the server closes the stream; the Bye it sent, if any."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        bye: Bye | None = None
+        while True:
+            event = self.recv(max(deadline - time.monotonic(), 0.001))
+            if type(event) is Bye:
+                bye = event
+            elif type(event) is ConnectionClosed:
+                return bye
+            else:
+                self.seen.append(event)
