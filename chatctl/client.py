@@ -31,6 +31,7 @@ Thread safety: every public method may be called from any thread.
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import os
 import queue
@@ -180,6 +181,14 @@ class Outgoing:
             self._done.set()
 
 
+def default_nick() -> str:
+    """The login name, or "user" when there is none (a container without a passwd entry)."""
+    try:
+        return getpass.getuser() or "user"
+    except (KeyError, OSError):
+        return "user"
+
+
 def _format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -237,7 +246,7 @@ class Client:
         self._pending: dict[str, Outgoing] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex()
-        self._on_event = on_event
+        self.on_event = on_event  # may also be set before connect()
         self._queue: queue.SimpleQueue[AnyEvent] = queue.SimpleQueue()
         self._rng = random.Random()
         # _wlock orders writes to the socket and guards the link and pending sends; _lock guards
@@ -403,8 +412,8 @@ class Client:
                 return
 
     def _emit(self, event: AnyEvent) -> None:
-        if self._on_event is not None:
-            self._on_event(event)
+        if self.on_event is not None:
+            self.on_event(event)
         else:
             self._queue.put(event)
 
@@ -570,7 +579,7 @@ class Client:
     def _read_until_lost(self, link: _Link) -> str:
         """Deliver events until the connection ends; return why it ended."""
         heard = time.monotonic()
-        pinged = False
+        pinged = eof = False
         while True:
             try:
                 with self._lock:
@@ -580,11 +589,14 @@ class Client:
                 return f"protocol error from the server: {exc}"
             for event in events:
                 if isinstance(event, ConnectionClosed):
-                    link.dead = True
-                    if link.bye is not None:
-                        return link.bye.reason or f"server said goodbye (code {link.bye.code})"
-                    return "the server closed the connection"
+                    eof = True
+                    break
                 self._handle(link, event)
+            if eof:  # after a Bye the protocol reports no ConnectionClosed: EOF is the end
+                link.dead = True
+                if link.bye is not None:
+                    return link.bye.reason or f"the server said goodbye (code {link.bye.code})"
+                return "the server closed the connection"
             if link.dead:
                 return "the connection broke"
             try:
@@ -601,7 +613,7 @@ class Client:
             except OSError as exc:
                 link.dead = True
                 return f"the connection broke: {exc.strerror or exc}"
-            heard, pinged = time.monotonic(), False
+            heard, pinged, eof = time.monotonic(), False, not data
             with self._lock:
                 link.conn.receive_data(data)
 
@@ -736,4 +748,5 @@ __all__ = [
     "Outgoing",
     "Reconnected",
     "Refused",
+    "default_nick",
 ]

@@ -1,11 +1,53 @@
-"""Placeholder until this command is built."""
+"""`chatctl join`: the interactive chat on a terminal, a line-oriented tool in a pipe.
+
+Terminal mode (stdin and stdout both terminals, text format) is chatctl.tui; anything else is
+chatctl.pipe. prompt_toolkit is imported only for the terminal.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
 
-from chatctl.errors import NotBuilt
+from chatctl.client import Backoff, Client, default_nick
 
 
-def run_join(**_: Any) -> int:
-    raise NotBuilt("`chatctl join` is not built yet")
+def run_join(
+    *,
+    host: str,
+    port: int,
+    nick: str | None,
+    rooms: list[str],
+    fmt: str = "text",
+    count: int | None = None,
+    timeout: float | None = None,
+    reconnect: bool = False,
+    history: int | None = None,
+    connect_timeout: float = 5.0,
+) -> int:
+    rooms = [r.removeprefix("#") or r for r in rooms]
+    interactive = fmt == "text" and sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        from chatctl.tui import run_tui
+
+        return run_tui(
+            host=host,
+            port=port,
+            nick=nick,
+            rooms=rooms,
+            history=history,
+            connect_timeout=connect_timeout,
+        )
+
+    from chatctl.pipe import run_pipe
+
+    client = Client(
+        host,
+        port,
+        nick=nick or default_nick(),
+        rooms=rooms,
+        history=history,
+        connect_timeout=connect_timeout,
+        reconnect=reconnect,
+        backoff=Backoff(cap=2.0),
+    )
+    return run_pipe(client, fmt=fmt, count=count, timeout=timeout)

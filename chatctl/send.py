@@ -1,11 +1,107 @@
-"""Placeholder until this command is built."""
+"""`chatctl send`: deliver one message, wait for the server's ack, print a receipt.
+
+Exit codes (errors.ExitCode): 0 delivered; 3 nobody else received it (--require-recipient);
+4 could not connect; 5 rejected by the server (its error code in the message); 6 timed out.
+Kept light: no typer, rich or prompt_toolkit here, so the command starts fast.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+import time
 
-from chatctl.errors import NotBuilt
+from chatctl.client import Client, Outgoing, default_nick
+from chatctl.errors import ChatctlError, ExitCode, NoRecipient, Rejected
+from chatctl.protocol import Ack, Error, ErrorCode
 
 
-def run_send(**_: Any) -> int:
-    raise NotBuilt("`chatctl send` is not built yet")
+def _read_message(message: str | None) -> str:
+    if message is not None and message != "-":
+        return message
+    try:
+        text = sys.stdin.read()
+    except UnicodeDecodeError:
+        raise ChatctlError("stdin is not valid UTF-8", ExitCode.USAGE) from None
+    # Drop the newline(s) `echo` and editors add; inner newlines stay.
+    return text.rstrip("\r\n")
+
+
+def receipt(out: Outgoing, ack: Ack) -> str:
+    request = out.request
+    where = f"#{ack.room}" if ack.room else f"@{getattr(request, 'to', '')}"
+    members = "member" if ack.recipients == 1 else "members"
+    seq = f" seq {ack.seq}" if ack.seq else ""
+    return f"delivered to {where}{seq}, reached {ack.recipients} {members}"
+
+
+def receipt_record(out: Outgoing, ack: Ack) -> dict[str, object]:
+    return {
+        "msg_id": out.msg_id,
+        "room": ack.room or None,
+        "to": getattr(out.request, "to", None),
+        "seq": ack.seq,
+        "ts": ack.ts,
+        "recipients": ack.recipients,
+    }
+
+
+def _refusal_before(client: Client, rejected: Rejected) -> Rejected:
+    """A Say refused as NOT_IN_ROOM is explained by the refused Join before it."""
+    if rejected.code != ErrorCode.NOT_IN_ROOM:
+        return rejected
+    while (event := client.next_event(0)) is not None:
+        if isinstance(event, Error) and not event.msg_id:
+            return Rejected(event.message, event.code)
+    return rejected
+
+
+def run_send(
+    *,
+    message: str | None,
+    host: str,
+    port: int,
+    room: str,
+    to: str | None,
+    nick: str | None,
+    count: int = 1,
+    json_out: bool = False,
+    require_recipient: bool = False,
+    action: bool = False,
+    timeout: float | None = 10.0,
+    connect_timeout: float = 5.0,
+) -> int:
+    text = _read_message(message)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    room = room.removeprefix("#") or room
+    client = Client(
+        host,
+        port,
+        nick=nick or default_nick(),
+        rooms=() if to else (room,),
+        history=0,  # a sender needs no replay
+        connect_timeout=connect_timeout,
+    )
+    try:
+        client.connect()
+        outs = [
+            client.tell(to, text, action=action) if to else client.say(room, text, action=action)
+            for _ in range(count)
+        ]
+        acks: list[Ack] = []
+        for out in outs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                acks.append(out.wait(left))
+            except Rejected as exc:
+                raise _refusal_before(client, exc) from None
+    finally:
+        client.close()
+    for out, ack in zip(outs, acks, strict=True):
+        if json_out:
+            print(json.dumps(receipt_record(out, ack)))
+        else:
+            print(receipt(out, ack))
+    if require_recipient and any(ack.recipients == 0 for ack in acks):
+        raise NoRecipient("nobody else received it")
+    return 0

@@ -1,0 +1,310 @@
+"""Slash commands: one parser and one executor, shared by the pipe and terminal modes of join.
+
+`parse(line)` turns a line into a Command (plain text is `Text`; `//x` sends the literal
+"/x"); a malformed command raises CommandError with its usage. `Chat.run(command)` carries
+a command out on a Client and says what to show the user.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chatctl.errors import ChatctlError, ExitCode
+
+if TYPE_CHECKING:
+    from chatctl.client import Client, Outgoing
+
+DEFAULT_HISTORY = 20
+MAX_HISTORY = 10_000
+
+
+class CommandError(ChatctlError):
+    """A slash command the user typed wrong; the message says how to type it."""
+
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Text:
+    """Plain text for the current room."""
+
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JoinRoom:
+    room: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PartRoom:
+    room: str | None = None  # None: the current room
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListRooms:
+    pass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WhoIs:
+    room: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewNick:
+    nick: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DirectMsg:
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Action:
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quit:
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Help:
+    topic: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShowHistory:
+    count: int = DEFAULT_HISTORY
+
+
+Command = (
+    Text
+    | JoinRoom
+    | PartRoom
+    | ListRooms
+    | WhoIs
+    | NewNick
+    | DirectMsg
+    | Action
+    | Quit
+    | Help
+    | ShowHistory
+)
+
+# name -> (usage, what it does); the order is the order /help shows.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "join": ("/join ROOM", "join a room and make it the current one"),
+    "part": ("/part [ROOM [REASON]]", "leave a room (default: the current one)"),
+    "rooms": ("/rooms", "list every room and its number of members"),
+    "who": ("/who [ROOM]", "list the members of a room"),
+    "nick": ("/nick NICK", "change your nick"),
+    "msg": ("/msg NICK TEXT", "send a direct message"),
+    "me": ("/me TEXT", "send an action (* you TEXT)"),
+    "history": (
+        "/history [N]",
+        f"show the last N messages of the room (default {DEFAULT_HISTORY})",
+    ),
+    "quit": ("/quit [REASON]", "leave the chat"),
+    "help": ("/help [COMMAND]", "show this help"),
+}
+
+_COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
+
+
+def _room(word: str) -> str:
+    # People type IRC-style "#room"; rooms are shown that way but named without it.
+    return word[1:] if word.startswith("#") and len(word) > 1 else word
+
+
+def _usage(name: str) -> CommandError:
+    return CommandError(f"usage: {COMMANDS[name][0]}")
+
+
+def parse(line: str) -> Command:
+    """The command a line stands for. Raises CommandError for a malformed one."""
+    if not line.startswith("/"):
+        return Text(text=line)
+    if line.startswith("//"):
+        return Text(text=line[1:])
+    m = _COMMAND.fullmatch(line)
+    assert m is not None  # the pattern matches anything that starts with "/"
+    name = m.group(1).lower()
+    rest = (m.group(2) or "").strip()
+    args = rest.split()
+    if name not in COMMANDS:
+        shown = name if name.isprintable() and len(name) <= 20 else "?"
+        raise CommandError(f"unknown command /{shown}: /help lists the commands")
+    if name == "join":
+        if len(args) != 1:
+            raise _usage(name)
+        return JoinRoom(room=_room(args[0]))
+    if name == "part":
+        if not args:
+            return PartRoom()
+        return PartRoom(room=_room(args[0]), reason=rest[len(args[0]) :].strip())
+    if name == "rooms":
+        if args:
+            raise _usage(name)
+        return ListRooms()
+    if name == "who":
+        if len(args) > 1:
+            raise _usage(name)
+        return WhoIs(room=_room(args[0]) if args else None)
+    if name == "nick":
+        if len(args) != 1:
+            raise _usage(name)
+        return NewNick(nick=args[0])
+    if name == "msg":
+        if len(args) < 2:
+            raise _usage(name)
+        return DirectMsg(nick=args[0], text=rest[len(args[0]) :].strip())
+    if name == "me":
+        if not rest:
+            raise _usage(name)
+        return Action(text=rest)
+    if name == "history":
+        if not args:
+            return ShowHistory()
+        if len(args) != 1 or not args[0].isascii() or not args[0].isdigit():
+            raise _usage(name)
+        count = int(args[0])
+        if not 1 <= count <= MAX_HISTORY:
+            raise CommandError(f"/history takes a number from 1 to {MAX_HISTORY}")
+        return ShowHistory(count=count)
+    if name == "quit":
+        return Quit(reason=rest)
+    # help
+    if len(args) > 1:
+        raise _usage(name)
+    return Help(topic=args[0].lstrip("/").lower() if args else None)
+
+
+def format_command(command: Command) -> str:
+    """The line that parses back to `command` (the inverse of parse, for valid commands)."""
+    match command:
+        case Text(text=text):
+            return "/" + text if text.startswith("/") else text
+        case JoinRoom(room=room):
+            return f"/join {room}"
+        case PartRoom(room=None):
+            return "/part"
+        case PartRoom(room=str(room), reason=reason):
+            return f"/part {room} {reason}".rstrip()
+        case ListRooms():
+            return "/rooms"
+        case WhoIs(room=room):
+            return f"/who {room}" if room else "/who"
+        case NewNick(nick=nick):
+            return f"/nick {nick}"
+        case DirectMsg(nick=nick, text=text):
+            return f"/msg {nick} {text}"
+        case Action(text=text):
+            return f"/me {text}"
+        case Quit(reason=reason):
+            return f"/quit {reason}".rstrip()
+        case Help(topic=topic):
+            return f"/help {topic}" if topic else "/help"
+        case ShowHistory(count=count):
+            return f"/history {count}"
+    raise AssertionError(command)
+
+
+def help_lines(topic: str | None = None) -> list[str]:
+    if topic is not None:
+        if topic not in COMMANDS:
+            return [f"no command /{topic}: /help lists the commands"]
+        usage, what = COMMANDS[topic]
+        return [f"{usage}  {what}"]
+    width = max(len(usage) for usage, _ in COMMANDS.values())
+    lines = [f"{usage:<{width}}  {what}" for usage, what in COMMANDS.values()]
+    lines.append(f"{'//TEXT':<{width}}  send TEXT that starts with a slash")
+    return lines
+
+
+@dataclass(kw_only=True)
+class Outcome:
+    """What a command did: lines to show the user, a message on its way, whether to quit."""
+
+    info: list[str] = field(default_factory=list)
+    sent: Outgoing | None = None
+    quit: bool = False
+    quit_reason: str = ""
+
+
+class Chat:
+    """The state the two join modes share: the client and the current room."""
+
+    def __init__(self, client: Client, room: str | None) -> None:
+        self.client = client
+        self.room = room
+
+    def run_line(self, line: str) -> Outcome:
+        """Parse and run one line; an error becomes an info line."""
+        try:
+            return self.run(parse(line))
+        except ChatctlError as exc:  # a typo, or a request while disconnected
+            return Outcome(info=[str(exc)])
+
+    def _need_room(self, room: str | None = None) -> str:
+        room = room or self.room
+        if room is None:
+            raise CommandError("you are in no room: /join ROOM first")
+        return room
+
+    def run(self, command: Command) -> Outcome:
+        client = self.client
+        match command:
+            case Text(text=text):
+                return Outcome(sent=client.say(self._need_room(), text))
+            case Action(text=text):
+                return Outcome(sent=client.say(self._need_room(), text, action=True))
+            case DirectMsg(nick=nick, text=text):
+                return Outcome(sent=client.tell(nick, text))
+            case JoinRoom(room=room):
+                client.join(room)
+                self.room = room
+                return Outcome()
+            case PartRoom(room=room, reason=reason):
+                room = self._need_room(room)
+                client.part(room, reason)
+                if room == self.room:
+                    self.room = client.rooms[-1] if client.rooms else None
+                where = f"now in #{self.room}" if self.room else "in no room now"
+                return Outcome(info=[f"left #{room}; {where}"])
+            case ListRooms():
+                client.list_rooms()
+                return Outcome()
+            case WhoIs(room=room):
+                client.who(self._need_room(room))
+                return Outcome()
+            case NewNick(nick=nick):
+                client.change_nick(nick)
+                return Outcome()
+            case ShowHistory(count=count):
+                client.history(self._need_room(), limit=count)
+                return Outcome()
+            case Quit(reason=reason):
+                return Outcome(quit=True, quit_reason=reason)
+            case Help(topic=topic):
+                return Outcome(info=help_lines(topic))
+        raise AssertionError(command)
+
+
+__all__ = [
+    "COMMANDS",
+    "Chat",
+    "Command",
+    "CommandError",
+    "Outcome",
+    "format_command",
+    "help_lines",
+    "parse",
+]

@@ -1,0 +1,192 @@
+"""`chatctl join` in a pipe: stdin lines are sent, events are printed one per line.
+
+Slash commands work as on a terminal. At the end of stdin it waits until its own messages are
+acknowledged, then exits 0; `--count N` exits after N messages received (replayed history
+does not count); `--timeout` bounds the whole session. A lost connection exits with
+ExitCode.CONNECT unless `--reconnect` was given. Output formats: text, or JSON Lines
+(schema in docs/join.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from chatctl.client import AnyEvent, Client, Closed, Delivered, Refused
+from chatctl.commands import Chat, Outcome
+from chatctl.errors import ChatctlError, ExitCode, TimedOut
+from chatctl.protocol import DirectMessage, Message
+from chatctl.render import TextRenderer, event_record, json_line
+
+_TICK = 0.1  # how often the main loop looks at stdin's state and the deadline
+
+
+class _Input:
+    """Reads stdin on a thread; each line goes through the shared command executor."""
+
+    def __init__(self, chat: Chat, stream: TextIO, show: Callable[[Outcome], None]) -> None:
+        self.chat = chat
+        self.stream = stream
+        self.show = show
+        self.eof = threading.Event()
+        self.quit: str | None = None
+        self.thread = threading.Thread(target=self._run, name="chatctl-stdin", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for raw in self.stream:
+                line = raw.rstrip("\r\n")
+                if not line:
+                    continue
+                outcome = self.chat.run_line(line)
+                self.show(outcome)
+                if outcome.quit:
+                    self.quit = outcome.quit_reason
+                    break
+        except (UnicodeDecodeError, OSError, ValueError) as exc:
+            self.show(Outcome(info=[f"stopped reading stdin: {exc}"]))
+        finally:
+            self.eof.set()
+
+
+class PipeSession:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        fmt: str,
+        count: int | None,
+        timeout: float | None,
+        stdin: TextIO,
+        stdout: TextIO,
+    ) -> None:
+        self.client = client
+        self.fmt = fmt
+        self.count = count
+        self.timeout = timeout
+        self.stdin = stdin
+        self.stdout = stdout
+        self.received = 0
+        self.refused = 0
+        self._out_lock = threading.Lock()
+        colour = stdout.isatty() and "NO_COLOR" not in os.environ
+        self.text = TextRenderer(lambda: client.nick, colour=colour, single_line=True)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _write(self, line: str) -> None:
+        with self._out_lock:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()
+
+    def show_event(self, event: AnyEvent) -> None:
+        if self.fmt == "json":
+            record = event_record(event)
+            if record is not None:
+                self._write(json_line(record))
+        else:
+            line = self.text.render(event)
+            if line is not None:
+                self._write(line)
+
+    def show_outcome(self, outcome: Outcome) -> None:
+        for info in outcome.info:
+            if self.fmt == "json":
+                self._write(json_line({"type": "info", "text": info}))
+            else:
+                self._write(self.text.system(info))
+
+    # -- the session ---------------------------------------------------------------------------
+
+    def _count(self, event: AnyEvent) -> None:
+        if (isinstance(event, Message) and not event.history) or isinstance(event, DirectMessage):
+            self.received += 1
+        elif isinstance(event, Refused):
+            self.refused += 1
+
+    def run(self, first_room: str | None) -> int:
+        client = self.client
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        reader = _Input(Chat(client, first_room), self.stdin, self.show_outcome)
+        reader.thread.start()
+        while True:
+            event = client.next_event(_TICK)
+            if event is not None:
+                self._count(event)
+                self.show_event(event)
+                if isinstance(event, Closed):
+                    if event.error is not None:
+                        raise event.error
+                    return self._status()
+                if self.count is not None and self.received >= self.count:
+                    return self._finish()
+                continue
+            if reader.quit is not None:
+                client.wait_acked(self._left(deadline))
+                return self._finish(reader.quit)
+            if reader.eof.is_set() and self.count is None and client.unacked() == 0:
+                return self._finish()
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._expired()
+
+    @staticmethod
+    def _left(deadline: float | None) -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _status(self) -> int:
+        return int(ExitCode.REJECTED) if self.refused else 0
+
+    def _finish(self, reason: str = "") -> int:
+        """Print what is still queued (acks of our last lines), then leave cleanly."""
+        self.client.close(reason)
+        while (event := self.client.next_event(0)) is not None:
+            if isinstance(event, Delivered | Refused):
+                self._count(event)
+                self.show_event(event)
+        return self._status()
+
+    def _expired(self) -> int:
+        waited = f"{self.timeout:g} s"
+        if self.count is not None:
+            self._finish()
+            raise TimedOut(f"received {self.received} of {self.count} messages in {waited}")
+        if self.client.unacked():
+            n = self.client.unacked()
+            self._finish()
+            raise TimedOut(f"{n} message(s) not acknowledged in {waited}")
+        return self._finish()
+
+
+def run_pipe(
+    client: Client,
+    *,
+    fmt: str,
+    count: int | None,
+    timeout: float | None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    session = PipeSession(
+        client,
+        fmt=fmt,
+        count=count,
+        timeout=timeout,
+        stdin=stdin or sys.stdin,
+        stdout=stdout or sys.stdout,
+    )
+    try:
+        client.connect()
+        return session.run(client.rooms[0] if client.rooms else None)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): not an error, and no noise at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        client.close()
+        return 0
+    except ChatctlError:
+        client.close()
+        raise

@@ -1,0 +1,308 @@
+"""How join shows events: as text (optionally coloured) or as JSON Lines.
+
+Everything a peer wrote passes through `sanitize` before it reaches a terminal: control
+characters, escape sequences and bidirectional overrides are made visible instead of obeyed,
+so a hostile message cannot move the cursor, retitle the window or hide text.
+The JSON Lines schema is documented in docs/join.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from chatctl.client import (
+    AnyEvent,
+    Closed,
+    Delivered,
+    Disconnected,
+    Reconnected,
+    Refused,
+)
+from chatctl.protocol import (
+    DirectMessage,
+    Error,
+    ErrorCode,
+    Gap,
+    HistoryEnd,
+    Members,
+    Message,
+    Notice,
+    RoomList,
+    Say,
+    Tell,
+)
+
+# C0 controls but tab/newline, DEL, C1 controls (U+009B is a one-character CSI), and the
+# Unicode bidi controls that can make text display in a different order than it is stored.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(m: re.Match[str]) -> str:
+    ch = m.group()
+    code = ord(ch)
+    if code < 0x20:
+        return "^" + chr(code + 0x40)  # ESC -> ^[, as cat -v shows it
+    return f"<U+{code:04X}>"
+
+
+def sanitize(text: str, *, newline: str = "\n") -> str:
+    """`text` made safe to print: unsafe characters shown, tabs kept, newlines replaced by
+    `newline` (a single-line output passes an indent or a visible marker)."""
+    text = _UNSAFE.sub(_visible, text)
+    return text.replace("\n", newline) if newline != "\n" else text
+
+
+# Colours from the 16 basic ANSI ones, which every terminal theme keeps readable.
+_NICK_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
+
+
+def nick_colour(nick: str) -> int:
+    """The same ANSI colour for a nick in every session (case-insensitive, like nicks)."""
+    return _NICK_COLOURS[zlib.crc32(nick.casefold().encode()) % len(_NICK_COLOURS)]
+
+
+def clock(ts_ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts_ms / 1000))
+
+
+def gap_text(gap: Gap) -> str:
+    span = str(gap.first) if gap.first == gap.last else f"{gap.first}\u2013{gap.last}"
+    return f"missed messages {span} (no longer stored)"
+
+
+def error_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
+class TextRenderer:
+    """One line (or, on a terminal, an indented block) per event. `colour` adds ANSI styles:
+    a colour per nick, dim timestamps and history, system notices apart from speech."""
+
+    def __init__(self, own_nick: Callable[[], str], *, colour: bool, single_line: bool) -> None:
+        self.own_nick = own_nick
+        self.colour = colour
+        # A pipe promises one event per line; a terminal indents continuation lines.
+        self.newline = "\u23ce " if single_line else "\n" + " " * 11
+
+    def _style(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
+
+    def _nick(self, nick: str) -> str:
+        return self._style(f"1;{nick_colour(nick)}", sanitize(nick, newline=" "))
+
+    def _text(self, text: str) -> str:
+        return sanitize(text, newline=self.newline)
+
+    def _line(self, ts: int | None, body: str, *, dim: bool = False) -> str:
+        stamp = self._style("2", clock(ts)) + " " if ts is not None else " " * 9
+        return stamp + (self._style("2", body) if dim and self.colour else body)
+
+    def system(self, text: str, ts: int | None = None) -> str:
+        """A notice from the chat system or this program, styled apart from speech."""
+        return self._line(ts, self._style("3;90", "-- " + self._text(text)))
+
+    def error(self, text: str) -> str:
+        return self._line(None, self._style("31", "!! " + self._text(text)))
+
+    def _speech(
+        self, ts: int, where: str, nick: str, text: str, action: bool, dim: bool = False
+    ) -> str:
+        where = self._style("90", where) + " " if where else ""
+        if action:
+            body = f"{where}* {self._nick(nick)} {self._text(text)}"
+        else:
+            body = f"{where}<{self._nick(nick)}> {self._text(text)}"
+        return self._line(ts, body, dim=dim)
+
+    def render(self, event: AnyEvent) -> str | None:
+        match event:
+            case Message():
+                return self._speech(
+                    event.ts,
+                    "#" + sanitize(event.room, newline=" "),
+                    event.sender,
+                    event.text,
+                    event.action,
+                    dim=event.history,
+                )
+            case DirectMessage():
+                peer = event.sender
+                return self._speech(
+                    event.ts, self._style("35", "[dm]"), peer, event.text, event.action
+                )
+            case Delivered(request=Say() as say, ack=ack, nick=nick):
+                return self._speech(ack.ts, "#" + sanitize(say.room), nick, say.text, say.action)
+            case Delivered(request=Tell() as tell, ack=ack):
+                to = sanitize(tell.to, newline=" ")
+                return self._speech(
+                    ack.ts,
+                    self._style("35", f"[dm \u2192 {to}]"),
+                    event.nick,
+                    tell.text,
+                    tell.action,
+                )
+            case Notice():
+                return self.system(self._notice(event), event.ts)
+            case Gap():
+                return self.system(f"#{event.room}: {gap_text(event)}")
+            case Members():
+                nicks = ", ".join(event.nicks) or "nobody"
+                return self.system(f"#{event.room}: {len(event.nicks)} here: {nicks}")
+            case RoomList():
+                rooms = ", ".join(f"#{r} ({n})" for r, n in sorted(event.rooms.items()))
+                return self.system(f"rooms: {rooms or 'none'}")
+            case HistoryEnd():
+                return None
+            case Refused(error=error):
+                return self.error(f"not sent: {error.message} ({error_name(error.code)})")
+            case Error():
+                return self.error(f"{event.message} ({error_name(event.code)})")
+            case Disconnected():
+                more = "; reconnecting" if event.retrying else ""
+                return self.error(f"connection lost: {event.reason}{more}")
+            case Reconnected():
+                return self.system(f"reconnected as {event.welcome.nick}")
+            case Closed():
+                return None if event.error is None else self.error(str(event.error))
+        return None
+
+    def _notice(self, n: Notice) -> str:
+        who = sanitize(n.nick, newline=" ")
+        room = f"#{n.room} " if n.room else ""
+        reason = f" ({n.reason})" if n.reason else ""
+        if n.kind == "joined":
+            return f"{room}{who} joined"
+        if n.kind == "left":
+            return f"{room}{who} left{reason}"
+        if n.kind == "renamed":
+            return f"{who} is now {sanitize(n.new_nick, newline=' ')}"
+        if n.kind == "dropped":
+            return f"{room}{who} dropped{reason}"
+        return f"{room}{who} {n.kind}{reason}"
+
+
+def event_record(event: AnyEvent) -> dict[str, Any] | None:
+    """The JSON Lines record of an event (schema: docs/join.md), or None if not shown."""
+    match event:
+        case Message():
+            return {
+                "type": "message",
+                "room": event.room,
+                "seq": event.seq,
+                "ts": event.ts,
+                "nick": event.sender,
+                "text": event.text,
+                "action": event.action,
+                "history": event.history,
+                "own": False,
+            }
+        case DirectMessage():
+            return {
+                "type": "direct",
+                "from": event.sender,
+                "to": event.to,
+                "ts": event.ts,
+                "text": event.text,
+                "action": event.action,
+                "own": False,
+            }
+        case Delivered(request=Say() as say, ack=ack):
+            return {
+                "type": "message",
+                "room": say.room,
+                "seq": ack.seq,
+                "ts": ack.ts,
+                "nick": event.nick,
+                "text": say.text,
+                "action": say.action,
+                "history": False,
+                "own": True,
+                "msg_id": say.msg_id,
+                "recipients": ack.recipients,
+            }
+        case Delivered(request=Tell() as tell, ack=ack):
+            return {
+                "type": "direct",
+                "from": event.nick,
+                "to": tell.to,
+                "ts": ack.ts,
+                "text": tell.text,
+                "action": tell.action,
+                "own": True,
+                "msg_id": tell.msg_id,
+                "recipients": ack.recipients,
+            }
+        case Notice():
+            return {
+                "type": "notice",
+                "kind": event.kind,
+                "room": event.room,
+                "nick": event.nick,
+                "new_nick": event.new_nick,
+                "reason": event.reason,
+                "ts": event.ts,
+            }
+        case Members():
+            return {"type": "members", "room": event.room, "nicks": event.nicks}
+        case RoomList():
+            return {"type": "rooms", "rooms": event.rooms}
+        case Gap():
+            return {"type": "gap", "room": event.room, "first": event.first, "last": event.last}
+        case HistoryEnd():
+            return {"type": "history_end", "room": event.room, "head": event.head}
+        case Refused(error=error):
+            return _error_record(error, error.msg_id)
+        case Error():
+            return _error_record(event, event.msg_id)
+        case Disconnected():
+            return {"type": "status", "state": "disconnected", "reason": event.reason}
+        case Reconnected():
+            return {
+                "type": "status",
+                "state": "reconnected",
+                "reason": "",
+                "nick": event.welcome.nick,
+            }
+        case Closed():
+            return {"type": "status", "state": "closed", "reason": event.reason}
+    return None
+
+
+def _error_record(error: Error, msg_id: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "code": error.code,
+        "name": error_name(error.code),
+        "message": error.message,
+        "msg_id": msg_id,
+    }
+
+
+def _escape_json(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One JSON object on one line. Non-ASCII text stays readable, but the characters that
+    JSON leaves raw and a terminal would obey (C1 controls, bidi overrides) are escaped."""
+    return _JSON_UNSAFE.sub(_escape_json, json.dumps(record, ensure_ascii=False))
+
+
+__all__ = [
+    "TextRenderer",
+    "clock",
+    "event_record",
+    "gap_text",
+    "json_line",
+    "nick_colour",
+    "sanitize",
+]
