@@ -171,7 +171,7 @@ class Brain:
         """The question if `text` addresses the bot, with the mention removed; else None."""
         if self._mention.search(text) is None:
             return None
-        return self._mention.sub(" ", text).strip()
+        return " ".join(self._mention.sub(" ", text).split())
 
     # -- state --------------------------------------------------------------------------------
 

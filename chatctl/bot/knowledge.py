@@ -181,7 +181,7 @@ class Index:
             heading_words = words(" ".join(s.path))
             self._tf.append(Counter(words(s.body) + heading_words * 2))
         self._len = [sum(tf.values()) for tf in self._tf]
-        self._avg = (sum(self._len) / len(self._len)) if self._len else 1.0
+        self._avg = max(1.0, sum(self._len) / len(self._len)) if self._len else 1.0
         df: Counter[str] = Counter()
         for tf in self._tf:
             df.update(tf.keys())

@@ -33,6 +33,8 @@ class SSEReader:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add bytes from the stream; return every event they completed."""
+        if not chunk:
+            return []
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
         self._pending_cr = False

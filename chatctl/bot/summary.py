@@ -108,4 +108,5 @@ def summarise(lines: Sequence[ChatLine], *, max_chars: int = 1500, room: str | N
     body = "; ".join(_told(chosen[k], per_sentence) for k in sorted(chosen))
     left_out = [n for n in speakers if all(s.sender != n for s in chosen.values())]
     tail = f"; also {_names(left_out)}" if left_out else ""
-    return clip(head + body + tail + ".", max_chars)
+    text = head + body + tail
+    return clip(text if text.endswith(('."', '?"', '!"', ".")) else text + ".", max_chars)

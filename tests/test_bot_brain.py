@@ -1,0 +1,308 @@
+"""The bot's decisions without any IO: triggers, cadence, rate limit, loop guard, context."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from chatctl.bot.brain import (
+    Brain,
+    BrainSettings,
+    ChatLine,
+    Turn,
+    TurnKind,
+    parse_summary,
+)
+
+
+def make(now: float = 0.0, **settings: object) -> Brain:
+    base: dict[str, object] = {"reply_rate": 0.0}  # no rate limit unless a test asks for one
+    base.update(settings)
+    return Brain(BrainSettings(**base), now=now)  # type: ignore[arg-type]
+
+
+def say(brain: Brain, sender: str, text: str, now: float, room: str = "lobby") -> list[Turn]:
+    return brain.observe(ChatLine(sender=sender, text=text, ts=now, room=room), now)
+
+
+def dm(brain: Brain, sender: str, text: str, now: float) -> list[Turn]:
+    return brain.observe(ChatLine(sender=sender, text=text, ts=now), now)
+
+
+@pytest.mark.parametrize(
+    ("text", "question"),
+    [
+        ("@ai how do I change my nick?", "how do I change my nick?"),
+        ("ai: how do I change my nick?", "how do I change my nick?"),
+        ("AI, what is /me?", "what is /me?"),
+        ("hey @ai, summary", "hey summary"),
+        ("@AI", ""),
+    ],
+)
+def test_mentions_address_the_bot(text: str, question: str) -> None:
+    brain = make()
+    (turn,) = say(brain, "alice", text, 1.0)
+    assert turn.room == "lobby" and turn.to is None
+    assert turn.prompt.asker == "alice"
+    assert turn.prompt.question == question.strip()
+
+
+@pytest.mark.parametrize(
+    "text", ["hello everyone", "email me at x@aix.org", "@aim test", "said ai: no", "maid: hi"]
+)
+def test_other_lines_do_not(text: str) -> None:
+    assert say(make(), "alice", text, 1.0) == []
+
+
+def test_direct_message_is_always_addressed() -> None:
+    brain = make()
+    (turn,) = dm(brain, "bob", "how do I leave a room?", 1.0)
+    assert turn.to == "bob" and turn.room is None
+    assert turn.prompt.kind is TurnKind.ANSWER
+    assert turn.prompt.question == "how do I leave a room?"
+
+
+def test_every_lines_cadence_counts_human_lines_since_the_bot_spoke() -> None:
+    brain = make(every_lines=3)
+    assert say(brain, "a", "one", 1) == []
+    assert say(brain, "b", "two", 2) == []
+    (turn,) = say(brain, "a", "three", 3)
+    assert turn.prompt.kind is TurnKind.CHIME and turn.room == "lobby"
+    assert [ln.text for ln in turn.prompt.context] == ["one", "two", "three"]
+    brain.spoke(turn, "a remark", 3.5)
+    assert say(brain, "a", "four", 4) == []
+    assert say(brain, "bob", "five", 5) == []
+    assert say(brain, "c", "six", 6) != []
+
+
+def test_a_mention_resets_the_line_count() -> None:
+    brain = make(every_lines=2)
+    assert say(brain, "a", "one", 1) == []
+    (turn,) = say(brain, "b", "@ai hi", 2)
+    assert turn.prompt.kind is TurnKind.ANSWER
+    assert say(brain, "a", "three", 3) == []
+
+
+def test_every_seconds_fires_only_while_the_room_is_active() -> None:
+    brain = make(every_seconds=10.0)
+    assert brain.tick(100.0) == [] and brain.next_deadline() is None
+    assert say(brain, "a", "hello", 100.0) == []
+    assert brain.next_deadline() == 110.0
+    assert brain.tick(109.9) == []
+    (turn,) = brain.tick(110.0)
+    assert turn.prompt.kind is TurnKind.CHIME
+    # Quiet room: no further turns, however long we wait.
+    assert brain.next_deadline() is None
+    assert brain.tick(500.0) == []
+    assert say(brain, "b", "back again", 600.0) == []
+    assert [t.prompt.kind for t in brain.tick(610.0)] == [TurnKind.CHIME]
+
+
+def test_rate_limit_caps_replies() -> None:
+    brain = make(reply_rate=6.0, burst=2)  # one token every 10 s, two at once
+    answered = [bool(say(brain, f"user{i}", "@ai hi", 0.1 * i)) for i in range(5)]
+    assert answered == [True, True, False, False, False]
+    assert brain.skipped["rate limit"] == 3
+    assert say(brain, "late", "@ai hi", 10.5) != []
+    assert say(brain, "later", "@ai hi", 10.6) == []
+
+
+def test_never_answers_itself_or_bots() -> None:
+    brain = make(every_lines=1, ignore=("eliza",))
+    for sender in ("ai", "AI", "helperbot", "NewsBot", "eliza"):
+        assert say(brain, sender, "@ai are you there?", 1.0) == []
+        assert dm(brain, sender, "are you there?", 1.0) == []
+    # Their lines are still context for a person's question.
+    (turn,) = say(brain, "alice", "@ai what did helperbot say?", 2.0)
+    assert "NewsBot" in {ln.sender for ln in turn.prompt.context}
+
+
+def test_loop_guard_stops_a_fast_ping_pong() -> None:
+    brain = make(max_streak=3, loop_window=10.0)
+    answered = []
+    now = 0.0
+    for _ in range(8):
+        turns = say(brain, "eliza", "@ai and what do you think?", now)
+        answered.append(bool(turns))
+        for turn in turns:
+            brain.spoke(turn, "I think so.", now + 0.1)
+        now += 1.0
+    assert answered == [True, True, True, False, False, False, False, False]
+    # Quiet for a whole window: the nick may talk to the bot again.
+    assert say(brain, "eliza", "@ai hello again", now + 11.0) != []
+
+
+def test_loop_guard_leaves_a_conversation_alone() -> None:
+    brain = make(max_streak=2, loop_window=10.0)
+    now = 0.0
+    for i in range(6):
+        (turn,) = say(brain, "alice", f"@ai question {i}", now)
+        brain.spoke(turn, "answer", now + 0.5)
+        # Someone else speaks in between, as in a real room.
+        assert say(brain, "bob", "interesting", now + 1.0) == []
+        now += 2.0
+
+
+def test_context_window_has_a_count_and_a_character_budget() -> None:
+    brain = make(context_messages=5, context_chars=100)
+    for i in range(20):
+        say(brain, "alice", f"line {i:02d}", float(i))
+    (turn,) = say(brain, "bob", "@ai ?", 30.0)
+    assert [ln.text for ln in turn.prompt.context] == [f"line {i:02d}" for i in range(15, 20)]
+    say(brain, "carol", "x" * 60, 31.0)
+    say(brain, "carol", "y" * 60, 32.0)
+    (turn,) = say(brain, "bob", "@ai ?", 33.0)
+    assert sum(len(ln.sender) + len(ln.text) + 2 for ln in turn.prompt.context) <= 100
+    assert turn.prompt.context[-1].text == "y" * 60
+
+
+def test_history_replay_is_context_but_never_a_trigger() -> None:
+    brain = make(every_lines=1)
+    line = ChatLine(sender="alice", text="@ai old question", ts=1.0, room="lobby", history=True)
+    assert brain.observe(line, 1.0) == []
+    assert brain.log("lobby") == [line]
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "room"),
+    [
+        ("summary", None, None),
+        ("Summary 20", 20, None),
+        ("summarise the last 15 messages", 15, None),
+        ("summarize", None, None),
+        ("recap #dev", None, "dev"),
+        ("summary 5 of dev?", 5, "dev"),
+    ],
+)
+def test_summary_requests_parse(text: str, count: int | None, room: str | None) -> None:
+    request = parse_summary(text)
+    assert request is not None
+    assert (request.count, request.room) == (count, room)
+
+
+@pytest.mark.parametrize("text", ["summary of what happened yesterday at work", "how do I", ""])
+def test_other_questions_are_not_summaries(text: str) -> None:
+    assert parse_summary(text) is None
+
+
+def test_summary_takes_the_last_n_messages_without_requests_or_bot_lines() -> None:
+    brain = make()
+    for i in range(10):
+        say(brain, "alice" if i % 2 else "bob", f"message {i}", float(i))
+    (turn,) = say(brain, "carol", "@ai summary 4", 11.0)
+    assert turn.prompt.kind is TurnKind.SUMMARY and turn.room == "lobby"
+    assert [ln.text for ln in turn.prompt.context] == [f"message {i}" for i in range(6, 10)]
+    brain.spoke(turn, "a summary", 11.5)
+    (turn,) = say(brain, "dave", "@ai summary", 12.0)
+    texts = [ln.text for ln in turn.prompt.context]
+    assert "a summary" not in texts and "@ai summary 4" not in texts
+
+
+def test_summary_by_direct_message_names_a_room() -> None:
+    brain = make()
+    say(brain, "alice", "in lobby", 1.0)
+    say(brain, "bob", "in dev", 2.0, room="dev")
+    (turn,) = dm(brain, "carol", "summary #lobby", 3.0)
+    assert turn.to == "carol" and turn.prompt.room == "lobby"
+    assert [ln.text for ln in turn.prompt.context] == ["in lobby"]
+    (turn,) = dm(brain, "carol", "summary", 4.0)
+    assert turn.prompt.room == "dev"  # the most recently active room
+
+
+def test_rename_follows_the_assigned_nick() -> None:
+    brain = make()
+    brain.rename("ai2")
+    assert say(brain, "alice", "@ai hi", 1.0) == []
+    assert say(brain, "alice", "@ai2 hi", 2.0) != []
+    assert say(brain, "ai2", "@ai2 echo", 3.0) == []
+
+
+# -- the brain as a state machine ---------------------------------------------------------------
+
+NICKS = ["alice", "bob", "ai", "newsbot", "eliza"]
+TEXTS = ["hello", "@ai hi", "ai: what?", "@ai summary", "@ai summary 3", "ok", "@ai"]
+
+
+class BrainMachine(RuleBasedStateMachine):
+    """Whatever arrives, in any order: the brain never answers itself or a bot, never exceeds
+    its rate, and its context always fits the budget."""
+
+    RATE = 6.0  # per minute
+    BURST = 2
+
+    @initialize(every_lines=st.none() | st.integers(1, 4))
+    def start(self, every_lines: int | None) -> None:
+        self.now = 0.0
+        self.brain = Brain(
+            BrainSettings(
+                every_lines=every_lines,
+                every_seconds=5.0,
+                reply_rate=self.RATE,
+                burst=self.BURST,
+                context_messages=4,
+                context_chars=120,
+                ignore=("eliza",),
+            ),
+            now=0.0,
+        )
+        self.turn_times: list[float] = []
+
+    def _check(self, turns: list[Turn], sender: str | None) -> None:
+        if sender is not None and turns:
+            assert sender in ("alice", "bob")
+        for turn in turns:
+            self.turn_times.append(self.now)
+            ctx = turn.prompt.context
+            if turn.prompt.kind is not TurnKind.SUMMARY:
+                assert len(ctx) <= 4
+                assert sum(len(ln.sender) + len(ln.text) + 2 for ln in ctx) <= 120
+            if turn.prompt.kind is TurnKind.ANSWER:
+                assert turn.prompt.asker == sender
+            self.brain.spoke(turn, "reply", self.now)
+
+    @rule(
+        sender=st.sampled_from(NICKS),
+        text=st.sampled_from(TEXTS) | st.text(max_size=40),
+        room=st.sampled_from(["lobby", "dev"]),
+    )
+    def message(self, sender: str, text: str, room: str) -> None:
+        self._check(say(self.brain, sender, text, self.now, room), sender)
+
+    @rule(sender=st.sampled_from(NICKS), text=st.sampled_from(TEXTS))
+    def direct(self, sender: str, text: str) -> None:
+        turns = dm(self.brain, sender, text, self.now)
+        self._check(turns, sender)
+        assert all(t.to == sender for t in turns)
+
+    @rule(seconds=st.floats(0.0, 30.0))
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+        self._check(self.brain.tick(self.now), None)
+
+    @invariant()
+    def rate_is_bounded(self) -> None:
+        # In any window of W seconds: at most BURST + W * rate turns.
+        times = self.turn_times
+        for i, start in enumerate(times):
+            for j in range(i, len(times)):
+                window = times[j] - start
+                assert j - i + 1 <= self.BURST + window * self.RATE / 60.0 + 1e-9
+
+
+TestBrainMachine = BrainMachine.TestCase
+
+
+PLAIN = st.text(st.characters(blacklist_characters="@:,", codec="utf-8"), max_size=80)
+
+
+@given(PLAIN)
+def test_property_mention_is_stripped_from_the_question(question: str) -> None:
+    assert make().addressed(f"@ai {question}") == " ".join(question.split())
+
+
+@given(st.text(max_size=200))
+def test_property_text_without_the_nick_is_never_addressed(text: str) -> None:
+    if "ai" not in text.casefold():
+        assert make().addressed(text) is None

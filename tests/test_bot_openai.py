@@ -1,0 +1,293 @@
+"""The `openai` backend against a fault-injecting OpenAI-compatible server on 127.0.0.1.
+
+The fake server is real HTTP on a real socket. Each request takes the next step of a script:
+an SSE stream of chunks, an HTTP error, a stall, malformed JSON or plain bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from chatctl.bot.backend import BackendError, chat_messages, system_text
+from chatctl.bot.brain import ChatLine, Prompt, TurnKind
+from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
+
+Step = Callable[[BaseHTTPRequestHandler], None]
+
+
+def chunk(text: str) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+def sse(*pieces: str, done: bool = True, hold: threading.Event | None = None) -> Step:
+    """A streamed reply, one event per piece; with `hold`, stall after the first piece."""
+
+    def step(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+        for i, piece in enumerate(pieces):
+            h.wfile.write(f"data: {piece}\n\n".encode())
+            h.wfile.flush()
+            if hold is not None and i == 0:
+                hold.wait(10)
+        if done:
+            h.wfile.write(b"data: [DONE]\n\n")
+
+    return step
+
+
+def reply(*texts: str, done: bool = True, hold: threading.Event | None = None) -> Step:
+    return sse(*(chunk(t) for t in texts), done=done, hold=hold)
+
+
+def status(code: int, body: str = "{}", retry_after: str | None = None) -> Step:
+    def step(h: BaseHTTPRequestHandler) -> None:
+        data = body.encode()
+        h.send_response(code)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        if retry_after is not None:
+            h.send_header("retry-after", retry_after)
+        h.end_headers()
+        h.wfile.write(data)
+
+    return step
+
+
+def raw(body: bytes, content_type: str = "application/json") -> Step:
+    def step(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("content-type", content_type)
+        h.end_headers()
+        h.wfile.write(body)
+
+    return step
+
+
+def stall(release: threading.Event) -> Step:
+    """Accept the request and say nothing until released (the test's teardown releases it)."""
+
+    def step(h: BaseHTTPRequestHandler) -> None:
+        release.wait(10)
+
+    return step
+
+
+@dataclass
+class FakeModelServer:
+    """Scripted OpenAI-compatible server. `script` steps are used in order; when it runs out,
+    every request gets `default`."""
+
+    script: list[Step] = field(default_factory=list)
+    default: Step = field(default_factory=lambda: reply("Hello", " from", " the fake."))
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    models: list[str] = field(default_factory=lambda: ["fake-model"])
+    url: str = ""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/models"):
+                    status(200, json.dumps({"data": [{"id": m} for m in fake.models]}))(self)
+                else:
+                    status(404)(self)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                fake.requests.append(json.loads(self.rfile.read(length) or b"{}"))
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+                step = fake.script.pop(0) if fake.script else fake.default
+                try:
+                    step(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up on us, as it should
+
+        return Handler
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeModelServer]:
+    server_state = FakeModelServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), server_state.handler())
+    httpd.daemon_threads = True
+    server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server_state
+    finally:
+        server_state.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+PROMPT = Prompt(
+    kind=TurnKind.ANSWER,
+    bot_nick="ai",
+    question="how are you?",
+    asker="alice",
+    context=(
+        ChatLine(sender="bob", text="morning all", ts=1.0, room="lobby"),
+        ChatLine(sender="ai", text="good morning", ts=2.0, room="lobby"),
+    ),
+    room="lobby",
+    max_chars=300,
+)
+
+
+def backend(fake: FakeModelServer, **kwargs: Any) -> OpenAIBackend:
+    settings: dict[str, Any] = {
+        "base_url": fake.url,
+        "model": "m",
+        "api_key": None,
+        "stall_timeout": 0.5,
+        "timeout": 10.0,
+        "retries": 2,
+        "backoff": 0.01,
+    }
+    settings.update(kwargs)
+    return OpenAIBackend(**settings)
+
+
+def test_streams_the_reply_piece_by_piece(fake: FakeModelServer) -> None:
+    fake.script = [reply("Fine", ", thanks", "!")]
+    b = backend(fake)
+    assert list(b.complete(PROMPT)) == ["Fine", ", thanks", "!"]
+    assert b.chunks == 3
+    (request,) = fake.requests
+    assert request["stream"] is True and request["model"] == "m"
+    assert request["max_tokens"] == 100
+    assert [m["role"] for m in request["messages"]] == ["system", "user", "assistant", "user"]
+    assert request["messages"][1]["content"] == "bob: morning all"
+    assert request["messages"][-1]["content"] == "alice: how are you?"
+
+
+def test_api_key_comes_from_the_environment(
+    fake: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("CHATCTL_BOT_API_KEY", raising=False)
+    assert api_key_from_env() is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    assert api_key_from_env() == "sk-openai"
+    monkeypatch.setenv("CHATCTL_BOT_API_KEY", "sk-chatctl")
+    b = backend(fake, api_key=api_key_from_env())
+    list(b.complete(PROMPT))
+    assert fake.headers[0]["authorization"] == "Bearer sk-chatctl"
+
+
+def test_model_defaults_to_what_the_server_lists(fake: FakeModelServer) -> None:
+    list(backend(fake, model=None).complete(PROMPT))
+    assert fake.requests[0]["model"] == "fake-model"
+
+
+def test_retries_server_errors_with_backoff(fake: FakeModelServer) -> None:
+    fake.script = [status(503), status(429, retry_after="0"), reply("recovered")]
+    assert list(backend(fake).complete(PROMPT)) == ["recovered"]
+    assert len(fake.requests) == 3
+
+
+def test_gives_up_after_the_retries(fake: FakeModelServer) -> None:
+    fake.default = status(502)
+    with pytest.raises(BackendError, match="HTTP 502"):
+        list(backend(fake, retries=2).complete(PROMPT))
+    assert len(fake.requests) == 3
+
+
+def test_client_errors_are_not_retried(fake: FakeModelServer) -> None:
+    fake.script = [status(401, '{"error": {"message": "bad key"}}')]
+    with pytest.raises(BackendError, match="HTTP 401"):
+        list(backend(fake).complete(PROMPT))
+    assert len(fake.requests) == 1
+
+
+def test_a_stall_is_a_timeout(fake: FakeModelServer) -> None:
+    fake.default = stall(fake.release)
+    with pytest.raises(BackendError, match="timed out"):
+        list(backend(fake, retries=1).complete(PROMPT))
+    assert len(fake.requests) == 2
+
+
+def test_a_stall_mid_stream_is_not_retried(fake: FakeModelServer) -> None:
+    hold = threading.Event()
+    fake.script = [reply("partial", " more", hold=hold)]
+    got: list[str] = []
+    try:
+        with pytest.raises(BackendError, match="timed out"):
+            for piece in backend(fake).complete(PROMPT):
+                got.append(piece)
+    finally:
+        hold.set()
+    assert got == ["partial"]
+    assert len(fake.requests) == 1  # a retry would repeat text already in the chat
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        (sse("{not json"), "malformed JSON"),
+        (sse(json.dumps({"error": {"message": "model overloaded"}})), "model overloaded"),
+        (sse(json.dumps([1, 2])), "not an object"),
+        (sse(json.dumps({"choices": "x"})), "without choices"),
+        (sse(json.dumps({"choices": [{"delta": {"content": 7}}]})), "not text"),
+        (sse(), "empty reply"),
+        (reply("", " "), "empty reply"),
+        (reply(done=False), "without a reply"),
+        (raw(b"<html>oops</html>"), "malformed JSON"),
+        (raw(b"data: " + b"x" * (2 * 1024 * 1024), "text/event-stream"), "longer than"),
+    ],
+)
+def test_garbage_is_a_clear_backend_error(fake: FakeModelServer, step: Step, error: str) -> None:
+    fake.script = [step]
+    with pytest.raises(BackendError, match=error):
+        list(backend(fake).complete(PROMPT))
+    assert len(fake.requests) == 1
+
+
+def test_a_stream_without_done_still_counts(fake: FakeModelServer) -> None:
+    fake.script = [reply("no", " done", done=False)]
+    assert "".join(backend(fake).complete(PROMPT)) == "no done"
+
+
+def test_a_server_that_ignores_stream_gets_one_piece(fake: FakeModelServer) -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": "whole reply"}}]}
+    fake.script = [raw(json.dumps(body).encode())]
+    assert list(backend(fake).complete(PROMPT)) == ["whole reply"]
+
+
+def test_nobody_listening_is_a_backend_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connection refused
+        b = OpenAIBackend(
+            base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key=None, backoff=0.01
+        )
+        with pytest.raises(BackendError, match="cannot reach"):
+            list(b.complete(PROMPT))
+
+
+def test_summary_and_chime_prompts() -> None:
+    summary = Prompt(kind=TurnKind.SUMMARY, bot_nick="ai", context=PROMPT.context)
+    messages = chat_messages(summary, None)
+    assert len(messages) == 2 and "bob: morning all" in messages[1]["content"]
+    chime = Prompt(kind=TurnKind.CHIME, bot_nick="ai", context=PROMPT.context)
+    assert chat_messages(chime, "Be {nick}.")[0]["content"] == "Be ai."
+    assert system_text("odd {brace", chime) == "odd {brace"
