@@ -189,6 +189,11 @@ def default_nick() -> str:
         return "user"
 
 
+def room_name(name: str) -> str:
+    """A room's canonical name, as the server stamps it on messages: "#Lobby" -> "lobby"."""
+    return (name[1:] if name.startswith("#") else name).lower()
+
+
 def _format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -240,7 +245,7 @@ class Client:
         self.backoff = backoff or Backoff()
         self.keepalive = keepalive
         self._history = history
-        self._rooms: dict[str, None] = dict.fromkeys(rooms)  # ordered set
+        self._rooms: dict[str, None] = dict.fromkeys(map(room_name, rooms))  # ordered set
         self._last_seq: dict[str, int] = {}
         self._resuming: set[str] = set()
         self._pending: dict[str, Outgoing] = {}
@@ -351,11 +356,13 @@ class Client:
 
     def join(self, room: str, *, history: int | None = None) -> None:
         """Join `room` (remembered across reconnects). History replays with history=True."""
+        room = room_name(room)
         with self._wlock:
             self._rooms[room] = None
             self._write_if_connected(Join(room=room, history=history))
 
     def part(self, room: str, reason: str = "") -> None:
+        room = room_name(room)
         with self._wlock:
             self._rooms.pop(room, None)
             self._last_seq.pop(room, None)
@@ -749,4 +756,5 @@ __all__ = [
     "Reconnected",
     "Refused",
     "default_nick",
+    "room_name",
 ]

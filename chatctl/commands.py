@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from chatctl.client import room_name
 from chatctl.errors import ChatctlError, ExitCode
 
 if TYPE_CHECKING:
@@ -270,10 +271,10 @@ class Chat:
                 return Outcome(sent=client.tell(nick, text))
             case JoinRoom(room=room):
                 client.join(room)
-                self.room = room
+                self.room = room_name(room)
                 return Outcome()
             case PartRoom(room=room, reason=reason):
-                room = self._need_room(room)
+                room = room_name(self._need_room(room))
                 client.part(room, reason)
                 if room == self.room:
                     self.room = client.rooms[-1] if client.rooms else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from chatctl.client import Backoff, Client, default_nick
+from chatctl.client import Backoff, Client, default_nick, room_name
 
 
 def run_join(
@@ -24,7 +24,7 @@ def run_join(
     history: int | None = None,
     connect_timeout: float = 5.0,
 ) -> int:
-    rooms = [r.removeprefix("#") or r for r in rooms]
+    rooms = [room_name(r) for r in rooms]
     interactive = fmt == "text" and sys.stdin.isatty() and sys.stdout.isatty()
     if interactive:
         from chatctl.tui import run_tui

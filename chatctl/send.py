@@ -11,9 +11,9 @@ import json
 import sys
 import time
 
-from chatctl.client import Client, Outgoing, default_nick
-from chatctl.errors import ChatctlError, ExitCode, NoRecipient, Rejected
-from chatctl.protocol import Ack, Error, ErrorCode
+from chatctl.client import Client, Outgoing, default_nick, room_name
+from chatctl.errors import ChatctlError, ExitCode, NoRecipient
+from chatctl.protocol import Ack
 
 
 def _read_message(message: str | None) -> str:
@@ -46,16 +46,6 @@ def receipt_record(out: Outgoing, ack: Ack) -> dict[str, object]:
     }
 
 
-def _refusal_before(client: Client, rejected: Rejected) -> Rejected:
-    """A Say refused as NOT_IN_ROOM is explained by the refused Join before it."""
-    if rejected.code != ErrorCode.NOT_IN_ROOM:
-        return rejected
-    while (event := client.next_event(0)) is not None:
-        if isinstance(event, Error) and not event.msg_id:
-            return Rejected(event.message, event.code)
-    return rejected
-
-
 def run_send(
     *,
     message: str | None,
@@ -73,13 +63,12 @@ def run_send(
 ) -> int:
     text = _read_message(message)
     deadline = None if timeout is None else time.monotonic() + timeout
-    room = room.removeprefix("#") or room
+    room = room_name(room)
     client = Client(
         host,
         port,
         nick=nick or default_nick(),
-        rooms=() if to else (room,),
-        history=0,  # a sender needs no replay
+        rooms=(),  # the server takes a Say from a non-member: no join/leave noise
         connect_timeout=connect_timeout,
     )
     try:
@@ -91,10 +80,7 @@ def run_send(
         acks: list[Ack] = []
         for out in outs:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                acks.append(out.wait(left))
-            except Rejected as exc:
-                raise _refusal_before(client, exc) from None
+            acks.append(out.wait(left))
     finally:
         client.close()
     for out, ack in zip(outs, acks, strict=True):

@@ -236,6 +236,7 @@ def run_tui(
         complete_while_typing=False,
         history=InMemoryHistory(),
         bottom_toolbar=ui.toolbar,
+        erase_when_done=True,  # the line comes back rendered, from its ack
     )
     ui.session = session
     reason = ""

@@ -1,0 +1,242 @@
+"""The client library against the real server (in-process, and as a subprocess for restarts)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatctl.client import (
+    AnyEvent,
+    Backoff,
+    Client,
+    Closed,
+    Delivered,
+    Disconnected,
+    Reconnected,
+    Refused,
+    room_name,
+)
+from chatctl.errors import ConnectFailed, Rejected, TimedOut
+from chatctl.protocol import (
+    DirectMessage,
+    ErrorCode,
+    HistoryEnd,
+    Members,
+    Message,
+    Notice,
+    RoomList,
+)
+from tests.servers import Client as RawClient
+from tests.servers import running_server, serve_process
+
+E = TypeVar("E")
+WAIT = 10.0
+
+
+def wait_for(
+    client: Client,
+    kind: type[E],
+    where: Callable[[E], bool] = lambda e: True,
+    timeout: float = WAIT,
+    seen: list[AnyEvent] | None = None,
+) -> E:
+    """The next event of `kind` matching `where`; the ones passed over go to `seen`."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        event = client.next_event(left)
+        if isinstance(event, kind) and where(event):
+            return event
+        if event is not None and seen is not None:
+            seen.append(event)
+        if isinstance(event, Closed) and kind is not Closed:
+            raise AssertionError(f"closed while waiting for {kind.__name__}: {event}")
+    raise AssertionError(f"no {kind.__name__} within {timeout} s")
+
+
+def drain(client: Client) -> list[AnyEvent]:
+    events = []
+    while (event := client.next_event(0)) is not None:
+        events.append(event)
+    return events
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    with running_server() as addr:
+        yield addr
+
+
+def joined(addr: tuple[str, int], nick: str, *rooms: str, **kwargs: object) -> Client:
+    client = Client(addr[0], addr[1], nick=nick, rooms=rooms, **kwargs)  # type: ignore[arg-type]
+    client.connect()
+    for room in map(room_name, rooms):
+        wait_for(client, HistoryEnd, lambda e, r=room: e.room == r)  # type: ignore[misc]
+    return client
+
+
+def test_say_is_acknowledged_and_delivered_to_others_only(server: tuple[str, int]) -> None:
+    with joined(server, "alice", "lobby") as alice, joined(server, "bob", "lobby") as bob:
+        ack = alice.say("lobby", "hello bob").wait(WAIT)
+        assert ack.seq >= 1 and ack.recipients == 1 and ack.room == "lobby"
+        message = wait_for(bob, Message)
+        assert (message.sender, message.text, message.seq) == ("alice", "hello bob", ack.seq)
+        delivered = wait_for(alice, Delivered)
+        assert delivered.ack == ack and delivered.nick == "alice"
+        assert not any(isinstance(e, Message) for e in drain(alice))  # no echo of our own
+        assert alice.last_seq("lobby") == ack.seq == bob.last_seq("lobby")
+
+
+def test_direct_message_and_action(server: tuple[str, int]) -> None:
+    with joined(server, "alice") as alice, joined(server, "bob") as bob:
+        ack = alice.tell("BOB", "psst", action=True).wait(WAIT)
+        assert ack.recipients == 1 and ack.seq == 0
+        dm = wait_for(bob, DirectMessage)
+        assert (dm.sender, dm.to, dm.text, dm.action) == ("alice", "bob", "psst", True)
+
+
+def test_a_taken_nick_gets_a_variant(server: tuple[str, int]) -> None:
+    with joined(server, "sam") as first, joined(server, "SAM") as second:
+        assert first.nick == "sam"
+        assert second.nick.casefold() != "sam" and second.nick.lower().startswith("sam")
+
+
+def test_an_invalid_nick_is_rejected_with_the_server_code(server: tuple[str, int]) -> None:
+    client = Client(*server, nick="no spaces allowed")
+    with pytest.raises(Rejected) as info:
+        client.connect()
+    assert info.value.code == ErrorCode.INVALID_NICK
+
+
+def test_refused_message_raises_rejected_and_is_reported(server: tuple[str, int]) -> None:
+    with joined(server, "alice") as alice:
+        with pytest.raises(Rejected) as info:
+            alice.tell("nobody-here", "hi").wait(WAIT)
+        assert info.value.code == ErrorCode.NO_SUCH_NICK
+        refused = wait_for(alice, Refused)
+        assert refused.error.code == ErrorCode.NO_SUCH_NICK
+        assert alice.unacked() == 0
+
+
+def test_requests_and_their_answers(server: tuple[str, int]) -> None:
+    with joined(server, "alice", "lobby", "#Rust") as alice:
+        assert list(alice.rooms) == ["lobby", "rust"]
+        alice.who("rust")
+        assert wait_for(alice, Members).nicks == ["alice"]
+        alice.list_rooms()
+        assert wait_for(alice, RoomList).rooms == {"lobby": 1, "rust": 1}
+        for i in range(3):
+            alice.say("rust", f"m{i}")
+        assert alice.wait_acked(WAIT)
+        alice.history("rust", limit=2)
+        first = wait_for(alice, Message)
+        second = wait_for(alice, Message)
+        assert [first.text, second.text] == ["m1", "m2"] and first.history
+        alice.change_nick("alicia")
+        wait_for(alice, Notice, lambda n: n.kind == "renamed")
+        assert alice.nick == "alicia"
+        alice.part("rust")
+        assert list(alice.rooms) == ["lobby"]
+
+
+def test_close_says_bye_so_the_room_sees_the_departure(server: tuple[str, int]) -> None:
+    with joined(server, "watcher", "lobby") as watcher:
+        leaver = joined(server, "leaver", "lobby")
+        leaver.close("off to lunch")
+        left = wait_for(watcher, Notice, lambda n: n.kind == "left")
+        assert (left.nick, left.reason) == ("leaver", "off to lunch")
+        assert isinstance(wait_for(leaver, Closed), Closed)
+        assert not leaver.running
+        with pytest.raises(ConnectFailed):
+            leaver.say("lobby", "too late").wait(WAIT)
+
+
+def test_pings_are_answered() -> None:
+    # The server drops a client that leaves its pings unanswered; ours must outlive one.
+    with (
+        running_server(ping_interval=0.2, idle_timeout=0.6) as addr,
+        joined(addr, "alive", "lobby") as client,
+        RawClient.connect(*addr, "mute", "lobby"),
+    ):
+        dropped = wait_for(client, Notice, lambda n: n.kind == "dropped")
+        assert dropped.nick == "mute"
+        assert client.connected
+        assert client.say("lobby", "still here").wait(WAIT).seq >= 1
+
+
+def test_connect_refused_is_connect_failed() -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        client = Client("127.0.0.1", reserved.getsockname()[1], nick="x")
+        with pytest.raises(ConnectFailed, match="could not connect"):
+            client.connect()
+
+
+def test_a_server_that_never_answers_times_out() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # listens, never reads or writes
+        client = Client("127.0.0.1", mute.getsockname()[1], nick="x", connect_timeout=0.3)
+        with pytest.raises(TimedOut, match="did not answer"):
+            client.connect()
+
+
+def test_a_lost_connection_without_reconnect_closes_with_an_error(tmp_path: Path) -> None:
+    with serve_process() as proc:
+        client = joined((proc.host, proc.port), "alice", "lobby")
+        proc.proc.kill()
+        closed = wait_for(client, Closed)
+        assert isinstance(closed.error, ConnectFailed)
+        assert not client.running
+
+
+@given(st.integers(0, 100), st.floats(0.01, 2.0), st.floats(0.1, 60.0), st.integers(0, 2**32))
+def test_backoff_grows_within_its_cap_with_jitter(
+    attempt: int, base: float, cap: float, seed: int
+) -> None:
+    backoff = Backoff(base=base, cap=cap)
+    delay = backoff.delay(attempt, random.Random(seed))
+    ceiling = min(cap, base * 2.0**attempt)
+    assert ceiling / 2 <= delay <= ceiling
+    assert backoff.delay(attempt + 1, random.Random(seed)) <= min(cap, ceiling * 2)
+
+
+def test_reconnect_rejoins_resumes_and_resends(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with serve_process("--data", data) as first:
+        addr = (first.host, first.port)
+        alice = joined(addr, "alice", "lobby", "dev", reconnect=True, backoff=Backoff(base=0.5))
+        with joined(addr, "bob", "lobby") as bob:
+            bob.say("lobby", "before").wait(WAIT)
+        wait_for(alice, Message, lambda m: m.text == "before")
+        first.proc.kill()
+        wait_for(alice, Disconnected)
+        # Sent while down: queued, re-sent after the reconnect with its msg_id.
+        queued = alice.say("dev", "while down")
+        with serve_process("--port", str(addr[1]), "--data", data) as second:
+            assert second.port == addr[1]
+            with joined(addr, "carol", "lobby") as carol:
+                carol.say("lobby", "missed or live").wait(WAIT)
+            seen: list[AnyEvent] = []
+            wait_for(alice, Reconnected, seen=seen)
+            ack = queued.wait(WAIT)
+            assert ack.room == "dev"
+            got = wait_for(alice, Message, lambda m: m.text == "missed or live", seen=seen)
+            assert got.seq == 2
+            with joined(addr, "dave", "dev", "lobby") as dave:
+                dave.who("dev")
+                assert "alice" in wait_for(dave, Members, lambda m: m.room == "dev").nicks
+                dave.history("dev", limit=10)
+                replay = []
+                while not isinstance(event := dave.next_event(WAIT), HistoryEnd):
+                    if isinstance(event, Message) and event.room == "dev":
+                        replay.append(event.text)
+                assert replay == ["while down"]  # stored once
+            alice.close()
+            texts = [e.text for e in seen + drain(alice) if isinstance(e, Message)]
+            assert texts.count("before") == 0 and texts.count("missed or live") == 0
