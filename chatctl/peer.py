@@ -15,6 +15,7 @@ class Peer:
     __slots__ = (
         "addr",
         "born",
+        "check_at",
         "cid",
         "closing",
         "conn",
@@ -50,6 +51,7 @@ class Peer:
         self.addr = addr  # "host:port" for logs
         self.conn = Connection(Role.SERVER, max_frame_size=max_frame)
         self.born = now
+        self.check_at = 0.0  # when the one live timer check of this peer is due
         self.last_recv = now
         self.pinged = False  # a Ping is out since the last frame received
         self.welcomed = False

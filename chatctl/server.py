@@ -24,6 +24,7 @@ import selectors
 import signal
 import socket
 import time
+import traceback
 from types import FrameType
 
 from chatctl import __version__
@@ -245,15 +246,19 @@ class Server:
             pass
 
     def _schedule(self, when: float, peer: Peer | None) -> None:
+        """Run a check of `peer` (or the housekeeping, for None) at `when`. A peer has one
+        live check at a time: scheduling a new one makes the older entry stale."""
+        if peer is not None:
+            peer.check_at = when
         heapq.heappush(self._timers, (when, next(self._timer_seq), peer))
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, peer = heapq.heappop(timers)
+            when, _, peer = heapq.heappop(timers)
             if peer is None:
                 self._housekeeping(now)
-            elif peer.sock.fileno() >= 0:
+            elif peer.check_at == when and peer.sock.fileno() >= 0:
                 self._check_peer(peer, now)
 
     def _housekeeping(self, now: float) -> None:
@@ -344,19 +349,32 @@ class Server:
             return
         conn = peer.conn
         conn.receive_data(bytes(self._view[:n]) if n else b"")
-        peer.last_recv = self._now
-        peer.pinged = False
+        try:
+            self._handle_frames(peer)
+        except RemoteProtocolError as exc:
+            self._protocol_error(peer, exc)
+        except Exception as exc:  # a bug must cost one connection, never the server
+            self.journal.error(
+                "internal_error",
+                f"internal error handling {peer.addr}: {type(exc).__name__}: {exc}",
+                peer=peer.addr,
+                traceback=traceback.format_exc(),
+            )
+            self._end(peer, ErrorCode.SERVER_ERROR, "internal server error")
+
+    def _handle_frames(self, peer: Peer) -> None:
+        """Every complete frame buffered, through the hub. Raises RemoteProtocolError."""
+        conn = peer.conn
         hub = self.hub
         assert hub is not None
         now_ms = self._now_ms
         while True:
-            try:
-                event = conn.next_event()
-            except RemoteProtocolError as exc:
-                self._protocol_error(peer, exc)
-                return
+            event = conn.next_event()
             if event is NEED_DATA:
                 return
+            # Only whole frames count as life: a client dribbling bytes still goes idle.
+            peer.last_recv = self._now
+            peer.pinged = False
             kind = type(event)
             if kind is Ping:
                 self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]

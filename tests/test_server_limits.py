@@ -1,0 +1,248 @@
+"""Limits and protection over real sockets. Each hostile client runs next to a well-behaved
+pair (alice listens, bob talks) in the same room, which must keep getting everything."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+
+from chatctl.protocol import (
+    HEADER,
+    MAGIC,
+    Bye,
+    ErrorCode,
+    Hello,
+    Join,
+    Message,
+    Notice,
+    Ping,
+    Pong,
+    Say,
+    encode,
+)
+from tests.servers import Client, running_server, server_instance
+
+ROOM = "lobby"
+
+
+def witnesses(host: str, port: int) -> tuple[Client, Client]:
+    alice = Client.connect(host, port, "alice", ROOM)
+    bob = Client.connect(host, port, "bob", ROOM)
+    return alice, bob
+
+
+def still_served(alice: Client, bob: Client, count: int = 20, tag: str = "after") -> None:
+    """Bob's next `count` messages reach alice, all of them and in order."""
+    sent = [bob.say(ROOM, f"{tag} {i}") for i in range(count)]
+    got = [alice.wait_for(Message, lambda m: m.sender == "bob") for _ in range(count)]
+    assert [m.text for m in got] == [f"{tag} {i}" for i in range(count)]
+    assert [m.seq for m in got] == [a.seq for a in sent]
+
+
+def test_garbage_before_hello_gets_bye_and_disconnect() -> None:
+    with running_server() as (host, port):
+        alice, bob = witnesses(host, port)
+        hostile = Client(host, port)
+        hostile.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        bye = hostile.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.MALFORMED_FRAME
+        still_served(alice, bob)
+
+
+def test_garbage_frames_after_hello_drop_only_the_sender() -> None:
+    with running_server() as (host, port):
+        alice, bob = witnesses(host, port)
+        for body, code in (
+            (b"{not json", ErrorCode.MALFORMED_FRAME),
+            (b'{"msg_id": "1", "room": 5, "text": "x"}', ErrorCode.MALFORMED_FRAME),
+            (b"\xff\xfe", ErrorCode.MALFORMED_FRAME),
+        ):
+            hostile = Client.connect(host, port, "mallory", ROOM)
+            hostile.send_raw(HEADER.pack(MAGIC, Say.TYPE, 0, len(body)) + body)
+            bye = hostile.wait_closed()
+            assert bye is not None and bye.code == code
+            dropped = alice.wait_for(Notice, lambda n: n.kind == "dropped")
+            assert dropped.nick == "mallory"
+        hostile = Client.connect(host, port, "mallory", ROOM)
+        hostile.send_raw(HEADER.pack(MAGIC, 0x7E, 0, 2) + b"{}")
+        bye = hostile.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.UNKNOWN_FRAME_TYPE
+        hostile = Client.connect(host, port, "mallory", ROOM)
+        hostile.send_raw(encode(Hello(version=1, nick="again")))
+        bye = hostile.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.UNEXPECTED_FRAME
+        still_served(alice, bob)
+
+
+def test_oversized_frame_is_refused_from_its_header() -> None:
+    with running_server(max_frame=1024) as (host, port):
+        alice, bob = witnesses(host, port)
+        hostile = Client.connect(host, port, "mallory", ROOM)
+        # Only the header is sent: the server must not wait for (or buffer) the body.
+        hostile.send_raw(HEADER.pack(MAGIC, Say.TYPE, 0, 1025))
+        bye = hostile.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.FRAME_TOO_LARGE
+        still_served(alice, bob)
+
+
+def test_slowloris_dribbling_a_hello_is_dropped_at_the_handshake_timeout() -> None:
+    with running_server(handshake_timeout=0.5) as (host, port):
+        alice, bob = witnesses(host, port)
+        hello = encode(Hello(version=1, nick="loris"))
+        with socket.create_connection((host, port)) as hostile:
+            received = b""
+            deadline = time.monotonic() + 10
+            for byte in hello[:-1]:  # one byte every 50 ms, never the last one
+                hostile.send(bytes([byte]))
+                readable, _, _ = select.select([hostile], [], [], 0.05)
+                if readable:
+                    received = hostile.recv(4096)
+                    break
+                assert time.monotonic() < deadline
+            else:
+                readable, _, _ = select.select([hostile], [], [], 10)
+                received = hostile.recv(4096) if readable else b""
+            assert received[:2] == MAGIC and received[2] == Bye.TYPE
+            body = received[8:]
+            assert str(int(ErrorCode.HANDSHAKE_TIMEOUT)) in body.decode()
+        still_served(alice, bob)
+
+
+def test_silent_client_is_pinged_then_dropped_while_a_ponging_one_stays() -> None:
+    with running_server(ping_interval=0.2, idle_timeout=0.6) as (host, port):
+        alive = Client.connect(host, port, "alive", ROOM)
+        silent = Client.connect(host, port, "silent", ROOM)
+        silent.wait_for(Ping)
+        pings = 0
+        deadline = time.monotonic() + 10
+        while True:  # answer every ping until the silent one is gone
+            event = alive.recv(max(deadline - time.monotonic(), 0.01))
+            if type(event) is Ping:
+                pings += 1
+                alive.send(Pong(token=event.token))
+            elif type(event) is Notice and event.kind == "dropped":
+                assert event.nick == "silent"
+                break
+        assert pings >= 1
+        bye = silent.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.IDLE_TIMEOUT
+        alive.send(Say(msg_id="x", room=ROOM, text="still here"))
+        while True:
+            event = alive.recv()
+            if type(event) is Ping:
+                alive.send(Pong(token=event.token))
+            else:
+                break
+        assert getattr(event, "msg_id", None) == "x"
+
+
+def test_never_reading_client_is_disconnected_as_slow_consumer() -> None:
+    with running_server(max_output=64 * 1024, rate=0) as (host, port):
+        alice, bob = witnesses(host, port)
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect((host, port))
+        sleeper.sendall(encode(Hello(version=1, nick="sleeper")))
+        sleeper.sendall(encode(Join(room=ROOM)))
+        alice.wait_for(Notice, lambda n: n.nick == "sleeper")
+        text = "x" * 1000
+        sent = 0
+        while True:  # bob talks until the sleeper is dropped; alice must get every message
+            bob.say(ROOM, f"{sent} {text}")
+            sent += 1
+            got = alice.wait_for(Message, lambda m: m.sender == "bob")
+            assert got.text.startswith(f"{sent - 1} ")
+            dropped = [e for e in alice.seen if type(e) is Notice and e.kind == "dropped"]
+            if dropped:
+                assert dropped[0].nick == "sleeper"
+                assert "slow consumer" in dropped[0].reason
+                break
+            assert sent < 10_000
+        sleeper.close()
+        still_served(alice, bob)
+
+
+def test_flooder_is_rate_limited_then_disconnected() -> None:
+    with running_server(rate=20, burst=10) as (host, port):
+        alice, bob = witnesses(host, port)
+        flooder = Client.connect(host, port, "flooder", ROOM)
+        flood = b"".join(
+            encode(Say(msg_id=str(i), room=ROOM, text=f"spam {i}")) for i in range(2000)
+        )
+        try:
+            flooder.send_raw(flood)
+        except OSError:
+            pass  # the server may hang up before it has read it all
+        bye = flooder.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.FLOODING
+        codes = {getattr(e, "code", None) for e in flooder.seen}
+        assert ErrorCode.RATE_LIMITED in codes
+        dropped = alice.wait_for(Notice, lambda n: n.kind == "dropped")
+        assert dropped.nick == "flooder" and "flood" in dropped.reason
+        spam = [e for e in alice.seen if type(e) is Message and e.sender == "flooder"]
+        assert 1 <= len(spam) < 100  # the burst got through, the flood did not
+        still_served(alice, bob, count=5)  # bob is under the same rate limit
+
+
+def test_connection_limits_total_and_per_ip() -> None:
+    with running_server(max_connections=3) as (host, port):
+        alice, bob = witnesses(host, port)
+        third = Client.connect(host, port, "third")
+        fourth = Client(host, port)
+        bye = fourth.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.TOO_MANY_CONNECTIONS
+        third.bye()
+        third.wait_closed()
+        still_served(alice, bob)
+    with running_server(max_per_ip=2) as (host, port):
+        alice, bob = witnesses(host, port)
+        extra = Client(host, port)
+        bye = extra.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.TOO_MANY_CONNECTIONS
+        assert "127.0.0.1" in bye.reason
+        still_served(alice, bob)
+
+
+def test_resume_token_takes_over_the_old_session() -> None:
+    with running_server() as (host, port):
+        alice, bob = witnesses(host, port)
+        again = Client.connect(host, port, "someone-else", token=alice.token)
+        assert (again.nick, again.token) == ("alice", alice.token)
+        bye = alice.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.REPLACED
+        # Still in the room, without leaving and joining again: bob's message arrives.
+        assert bob.say(ROOM, "welcome back").recipients == 1
+        assert again.wait_for(Message).text == "welcome back"
+        assert not [e for e in bob.seen if type(e) is Notice and e.nick == "alice"]
+
+
+def test_ipv4_and_ipv6_listeners_share_the_port() -> None:
+    with server_instance(hosts=("127.0.0.1", "::1")) as (server, host, port):
+        assert {a[0] for a in server.addresses} == {"127.0.0.1", "::1"}
+        v4 = Client.connect(host, port, "four", ROOM)
+        v6 = Client.connect("::1", port, "six", ROOM)
+        assert v6.say(ROOM, "over ipv6").recipients == 1
+        assert v4.wait_for(Message).text == "over ipv6"
+
+
+def test_half_closed_client_still_gets_its_acks() -> None:
+    with running_server() as (host, port):
+        alice = Client.connect(host, port, "alice", ROOM)
+        with socket.create_connection((host, port)) as oneshot:
+            oneshot.sendall(
+                encode(Hello(version=1, nick="oneshot"))
+                + b"".join(encode(Say(msg_id=str(i), room=ROOM, text=str(i))) for i in range(5))
+            )
+            oneshot.shutdown(socket.SHUT_WR)
+            data = b""
+            oneshot.settimeout(10)
+            while chunk := oneshot.recv(65536):
+                data += chunk
+        frames = []
+        while data:
+            (_, kind, _, length) = HEADER.unpack_from(data)
+            frames.append(kind)
+            data = data[8 + length :]
+        assert frames.count(0x93) == 5  # five acks
+        assert [alice.wait_for(Message).text for _ in range(5)] == ["0", "1", "2", "3", "4"]
