@@ -18,6 +18,8 @@ import pytest
 from chatctl.bot.backend import BackendError, chat_messages, system_text
 from chatctl.bot.brain import ChatLine, Prompt, TurnKind
 from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
+from tests.servers import Client, running_server
+from tests.test_bot_chat import bot_process, from_bot, wait_joined
 
 Step = Callable[[BaseHTTPRequestHandler], None]
 
@@ -291,3 +293,68 @@ def test_summary_and_chime_prompts() -> None:
     chime = Prompt(kind=TurnKind.CHIME, bot_nick="ai", context=PROMPT.context)
     assert chat_messages(chime, "Be {nick}.")[0]["content"] == "Be ai."
     assert system_text("odd {brace", chime) == "odd {brace"
+
+
+# -- the openai backend in a real chat -----------------------------------------------------------
+
+LONG = "This answer is long enough to need several chat frames. " * 6
+
+
+def test_bot_streams_a_long_reply_into_frames_that_fit(fake: FakeModelServer) -> None:
+    fake.script = [reply(*(w + " " for w in LONG.split()))]
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m", "--max-reply", "200")
+    with (
+        running_server(max_text=64) as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai tell me a long story")
+        frames = [from_bot(alice)]
+        log = bot.wait_for_line(
+            r"replied \(answer\) in #lobby: (\d+) frame\(s\), (\d+) chars, (\d+) chunk"
+        )
+        frames += [from_bot(alice) for _ in range(int(log[1]) - 1)]
+        assert len(frames) >= 3
+        assert all(len(f.text.encode()) <= 64 for f in frames)
+        text = " ".join(f.text for f in frames)
+        assert LONG.startswith(text.removesuffix("…").rstrip())
+        assert len(text) <= 201 and text.endswith("…")  # cut at --max-reply
+        assert int(log[3]) > 1  # streamed: many chunks
+        assert fake.requests[0]["messages"][-1]["content"] == "alice: tell me a long story"
+
+
+def test_backend_failure_gives_one_notice_then_silence(fake: FakeModelServer) -> None:
+    fake.script = [status(400), status(400)]
+    fake.default = reply("back to normal")
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai first try")
+        assert "not answering" in from_bot(alice).text
+        alice.say("lobby", "@ai second try")
+        alice.say("lobby", "@ai third try")
+        # No second notice within the minute: the next thing the bot says is the answer.
+        assert from_bot(alice).text == "back to normal"
+        assert len(fake.requests) == 3
+        assert sum("HTTP 400" in line for line in bot.lines) == 2
+
+
+def test_on_failure_silent_says_nothing(fake: FakeModelServer) -> None:
+    fake.script = [raw(b"garbage", "text/event-stream")]
+    fake.default = reply("working again")
+    args = ("--backend", "openai", "--base-url", fake.url, "--on-failure", "silent")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai are you there?")
+        bot.wait_for_line(r"backend openai failed for #lobby")
+        alice.say("lobby", "@ai and now?")
+        assert from_bot(alice).text == "working again"

@@ -1,0 +1,138 @@
+"""`chatctl bot` in a real chat: a real server, the bot as a `chatctl` subprocess, real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from chatctl.protocol import DirectMessage, Message, Notice, Tell
+from tests.servers import Client, ServeProcess, running_server, serve_process
+
+
+@contextmanager
+def bot_process(host: str, port: int, *args: str) -> Iterator[ServeProcess]:
+    """`python -m chatctl bot HOST --port PORT ...`; its stderr log is collected; stopped with
+    SIGTERM (it must exit 0) and killed if it does not."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatctl", "bot", host, "--port", str(port), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    handle = ServeProcess(proc)
+    pump = threading.Thread(target=handle._pump, daemon=True)
+    pump.start()
+    try:
+        handle.wait_for_line(r"connected to .* as ")
+        yield handle
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, "".join(handle.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        pump.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def wait_joined(client: Client, nick: str = "ai") -> None:
+    client.wait_for(Notice, lambda n: n.kind == "joined" and n.nick == nick)
+
+
+def from_bot(client: Client, timeout: float = 10.0) -> Message:
+    return client.wait_for(Message, lambda m: m.sender == "ai", timeout=timeout)
+
+
+def test_offline_bot_answers_mentions_direct_messages_and_summaries() -> None:
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port) as bot,
+        Client.connect(host, port, "bob", "lobby") as bob,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai how do I send a direct message?")
+        answer = from_bot(alice)
+        assert answer.text.startswith("alice: Send a direct message")
+        assert "/msg" in answer.text
+        assert from_bot(bob).text == answer.text  # the whole room sees it
+
+        bob.send(Tell(msg_id="t1", to="ai", text="how do I change my nick?"))
+        private = bob.wait_for(DirectMessage, lambda m: m.sender == "ai")
+        assert "/nick" in private.text
+
+        bob.say("lobby", "The deploy is blocked on the migration.")
+        alice.say("lobby", "I can finish the migration tonight.")
+        bob.say("lobby", "@ai summary")
+        summary = from_bot(bob).text
+        assert summary.startswith("Last ")
+        assert 'bob said "The deploy is blocked on the migration."' in summary
+        assert 'alice said "I can finish the migration tonight."' in summary
+        bot.wait_for_line(r"replied \(summary\) in #lobby")
+
+
+def test_bot_never_answers_itself_or_other_bots() -> None:
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, "--every-lines", "1") as bot,
+        Client.connect(host, port, "newsbot", "lobby") as newsbot,
+    ):
+        wait_joined(alice)
+        newsbot.say("lobby", "@ai are you a bot too?")
+        newsbot.say("lobby", "ai: please answer me")
+        alice.say("lobby", "@ai hello")
+        # The first thing the bot says is its answer to alice: the bot's lines were passed
+        # over, and its own reply did not trigger --every-lines 1.
+        assert from_bot(alice).text.startswith("alice: Hello!")
+        alice.say("lobby", "@ai thanks")
+        assert from_bot(alice).text == "alice: You're welcome."
+        assert not any("newsbot" in line and "replied" in line for line in bot.lines)
+
+
+def test_every_lines_cadence_in_a_real_room() -> None:
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, "--every-lines", "3"),
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "first thought")
+        alice.say("lobby", "second thought")
+        alice.say("lobby", "third thought")
+        recap = from_bot(alice).text
+        assert recap.startswith("Last 3 messages in #lobby, from alice (3)")
+
+
+def test_bot_survives_a_server_restart() -> None:
+    with serve_process() as first:
+        port = first.port
+        with bot_process(first.host, port, "--room", "dev") as bot:
+            first.proc.kill()
+            first.proc.wait(timeout=10)
+            bot.wait_for_line(r"disconnected")
+            with (
+                serve_process("--port", str(port)) as second,
+                Client.connect(second.host, port, "carol", "dev") as carol,
+            ):
+                bot.wait_for_line(r"reconnected", timeout=20)
+                carol.say("dev", "@ai how do I leave a room?")
+                assert "/part" in from_bot(carol).text
+
+
+def test_every_seconds_cadence_in_a_real_room() -> None:
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, "--every-seconds", "1"),
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "is anyone around?")
+        assert from_bot(alice).text.startswith("Last 1 message in #lobby, from alice (1)")
