@@ -1,0 +1,248 @@
+"""`chatctl join` in a pipe, as a real subprocess against a real server."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatctl.client import Client
+from chatctl.errors import ExitCode
+from chatctl.protocol import DirectMessage, HistoryEnd, Message, Notice
+from tests.servers import running_server, serve_process
+from tests.test_client import wait_for
+
+WAIT = 10.0
+
+
+class Join:
+    """A `chatctl join` subprocess whose stdout lines are read on a thread."""
+
+    def __init__(self, port: int, *args: str, stdin: bool = False) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatctl", "join", "-p", str(port), *args],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def expect(self, text: str, timeout: float = WAIT) -> str:
+        """The first stdout line containing `text`."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if text in line:
+                return line
+        raise AssertionError(f"no line with {text!r}; got {self.seen}")
+
+    def records(self, timeout: float = WAIT) -> list[dict[str, Any]]:
+        """Every JSON line after the process exits."""
+        self.proc.wait(timeout)
+        out = list(self.seen)
+        while not self.lines.empty():
+            out.append(self.lines.get())
+        return [json.loads(line) for line in out]
+
+    def finish(self, timeout: float = WAIT) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        assert self.proc.stderr is not None
+        return code, self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    with running_server() as addr:
+        yield addr
+
+
+@pytest.fixture
+def watcher(server: tuple[str, int]) -> Iterator[Client]:
+    with Client(*server, nick="watcher", rooms=["lobby"]) as client:
+        client.connect()
+        wait_for(client, HistoryEnd)
+        yield client
+
+
+def run_join(port: int, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatctl", "join", "-p", str(port), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_stdin_lines_are_sent_and_acked_before_exit(
+    server: tuple[str, int], watcher: Client
+) -> None:
+    result = run_join(server[1], "one\n\ntwo\n/me waves\n", "-n", "piper", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    own = [r for r in records if r["type"] == "message" and r["own"]]
+    assert [(r["text"], r["action"], r["seq"]) for r in own] == [
+        ("one", False, 1),
+        ("two", False, 2),
+        ("waves", True, 3),
+    ]
+    assert all(r["recipients"] == 1 and r["nick"] == "piper" for r in own)
+    got = [wait_for(watcher, Message) for _ in range(3)]
+    assert [m.text for m in got] == ["one", "two", "waves"]
+    wait_for(watcher, Notice, lambda n: n.kind == "left" and n.nick == "piper")
+
+
+def test_count_exits_after_n_messages_in_text_format(
+    server: tuple[str, int], watcher: Client
+) -> None:
+    join = Join(server[1], "-n", "reader", "--count", "2")
+    try:
+        wait_for(watcher, Notice, lambda n: n.kind == "joined" and n.nick == "reader")
+        for text in ("first", "second", "third"):
+            watcher.say("lobby", text)
+        code, err = join.finish()
+        assert code == 0, err
+        join.expect("<watcher> first")
+        join.expect("<watcher> second")
+        assert not any("third" in line for line in join.seen)
+    finally:
+        join.kill()
+
+
+def test_history_is_replayed_but_not_counted(server: tuple[str, int], watcher: Client) -> None:
+    for i in range(3):
+        watcher.say("lobby", f"old {i}")
+    assert watcher.wait_acked(WAIT)
+    join = Join(server[1], "--format", "json", "--history", "2", "--count", "1")
+    try:
+        join.expect('"history_end"')
+        watcher.say("lobby", "new")
+        records = join.records()
+        assert [(r["text"], r["history"]) for r in records if r["type"] == "message"] == [
+            ("old 1", True),
+            ("old 2", True),
+            ("new", False),
+        ]
+        assert join.proc.returncode == 0
+    finally:
+        join.kill()
+
+
+def test_timeout_bounds_the_wait(server: tuple[str, int]) -> None:
+    result = run_join(server[1], "", "--count", "5", "--timeout", "0.5")
+    assert result.returncode == ExitCode.TIMEOUT
+    assert "received 0 of 5 messages" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_slash_commands_work_in_a_pipe(server: tuple[str, int], watcher: Client) -> None:
+    lines = [
+        "/join #Dev",
+        "hello dev",
+        "/who",
+        "/rooms",
+        "/msg watcher psst",
+        "/nick piper2",
+        "/bogus",
+        "//not a command",
+        "/quit gone",
+        "never sent",
+    ]
+    result = run_join(server[1], "\n".join(lines) + "\n", "-n", "piper", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_type.setdefault(record["type"], []).append(record)
+    own = [r for r in by_type["message"] if r["own"]]
+    assert [(r["room"], r["text"]) for r in own] == [
+        ("dev", "hello dev"),
+        ("dev", "/not a command"),
+    ]
+    assert {"room": "dev", "nicks": ["piper"], "type": "members"} in by_type["members"]
+    assert by_type["rooms"][0]["rooms"] == {"lobby": 2, "dev": 1}
+    assert any("unknown command /bogus" in r["text"] for r in by_type["info"])
+    assert wait_for(watcher, DirectMessage).text == "psst"
+    renamed = wait_for(watcher, Notice, lambda n: n.kind == "renamed")
+    assert (renamed.nick, renamed.new_nick) == ("piper", "piper2")
+    left = wait_for(watcher, Notice, lambda n: n.kind == "left")
+    assert (left.nick, left.reason) == ("piper2", "gone")
+    assert "never sent" not in result.stdout
+
+
+def test_hostile_text_cannot_drive_the_terminal(server: tuple[str, int], watcher: Client) -> None:
+    join = Join(server[1], "--count", "1")
+    try:
+        wait_for(watcher, Notice, lambda n: n.kind == "joined" and n.nick != "watcher")
+        watcher.say("lobby", "\x1b[2J\x1b]0;pwned\x07\u202eevil\nsecond line")
+        code, err = join.finish()
+        assert code == 0, err
+        line = join.expect("<watcher>")
+        assert "\x1b" not in line and "\x07" not in line and "\u202e" not in line
+        assert "^[[2J" in line and line.count("\n") == 1  # shown, on one line
+    finally:
+        join.kill()
+
+
+def test_a_lost_connection_exits_4() -> None:
+    with serve_process() as server:
+        join = Join(server.port, "--format", "json")
+        try:
+            join.expect('"history_end"')
+            server.proc.kill()
+            code, err = join.finish()
+            assert code == ExitCode.CONNECT
+            assert "lost the connection" in err and "Traceback" not in err
+        finally:
+            join.kill()
+
+
+def test_reconnect_flag_survives_a_server_restart(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with serve_process("--data", data) as first:
+        port = first.port
+        join = Join(port, "--format", "json", "--reconnect", "--count", "1", "-r", "dev")
+        try:
+            join.expect('"history_end"')
+            first.proc.kill()
+            join.expect('"disconnected"')
+            with serve_process("--port", str(port), "--data", data):
+                join.expect('"reconnected"')
+                with Client("127.0.0.1", port, nick="later") as later:
+                    later.connect()
+                    later.say("dev", "after the restart").wait(WAIT)
+                records = join.records()
+                assert join.proc.returncode == 0
+                texts = [r["text"] for r in records if r["type"] == "message"]
+                assert texts == ["after the restart"]
+        finally:
+            join.kill()

@@ -1,0 +1,128 @@
+"""`chatctl send` as a real subprocess: receipts, and every exit code provoked for real."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from chatctl.client import Client
+from chatctl.errors import ExitCode
+from chatctl.protocol import DirectMessage, ErrorCode, HistoryEnd, Message
+from tests.servers import running_server
+from tests.test_client import wait_for
+
+
+def send(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatctl", "send", *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    with running_server() as addr:
+        yield addr
+
+
+@pytest.fixture
+def watcher(server: tuple[str, int]) -> Iterator[Client]:
+    with Client(*server, nick="watcher", rooms=["lobby"]) as client:
+        client.connect()
+        wait_for(client, HistoryEnd)
+        yield client
+
+
+def test_delivered_prints_a_receipt(server: tuple[str, int], watcher: Client) -> None:
+    result = send("-p", str(server[1]), "-n", "sender", "hello there")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert result.stdout == "delivered to #lobby seq 1, reached 1 member\n"
+    message = wait_for(watcher, Message)
+    assert (message.sender, message.text, message.seq) == ("sender", "hello there", 1)
+
+
+def test_message_from_stdin_with_a_json_receipt(server: tuple[str, int], watcher: Client) -> None:
+    result = send("-p", str(server[1]), "--json", "-", stdin="two\nlines\n")
+    assert result.returncode == ExitCode.OK, result.stderr
+    receipt = json.loads(result.stdout)
+    assert receipt["room"] == "lobby" and receipt["seq"] == 1 and receipt["recipients"] == 1
+    assert receipt["to"] is None and receipt["msg_id"]
+    assert wait_for(watcher, Message).text == "two\nlines"
+
+
+def test_absent_message_reads_stdin_and_count_repeats(
+    server: tuple[str, int], watcher: Client
+) -> None:
+    result = send("-p", str(server[1]), "--count", "3", "--me", stdin="waves")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert [line.split(" seq ")[1].split(",")[0] for line in result.stdout.splitlines()] == [
+        "1",
+        "2",
+        "3",
+    ]
+    messages = [wait_for(watcher, Message) for _ in range(3)]
+    assert all(m.action and m.text == "waves" for m in messages)
+
+
+def test_direct_message(server: tuple[str, int], watcher: Client) -> None:
+    result = send("-p", str(server[1]), "--to", "WATCHER", "psst")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert result.stdout == "delivered to @WATCHER, reached 1 member\n"
+    assert wait_for(watcher, DirectMessage).text == "psst"
+
+
+def test_exit_3_when_nobody_received_it(server: tuple[str, int]) -> None:
+    result = send("-p", str(server[1]), "--room", "empty", "--require-recipient", "anyone?")
+    assert result.returncode == ExitCode.NO_RECIPIENT
+    assert "reached 0 members" in result.stdout  # the receipt is still printed
+    assert_one_line_error(result)
+
+
+def test_exit_4_when_it_cannot_connect() -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, never listening: the connect is refused
+        result = send("-p", str(reserved.getsockname()[1]), "hi")
+    assert result.returncode == ExitCode.CONNECT
+    assert "could not connect" in result.stderr
+    assert_one_line_error(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--to", "nobody", "hi"], ErrorCode.NO_SUCH_NICK),
+        (["--room", "no spaces", "hi"], ErrorCode.INVALID_ROOM),
+        (["   "], ErrorCode.EMPTY_TEXT),
+        (["-n", "bad nick", "hi"], ErrorCode.INVALID_NICK),
+    ],
+)
+def test_exit_5_when_rejected_with_the_server_code(
+    server: tuple[str, int], args: list[str], code: int
+) -> None:
+    result = send("-p", str(server[1]), *args)
+    assert result.returncode == ExitCode.REJECTED
+    assert f"server error {code}" in result.stderr
+    assert_one_line_error(result)
+
+
+def test_exit_6_when_the_server_never_answers() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts (backlog), never answers
+        result = send("-p", str(mute.getsockname()[1]), "--connect-timeout", "0.5", "hi")
+    assert result.returncode == ExitCode.TIMEOUT
+    assert "did not answer" in result.stderr
+    assert_one_line_error(result)
