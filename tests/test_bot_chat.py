@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from chatctl.bot.runner import load_system
 from chatctl.protocol import DirectMessage, Message, Notice, Tell
 from tests.servers import Client, ServeProcess, running_server, serve_process
 
@@ -136,3 +139,59 @@ def test_every_seconds_cadence_in_a_real_room() -> None:
         wait_joined(alice)
         alice.say("lobby", "is anyone around?")
         assert from_bot(alice).text.startswith("Last 1 message in #lobby, from alice (1)")
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatctl", "bot", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_bad_options_are_one_line_usage_errors() -> None:
+    for args, message in [
+        (("--backend", "gpt"), "unknown backend 'gpt'"),
+        (("--on-failure", "shout"), "--on-failure must be one of notice, silent"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_files_and_models_are_clear_errors(tmp_path: Path) -> None:
+    for args, message in [
+        (("--knowledge", str(tmp_path / "missing.md")), "cannot read knowledge file"),
+        (("--system", f"@{tmp_path / 'missing.txt'}"), "cannot read the system prompt"),
+        (("--backend", "local", "--model", str(tmp_path / "none.gguf")), "no model file"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_server_exits_4() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: refused
+        result = run_cli("127.0.0.1", "--port", str(port))
+    assert result.returncode == 4, result.stderr
+    assert "could not connect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_system_prompt_and_knowledge_files(tmp_path: Path) -> None:
+    (tmp_path / "system.txt").write_text("You are {nick}, terse.\n", encoding="utf-8")
+    assert load_system(f"@{tmp_path / 'system.txt'}") == "You are {nick}, terse."
+    assert load_system("inline prompt") == "inline prompt"
+    (tmp_path / "kb.md").write_text("# Coffee\nThe coffee machine is on floor 3.\n")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, "--knowledge", str(tmp_path / "kb.md")),
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai where is the coffee machine?")
+        assert "floor 3" in from_bot(alice).text
