@@ -1,0 +1,416 @@
+"""The sans-IO hub: chat rules without sockets, checked by examples, properties and a
+hypothesis state machine against a simple model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+)
+
+from chatctl.config import ServerConfig
+from chatctl.hub import GUEST_NICK, NICK_MAX, Delivery, Hub, nick_problem, normalise_room
+from chatctl.protocol import (
+    Ack,
+    Bye,
+    ChangeNick,
+    DirectMessage,
+    Error,
+    ErrorCode,
+    Event,
+    Gap,
+    Hello,
+    History,
+    HistoryEnd,
+    Join,
+    ListRooms,
+    Members,
+    Message,
+    Notice,
+    Part,
+    RoomList,
+    Say,
+    Tell,
+    Welcome,
+    Who,
+    decode_body,
+    encode,
+)
+from chatctl.store import MemoryStore
+
+NOW = 1_700_000_000_000
+
+
+def flatten(deliveries: Sequence[Delivery]) -> list[tuple[int, Event]]:
+    """(recipient, event) pairs, checking that each delivery's bytes encode its event."""
+    out: list[tuple[int, Event]] = []
+    for d in deliveries:
+        assert d.data == encode(d.event)
+        assert decode_body(d.data[2], d.data[8:]) == d.event
+        out.extend((cid, d.event) for cid in d.to if cid != d.skip)
+    return out
+
+
+def make_hub(**overrides: Any) -> tuple[Hub, MemoryStore]:
+    store = MemoryStore(retain_messages=overrides.pop("retain_messages", 100_000))
+    return Hub(ServerConfig(**overrides), store), store
+
+
+def hello(hub: Hub, cid: int, nick: str, token: str = "") -> Welcome:
+    [(to, event)] = flatten(hub.handle(cid, Hello(version=1, nick=nick, token=token), NOW))
+    assert to == cid and type(event) is Welcome
+    return event
+
+
+# -- examples ----------------------------------------------------------------------------------
+
+
+def test_welcome_carries_nick_token_and_limits() -> None:
+    hub, _ = make_hub(max_frame=1000, rate=2.5)
+    welcome = hello(hub, 1, "alice")
+    assert welcome.nick == "alice" and len(welcome.token) == 32
+    assert welcome.limits["max_frame"] == 1000 and welcome.limits["rate"] == 2
+    assert hello(hub, 2, "").nick == GUEST_NICK
+    assert hello(hub, 3, "").nick == GUEST_NICK + "2"
+
+
+def test_taken_nick_gets_a_free_variant_within_the_length_limit() -> None:
+    hub, _ = make_hub()
+    long = "x" * NICK_MAX
+    assert hello(hub, 1, long).nick == long
+    variant = hello(hub, 2, long.upper()).nick
+    assert variant == "X" * (NICK_MAX - 1) + "2"
+    assert hello(hub, 3, "alice").nick == "alice"
+    assert hello(hub, 4, "alice2").nick == "alice2"
+    assert hello(hub, 5, "Alice").nick == "Alice3"
+
+
+def test_bad_hello_gets_a_bye() -> None:
+    hub, _ = make_hub()
+    [(_, bye)] = flatten(hub.handle(1, Hello(version=1, nick="has space"), NOW))
+    assert type(bye) is Bye and bye.code == ErrorCode.INVALID_NICK
+    [(_, bye)] = flatten(hub.handle(2, Hello(version=99, nick="ok"), NOW))
+    assert type(bye) is Bye and bye.code == ErrorCode.UNSUPPORTED_VERSION
+    assert hub.sessions == {}
+
+
+def test_join_replays_history_with_gap_then_history_end_then_notice() -> None:
+    hub, store = make_hub(retain_messages=5, join_history=3)
+    hello(hub, 1, "alice")
+    for i in range(10):
+        hub.handle(1, Say(msg_id=str(i), room="r", text=f"t{i}"), NOW + i)
+    hello(hub, 2, "bob")
+    got = [e for _, e in flatten(hub.handle(2, Join(room="#R", after=2), NOW))]
+    assert got[0] == Gap(room="r", first=3, last=5)
+    assert [m.seq for m in got[1:6] if type(m) is Message] == [6, 7, 8, 9, 10]
+    assert all(type(m) is Message and m.history for m in got[1:6])
+    assert got[6] == HistoryEnd(room="r", head=10)
+    assert type(got[7]) is Notice and got[7].kind == "joined"
+    hello(hub, 3, "carol")
+    got = [e for _, e in flatten(hub.handle(3, Join(room="r"), NOW))]
+    assert [m.seq for m in got if type(m) is Message] == [8, 9, 10]
+    # Joining again replays but announces nothing.
+    got = [e for _, e in flatten(hub.handle(3, Join(room="r", history=1), NOW))]
+    assert [type(e) for e in got] == [Message, HistoryEnd]
+    assert store.head("r") == 10
+
+
+def test_replay_stops_at_the_byte_budget_and_history_end_tells_the_head() -> None:
+    hub, _ = make_hub(max_output=8192)  # budget: 4096 bytes
+    hello(hub, 1, "alice")
+    for i in range(20):
+        hub.handle(1, Say(msg_id=str(i), room="r", text="x" * 500), NOW)
+    events = [e for _, e in flatten(hub.handle(1, History(room="r", after=0, limit=100), NOW))]
+    messages = [e for e in events if type(e) is Message]
+    assert 0 < len(messages) < 20 and messages[0].seq == 1
+    assert events[-1] == HistoryEnd(room="r", head=20)
+    events = [e for _, e in flatten(hub.handle(1, History(room="r", limit=100), NOW))]
+    latest = [e.seq for e in events if type(e) is Message]
+    assert latest[-1] == 20 and latest == sorted(latest)
+
+
+def test_resend_is_acknowledged_again_not_delivered_again() -> None:
+    hub, store = make_hub()
+    hello(hub, 1, "alice")
+    hello(hub, 2, "bob")
+    hub.handle(2, Join(room="r"), NOW)
+    first = flatten(hub.handle(1, Say(msg_id="m", room="r", text="once"), NOW))
+    again = flatten(hub.handle(1, Say(msg_id="m", room="r", text="once"), NOW + 5))
+    assert [type(e) for _, e in first] == [Message, Ack]
+    assert again == [(1, Ack(msg_id="m", ts=NOW, recipients=1, room="r", seq=1))]
+    assert store.head("r") == 1
+
+
+def test_token_takeover_moves_nick_and_rooms() -> None:
+    hub, _ = make_hub()
+    token = hello(hub, 1, "alice").token
+    hub.handle(1, Join(room="r"), NOW)
+    out = flatten(hub.handle(7, Hello(version=1, nick="other", token=token), NOW))
+    assert out[0] == (1, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"))
+    assert type(out[1][1]) is Welcome and out[1][1].nick == "alice" and out[1][0] == 7
+    assert hub.rooms["r"].targets == (7,)
+    assert hub.disconnect(1, "gone", NOW) == []  # the old connection is already forgotten
+
+
+def test_client_token_is_kept_when_well_formed() -> None:
+    hub, _ = make_hub()
+    assert hello(hub, 1, "a", token="T" * 20).token == "T" * 20
+    assert hello(hub, 2, "b", token="short").token != "short"
+
+
+def test_rename_reaches_everyone_sharing_a_room_once() -> None:
+    hub, _ = make_hub()
+    for cid, nick in ((1, "a"), (2, "b"), (3, "c")):
+        hello(hub, cid, nick)
+    for cid in (1, 2):
+        hub.handle(cid, Join(room="x"), NOW)
+        hub.handle(cid, Join(room="y"), NOW)
+    out = flatten(hub.handle(1, ChangeNick(nick="A2"), NOW))
+    assert sorted(to for to, _ in out) == [1, 2]
+    assert hub.handle(1, ChangeNick(nick="A2"), NOW) == []
+    [(_, error)] = flatten(hub.handle(2, ChangeNick(nick="a2"), NOW))
+    assert type(error) is Error and error.code == ErrorCode.NICK_IN_USE
+
+
+def test_who_rooms_and_tell() -> None:
+    hub, _ = make_hub()
+    hello(hub, 1, "bob")
+    hello(hub, 2, "Alice")
+    hub.handle(1, Join(room="x"), NOW)
+    hub.handle(2, Join(room="x"), NOW)
+    [(_, members)] = flatten(hub.handle(1, Who(room="#X"), NOW))
+    assert members == Members(room="x", nicks=["Alice", "bob"])
+    [(_, rooms)] = flatten(hub.handle(1, ListRooms(), NOW))
+    assert rooms == RoomList(rooms={"x": 2})
+    out = flatten(hub.handle(1, Tell(msg_id="t", to="alice", text="hi"), NOW))
+    assert out == [
+        (2, DirectMessage(sender="bob", to="Alice", ts=NOW, text="hi")),
+        (1, Ack(msg_id="t", ts=NOW, recipients=1)),
+    ]
+
+
+# -- properties --------------------------------------------------------------------------------
+
+
+@given(st.text(max_size=40))
+def test_property_room_normalisation_is_idempotent_and_strict(name: str) -> None:
+    room = normalise_room(name)
+    if room is not None:
+        assert normalise_room(room) == room
+        assert 1 <= len(room) <= 64 and room == room.lower()
+        assert all(c.isalnum() or c in "_-.+" for c in room)
+        assert normalise_room("#" + room) == room
+
+
+@given(st.text(alphabet=st.sampled_from("aZ9_-.[]{}|^` é!#@"), max_size=40))
+def test_property_nick_rule_matches_model(nick: str) -> None:
+    valid = (
+        0 < len(nick) <= NICK_MAX
+        and nick[0] not in "-."
+        and all(c.isalnum() or c in "_-.[]{}|^`" for c in nick)
+    )
+    assert (nick_problem(nick) is None) == valid
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+NICKS = st.sampled_from(["alice", "Alice", "bob", "BOB", "carol", "", "bad nick", "-x"])
+ROOMS = st.sampled_from(["lobby", "#Lobby", "dev", "ops"])
+MSG_IDS = st.sampled_from(["1", "2", "3", ""])
+
+
+class HubMachine(RuleBasedStateMachine):
+    """The hub against a model of who is where, called what, and each room's head."""
+
+    connections = Bundle("connections")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hub, self.store = make_hub(max_rooms=2)
+        self.next_cid = 1
+        self.nick: dict[int, str] = {}
+        self.token: dict[int, str] = {}
+        self.members: dict[str, set[int]] = {}
+        self.heads: dict[str, int] = {}
+        self.sent: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def rooms_of(self, cid: int) -> set[str]:
+        return {r for r, m in self.members.items() if cid in m}
+
+    def sharing(self, cid: int) -> set[int]:
+        out = {cid}
+        for room in self.rooms_of(cid):
+            out |= self.members[room]
+        return out
+
+    @rule(target=connections, nick=NICKS)
+    def connect(self, nick: str) -> Any:
+        cid = self.next_cid
+        self.next_cid += 1
+        out = flatten(self.hub.handle(cid, Hello(version=1, nick=nick), NOW))
+        [(to, event)] = out
+        assert to == cid
+        wanted = nick or GUEST_NICK
+        if nick_problem(wanted) is not None:
+            assert type(event) is Bye and event.code == ErrorCode.INVALID_NICK
+            return consumes_nothing(cid)
+        assert type(event) is Welcome
+        taken = {n.casefold() for n in self.nick.values()}
+        if wanted.casefold() in taken:
+            assert event.nick.casefold() not in taken and event.nick.startswith(wanted)
+        else:
+            assert event.nick == wanted
+        self.nick[cid] = event.nick
+        self.token[cid] = event.token
+        return cid
+
+    def live(self, cid: int) -> bool:
+        return cid in self.nick
+
+    @rule(cid=connections, room=ROOMS)
+    def join(self, cid: int, room: str) -> None:
+        out = flatten(self.hub.handle(cid, Join(room=room, history=0), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        name = room.lstrip("#").lower()
+        before = self.members.get(name, set())
+        if cid not in before and len(self.rooms_of(cid)) >= 2:
+            assert [type(e) for _, e in out] == [Error]
+            return
+        assert out[0] == (cid, HistoryEnd(room=name, head=self.heads.get(name, 0)))
+        if cid in before:
+            assert len(out) == 1
+            return
+        self.members[name] = before | {cid}
+        notices = out[1:]
+        assert sorted(to for to, _ in notices) == sorted(self.members[name])
+        assert all(type(e) is Notice and e.kind == "joined" for _, e in notices)
+
+    @rule(cid=connections, room=ROOMS)
+    def part(self, cid: int, room: str) -> None:
+        out = flatten(self.hub.handle(cid, Part(room=room), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        name = room.lstrip("#").lower()
+        if cid not in self.members.get(name, set()):
+            assert [(to, getattr(e, "code", None)) for to, e in out] == [
+                (cid, ErrorCode.NOT_IN_ROOM)
+            ]
+            return
+        assert sorted(to for to, _ in out) == sorted(self.members[name])
+        self.members[name].discard(cid)
+        if not self.members[name]:
+            del self.members[name]
+
+    @rule(cid=connections, room=ROOMS, msg_id=MSG_IDS)
+    def say(self, cid: int, room: str, msg_id: str) -> None:
+        out = flatten(self.hub.handle(cid, Say(msg_id=msg_id, room=room, text="hi"), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        name = room.lstrip("#").lower()
+        others = self.members.get(name, set()) - {cid}
+        key = (self.token[cid], msg_id)
+        if msg_id and key in self.sent:
+            [(to, ack)] = out
+            assert to == cid and type(ack) is Ack
+            assert (ack.room, ack.seq, ack.recipients) == (*self.sent[key], len(others))
+            return
+        seq = self.heads[name] = self.heads.get(name, 0) + 1
+        if msg_id:
+            self.sent[key] = (name, seq)
+        *messages, (to, ack) = out
+        assert to == cid and ack == Ack(
+            msg_id=msg_id, ts=NOW, recipients=len(others), room=name, seq=seq
+        )
+        assert sorted(to for to, _ in messages) == sorted(others)
+        for _, message in messages:
+            assert type(message) is Message
+            assert (message.seq, message.sender, message.room) == (seq, self.nick[cid], name)
+
+    @rule(cid=connections, to=NICKS)
+    def tell(self, cid: int, to: str) -> None:
+        out = flatten(self.hub.handle(cid, Tell(msg_id="t", to=to, text="psst"), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        targets = [c for c, n in self.nick.items() if n.casefold() == to.casefold()]
+        if not targets:
+            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.NO_SUCH_NICK]
+            return
+        assert out[0][0] == targets[0] and type(out[0][1]) is DirectMessage
+        assert out[1] == (cid, Ack(msg_id="t", ts=NOW, recipients=1))
+
+    @rule(cid=connections, nick=NICKS)
+    def rename(self, cid: int, nick: str) -> None:
+        audience = self.sharing(cid)
+        out = flatten(self.hub.handle(cid, ChangeNick(nick=nick), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        holder = [c for c, n in self.nick.items() if n.casefold() == nick.casefold()]
+        if nick_problem(nick) is not None:
+            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.INVALID_NICK]
+        elif holder and holder != [cid]:
+            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.NICK_IN_USE]
+        elif self.nick[cid] == nick:
+            assert out == []
+        else:
+            assert sorted(to for to, _ in out) == sorted(audience)
+            self.nick[cid] = nick
+
+    @rule(cid=connections, room=ROOMS)
+    def who(self, cid: int, room: str) -> None:
+        out = flatten(self.hub.handle(cid, Who(room=room), NOW))
+        if not self.live(cid):
+            assert out == []
+            return
+        name = room.lstrip("#").lower()
+        expected = sorted((self.nick[c] for c in self.members.get(name, ())), key=str.casefold)
+        assert out == [(cid, Members(room=name, nicks=expected))]
+
+    @rule(cid=consumes(connections), clean=st.booleans())
+    def disconnect(self, cid: int, clean: bool) -> None:
+        out = flatten(self.hub.disconnect(cid, "bye", NOW, clean=clean))
+        if not self.live(cid):
+            assert out == []
+            return
+        expected: list[int] = []
+        for room in self.rooms_of(cid):
+            self.members[room].discard(cid)
+            if not self.members[room]:
+                del self.members[room]
+            else:
+                expected += self.members[room]
+        assert sorted(to for to, _ in out) == sorted(expected)
+        assert all(type(e) is Notice and e.kind == ("left" if clean else "dropped") for _, e in out)
+        del self.nick[cid]
+
+    @invariant()
+    def hub_matches_model(self) -> None:
+        assert {s.cid: s.nick for s in self.hub.sessions.values()} == self.nick
+        assert set(self.hub.nicks) == {n.casefold() for n in self.nick.values()}
+        assert {name: set(r.members) for name, r in self.hub.rooms.items()} == self.members
+        for room in self.hub.rooms.values():
+            assert room.targets == tuple(room.members)
+        for name, head in self.heads.items():
+            assert self.store.head(name) == head
+
+
+def consumes_nothing(cid: int) -> int:
+    """A refused connection still goes in the bundle: the hub must ignore its frames."""
+    return cid
+
+
+HubMachine.TestCase.settings = settings(stateful_step_count=40)
+test_stateful_hub = HubMachine.TestCase
