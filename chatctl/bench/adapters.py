@@ -1,0 +1,235 @@
+"""The three targets behind one small interface: how to set a connection up, what a publish
+looks like on the wire, and which bytes acknowledge it.
+
+Only set-up goes through real parsers (the chatctl sans-IO Connection, a few RESP and NATS
+replies). Once running, the subscriber side never parses frames: it finds payloads by their
+MARK (see scan.py), which none of the three framings can produce.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatctl import protocol as p
+from chatctl.bench.payload import payload_template
+from chatctl.errors import ChatctlError
+
+
+class Kind(enum.StrEnum):
+    chatctl = "chatctl"
+    redis = "redis"
+    nats = "nats"
+
+
+class SetupFailed(ChatctlError):
+    """The target refused a bench connection during set-up."""
+
+
+class Setup:
+    """A connection's set-up conversation: `first` is sent on connect, then `feed` takes what
+    arrives and returns (bytes to send, finished)."""
+
+    first: bytes = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adapter:
+    kind: Kind
+    echo: bool  # does a client receive its own publishes
+    separate_pub_conn: bool  # a subscribed connection cannot publish (Redis RESP2)
+    ack: bytes  # one occurrence on the wire per acknowledged publish...
+    ack_every: int  # ...covering this many publishes
+    refused: bytes | None  # one occurrence per refused publish
+    ping: bytes | None  # a server ping that must be answered with `pong`
+    pong: bytes
+    keepalive: bytes | None  # sent by every connection now and then
+    window: int  # publishes in flight (sent, not acknowledged) per publisher
+
+    def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
+        return _SETUPS[self.kind](name, room, sub, pub)
+
+    def publisher(self, *, pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
+        """A function (seq, ts) -> the bytes of one publish."""
+        return _PUBLISHERS[self.kind](pub, room, size)
+
+
+def _escape(data: bytes) -> bytes:
+    return data.replace(b"%", b"%%")
+
+
+# chatctl -------------------------------------------------------------------------------------
+
+
+class ChatctlSetup(Setup):
+    def __init__(self, name: str, room: str | None, sub: bool, pub: bool) -> None:
+        self.conn = p.Connection(p.Role.CLIENT)
+        self.room = room
+        self.first = self.conn.send(p.Hello(version=p.PROTOCOL_VERSION, nick=name))
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        self.conn.receive_data(data)
+        out = b""
+        while True:
+            try:
+                event = self.conn.next_event()
+            except p.ProtocolError as exc:
+                raise SetupFailed(f"chatctl server: {exc}") from None
+            if event is p.NEED_DATA:
+                return out, False
+            if isinstance(event, p.Welcome):
+                if self.room is None:
+                    return out, True
+                # Who is answered after the Join is done: its Members reply marks the end.
+                out += self.conn.send(p.Join(room=self.room, history=0))
+                out += self.conn.send(p.Who(room=self.room))
+            elif isinstance(event, p.Members) and event.room == self.room:
+                return out, True
+            elif isinstance(event, p.Error):
+                raise SetupFailed(f"chatctl server refused: {event.message} ({event.code})")
+            elif isinstance(event, p.Bye):
+                raise SetupFailed(f"chatctl server said bye: {event.reason} ({event.code})")
+            elif isinstance(event, p.ConnectionClosed):
+                raise SetupFailed("chatctl server closed the connection during set-up")
+
+
+def _chatctl_publisher(pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
+    # Encode one real Say with placeholders of the right lengths, then turn it into a format:
+    # the payload is printable ASCII, so the JSON around it does not change between messages.
+    msg_id, text = "Q" * 8, "Z" * size
+    frame = _escape(p.encode(p.Say(msg_id=msg_id, room=room, text=text)))
+    head, _, rest = frame.partition(msg_id.encode())
+    mid, _, tail = rest.partition(text.encode())
+    template = head + b"%08x" + mid + payload_template(pub, size) + tail
+    return lambda seq, ts: template % (seq, seq, ts)
+
+
+CHATCTL = Adapter(
+    kind=Kind.chatctl,
+    echo=False,
+    separate_pub_conn=False,
+    ack=p.HEADER.pack(p.MAGIC, p.Ack.TYPE, 0, 0)[:4],
+    ack_every=1,
+    refused=p.HEADER.pack(p.MAGIC, p.Error.TYPE, 0, 0)[:4],
+    ping=None,  # our own keepalive pings keep the connection from going silent
+    pong=b"",
+    keepalive=p.encode(p.Ping(token=0)),
+    window=512,
+)
+
+
+# Redis ---------------------------------------------------------------------------------------
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class RedisSetup(Setup):
+    def __init__(self, name: str, room: str | None, sub: bool, pub: bool) -> None:
+        self.buf = b""
+        self.sub = sub and room is not None
+        self.first = _resp(b"SUBSCRIBE", room.encode()) if self.sub and room else _resp(b"PING")
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        self.buf += data
+        if self.buf.startswith(b"-"):
+            line = self.buf.split(b"\r\n")[0][1:].decode(errors="replace")
+            raise SetupFailed(f"redis: {line}")
+        if self.sub:
+            # *3 $9 subscribe $N room :1
+            return b"", self.buf.endswith(b"\r\n") and b"\r\n:" in self.buf
+        return b"", self.buf.endswith(b"+PONG\r\n")
+
+
+def _redis_publisher(pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
+    ch = room.encode()
+    head = _escape(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(ch), ch, size))
+    template = head + payload_template(pub, size) + b"\r\n"
+    return lambda seq, ts: template % (seq, ts)
+
+
+REDIS = Adapter(
+    kind=Kind.redis,
+    echo=True,
+    separate_pub_conn=True,
+    ack=b"\n",  # the publishing connection receives one integer reply per PUBLISH
+    ack_every=1,
+    refused=None,
+    ping=None,
+    pong=b"",
+    keepalive=None,
+    window=512,
+)
+
+
+# NATS ----------------------------------------------------------------------------------------
+
+NATS_ACK_EVERY = 64
+_NATS_CONNECT = {
+    "verbose": False,
+    "pedantic": False,
+    "echo": False,  # like a chat room: no copy of one's own messages
+    "lang": "python",
+    "version": "chatctl-bench",
+    "protocol": 1,
+}
+
+
+class NatsSetup(Setup):
+    def __init__(self, name: str, room: str | None, sub: bool, pub: bool) -> None:
+        self.buf = b""
+        connect = dict(_NATS_CONNECT, name=name)
+        self.first = b"CONNECT " + json.dumps(connect).encode() + b"\r\n"
+        if sub and room is not None:
+            self.first += b"SUB " + room.encode() + b" 1\r\n"
+        self.first += b"PING\r\n"
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        self.buf += data
+        at = self.buf.find(b"-ERR")
+        if at >= 0:
+            line = self.buf[at:].split(b"\r\n")[0].decode(errors="replace")
+            raise SetupFailed(f"nats: {line}")
+        return b"", b"PONG\r\n" in self.buf
+
+
+def _nats_publisher(pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
+    head = _escape(b"PUB %s %d\r\n" % (room.encode(), size))
+    template = head + payload_template(pub, size) + b"\r\n"
+    # Core NATS has no per-message ack: a PING after every NATS_ACK_EVERY messages is answered
+    # with a PONG once the server has processed them, which bounds what is in flight.
+    with_ping = template + b"PING\r\n"
+    last = NATS_ACK_EVERY - 1
+    return lambda seq, ts: (with_ping if seq % NATS_ACK_EVERY == last else template) % (seq, ts)
+
+
+NATS = Adapter(
+    kind=Kind.nats,
+    echo=False,
+    separate_pub_conn=False,
+    ack=b"PONG\r\n",
+    ack_every=NATS_ACK_EVERY,
+    refused=None,
+    ping=b"PING\r\n",
+    pong=b"PONG\r\n",
+    keepalive=None,
+    window=NATS_ACK_EVERY * 8,
+)
+
+_SETUPS: dict[Kind, Callable[[str, str | None, bool, bool], Setup]] = {
+    Kind.chatctl: ChatctlSetup,
+    Kind.redis: RedisSetup,
+    Kind.nats: NatsSetup,
+}
+_PUBLISHERS: dict[Kind, Callable[[int, str, int], Callable[[int, int], bytes]]] = {
+    Kind.chatctl: _chatctl_publisher,
+    Kind.redis: _redis_publisher,
+    Kind.nats: _nats_publisher,
+}
+ADAPTERS: dict[Kind, Adapter] = {Kind.chatctl: CHATCTL, Kind.redis: REDIS, Kind.nats: NATS}

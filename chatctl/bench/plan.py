@@ -1,0 +1,219 @@
+"""What a run does: its parameters, the simulated clients, and how they are shared out among
+the worker processes. Everything here is plain data that pickles to the workers."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field, replace
+
+from chatctl.bench.adapters import ADAPTERS, Adapter, Kind
+from chatctl.bench.payload import MAX_PUBLISHERS
+from chatctl.errors import ChatctlError, ExitCode
+
+
+class Scenario(enum.StrEnum):
+    fanout = "fanout"
+    room = "room"
+    rooms = "rooms"
+    connect = "connect"
+
+
+class BadBenchOption(ChatctlError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    kind: Kind
+    host: str
+    port: int
+    launched: bool = False  # started by the bench itself
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.address if self.kind is Kind.chatctl else f"{self.kind}://{self.address}"
+
+    @property
+    def adapter(self) -> Adapter:
+        return ADAPTERS[self.kind]
+
+
+def parse_target(text: str) -> Target:
+    kind = Kind.chatctl
+    for k in (Kind.redis, Kind.nats, Kind.chatctl):
+        if text.startswith(f"{k}://"):
+            kind, text = k, text[len(k) + 3 :]
+            break
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise BadBenchOption(
+            f"--target {text!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
+        )
+    return Target(kind=kind, host=host, port=int(port_text))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Params:
+    scenario: Scenario
+    publishers: int = 1
+    subscribers: int = 10
+    clients: int = 10
+    rooms: int = 4
+    messages: int = 10_000  # per publisher, after warm-up; 0: run for `duration`
+    duration: float = 10.0
+    size: int = 100
+    rate: float = 0.0  # per publisher; 0: as fast as the window allows
+    warmup: float = 0.0
+    workers: int = 2
+
+    def with_value(self, name: str, value: int | float) -> Params:
+        return replace(self, **{name: type(getattr(self, name))(value)})
+
+
+SWEEPABLE = ("publishers", "subscribers", "clients", "rooms", "size", "rate", "workers", "messages")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Client:
+    """A simulated user. `pub` and `sub` are global indices (-1: does not publish/subscribe)."""
+
+    index: int
+    name: str
+    room: str | None
+    pub: int = -1
+    sub: int = -1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnSpec:
+    """One TCP connection; a client has one, or two when a subscribed connection cannot publish."""
+
+    client: int
+    name: str
+    room: str | None
+    pub: int = -1
+    sub: int = -1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    params: Params
+    target: Target
+    run_id: str
+    clients: tuple[Client, ...]
+    n_pubs: int
+    n_subs: int
+    pub_room: tuple[str, ...]  # by publisher index
+    pub_client: tuple[int, ...]
+
+    def expected_pubs(self, client: Client) -> list[int]:
+        """The publishers whose every message this subscribing client must receive."""
+        echo = self.target.adapter.echo
+        return [
+            p
+            for p in range(self.n_pubs)
+            if self.pub_room[p] == client.room and (echo or self.pub_client[p] != client.index)
+        ]
+
+    def conns(self) -> list[ConnSpec]:
+        out = []
+        split = self.target.adapter.separate_pub_conn
+        for c in self.clients:
+            if split and c.pub >= 0 and c.sub >= 0:
+                out.append(ConnSpec(client=c.index, name=c.name, room=c.room, sub=c.sub))
+                out.append(ConnSpec(client=c.index, name=c.name + "p", room=c.room, pub=c.pub))
+            else:
+                out.append(ConnSpec(client=c.index, name=c.name, room=c.room, pub=c.pub, sub=c.sub))
+        return out
+
+    def shares(self) -> list[list[ConnSpec]]:
+        """Connections per worker: subscribers and publishers each dealt round-robin."""
+        n = max(1, min(self.params.workers, len(self.clients)))
+        out: list[list[ConnSpec]] = [[] for _ in range(n)]
+        conns = self.conns()
+        order = [c for c in conns if c.sub >= 0] + [c for c in conns if c.sub < 0]
+        for i, c in enumerate(order):
+            out[i % n].append(c)
+        return out
+
+
+def make_plan(params: Params, target: Target) -> Plan:
+    run_id = secrets.token_hex(3)
+    base = f"b{run_id}"
+    s = params.scenario
+    clients: list[Client] = []
+    if s is Scenario.fanout:
+        if params.publishers < 1 or params.subscribers < 1:
+            raise BadBenchOption("fanout needs at least one publisher and one subscriber")
+        room = f"{base}fan"
+        clients += [
+            Client(index=i, name=f"{base}p{i}", room=room, pub=i) for i in range(params.publishers)
+        ]
+        clients += [
+            Client(index=params.publishers + i, name=f"{base}s{i}", room=room, sub=i)
+            for i in range(params.subscribers)
+        ]
+    elif s in (Scenario.room, Scenario.rooms):
+        n_rooms = 1 if s is Scenario.room else params.rooms
+        if params.clients < 2:
+            raise BadBenchOption(f"{s} needs at least two clients")
+        clients += [
+            Client(index=i, name=f"{base}c{i}", room=f"{base}r{i % n_rooms}", pub=i, sub=i)
+            for i in range(params.clients)
+        ]
+    else:
+        clients += [Client(index=i, name=f"{base}c{i}", room=None) for i in range(params.clients)]
+    pubs = [c for c in clients if c.pub >= 0]
+    if len(pubs) > MAX_PUBLISHERS:
+        raise BadBenchOption(f"at most {MAX_PUBLISHERS} publishers")
+    if params.size < 32:
+        raise BadBenchOption("--size must be at least 32 bytes")
+    return Plan(
+        params=params,
+        target=target,
+        run_id=run_id,
+        clients=tuple(clients),
+        n_pubs=len(pubs),
+        n_subs=sum(1 for c in clients if c.sub >= 0),
+        pub_room=tuple(c.room or "" for c in pubs),
+        pub_client=tuple(c.index for c in pubs),
+    )
+
+
+@dataclass(kw_only=True)
+class WorkerResult:
+    """What one worker measured; the runner merges these."""
+
+    connected: int = 0
+    failed: int = 0
+    first_error: str = ""
+    connect_hist: tuple[bytes, int, int] | None = None
+    connect_first_ns: int = 0
+    connect_last_ns: int = 0
+    # by global subscriber index
+    sub_ids: list[int] = field(default_factory=list)
+    delivered: list[int] = field(default_factory=list)
+    unique: list[int] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)
+    duplicated: list[int] = field(default_factory=list)
+    reordered: list[int] = field(default_factory=list)
+    measured: list[int] = field(default_factory=list)
+    first_ns: list[int] = field(default_factory=list)
+    last_ns: list[int] = field(default_factory=list)
+    latency_hist: tuple[bytes, int, int] | None = None
+    # by global publisher index
+    pub_ids: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    pub_measured: list[int] = field(default_factory=list)
+    pub_first_ns: list[int] = field(default_factory=list)
+    pub_last_ns: list[int] = field(default_factory=list)
+    refused: int = 0
+    disconnects: int = 0

@@ -1,0 +1,155 @@
+"""One run: start the worker processes, step them through set-up, load and drain, and merge
+what they measured.
+
+    parent                         worker (x --workers)
+    ------                         ------
+    <- spawned
+    connect ->                     connect + set up its connections
+    <- ready (connected, failed)
+    go (epoch, warm-up end, end) ->
+    <- progress (sent, delivered)  ... publish, receive, verify ...
+    <- pub_done {pub: sent}        its publishers have finished
+    expect [sent by publisher] ->  drain until complete, or idle for DRAIN_IDLE
+    <- result
+    close ->                       close the connections and exit
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from chatctl.bench.local import listening_pid, rss_bytes
+from chatctl.bench.plan import Plan, Scenario, WorkerResult
+from chatctl.bench.results import RunResult, Server, merge
+from chatctl.bench.worker import worker_main
+from chatctl.errors import ChatctlError, ConnectFailed
+
+START_LAG_NS = 20_000_000  # the go message reaches every worker before the epoch
+STALL_TIMEOUT = 120.0  # no word from any worker for this long: give up
+
+# (elapsed seconds, messages sent, messages delivered) for a live display
+Progress = Callable[[float, int, int], None]
+
+
+class WorkerFailed(ChatctlError):
+    pass
+
+
+def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -> RunResult:
+    ctx = multiprocessing.get_context("spawn")
+    shares = [s for s in plan.shares() if s]
+    pipes: list[Pipe] = []
+    procs: list[BaseProcess] = []
+    if server_pid is None and plan.target.host in ("127.0.0.1", "::1", "localhost"):
+        server_pid = listening_pid(plan.target.port)
+    rss_before = rss_bytes(server_pid)
+    started = time.monotonic()
+    try:
+        for share in shares:
+            parent_end, child_end = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(plan, share, child_end), daemon=True)
+            proc.start()
+            child_end.close()
+            pipes.append(parent_end)
+            procs.append(proc)
+        _gather(pipes, "spawned")
+        _broadcast(pipes, ("connect",))
+        ready = _gather(pipes, "ready")
+        connected = sum(r[1] for r in ready)
+        failed = sum(r[2] for r in ready)
+        if failed and plan.params.scenario is not Scenario.connect:
+            first_error = next(r[3] for r in ready if r[3])
+            raise ConnectFailed(
+                f"{failed} of {connected + failed} bench connections failed: {first_error}"
+            )
+        rss_after = rss_bytes(server_pid)
+        if plan.params.scenario is Scenario.connect:
+            _broadcast(pipes, ("stop",))
+        else:
+            _drive(plan, pipes, progress, started)
+        parts: list[WorkerResult] = [r[1] for r in _gather(pipes, "result")]
+        rss_after = max(rss_after, rss_bytes(server_pid))
+        _broadcast(pipes, ("stop",))
+        elapsed = time.monotonic() - started
+        per_conn = (rss_after - rss_before) // connected if connected and rss_after else 0
+        server = Server(
+            pid=server_pid or 0,
+            rss_before=rss_before,
+            rss_after=rss_after,
+            per_connection=max(per_conn, 0),
+        )
+        return merge(plan, parts, elapsed_s=elapsed, server=server)
+    finally:
+        for worker in procs:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
+        for pipe in pipes:
+            pipe.close()
+
+
+def _drive(plan: Plan, pipes: list[Pipe], progress: Progress | None, started: float) -> None:
+    params = plan.params
+    epoch = time.monotonic_ns() + START_LAG_NS
+    warm = epoch + int(params.warmup * 1e9)
+    end = warm + int(params.duration * 1e9) if not params.messages else 0
+    _broadcast(pipes, ("go", epoch, warm, end))
+    sent_by_pub = [0] * plan.n_pubs
+    pub_done: set[int] = set()
+    counters = dict.fromkeys(range(len(pipes)), (0, 0))
+    while len(pub_done) < len(pipes):
+        for i, msg in _receive(pipes, timeout=0.25):
+            if msg[0] == "progress":
+                counters[i] = (msg[1], msg[2])
+            elif msg[0] == "pub_done":
+                pub_done.add(i)
+                for pub, sent in msg[1].items():
+                    sent_by_pub[pub] = sent
+        if progress is not None:
+            progress(
+                time.monotonic() - started,
+                sum(c[0] for c in counters.values()),
+                sum(c[1] for c in counters.values()),
+            )
+    _broadcast(pipes, ("expect", sent_by_pub))
+
+
+def _broadcast(pipes: list[Pipe], msg: tuple[Any, ...]) -> None:
+    for pipe in pipes:
+        pipe.send(msg)
+
+
+def _receive(pipes: list[Pipe], timeout: float) -> list[tuple[int, tuple[Any, ...]]]:
+    out = []
+    for pipe in wait(pipes, timeout=timeout):
+        assert isinstance(pipe, Pipe)
+        i = pipes.index(pipe)
+        try:
+            msg = pipe.recv()
+        except EOFError:
+            raise WorkerFailed(f"bench worker {i} exited unexpectedly") from None
+        if msg[0] == "error":
+            raise WorkerFailed(f"bench worker {i} failed: {msg[1]}")
+        out.append((i, msg))
+    return out
+
+
+def _gather(pipes: list[Pipe], kind: str) -> list[tuple[Any, ...]]:
+    """The next `kind` message of every worker, in worker order; progress is skipped."""
+    got: dict[int, tuple[Any, ...]] = {}
+    deadline = time.monotonic() + STALL_TIMEOUT
+    while len(got) < len(pipes):
+        if time.monotonic() > deadline:
+            raise WorkerFailed(f"bench workers sent no {kind!r} within {STALL_TIMEOUT:.0f} s")
+        for i, msg in _receive(pipes, timeout=0.5):
+            if msg[0] == kind:
+                got[i] = msg
+                deadline = time.monotonic() + STALL_TIMEOUT
+    return [got[i] for i in range(len(pipes))]

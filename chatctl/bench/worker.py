@@ -1,0 +1,576 @@
+"""One load-generator process: many non-blocking sockets on one selector, never a thread per
+simulated client.
+
+The parent talks to a worker over a pipe (see runner.py). A worker connects and sets up its
+share of the connections, reports ready, and then runs one loop: publishers write batches
+while their window allows, and every readable socket is read into one round buffer that
+scan.py checks in a single pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import resource
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+import numpy as np
+
+from chatctl.bench.adapters import Adapter, Setup, SetupFailed
+from chatctl.bench.histogram import Histogram
+from chatctl.bench.plan import ConnSpec, Plan, WorkerResult
+from chatctl.bench.scan import (
+    TAIL,
+    Segments,
+    Verifier,
+    count_new,
+    find_payloads,
+)
+
+ROUND_BUF = 8 * 1024 * 1024
+MAX_READ = 256 * 1024
+CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's accept backlog
+CONNECT_TIMEOUT = 30.0
+BATCH = 64  # publishes built and written at once
+PROGRESS_EVERY = 0.25
+KEEPALIVE_EVERY = 10.0
+DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the rest is lost
+NS = 1_000_000_000
+
+
+class Conn:
+    __slots__ = (
+        "acked",
+        "blocked",
+        "closed",
+        "first_measured",
+        "first_ns",
+        "last_ns",
+        "limit",
+        "make",
+        "pending",
+        "pub_done",
+        "seq",
+        "setup",
+        "sock",
+        "spec",
+        "sub",
+        "t_start",
+        "tail",
+    )
+
+    def __init__(self, spec: ConnSpec, sub: int) -> None:
+        self.spec = spec
+        self.sub = sub  # local subscriber index, -1 if this connection is not verified
+        self.sock: socket.socket | None = None
+        self.setup: Setup | None = None
+        self.t_start = 0
+        self.tail = b""
+        self.pending = b""
+        self.blocked = False
+        self.closed = False
+        # publisher state
+        self.make: Callable[[int, int], bytes] | None = None
+        self.seq = 0
+        self.acked = 0
+        self.first_measured = -1  # first sequence number inside the measured window
+        self.limit = -1  # sequence number to stop at, once known
+        self.first_ns = 0
+        self.last_ns = 0
+        self.pub_done = False
+
+
+def raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def worker_main(plan: Plan, specs: list[ConnSpec], pipe: Pipe) -> None:
+    """Process entry point."""
+    raise_nofile_limit()
+    worker = Worker(plan, specs, pipe)
+    try:
+        worker.run()
+    except Exception as exc:  # reported to the parent, which turns it into a ChatctlError
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        worker.close_all()
+
+
+class Worker:
+    def __init__(self, plan: Plan, specs: list[ConnSpec], pipe: Pipe) -> None:
+        self.plan = plan
+        self.params = plan.params
+        self.adapter: Adapter = plan.target.adapter
+        self.pipe = pipe
+        self.sel = selectors.DefaultSelector()
+        sub_ids = [s.sub for s in specs if s.sub >= 0]
+        local = {g: i for i, g in enumerate(sub_ids)}
+        self.sub_ids = sub_ids
+        self.conns = [Conn(s, local.get(s.sub, -1)) for s in specs]
+        self.pubs = [c for c in self.conns if c.spec.pub >= 0]
+        self.n_subs = len(sub_ids)
+        self.verifier = Verifier(n_subs=self.n_subs, n_pubs=max(plan.n_pubs, 1))
+        self.hist = Histogram()
+        self.connect_hist = Histogram()
+        self.result = WorkerResult(sub_ids=sub_ids, pub_ids=[c.spec.pub for c in self.pubs])
+        self.buf = bytearray(ROUND_BUF)
+        self.mv = memoryview(self.buf)
+        self.rr = 0
+        self.measured = np.zeros(self.n_subs, dtype=np.int64)
+        self.first_ns = np.zeros(self.n_subs, dtype=np.int64)
+        self.last_ns = np.zeros(self.n_subs, dtype=np.int64)
+        self.epoch = 0
+        self.warm_rel = 0
+        self.end_ns = 0
+        self.publishing = False
+        self.pump_timeout = 0.05  # seconds until a publisher can send again
+        self.pubs_reported = False
+        self.expected: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self.finished = False
+        self.last_progress_ns = 0
+        self.last_delivery_ns = 0
+        self.last_keepalive_ns = 0
+        self.last_check_delivered = -1
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        # Connect only when every worker is up, so that connect rates are rates of overlap.
+        self.pipe.send(("spawned",))
+        self.wait_for("connect")
+        self.connect_all()
+        r = self.result
+        self.pipe.send(("ready", r.connected, r.failed, r.first_error))
+        self.sel.register(self.pipe.fileno(), selectors.EVENT_READ, None)
+        self.last_keepalive_ns = time.monotonic_ns()
+        while not self.finished:
+            self.step()
+        self.finish()
+        # Hold every connection until the parent has measured what it needs and says stop.
+        self.wait_for("stop")
+
+    def connect_all(self) -> None:
+        t = self.plan.target
+        info = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
+        todo = deque(self.conns)
+        inflight: set[Conn] = set()
+        deadline = time.monotonic() + CONNECT_TIMEOUT + len(self.conns) / 1000
+        first = last = 0
+        while todo or inflight:
+            while todo and len(inflight) < CONNECT_PARALLEL:
+                c = todo.popleft()
+                c.setup = self.adapter.setup(
+                    name=c.spec.name, room=c.spec.room, sub=c.spec.sub >= 0, pub=c.spec.pub >= 0
+                )
+                c.t_start = time.monotonic_ns()
+                first = first or c.t_start
+                try:
+                    sock = socket.socket(info[0], info[1], info[2])
+                except OSError as exc:
+                    self.fail(c, f"socket: {exc}")
+                    continue
+                c.sock = sock
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = sock.connect_ex(info[4])
+                if err not in (0, errno.EINPROGRESS):
+                    self.fail(c, f"connect to {t.address}: {errno.errorcode.get(err, err)}")
+                    continue
+                self.sel.register(sock, selectors.EVENT_WRITE, c)
+                inflight.add(c)
+            for key, mask in self.sel.select(0.1):
+                c = key.data
+                if c not in inflight:
+                    self.discard_input(c)
+                    continue
+                try:
+                    if self.advance_setup(c, mask):
+                        inflight.discard(c)
+                        last = time.monotonic_ns()
+                        self.connect_hist.record(np.array([last - c.t_start], dtype=np.int64))
+                        self.result.connected += 1
+                except (OSError, SetupFailed) as exc:
+                    inflight.discard(c)
+                    self.fail(c, str(exc))
+            if time.monotonic() > deadline:
+                for c in inflight:
+                    self.fail(c, f"set-up not finished in {CONNECT_TIMEOUT:.0f} s")
+                inflight.clear()
+                for c in todo:
+                    self.fail(c, "not attempted: set-up timed out")
+                todo.clear()
+        self.result.connect_first_ns, self.result.connect_last_ns = first, last
+        self.result.connect_hist = self.connect_hist.to_wire()
+
+    def advance_setup(self, c: Conn, mask: int) -> bool:
+        """Move one connection's set-up along; True once it is ready."""
+        sock, setup = c.sock, c.setup
+        assert sock is not None and setup is not None
+        if mask & selectors.EVENT_WRITE:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
+            sock.sendall(setup.first)
+            self.sel.modify(sock, selectors.EVENT_READ, c)
+            return False
+        data = sock.recv(65536)
+        if not data:
+            raise SetupFailed("the server closed the connection during set-up")
+        out, done = setup.feed(data)
+        if out:
+            sock.sendall(out)
+        if done:
+            c.setup = None
+            if c.spec.pub >= 0:
+                c.make = self.adapter.publisher(
+                    pub=c.spec.pub, room=c.spec.room or "", size=self.params.size
+                )
+        return done
+
+    def fail(self, c: Conn, message: str) -> None:
+        self.result.failed += 1
+        self.result.first_error = self.result.first_error or message
+        self.close(c)
+        c.pub_done = True
+
+    def discard_input(self, c: Conn) -> None:
+        """Before the run, a ready connection only receives notices: read and drop them."""
+        assert c.sock is not None
+        try:
+            if not c.sock.recv(65536):
+                self.close(c)
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.close(c)
+
+    def close(self, c: Conn) -> None:
+        if c.sock is not None and not c.closed:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(c.sock)
+            c.sock.close()
+        c.closed = True
+
+    def close_all(self) -> None:
+        for c in self.conns:
+            self.close(c)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def wait_for(self, what: str) -> None:
+        while True:
+            msg = self.pipe.recv()
+            if msg[0] == what:
+                return
+
+    def control(self) -> None:
+        while self.pipe.poll():
+            msg = self.pipe.recv()
+            if msg[0] == "go":
+                self.epoch, warm_ns, self.end_ns = msg[1], msg[2], msg[3]
+                self.warm_rel = warm_ns - self.epoch
+                self.publishing = True
+                if self.params.rate:
+                    # The schedule is known: the measured window starts with this message.
+                    start = math.ceil(self.warm_rel * self.params.rate / NS)
+                    for c in self.pubs:
+                        c.first_measured = start
+                        if self.params.messages:
+                            c.limit = start + self.params.messages
+            elif msg[0] == "expect":
+                self.set_expected(msg[1])
+            elif msg[0] == "stop":
+                self.finished = True
+
+    def step(self) -> None:
+        timeout = self.pump_timeout if self.publishing else 0.05
+        readable = []
+        for key, mask in self.sel.select(timeout):
+            c = key.data
+            if c is None:
+                self.control()
+                continue
+            if mask & selectors.EVENT_WRITE:
+                self.flush(c)
+            if mask & selectors.EVENT_READ:
+                readable.append(c)
+        if readable:
+            self.read_round(readable)
+        now = time.monotonic_ns()
+        if self.publishing:
+            self.pump(now)
+        self.periodic(now)
+
+    def can_write(self, c: Conn) -> bool:
+        return not (c.pub_done or c.blocked or c.closed)
+
+    def periodic(self, now: int) -> None:
+        if now - self.last_progress_ns > PROGRESS_EVERY * NS:
+            self.last_progress_ns = now
+            sent = sum(c.seq for c in self.pubs)
+            self.pipe.send(("progress", sent, int(self.verifier.delivered.sum())))
+        keepalive = self.adapter.keepalive
+        if keepalive and now - self.last_keepalive_ns > KEEPALIVE_EVERY * NS:
+            self.last_keepalive_ns = now
+            for c in self.conns:
+                if not c.closed:
+                    self.write(c, keepalive)
+        if self.publishing and not self.pubs_reported and all(c.pub_done for c in self.pubs):
+            self.pubs_reported = True
+            self.pipe.send(("pub_done", {c.spec.pub: c.seq for c in self.pubs}))
+        if self.expected is not None:
+            self.check_complete(now)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def pump(self, now: int) -> None:
+        rate = self.params.rate
+        window = self.adapter.window
+        every = self.adapter.ack_every
+        rel = now - self.epoch
+        if rel < 0:
+            self.pump_timeout = -rel / NS
+            return
+        # Sleep in select until the next message is due, or at most 50 ms (acks wake us early).
+        wake = 0.05
+        for c in self.pubs:
+            if not self.can_write(c):
+                continue
+            if self.end_ns and now >= self.end_ns:
+                c.pub_done = True
+                continue
+            if not rate and c.first_measured < 0 and rel >= self.warm_rel:
+                c.first_measured = c.seq
+                if self.params.messages:
+                    c.limit = c.seq + self.params.messages
+            n = min(BATCH, window - (c.seq - c.acked * every))
+            if rate:
+                due = int(rel * rate / NS) + 1 - c.seq
+                if due <= 0:
+                    wake = min(wake, max(0.0, (c.seq / rate) - rel / NS))
+                n = min(n, due)
+            if c.limit >= 0:
+                if c.seq >= c.limit:
+                    c.pub_done = True
+                    continue
+                n = min(n, c.limit - c.seq)
+            if n <= 0:
+                continue
+            make = c.make
+            assert make is not None
+            seq = c.seq
+            if rate:
+                # Stamp each message with the time it was due, not when it left: a generator
+                # that falls behind then shows as latency (no coordinated omission).
+                step = NS / rate
+                data = b"".join([make(s, int(s * step)) for s in range(seq, seq + n)])
+            else:
+                data = b"".join([make(s, rel) for s in range(seq, seq + n)])
+            if c.first_measured >= 0 and seq + n > c.first_measured:
+                c.first_ns = c.first_ns or now
+                c.last_ns = now
+            c.seq = seq + n
+            self.write(c, data)
+            if not c.blocked and c.seq - c.acked * every < window and (not rate or due > n):
+                wake = 0.0
+        self.pump_timeout = wake
+
+    def write(self, c: Conn, data: bytes) -> None:
+        if c.closed:
+            return
+        if c.pending:
+            c.pending += data
+            return
+        assert c.sock is not None
+        try:
+            sent = c.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.lost_connection(c)
+            return
+        if sent < len(data):
+            c.pending = data[sent:]
+            c.blocked = True
+            self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+
+    def flush(self, c: Conn) -> None:
+        if c.closed or not c.pending:
+            return
+        assert c.sock is not None
+        try:
+            sent = c.sock.send(c.pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.lost_connection(c)
+            return
+        c.pending = c.pending[sent:]
+        if not c.pending:
+            c.blocked = False
+            self.sel.modify(c.sock, selectors.EVENT_READ, c)
+
+    def lost_connection(self, c: Conn) -> None:
+        if not c.closed and not self.finished:
+            self.result.disconnects += 1
+        self.close(c)
+        c.pub_done = True
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def read_round(self, readable: list[Conn]) -> None:
+        start = self.rr % len(readable)
+        self.rr += 1
+        buf, mv = self.buf, self.mv
+        room = ROUND_BUF - MAX_READ - TAIL
+        pos = 0
+        starts: list[int] = []
+        fresh: list[int] = []
+        ends: list[int] = []
+        times: list[int] = []
+        seg_conns: list[Conn] = []
+        for c in readable[start:] + readable[:start]:
+            if pos > room:
+                break
+            if c.closed:
+                continue
+            assert c.sock is not None
+            tail = c.tail
+            at = pos + len(tail)
+            buf[pos:at] = tail
+            try:
+                n = c.sock.recv_into(mv[at : at + MAX_READ])
+            except BlockingIOError:
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                self.lost_connection(c)
+                continue
+            end = at + n
+            starts.append(pos)
+            fresh.append(at)
+            ends.append(end)
+            times.append(time.monotonic_ns())
+            seg_conns.append(c)
+            c.tail = bytes(buf[max(pos, end - TAIL) : end])
+            pos = end
+        if not seg_conns:
+            return
+        self.count_acks(seg_conns, starts, fresh, ends)
+        if self.n_subs:
+            arr = np.frombuffer(buf, dtype=np.uint8, count=pos)
+            segs = Segments.of(starts, fresh, ends)
+            self.take_payloads(arr, segs, seg_conns, np.asarray(times, dtype=np.int64))
+        ping = self.adapter.ping
+        if ping is not None and buf.find(ping, 0, pos) >= 0:
+            for i, c in enumerate(seg_conns):
+                if count_new(buf, ping, starts[i], fresh[i], ends[i]):
+                    self.write(c, self.adapter.pong)
+
+    def count_acks(
+        self, conns: list[Conn], starts: list[int], fresh: list[int], ends: list[int]
+    ) -> None:
+        ack, refused, buf = self.adapter.ack, self.adapter.refused, self.buf
+        for i, c in enumerate(conns):
+            if c.spec.pub >= 0:
+                c.acked += count_new(buf, ack, starts[i], fresh[i], ends[i])
+                if refused is not None:
+                    self.result.refused += count_new(buf, refused, starts[i], fresh[i], ends[i])
+
+    def take_payloads(
+        self,
+        arr: np.ndarray[Any, Any],
+        segs: Segments,
+        conns: list[Conn],
+        times: np.ndarray[Any, np.dtype[np.int64]],
+    ) -> None:
+        found = find_payloads(arr, segs)
+        if len(found.seg) == 0:
+            return
+        seg_sub = np.array([c.sub for c in conns], dtype=np.int64)
+        sub = seg_sub[found.seg]
+        mine = sub >= 0
+        if not mine.all():
+            found_seg, sub = found.seg[mine], sub[mine]
+            pub, seq, ts = found.pub[mine], found.seq[mine], found.ts[mine]
+        else:
+            found_seg, pub, seq, ts = found.seg, found.pub, found.seq, found.ts
+        self.verifier.feed(sub, pub, seq)
+        measured = ts >= self.warm_rel
+        if self.publishing and len(sub):
+            self.last_delivery_ns = int(times[-1])
+        if not measured.any():
+            return
+        self.hist.record(times[found_seg[measured]] - self.epoch - ts[measured])
+        self.measured += np.bincount(sub[measured], minlength=self.n_subs)
+        # One segment per connection per round, in time order: per-subscriber first and last
+        # delivery times are set from segments, not from every payload.
+        seg_hit = np.bincount(found_seg[measured], minlength=len(conns)) > 0
+        s, t = seg_sub[seg_hit], times[seg_hit]
+        self.last_ns[s] = t
+        self.first_ns[s] = np.where(self.first_ns[s] == 0, t, self.first_ns[s])
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def set_expected(self, sent_by_pub: list[int]) -> None:
+        sent = np.asarray(sent_by_pub, dtype=np.int64)
+        expected = np.zeros((self.n_subs, self.verifier.n_pubs), dtype=np.int64)
+        clients = {c.index: c for c in self.plan.clients}
+        by_sub = {c.sub: c for c in self.plan.clients if c.sub >= 0}
+        for i, g in enumerate(self.sub_ids):
+            for p in self.plan.expected_pubs(clients[by_sub[g].index]):
+                expected[i, p] = sent[p]
+        self.expected = expected
+        self.last_delivery_ns = max(self.last_delivery_ns, time.monotonic_ns())
+
+    def check_complete(self, now: int) -> None:
+        assert self.expected is not None
+        delivered = int(self.verifier.delivered.sum())
+        if delivered != self.last_check_delivered:
+            self.last_check_delivered = delivered
+            if (self.verifier.unique() >= self.expected).all():
+                self.finished = True
+                return
+        live_subs = any(not c.closed for c in self.conns if c.sub >= 0)
+        if not live_subs or now - self.last_delivery_ns > DRAIN_IDLE * NS:
+            self.finished = True
+
+    def finish(self) -> None:
+        r = self.result
+        v = self.verifier
+        if self.n_subs:
+            expected = (
+                self.expected
+                if self.expected is not None
+                else np.zeros((self.n_subs, v.n_pubs), dtype=np.int64)
+            )
+            unique = v.unique()
+            got = np.minimum(unique, expected)
+            r.delivered = v.delivered.tolist()
+            r.unique = got.sum(axis=1).tolist()
+            r.expected = expected.sum(axis=1).tolist()
+            # Arrivals beyond what was expected of a publisher count as duplicates.
+            r.duplicated = (v.duplicated + (unique - got).sum(axis=1)).tolist()
+            r.reordered = v.reordered.tolist()
+            r.measured = self.measured.tolist()
+            r.first_ns = self.first_ns.tolist()
+            r.last_ns = self.last_ns.tolist()
+        r.latency_hist = self.hist.to_wire()
+        r.sent = [c.seq for c in self.pubs]
+        r.pub_measured = [
+            max(0, c.seq - c.first_measured) if c.first_measured >= 0 else 0 for c in self.pubs
+        ]
+        r.pub_first_ns = [c.first_ns for c in self.pubs]
+        r.pub_last_ns = [c.last_ns for c in self.pubs]
+        self.pipe.send(("result", r))
