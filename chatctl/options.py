@@ -328,7 +328,7 @@ Messages = Annotated[
 Duration = Annotated[
     float, typer.Option("--duration", "-d", min=0.0, help="Seconds to run when --msgs is 0.")
 ]
-Size = Annotated[int, typer.Option("--size", "-s", min=16, help="Message size in bytes.")]
+Size = Annotated[int, typer.Option("--size", "-s", min=32, help="Message size in bytes.")]
 Rate = Annotated[
     float,
     typer.Option(
