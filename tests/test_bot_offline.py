@@ -46,6 +46,11 @@ def ask(question: str, backend: OfflineBackend = GUIDE, max_chars: int = 1500) -
         ("how do I install chatctl?", "Install chatctl"),
         ("which bot backends are there?", "Bot backends"),
         ("how do I compare with redis?", "Measure the server with chatctl bench"),
+        ("how do I leave a room?", "Leave a room or quit the chat"),
+        ("how do I quit?", "Leave a room or quit the chat"),
+        ("how do I send a line starting with a slash?", "Commands in the chat"),
+        ("how do I run the bot?", "Run the chat bot"),
+        ("how can I get a summary of what I missed?", "History and missed messages"),
     ],
 )
 def test_retrieval_answers_from_the_right_section(question: str, section: str) -> None:

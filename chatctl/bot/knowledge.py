@@ -169,7 +169,7 @@ class Hit:
 
 
 class Index:
-    """BM25 over sections; the title and headings count twice, being what a section is about."""
+    """BM25 over sections; headings count extra, being what a section is about."""
 
     K1 = 1.5
     B = 0.75
@@ -178,8 +178,9 @@ class Index:
         self.sections = list(sections)
         self._tf: list[Counter[str]] = []
         for s in self.sections:
-            heading_words = words(" ".join(s.path))
-            self._tf.append(Counter(words(s.body) + heading_words * 2))
+            # A section is about its own heading most, and about its parents' a little.
+            heading = words(s.title) * 2 + words(" ".join(s.path[:-1]))
+            self._tf.append(Counter(words(s.body) + heading))
         self._len = [sum(tf.values()) for tf in self._tf]
         self._avg = max(1.0, sum(self._len) / len(self._len)) if self._len else 1.0
         df: Counter[str] = Counter()

@@ -90,7 +90,9 @@ def summarise(lines: Sequence[ChatLine], *, max_chars: int = 1500, room: str | N
     used = 0
     # First each speaker's best sentence, most active speakers first.
     for nick in speakers:
-        best = max((s for s in sentences if s.sender == nick), key=lambda s: s.score)
+        best = max((s for s in sentences if s.sender == nick), key=lambda s: s.score, default=None)
+        if best is None:
+            continue  # said nothing but whitespace
         cost = len(_told(best, per_sentence)) + 2
         if used + cost > budget:
             break
