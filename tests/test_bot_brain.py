@@ -145,6 +145,33 @@ def test_loop_guard_leaves_a_conversation_alone() -> None:
         now += 2.0
 
 
+def test_two_cadence_bots_do_not_keep_each_other_talking() -> None:
+    one = make(nick="ai", every_lines=1, max_streak=3)
+    two = make(nick="helper", every_lines=1, max_streak=3)
+    now = 0.0
+    turns = say(one, "alice", "hello", now)  # a person starts it
+    speakers = [one, two]
+    said = 0
+    for step in range(50):
+        speaker, listener = speakers[step % 2], speakers[(step + 1) % 2]
+        if not turns:
+            break
+        (turn,) = turns
+        now += 0.5
+        speaker.spoke(turn, "a remark", now)
+        said += 1
+        turns = say(listener, speaker.nick, "a remark", now)
+    assert turns == [] and said <= 2 * 3 + 1
+
+
+def test_summary_reads_mentions_as_questions() -> None:
+    brain = make()
+    (turn,) = say(brain, "alice", "@ai how do I change my nick?", 1.0)
+    brain.spoke(turn, "like so", 1.5)
+    (turn,) = say(brain, "bob", "@ai summary", 2.0)
+    assert [ln.text for ln in turn.prompt.context] == ["how do I change my nick?"]
+
+
 def test_context_window_has_a_count_and_a_character_budget() -> None:
     brain = make(context_messages=5, context_chars=100)
     for i in range(20):

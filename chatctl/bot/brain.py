@@ -9,18 +9,20 @@ Loop guard (why the bot never ends up talking to a bot forever):
 1. It never reacts to its own nick, to nicks ending in "bot" (any case), or to `ignore` nicks.
    Their lines still go into the context, they just never trigger anything.
 2. A *ping-pong streak* per channel (a room, or one person's direct messages): when the same
-   nick triggers the bot again within `loop_window` seconds of the bot's last reply to them,
-   with nobody else speaking in between, the streak grows. Past `max_streak` replies in a row
-   the bot ignores that nick in that channel until someone else speaks there or the nick stays
-   quiet for `loop_window` seconds (each ignored trigger restarts that wait). A person
-   asking follow-up questions at human speed is never affected; a bot that answers instantly
-   is cut off after `max_streak` exchanges.
+   nick triggers the bot again (by a mention, or as the last speaker before a cadence turn)
+   within `loop_window` seconds of the bot's last reply, with nobody else speaking in
+   between, the streak grows. Past `max_streak` replies in a row the bot ignores that nick in
+   that channel until someone else speaks there or the nick stays quiet for `loop_window`
+   seconds (each ignored trigger restarts that wait). A person asking follow-up questions at
+   human speed is never affected; a bot that answers instantly is cut off after `max_streak`
+   exchanges.
 3. The token bucket caps replies per minute overall, whatever triggered them.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import re
 from collections.abc import Iterable
@@ -106,6 +108,7 @@ class _Channel:
     replied_at: float = float("-inf")
     streak: int = 0
     interrupted: bool = True  # somebody else spoke since the bot's last reply
+    last_sender: str = ""  # the latest person to speak here (the cadence's loop-guard key)
 
 
 _SUMMARY = re.compile(
@@ -219,6 +222,7 @@ class Brain:
             return []
         if chan.replied_to != line.sender.casefold():
             chan.interrupted = True
+        chan.last_sender = line.sender
         chan.lines_since_spoke += 1
         if self.settings.every_seconds is not None and chan.due is None:
             chan.due = now + self.settings.every_seconds
@@ -228,7 +232,9 @@ class Brain:
             return self._admit(chan, self._addressed_turn(line, question), line.sender, now)
         every = self.settings.every_lines
         if every is not None and chan.lines_since_spoke >= every:
-            return self._admit(chan, self._chime(line.room), None, now)
+            # The loop guard covers cadences too: two bots on --every-lines 1 would
+            # otherwise keep each other talking.
+            return self._admit(chan, self._chime(line.room), line.sender, now)
         return []
 
     def _observe_direct(self, line: ChatLine, now: float) -> list[Turn]:
@@ -276,7 +282,7 @@ class Brain:
         for room, chan in self._rooms.items():
             if chan.due is not None and now >= chan.due:
                 chan.due = None
-                turns += self._admit(chan, self._chime(room), None, now)
+                turns += self._admit(chan, self._chime(room), chan.last_sender or None, now)
         return turns
 
     def next_deadline(self) -> float | None:
@@ -343,7 +349,11 @@ class Brain:
     ) -> Turn:
         chan = self._room(room)
         wanted = max(1, min(count or self.settings.summary_default, LOG_LIMIT))
-        lines = [ln for ln in chan.log if not (self.is_self(ln.sender) or self._is_request(ln))]
+        lines = [
+            self._without_mention(ln)
+            for ln in chan.log
+            if not (self.is_self(ln.sender) or self._is_request(ln))
+        ]
         return Turn(
             prompt=Prompt(
                 kind=TurnKind.SUMMARY,
@@ -357,6 +367,11 @@ class Brain:
             room=room_out,
             to=to,
         )
+
+    def _without_mention(self, line: ChatLine) -> ChatLine:
+        """`@ai how do I ...?` reads as `how do I ...?` in a summary."""
+        question = self.addressed(line.text)
+        return line if not question else dataclasses.replace(line, text=question)
 
     def _is_request(self, line: ChatLine) -> bool:
         """A line addressed to the bot ("@ai summary") is not conversation worth summarising."""
