@@ -55,6 +55,7 @@ from chatctl.protocol import (
     Error,
     ErrorCode,
     Event,
+    Gap,
     Hello,
     History,
     HistoryEnd,
@@ -218,6 +219,42 @@ class _Link:
         self.sock.close()
 
 
+class _CatchUp:
+    """A room's resume: replayed pages (Message(history=True), maybe a Gap, HistoryEnd) fill
+    in from `cursor`, while live messages already flow from `live_min` on. A page can stop
+    short of HistoryEnd.head (the server's replay limit), so the next one is asked for until
+    the hole up to the live stream is filled. Replays of what came live are dropped."""
+
+    def __init__(self, cursor: int) -> None:
+        self.cursor = cursor  # everything up to here has been delivered, in order
+        self.live_min: int | None = None
+        self.live_max = 0
+        self.progressed = False
+
+    def live(self, seq: int) -> None:
+        if self.live_min is None or seq < self.live_min:
+            self.live_min = seq
+        self.live_max = max(self.live_max, seq)
+
+    def replayed(self, seq: int) -> bool:
+        """Take a replayed message; False when it is a duplicate."""
+        if seq <= self.cursor or (self.live_min is not None and seq >= self.live_min):
+            return False
+        self.cursor, self.progressed = seq, True
+        return True
+
+    def gap(self, gap: Gap) -> None:
+        if gap.last > self.cursor:
+            self.cursor, self.progressed = gap.last, True
+
+    def more(self, head: int) -> bool:
+        """After a page: is there a hole left to ask for? (Never loops without progress.)"""
+        target = head if self.live_min is None else min(head, self.live_min - 1)
+        more = self.cursor < target and self.progressed
+        self.progressed = False
+        return more
+
+
 class Client:
     """A chatctl client. See the module docstring."""
 
@@ -247,7 +284,7 @@ class Client:
         self._history = history
         self._rooms: dict[str, None] = dict.fromkeys(map(room_name, rooms))  # ordered set
         self._last_seq: dict[str, int] = {}
-        self._resuming: set[str] = set()
+        self._catchup: dict[str, _CatchUp] = {}  # rooms being resumed after a reconnect
         self._pending: dict[str, Outgoing] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex()
@@ -649,9 +686,13 @@ class Client:
         elif isinstance(event, Message):
             if not self._on_message(event):
                 return
+        elif isinstance(event, Gap):
+            catchup = self._catchup.get(event.room)
+            if catchup is not None:
+                catchup.gap(event)
         elif isinstance(event, HistoryEnd):
-            self._seen(event.room, event.head)
-            self._resuming.discard(event.room)
+            if not self._on_history_end(event):
+                return
         elif (
             isinstance(event, Notice)
             and event.kind == "renamed"
@@ -661,20 +702,45 @@ class Client:
         self._emit(event)
 
     def _seen(self, room: str, seq: int) -> None:
-        if room and seq > self._last_seq.get(room, 0):
+        catchup = self._catchup.get(room)
+        if catchup is not None:
+            catchup.live(seq)
+        elif room and seq > self._last_seq.get(room, 0):
             self._last_seq[room] = seq
 
     def _on_message(self, message: Message) -> bool:
-        """Track the sequence; False to leave out a replay of our own unacknowledged message."""
-        self._seen(message.room, message.seq)
-        return not (
-            message.history
-            and message.room in self._resuming
-            and message.sender.casefold() == self.nick.casefold()
-        )
+        """Track sequence numbers; False to leave a message out (see _CatchUp)."""
+        catchup = self._catchup.get(message.room)
+        if catchup is None or not message.history:
+            self._seen(message.room, message.seq)
+            return True
+        if not catchup.replayed(message.seq):
+            return False
+        self._last_seq[message.room] = catchup.cursor  # a reconnect now resumes from here
+        # Our own unacknowledged messages come back acknowledged: Delivered stands for them.
+        return message.sender.casefold() != self.nick.casefold()
+
+    def _on_history_end(self, end: HistoryEnd) -> bool:
+        """Finish a resume, or ask for the next page of it (False: not the end yet)."""
+        catchup = self._catchup.get(end.room)
+        if catchup is None:
+            self._seen(end.room, end.head)
+            return True
+        if catchup.more(end.head):
+            page = self.limits.get("replay_limit", 1000)
+            self._write(History(room=end.room, after=catchup.cursor, limit=page))
+            return False
+        del self._catchup[end.room]
+        self._seen(end.room, max(end.head, catchup.live_max))
+        return True
 
     def _on_ack(self, ack: Ack) -> None:
-        if ack.seq:
+        catchup = self._catchup.get(ack.room)
+        if catchup is not None:
+            # A re-sent message may have been stored before the drop: its seq says nothing
+            # about where the live stream starts.
+            catchup.live_max = max(catchup.live_max, ack.seq)
+        elif ack.seq:
             self._seen(ack.room, ack.seq)
         with self._acked:
             out = self._pending.pop(ack.msg_id, None)
@@ -736,7 +802,7 @@ class Client:
             if after is None:
                 self._write(Join(room=room, history=self._history))
             else:
-                self._resuming.add(room)
+                self._catchup[room] = _CatchUp(cursor=after)
                 self._write(Join(room=room, after=after))
         with self._acked:
             pending = list(self._pending.values())
