@@ -141,8 +141,7 @@ def join(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def send(
-    message: o.MessageArg = None,
-    host: o.HostArg = o.DEFAULT_HOST,
+    args: o.SendArgs = None,
     port: o.Port = o.DEFAULT_PORT,
     room: o.SendRoom = DEFAULT_ROOM,
     to: o.SendTo = None,
@@ -155,6 +154,11 @@ def send(
     connect_timeout: o.ConnectTimeout = 5.0,
 ) -> None:
     """Send one message, wait for the server's ack and print a receipt."""
+    positional = args or []
+    if len(positional) > 2:
+        raise typer.BadParameter("give at most HOST and MESSAGE (quote a message with spaces)")
+    host = positional[0] if len(positional) == 2 else o.default_host()
+    message = positional[-1] if positional else None
 
     def action() -> int | None:
         from chatctl.send import run_send

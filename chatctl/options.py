@@ -7,6 +7,7 @@ option name. A new option goes here, next to its siblings.
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -283,9 +284,21 @@ HistoryCount = Annotated[
 ]
 
 # send ----------------------------------------------------------------------------------------
-MessageArg = Annotated[
-    str | None, typer.Argument(help="Message text; '-' or absent reads stdin.", show_default=False)
+SendArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[HOST] [MESSAGE]",
+        help="Server address (default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads stdin.",
+        show_default=False,
+    ),
 ]
+
+
+def default_host() -> str:
+    """The host when a command's positional HOST is left out."""
+    return os.environ.get(_env("HOST"), DEFAULT_HOST)
+
+
 SendRoom = Annotated[
     str, typer.Option("--room", "-r", envvar=_env("ROOM"), help="Room to send to.")
 ]
