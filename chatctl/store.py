@@ -8,9 +8,13 @@ store lives in sqlite_store.py and `open_store` picks between them.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+MEMORY = ":memory:"  # `--data :memory:`: history lives and dies with the process
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,9 +137,21 @@ class MemoryStore:
             self._by_id.pop((message.sender_key, message.msg_id), None)
 
 
+def default_data_dir() -> Path:
+    """$XDG_STATE_HOME/chatctl, or ~/.local/state/chatctl (the XDG base directory default)."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    # The spec says to ignore a relative value.
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "chatctl"
+
+
 def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> Store:
     """The store for `--data`: ':memory:' keeps nothing; a directory (default: the XDG state
-    directory) holds a durable SQLite store."""
-    # Until the SQLite store lands, every server keeps history in memory.
-    del data
-    return MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
+    directory, created if needed) holds a durable SQLite store. Raises ChatctlError with a
+    one-line message when the directory cannot be used."""
+    if data == MEMORY:
+        return MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
+    from chatctl.sqlite_store import SqliteStore
+
+    directory = Path(data).expanduser() if data else default_data_dir()
+    return SqliteStore(directory, retain_messages=retain_messages, retain_age=retain_age)

@@ -1,0 +1,260 @@
+"""The history stores against a plain in-memory model: random appends, flushes, trims, reads,
+resends, clean restarts and crashes (a crash loses exactly the appends not yet flushed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from chatctl.sqlite_store import SqliteStore
+from chatctl.store import MemoryStore, ReadResult, Store, StoredMessage
+
+ROOMS = st.sampled_from(["lobby", "dev", "ops"])
+KEYS = st.sampled_from(["key-a", "key-b"])
+
+
+@dataclass
+class Model:
+    """What a correct store holds. `log[room][i]` has seq i + 1; nothing is ever removed from
+    it except by a crash, retention only moves `first`."""
+
+    retain_messages: int
+    retain_age: float
+    count_on_append: bool  # MemoryStore trims by count as it appends, SqliteStore in trim()
+    log: dict[str, list[StoredMessage]] = field(default_factory=dict)
+    first: dict[str, int] = field(default_factory=dict)
+    durable: dict[str, int] = field(default_factory=dict)  # highest flushed seq
+
+    def head(self, room: str) -> int:
+        return len(self.log.get(room, ()))
+
+    def stored(self, room: str) -> list[StoredMessage]:
+        return self.log.get(room, [])[self.first.get(room, 1) - 1 :]
+
+    def append(self, message: StoredMessage) -> None:
+        self.log.setdefault(message.room, []).append(message)
+        self.first.setdefault(message.room, 1)
+        if self.count_on_append:
+            self._trim_count(message.room)
+
+    def flush(self) -> None:
+        self.durable = {room: len(log) for room, log in self.log.items()}
+
+    def crash(self, heads: dict[str, int]) -> list[StoredMessage]:
+        """A crash keeps everything flushed; of the rest, the store may keep a prefix (it may
+        commit early, e.g. to answer a read): `heads` says what it kept."""
+        lost: list[StoredMessage] = []
+        for room, log in list(self.log.items()):
+            keep = heads.get(room, 0)
+            assert self.durable.get(room, 0) <= keep <= len(log)
+            lost += log[keep:]
+            del log[keep:]
+            if not log:
+                del self.log[room], self.first[room]
+        return lost
+
+    def trim(self, now_ms: int) -> int:
+        if not (self.retain_messages or self.retain_age):
+            return 0
+        self.flush()
+        removed = 0
+        for room in self.log:
+            before = self.first[room]
+            if not self.count_on_append:
+                self._trim_count(room)
+            if self.retain_age:
+                cutoff = now_ms - int(self.retain_age * 1000)
+                log, first = self.log[room], self.first[room]
+                while first <= len(log) and log[first - 1].ts < cutoff:
+                    first += 1
+                self.first[room] = first
+            removed += self.first[room] - before
+        return removed
+
+    def _trim_count(self, room: str) -> None:
+        if self.retain_messages:
+            self.first[room] = max(self.first[room], self.head(room) - self.retain_messages + 1)
+
+    def read(self, room: str, after: int, limit: int) -> ReadResult:
+        head = self.head(room)
+        if after >= head:
+            return ReadResult([])
+        first = self.first[room]
+        gap = (after + 1, first - 1) if after + 1 < first else None
+        start = max(after + 1, first)
+        return ReadResult(self.log[room][start - 1 : start - 1 + max(limit, 0)], gap)
+
+    def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        for room in self.log:
+            for m in self.stored(room):
+                if msg_id and (m.sender_key, m.msg_id) == (sender_key, msg_id):
+                    return m
+        return None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    persistent = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1_000_000
+        self.next_id = 0
+        self.lost_ids: list[tuple[str, str]] = []
+        self.model = Model(0, 0.0, True)
+        self.store: Store = MemoryStore()
+
+    def open(self) -> Store:
+        raise NotImplementedError
+
+    @initialize(retain_messages=st.sampled_from([0, 3, 7]), retain_age=st.sampled_from([0.0, 0.05]))
+    def start(self, retain_messages: int, retain_age: float) -> None:
+        self.model = Model(retain_messages, retain_age, count_on_append=not self.persistent)
+        self.store = self.open()
+
+    @rule(
+        room=ROOMS,
+        key=KEYS,
+        with_id=st.booleans(),
+        action=st.booleans(),
+        jitter=st.integers(-5, 0),
+    )
+    def append(self, room: str, key: str, with_id: bool, action: bool, jitter: int) -> None:
+        msg_id = ""
+        if with_id:
+            self.next_id += 1
+            msg_id = f"m{self.next_id}"
+        self._append(room, key, msg_id, action, self.now + jitter)
+
+    @precondition(lambda self: bool(self.lost_ids))
+    @rule(data=st.data(), room=ROOMS)
+    def resend_lost(self, data: st.DataObject, room: str) -> None:
+        """A sender that never saw the ack sends again: the store must not know the id."""
+        key, msg_id = data.draw(st.sampled_from(self.lost_ids))
+        assert self.store.find(key, msg_id) is None
+        self.lost_ids.remove((key, msg_id))
+        self._append(room, key, msg_id, False, self.now)
+
+    def _append(self, room: str, key: str, msg_id: str, action: bool, ts: int) -> None:
+        assert self.store.head(room) == self.model.head(room)
+        message = StoredMessage(
+            room=room,
+            seq=self.model.head(room) + 1,
+            ts=ts,
+            sender=key.upper(),
+            text=f"text {room} {self.model.head(room) + 1}",
+            action=action,
+            sender_key=key,
+            msg_id=msg_id,
+        )
+        self.store.append(message)
+        self.model.append(message)
+
+    @rule()
+    def flush(self) -> None:
+        self.store.flush()
+        self.model.flush()
+
+    @rule(ms=st.integers(0, 40))
+    def tick(self, ms: int) -> None:
+        self.now += ms
+
+    @rule()
+    def trim(self) -> None:
+        removed = 0
+        for _ in range(1000):  # a persistent store trims in bounded batches
+            step = self.store.trim(self.now)
+            if not step:
+                break
+            removed += step
+        assert removed == self.model.trim(self.now)
+
+    @rule(room=ROOMS, data=st.data(), limit=st.integers(0, 9))
+    def read(self, room: str, data: st.DataObject, limit: int) -> None:
+        after = data.draw(st.integers(0, self.model.head(room) + 2), label="after")
+        assert self.store.read(room, after, limit) == self.model.read(room, after, limit)
+
+    @rule(room=ROOMS, limit=st.integers(-1, 12))
+    def latest(self, room: str, limit: int) -> None:
+        stored = self.model.stored(room)
+        expected = stored[max(len(stored) - limit, 0) :] if limit > 0 else []
+        assert self.store.latest(room, limit) == expected
+
+    @rule(key=KEYS, data=st.data())
+    def find(self, key: str, data: st.DataObject) -> None:
+        msg_id = data.draw(st.sampled_from(["", *(f"m{i}" for i in range(self.next_id + 2))]))
+        assert self.store.find(key, msg_id) == self.model.find(key, msg_id)
+
+    @precondition(lambda self: self.persistent)
+    @rule()
+    def restart(self) -> None:
+        self.store.close()
+        self.model.flush()
+        self.store = self.open()
+
+    @precondition(lambda self: self.persistent)
+    @rule()
+    def crash(self) -> None:
+        assert isinstance(self.store, SqliteStore)
+        self.store.crash()
+        self.store = self.open()
+        kept = {room: self.store.head(room) for room in self.model.log}
+        self.lost_ids += [(m.sender_key, m.msg_id) for m in self.model.crash(kept) if m.msg_id]
+
+    @invariant()
+    def heads(self) -> None:
+        assert sorted(self.store.rooms()) == sorted(self.model.log)
+        for room in ("lobby", "dev", "ops"):
+            assert self.store.head(room) == self.model.head(room)
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+class MemoryStoreMachine(StoreMachine):
+    def open(self) -> Store:
+        return MemoryStore(
+            retain_messages=self.model.retain_messages, retain_age=self.model.retain_age
+        )
+
+
+class SqliteStoreMachine(StoreMachine):
+    persistent = True
+
+    def __init__(self) -> None:
+        # tmpfs when there is one: this test checks semantics; fsync speed is not its business.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.directory = tempfile.mkdtemp(prefix="chatctl-store-", dir=shm)
+        super().__init__()
+
+    def open(self) -> Store:
+        # Tiny tail, id window and trim batch so that every path (SQL reads, SQL resend
+        # lookups, partial trims) runs within a few steps.
+        return SqliteStore(
+            self.directory,
+            retain_messages=self.model.retain_messages,
+            retain_age=self.model.retain_age,
+            tail=3,
+            id_window=4,
+            trim_batch=2,
+        )
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+TestMemoryStoreStateful = MemoryStoreMachine.TestCase
+TestSqliteStoreStateful = SqliteStoreMachine.TestCase
