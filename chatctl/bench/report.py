@@ -95,7 +95,9 @@ def describe(params: Params) -> str:
 
 
 def result_table(r: RunResult) -> Table:
-    t = Table(title=f"chatctl bench: {describe(r.params)} → {r.target} ({r.kind})")
+    t = Table(
+        title=f"chatctl bench: {describe(r.params)} → {r.target} ({r.kind})", show_header=False
+    )
     t.add_column("", style="bold")
     t.add_column("")
     if r.params.scenario is not Scenario.connect:
@@ -133,7 +135,7 @@ def result_table(r: RunResult) -> Table:
     )
     if c.first_error:
         t.add_row("  first error", c.first_error)
-    if r.server.rss_after:
+    if r.server.rss_after and r.params.scenario is Scenario.connect:
         t.add_row(
             "server memory",
             f"{r.server.rss_after / 2**20:,.1f} MiB resident "

@@ -74,6 +74,55 @@ def count_new(buf: bytes | bytearray, pattern: bytes, start: int, fresh: int, en
     return buf.count(pattern, max(start, fresh - len(pattern) + 1), end)
 
 
+class RoundBuffer:
+    """One receive round: each socket's carried tail and new bytes, back to back, in one
+    buffer. For each socket: `slot(tail)` gives the memory to recv_into, `commit(n, when)`
+    records the segment and returns the socket's tail for the next round."""
+
+    def __init__(self, size: int = 8 * 1024 * 1024, max_read: int = 256 * 1024) -> None:
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.max_read = max_read
+        self.limit = size - max_read - TAIL
+        self.clear()
+
+    def clear(self) -> None:
+        self.pos = 0
+        self.starts: list[int] = []
+        self.fresh: list[int] = []
+        self.ends: list[int] = []
+        self.times: list[int] = []
+        self._at = 0
+
+    @property
+    def full(self) -> bool:
+        return self.pos > self.limit
+
+    def slot(self, tail: bytes) -> memoryview:
+        self._at = self.pos + len(tail)
+        self.buf[self.pos : self._at] = tail
+        return self.mv[self._at : self._at + self.max_read]
+
+    def commit(self, n: int, when: int) -> bytes:
+        end = self._at + n
+        self.starts.append(self.pos)
+        self.fresh.append(self._at)
+        self.ends.append(end)
+        self.times.append(when)
+        tail = bytes(self.buf[max(self.pos, end - TAIL) : end])
+        self.pos = end
+        return tail
+
+    def segments(self) -> Segments:
+        return Segments.of(self.starts, self.fresh, self.ends)
+
+    def array(self) -> U8:
+        return np.frombuffer(self.buf, dtype=np.uint8, count=self.pos)
+
+    def count_new(self, i: int, pattern: bytes) -> int:
+        return count_new(self.buf, pattern, self.starts[i], self.fresh[i], self.ends[i])
+
+
 @dataclass(frozen=True, kw_only=True)
 class Payloads:
     """The payloads found in one round, in stream order within each segment."""

@@ -27,10 +27,9 @@ from chatctl.bench.adapters import Adapter, Setup, SetupFailed
 from chatctl.bench.histogram import Histogram
 from chatctl.bench.plan import ConnSpec, Plan, WorkerResult
 from chatctl.bench.scan import (
-    TAIL,
+    RoundBuffer,
     Segments,
     Verifier,
-    count_new,
     find_payloads,
 )
 
@@ -123,8 +122,7 @@ class Worker:
         self.hist = Histogram()
         self.connect_hist = Histogram()
         self.result = WorkerResult(sub_ids=sub_ids, pub_ids=[c.spec.pub for c in self.pubs])
-        self.buf = bytearray(ROUND_BUF)
-        self.mv = memoryview(self.buf)
+        self.round = RoundBuffer(ROUND_BUF, MAX_READ)
         self.rr = 0
         self.measured = np.zeros(self.n_subs, dtype=np.int64)
         self.first_ns = np.zeros(self.n_subs, dtype=np.int64)
@@ -378,7 +376,6 @@ class Worker:
                 data = b"".join([make(s, rel) for s in range(seq, seq + n)])
             if c.first_measured >= 0 and seq + n > c.first_measured:
                 c.first_ns = c.first_ns or now
-                c.last_ns = now
             c.seq = seq + n
             self.write(c, data)
             if not c.blocked and c.seq - c.acked * every < window and (not rate or due > n):
@@ -431,25 +428,17 @@ class Worker:
     def read_round(self, readable: list[Conn]) -> None:
         start = self.rr % len(readable)
         self.rr += 1
-        buf, mv = self.buf, self.mv
-        room = ROUND_BUF - MAX_READ - TAIL
-        pos = 0
-        starts: list[int] = []
-        fresh: list[int] = []
-        ends: list[int] = []
-        times: list[int] = []
+        rnd = self.round
+        rnd.clear()
         seg_conns: list[Conn] = []
         for c in readable[start:] + readable[:start]:
-            if pos > room:
-                break
+            if rnd.full:
+                break  # the rest stay readable for the next round
             if c.closed:
                 continue
             assert c.sock is not None
-            tail = c.tail
-            at = pos + len(tail)
-            buf[pos:at] = tail
             try:
-                n = c.sock.recv_into(mv[at : at + MAX_READ])
+                n = c.sock.recv_into(rnd.slot(c.tail))
             except BlockingIOError:
                 continue
             except OSError:
@@ -457,36 +446,31 @@ class Worker:
             if n == 0:
                 self.lost_connection(c)
                 continue
-            end = at + n
-            starts.append(pos)
-            fresh.append(at)
-            ends.append(end)
-            times.append(time.monotonic_ns())
+            c.tail = rnd.commit(n, time.monotonic_ns())
             seg_conns.append(c)
-            c.tail = bytes(buf[max(pos, end - TAIL) : end])
-            pos = end
         if not seg_conns:
             return
-        self.count_acks(seg_conns, starts, fresh, ends)
+        self.count_acks(seg_conns)
         if self.n_subs:
-            arr = np.frombuffer(buf, dtype=np.uint8, count=pos)
-            segs = Segments.of(starts, fresh, ends)
-            self.take_payloads(arr, segs, seg_conns, np.asarray(times, dtype=np.int64))
+            times = np.asarray(rnd.times, dtype=np.int64)
+            self.take_payloads(rnd.array(), rnd.segments(), seg_conns, times)
         ping = self.adapter.ping
-        if ping is not None and buf.find(ping, 0, pos) >= 0:
+        if ping is not None and rnd.buf.find(ping, 0, rnd.pos) >= 0:
             for i, c in enumerate(seg_conns):
-                if count_new(buf, ping, starts[i], fresh[i], ends[i]):
+                if rnd.count_new(i, ping):
                     self.write(c, self.adapter.pong)
 
-    def count_acks(
-        self, conns: list[Conn], starts: list[int], fresh: list[int], ends: list[int]
-    ) -> None:
-        ack, refused, buf = self.adapter.ack, self.adapter.refused, self.buf
+    def count_acks(self, conns: list[Conn]) -> None:
+        ack, refused, rnd = self.adapter.ack, self.adapter.refused, self.round
         for i, c in enumerate(conns):
             if c.spec.pub >= 0:
-                c.acked += count_new(buf, ack, starts[i], fresh[i], ends[i])
+                acks = rnd.count_new(i, ack)
+                if acks and c.first_measured >= 0:
+                    # A publisher's measured window ends when its last message is acknowledged.
+                    c.last_ns = rnd.times[i]
+                c.acked += acks
                 if refused is not None:
-                    self.result.refused += count_new(buf, refused, starts[i], fresh[i], ends[i])
+                    self.result.refused += rnd.count_new(i, refused)
 
     def take_payloads(
         self,

@@ -1,0 +1,175 @@
+"""The bench's subscriber hot path: payloads found whole across any split into reads, in every
+target's framing, and the verifier's counts against a plain model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from chatctl import protocol as p
+from chatctl.bench.payload import HEADER_LEN, make_payload, parse_payload
+from chatctl.bench.scan import RoundBuffer, Verifier, find_payloads
+
+Record = tuple[int, int, int]  # pub, seq, ts
+
+
+def chatctl_message(payload: bytes, seq: int) -> bytes:
+    return p.encode(
+        p.Message(room="r", seq=seq + 1, ts=1, sender="b0p0", text=payload.decode("ascii"))
+    )
+
+
+def redis_message(payload: bytes, seq: int) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$6\r\nbench0\r\n$%d\r\n%s\r\n" % (len(payload), payload)
+
+
+def nats_message(payload: bytes, seq: int) -> bytes:
+    return b"MSG bench0 1 %d\r\n%s\r\n" % (len(payload), payload)
+
+
+NOISE = {
+    chatctl_message: p.encode(p.Notice(kind="joined", nick="x#@y", ts=1, room="r")),
+    redis_message: b":1\r\n",
+    nats_message: b"PING\r\n",
+}
+
+framings = st.sampled_from([chatctl_message, redis_message, nats_message])
+records = st.tuples(
+    st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFFFFFF)
+)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[list[list[Record]], list[list[bytes]]]:
+    """A few connections' byte streams, each cut into reads at arbitrary points."""
+    framing = draw(framings)
+    size = draw(st.integers(HEADER_LEN + 6, 120))
+    recs_by_conn, reads_by_conn = [], []
+    for _ in range(draw(st.integers(1, 4))):
+        recs = draw(st.lists(records, max_size=25))
+        data = b""
+        for i, (pub, seq, ts) in enumerate(recs):
+            if draw(st.booleans()):
+                data += NOISE[framing]
+            data += framing(make_payload(pub, seq, ts, size), i)
+        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=12)))
+        bounds = [0, *cuts, len(data)]
+        reads = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+        recs_by_conn.append(recs)
+        reads_by_conn.append(reads)
+    return recs_by_conn, reads_by_conn
+
+
+@given(streams(), st.randoms(use_true_random=False))
+def test_property_every_payload_is_found_once_whatever_the_reads(
+    data: tuple[list[list[Record]], list[list[bytes]]], rnd: object
+) -> None:
+    recs_by_conn, reads_by_conn = data
+    tails = [b""] * len(reads_by_conn)
+    found: list[list[Record]] = [[] for _ in reads_by_conn]
+    pending = [list(r) for r in reads_by_conn]
+    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    while any(pending):
+        rb.clear()
+        owners = []
+        for conn, reads in enumerate(pending):
+            if reads and rnd.random() < 0.7:  # type: ignore[attr-defined]
+                chunk = reads.pop(0)
+                rb.slot(tails[conn])[: len(chunk)] = chunk
+                tails[conn] = rb.commit(len(chunk), 0)
+                owners.append(conn)
+        got = find_payloads(rb.array(), rb.segments())
+        for seg, pub, seq, ts in zip(
+            got.seg.tolist(), got.pub.tolist(), got.seq.tolist(), got.ts.tolist(), strict=True
+        ):
+            found[owners[seg]].append((pub, seq, ts))
+    assert found == recs_by_conn
+
+
+def test_corrupted_payload_is_not_found() -> None:
+    good = make_payload(1, 2, 3, 40)
+    assert parse_payload(good) == (1, 2, 3)
+    bad = good[:5] + b"Z" + good[6:]
+    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    chunk = redis_message(good, 0) + redis_message(bad, 1)
+    rb.slot(b"")[: len(chunk)] = chunk
+    rb.commit(len(chunk), 0)
+    got = find_payloads(rb.array(), rb.segments())
+    assert got.seq.tolist() == [2]
+
+
+class VerifierMachine(RuleBasedStateMachine):
+    """Streams (subscriber, publisher) with messages sent, delivered in any order, dropped or
+    repeated; fed to the Verifier in mixed batches and checked against plain counting."""
+
+    N_SUBS, N_PUBS = 2, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verifier = Verifier(n_subs=self.N_SUBS, n_pubs=self.N_PUBS)
+        self.sent = [[0] * self.N_PUBS for _ in range(self.N_SUBS)]
+        self.in_flight: dict[tuple[int, int], list[int]] = {}
+        self.batch: list[tuple[int, int, int]] = []
+        self.arrivals: dict[tuple[int, int], list[int]] = {}
+
+    streams = st.tuples(st.integers(0, N_SUBS - 1), st.integers(0, N_PUBS - 1))
+
+    @rule(stream=streams, n=st.integers(1, 5))
+    def send(self, stream: tuple[int, int], n: int) -> None:
+        sub, pub = stream
+        start = self.sent[sub][pub]
+        self.in_flight.setdefault(stream, []).extend(range(start, start + n))
+        self.sent[sub][pub] += n
+
+    @precondition(lambda self: any(self.in_flight.values()))
+    @rule(data=st.data(), keep=st.booleans(), in_order=st.booleans())
+    def deliver(self, data: st.DataObject, keep: bool, in_order: bool) -> None:
+        stream = data.draw(st.sampled_from(sorted(k for k, v in self.in_flight.items() if v)))
+        flight = self.in_flight[stream]
+        i = 0 if in_order else data.draw(st.integers(0, len(flight) - 1))
+        seq = flight[i] if keep else flight.pop(i)  # keep: it will arrive again
+        self.batch.append((stream[0], stream[1], seq))
+        self.arrivals.setdefault(stream, []).append(seq)
+
+    @rule()
+    def flush(self) -> None:
+        if self.batch:
+            sub, pub, seq = (np.array(x, dtype=np.int64) for x in zip(*self.batch, strict=True))
+            self.verifier.feed(sub, pub, seq)
+        self.batch = []
+
+    @invariant()
+    def counts_match_the_model(self) -> None:
+        fed = [0] * self.N_SUBS
+        dup = [0] * self.N_SUBS
+        reordered = [0] * self.N_SUBS
+        unique = np.zeros((self.N_SUBS, self.N_PUBS), dtype=np.int64)
+        for (sub, pub), seqs in self.arrivals.items():
+            seen: set[int] = set()
+            top = -1
+            # only what was flushed counts; the unflushed batch is the tail of the arrivals
+            n_pending = sum(1 for s, p_, _ in self.batch if (s, p_) == (sub, pub))
+            arrived = seqs[: len(seqs) - n_pending]
+            for q in arrived:
+                fed[sub] += 1
+                if q in seen:
+                    dup[sub] += 1
+                    continue
+                if q < top:
+                    reordered[sub] += 1
+                seen.add(q)
+                top = max(top, q)
+            unique[sub, pub] = len(seen)
+        v = self.verifier
+        assert v.delivered.tolist() == fed
+        assert v.duplicated.tolist() == dup
+        assert v.reordered.tolist() == reordered
+        assert (v.unique() == unique).all()
+
+
+TestVerifier = VerifierMachine.TestCase
+TestVerifier.settings = settings(max_examples=60, stateful_step_count=40)
