@@ -285,6 +285,10 @@ class Client:
         self._rooms: dict[str, None] = dict.fromkeys(map(room_name, rooms))  # ordered set
         self._last_seq: dict[str, int] = {}
         self._catchup: dict[str, _CatchUp] = {}  # rooms being resumed after a reconnect
+        # Rooms parted since the connection was made: the Part may have been lost with it, and
+        # a server that kept our session (resume token) would keep us in them.
+        self._parted: dict[str, None] = {}
+        self._quiet_parts: dict[str, None] = {}  # re-sent Parts whose answers are not news
         self._pending: dict[str, Outgoing] = {}
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex()
@@ -396,6 +400,7 @@ class Client:
         room = room_name(room)
         with self._wlock:
             self._rooms[room] = None
+            self._parted.pop(room, None)
             self._write_if_connected(Join(room=room, history=history))
 
     def part(self, room: str, reason: str = "") -> None:
@@ -403,6 +408,7 @@ class Client:
         with self._wlock:
             self._rooms.pop(room, None)
             self._last_seq.pop(room, None)
+            self._parted[room] = None
             self._write_if_connected(Part(room=room, reason=reason))
 
     def change_nick(self, nick: str) -> None:
@@ -683,6 +689,11 @@ class Client:
         if isinstance(event, Error) and event.msg_id:
             if self._on_refused(event):
                 return
+        elif isinstance(event, Error) and event.code == ErrorCode.NOT_IN_ROOM and self._quiet_parts:
+            # Answers come in request order: this is the oldest re-sent Part's, and it only
+            # says the server had already forgotten us there.
+            del self._quiet_parts[next(iter(self._quiet_parts))]
+            return
         elif isinstance(event, Message):
             if not self._on_message(event):
                 return
@@ -693,12 +704,11 @@ class Client:
         elif isinstance(event, HistoryEnd):
             if not self._on_history_end(event):
                 return
-        elif (
-            isinstance(event, Notice)
-            and event.kind == "renamed"
-            and event.nick.casefold() == self.nick.casefold()
-        ):
-            self.nick = event.new_nick
+        elif isinstance(event, Notice) and event.nick.casefold() == self.nick.casefold():
+            if event.kind == "renamed":
+                self.nick = event.new_nick
+            elif event.kind == "left" and event.room in self._quiet_parts:
+                del self._quiet_parts[event.room]
         self._emit(event)
 
     def _seen(self, room: str, seq: int) -> None:
@@ -796,7 +806,12 @@ class Client:
         return False
 
     def _resume(self) -> None:
-        """Rejoin every room for what was missed, then re-send what was never acknowledged."""
+        """Rejoin every room for what was missed, leave again the rooms parted around the
+        drop, then re-send what was never acknowledged."""
+        for room in self._parted:
+            self._quiet_parts[room] = None
+            self._write(Part(room=room))
+        self._parted.clear()
         for room in self._rooms:
             after = self._last_seq.get(room)
             if after is None:

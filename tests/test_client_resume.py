@@ -30,6 +30,8 @@ class Proxy:
         self.port: int = self.listener.getsockname()[1]
         self.blocked = threading.Event()
         self.socks: list[socket.socket] = []
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.held: list[socket.socket] = []  # server sides kept open by a half-open cut
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -46,25 +48,33 @@ class Proxy:
             up = socket.create_connection(self.upstream)
             with self.lock:
                 self.socks += [down, up]
+                self.pairs.append((down, up))
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
         except OSError:
             pass
         for sock in (src, dst):
+            if sock in self.held:
+                continue
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
-    def cut(self) -> None:
+    def cut(self, *, half_open: bool = False) -> None:
+        """Drop every connection. `half_open`: only the client side, as when a network path
+        dies without a FIN; the server keeps its side (and the session) until it times out."""
         with self.lock:
             socks, self.socks = self.socks, []
+            pairs, self.pairs = self.pairs, []
+            if half_open:
+                self.held += [up for _, up in pairs]
+                socks = [down for down, _ in pairs]
         for sock in socks:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -76,6 +86,8 @@ class Proxy:
         self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() would not
         self.listener.close()
         self.cut()
+        for sock in self.held:
+            sock.close()
         self.thread.join(WAIT)
 
 
