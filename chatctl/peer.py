@@ -22,6 +22,7 @@ class Peer:
         "ended",
         "ip",
         "last_recv",
+        "lingering",
         "out",
         "out_size",
         "pinged",
@@ -61,6 +62,7 @@ class Peer:
         self.want_write = False  # registered for EVENT_WRITE: the kernel buffer was full
         self.closing = False  # reads stopped; close once the output queue has drained
         self.ended = False  # the hub forgot it; set once, by the server
+        self.lingering = False  # half-closed after the last byte; reading until the client closes
         self.tokens = float(burst)  # rate-limit token bucket
         self.refill_at = now
         self.strikes = 0.0  # rate-limited frames, decaying: sustained excess is flooding

@@ -56,6 +56,7 @@ READ_CHUNK = 256 * 1024
 ACCEPTS_PER_TURN = 256
 CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
+SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
 TRIM_EVERY = 5.0
 _LISTENER = object()
 _WAKEUP = object()
@@ -107,6 +108,7 @@ class Server:
         self._now = time.monotonic()
         self._now_ms = int(time.time() * 1000)
         self._accept_paused_until = 0.0
+        self._lingering = 0  # peers half-closed, waiting for the client to close
         self.hub: Hub | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -339,6 +341,8 @@ class Server:
 
     def _read(self, peer: Peer) -> None:
         if peer.closing:
+            if peer.lingering:
+                self._discard_input(peer)
             return
         try:
             n = peer.sock.recv_into(self._buf, READ_CHUNK)
@@ -491,14 +495,11 @@ class Server:
                 self._lost(peer, f"connection error: {exc.strerror or exc}")
                 continue
             if left == 0:
-                if peer.want_write:
+                if peer.closing:
+                    self._linger(peer)
+                elif peer.want_write:
                     peer.want_write = False
-                    if peer.closing:
-                        self._abort(peer)
-                    else:
-                        self._sel.modify(peer.sock, _READ, peer)
-                elif peer.closing:
-                    self._abort(peer)
+                    self._sel.modify(peer.sock, _READ, peer)
             elif left > high_water and not peer.closing:
                 self._slow_consumer(peer)
             elif not peer.want_write:
@@ -621,14 +622,38 @@ class Server:
         if peer.closing:
             return
         peer.closing = True
-        if not peer.out:
-            self._abort(peer)
-            return
         peer.born = self._now + CLOSE_GRACE  # reused as the close deadline
         self._schedule(peer.born, peer)
-        # Stop reading. A scheduled peer is re-registered by the write phase.
-        if peer.want_write:
+        if not peer.out:
+            self._linger(peer)
+        elif peer.want_write:  # stop reading; a scheduled peer is re-registered when written
             self._sel.modify(peer.sock, _WRITE, peer)
+
+    def _linger(self, peer: Peer) -> None:
+        """Everything is sent: half-close, then read and discard until the client closes too
+        (or the close deadline). Closing with unread input would send a reset, which can
+        destroy our last frames (the Bye) before a client that is still sending reads them."""
+        if peer.lingering:
+            return
+        try:
+            peer.sock.shutdown(socket.SHUT_WR)
+            self._sel.modify(peer.sock, _READ, peer)
+        except (OSError, KeyError, ValueError):
+            self._abort(peer)
+            return
+        peer.want_write = False
+        peer.lingering = True
+        self._lingering += 1
+
+    def _discard_input(self, peer: Peer) -> None:
+        try:
+            n = peer.sock.recv_into(self._buf, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if n == 0:
+            self._abort(peer)
 
     def _abort(self, peer: Peer) -> None:
         """Close now, dropping any output. Idempotent."""
@@ -640,6 +665,9 @@ class Server:
             if self.hub is not None:
                 self._dispatch(self.hub.disconnect(peer.cid, "connection closed", self._now_ms))
         peer.closing = True
+        if peer.lingering:
+            peer.lingering = False
+            self._lingering -= 1
         peer.out.clear()
         peer.out_size = 0
         try:
@@ -666,17 +694,24 @@ class Server:
             # No "dropped" notices: everyone is leaving, and N^2 notices would only delay it.
             self._end(peer, ErrorCode.SERVER_SHUTDOWN, "server shutting down", notify=False)
         self.store.flush()
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        while self.peers and time.monotonic() < deadline:
+        now = time.monotonic()
+        deadline = now + SHUTDOWN_GRACE
+        while self.peers and now < deadline:
             if self._dirty:
                 self._write_all()
-            if not self.peers:
-                break
-            for key, mask in self._sel.select(max(deadline - time.monotonic(), 0.0)):
+            if self._lingering == len(self.peers):
+                # Every Bye is out: give clients a moment to close first, then go.
+                deadline = min(deadline, now + SHUTDOWN_LINGER)
+            for key, mask in self._sel.select(max(deadline - now, 0.0)):
                 peer = key.data
-                if type(peer) is Peer and mask & _WRITE and not peer.scheduled:
+                if type(peer) is not Peer:
+                    continue
+                if mask & _READ:
+                    self._read(peer)
+                if mask & _WRITE and not peer.scheduled:
                     peer.scheduled = True
                     self._dirty.append(peer)
+            now = time.monotonic()
         self.journal.info("stopped", "server stopped")
 
 

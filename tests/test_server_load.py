@@ -78,7 +78,10 @@ def _chatter(client: Client, outcome: dict[str, object]) -> None:
     try:
         while True:
             n += 1
-            client.send(Say(msg_id=str(n), room="lobby", text=f"load {n}"))
+            try:
+                client.send(Say(msg_id=str(n), room="lobby", text=f"load {n}"))
+            except OSError:
+                pass  # the server has stopped reading: its Bye is on the way
             while True:
                 event = client.recv()
                 if type(event) is Bye:
