@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.bot.manners import ELLIPSIS, TokenBucket, clip, one_line, split_frames
+from chatctl.bot.manners import (
+    ELLIPSIS,
+    TokenBucket,
+    clip,
+    one_line,
+    split_frames,
+    strip_speaker,
+)
 from chatctl.bot.sse import SSEError, SSEEvent, SSEReader
 
 
@@ -51,6 +58,20 @@ def test_property_clip_bounds_length(text: str, limit: int) -> None:
         assert clipped == text
     else:
         assert clipped.endswith(ELLIPSIS)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("ai: Hello there.", "Hello there."),
+        ("  Alice: sure", "sure"),
+        ("@bob: done", "done"),
+        ("Note: this stays", "Note: this stays"),
+        ("no colon at all", "no colon at all"),
+    ],
+)
+def test_strip_speaker_drops_a_copied_nick(reply: str, expected: str) -> None:
+    assert strip_speaker(reply, {"ai", "alice", "bob"}) == expected
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

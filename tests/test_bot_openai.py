@@ -358,3 +358,16 @@ def test_on_failure_silent_says_nothing(fake: FakeModelServer) -> None:
         bot.wait_for_line(r"backend openai failed for #lobby")
         alice.say("lobby", "@ai and now?")
         assert from_bot(alice).text == "working again"
+
+
+def test_a_copied_nick_prefix_is_dropped(fake: FakeModelServer) -> None:
+    fake.script = [reply("ai", ": Paris", " is the capital.")]
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args),
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai what is the capital of France?")
+        assert from_bot(alice).text == "Paris is the capital."

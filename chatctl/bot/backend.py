@@ -28,6 +28,9 @@ class BackendError(ChatctlError):
 
 class Backend(Protocol):
     name: str
+    # Models copy the transcript's "nick: text" format; the runner drops such a prefix from
+    # their replies. The offline backend addresses the asker by name on purpose.
+    strip_speaker: bool
 
     def complete(self, prompt: Prompt) -> Iterator[str]:
         """Yield the reply in pieces as they are produced; raise BackendError on failure."""

@@ -37,6 +37,7 @@ def smollm2_gguf() -> Path:
 
 class LocalBackend:
     name = "local"
+    strip_speaker = True
 
     def __init__(
         self, *, model_path: str | None, system: str | None = None, n_ctx: int = 2048

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 ELLIPSIS = "…"
 
@@ -102,3 +103,12 @@ def split_frames(text: str, max_bytes: int) -> list[str]:
         pieces.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip()
     return [p for p in pieces if p]
+
+
+def strip_speaker(text: str, names: Iterable[str]) -> str:
+    """Drop a leading "nick:" that a model copied from the transcript format, when the nick
+    is one of `names` (the bot's own, or someone in the conversation)."""
+    head, colon, rest = text.lstrip().partition(":")
+    if colon and head.strip().lstrip("@").casefold() in {n.casefold() for n in names}:
+        return rest.lstrip()
+    return text

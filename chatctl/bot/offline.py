@@ -46,6 +46,7 @@ def _markdown_to_chat(section: Section) -> str:
 
 class OfflineBackend:
     name = "offline"
+    strip_speaker = False
 
     def __init__(self, knowledge: str, *, source: str = "the chatctl user guide") -> None:
         self.index = Index(parse_knowledge(knowledge))

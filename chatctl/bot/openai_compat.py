@@ -81,6 +81,7 @@ def _content(obj: Any, *, stream: bool) -> str:
 
 class OpenAIBackend:
     name = "openai"
+    strip_speaker = True
 
     def __init__(
         self,

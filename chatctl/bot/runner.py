@@ -22,7 +22,7 @@ from types import FrameType
 
 from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
 from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Turn
-from chatctl.bot.manners import ELLIPSIS, one_line, split_frames
+from chatctl.bot.manners import ELLIPSIS, one_line, split_frames, strip_speaker
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
@@ -32,6 +32,7 @@ log = logging.getLogger("chatctl.bot")
 FAILURE_MODES = ("notice", "silent")
 QUEUE_LIMIT = 4  # turns waiting for the backend; more are dropped, never delivered late
 NOTICE_INTERVAL = 60.0  # at most one failure notice per channel per minute
+SPEAKER_PREFIX_WINDOW = 40  # characters of a reply held back to look for a copied "nick:"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,10 +209,17 @@ class Bot:
         """Chat frames from a stream of text pieces: full frames go out as soon as they are
         full; the reply stops at max_reply characters (and the stream is closed then)."""
         max_chars = turn.prompt.max_chars
+        names = {turn.prompt.bot_nick, turn.prompt.asker} | {
+            line.sender for line in turn.prompt.context
+        }
+        names.discard("")
+        if not self.backend.strip_speaker:
+            names.clear()
         pending = ""
         total = 0
         first = True
         truncated = False
+        head_checked = not names
         try:
             for chunk in stream:
                 room_left = max_chars - total
@@ -219,6 +227,11 @@ class Bot:
                 piece = chunk[:room_left]
                 pending += piece
                 total += len(piece)
+                if not head_checked:
+                    if len(pending) < SPEAKER_PREFIX_WINDOW and not truncated:
+                        continue  # wait: the reply may begin with "nick:" to drop
+                    pending = strip_speaker(pending, names)
+                    head_checked = True
                 frames = split_frames(pending, self.max_text) if pending.strip() else []
                 for frame in frames[:-1]:
                     yield frame, first
@@ -231,6 +244,8 @@ class Bot:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # stops a model mid-stream when we have enough
+        if not head_checked and names:
+            pending = strip_speaker(pending, names)
         tail = one_line(pending)
         if truncated and tail:
             tail = tail.rstrip() + ELLIPSIS
