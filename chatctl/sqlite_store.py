@@ -11,9 +11,11 @@ which caps the server near 280 loop turns per second). docs/history.md explains 
 Reads: every room keeps a bounded in-memory tail, a contiguous run of its newest messages,
 so joins and short resumes never touch SQL. Older reads go to the (room, seq) primary key.
 
-Retention: `trim` (called from a timer) deletes a prefix of each room by primary-key range, in
-bounded batches so that one call never stalls the loop; the `rooms` table keeps each room's
-head so that sequence numbers continue after everything was trimmed or the server restarted.
+Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
+MemoryStore does), the age limit when `trim` runs; either way rows leave the database only in
+`trim` (called from a timer), by primary-key range and in bounded batches so that one call
+never stalls the loop. The `rooms` table keeps each room's head so that sequence numbers
+continue after everything was trimmed or the server restarted.
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ class SqliteStore:
         self._id_window = max(id_window, 1)
         self._trim_batch = max(trim_batch, 1)
         self._heads: dict[str, int] = {}
-        # The lowest sequence number still stored; head + 1 when the room is empty.
+        # The lowest sequence number readers may see (head + 1 when none), and the lowest
+        # that may still have a row: rows in between wait for trim() to delete them.
         self._first: dict[str, int] = {}
+        self._kept: dict[str, int] = {}
         # Contiguous newest messages of a room (possibly empty, never with a hole).
         self._tails: dict[str, deque[StoredMessage]] = {}
         # ts of the message at _first, when known: lets trim skip rooms with nothing expired.
@@ -162,7 +166,8 @@ class SqliteStore:
             ).fetchone()
             top = max(head, high or 0)
             self._heads[room] = top
-            self._first[room] = low if low is not None else top + 1
+            self._kept[room] = low if low is not None else top + 1
+            self._first[room] = max(self._kept[room], self._count_floor(top))
         self._unsure_keys = {
             key
             for (key,) in db.execute(
@@ -186,13 +191,16 @@ class SqliteStore:
             raise ValueError(f"seq {message.seq} appended to {room!r}, expected {expected}")
         if head is None:
             self._new_rooms.append(room)
-            self._first[room] = 1
+            self._first[room] = self._kept[room] = 1
         self._heads[room] = message.seq
         self._pending.append(_row(message))
         tail = self._tails.get(room)
         if tail is None:
             tail = self._tails[room] = deque(maxlen=self._tail_size)
         tail.append(message)
+        floor = self._count_floor(message.seq)
+        if floor > self._first[room]:
+            self._forget_below(room, floor)
         if message.msg_id:
             self._remember(message)
 
@@ -282,10 +290,14 @@ class SqliteStore:
             )
             .fetchone()
         )
-        return None if row is None else _message(row)
+        if row is None:
+            return None
+        found = _message(row)
+        return found if found.seq >= self._first[found.room] else None
 
     def trim(self, now_ms: int) -> int:
-        """Apply retention to at most `trim_batch` messages; call again while it returns >0."""
+        """Apply retention; delete at most `trim_batch` rows and return how many were deleted
+        (call again while it returns more than 0)."""
         if not (self.retain_messages or self.retain_age):
             return 0
         self.flush()
@@ -296,26 +308,22 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             for room, head in self._heads.items():
+                first = self._first[room]
+                if cutoff is not None and first <= head:
+                    target = self._first_unexpired(db, room, first, head, cutoff)
+                    if target > first:
+                        self._forget_below(room, target)
+                kept = self._kept[room]
+                upto = min(self._first[room], kept + budget)
+                if upto <= kept:
+                    continue
+                db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, upto))
+                db.execute("INSERT OR REPLACE INTO rooms (room, head) VALUES (?, ?)", (room, head))
+                self._kept[room] = upto
+                removed += upto - kept
+                budget -= upto - kept
                 if budget <= 0:
                     break
-                first = self._first[room]
-                target = first
-                if self.retain_messages:
-                    target = max(target, head - self.retain_messages + 1)
-                if cutoff is not None and first <= head:
-                    target = max(target, self._first_unexpired(db, room, first, head, cutoff))
-                target = min(target, first + budget)
-                if target <= first:
-                    continue
-                db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, target))
-                db.execute("INSERT OR REPLACE INTO rooms (room, head) VALUES (?, ?)", (room, head))
-                self._first[room] = target
-                self._oldest_ts.pop(room, None)
-                tail = self._tails.get(room)
-                while tail and tail[0].seq < target:
-                    tail.popleft()
-                removed += target - first
-                budget -= target - first
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
@@ -337,6 +345,17 @@ class SqliteStore:
         self._release()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _count_floor(self, head: int) -> int:
+        """The lowest seq the count limit keeps when the room's head is `head`."""
+        return head - self.retain_messages + 1 if self.retain_messages else 1
+
+    def _forget_below(self, room: str, first: int) -> None:
+        self._first[room] = first
+        self._oldest_ts.pop(room, None)
+        tail = self._tails.get(room)
+        while tail and tail[0].seq < first:
+            tail.popleft()
 
     def _first_unexpired(
         self, db: sqlite3.Connection, room: str, first: int, head: int, cutoff: int
