@@ -50,6 +50,7 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
         server_pid = listening_pid(plan.target.port)
     rss_before = rss_bytes(server_pid)
     started = time.monotonic()
+    clean = False
     try:
         for share in shares:
             parent_end, child_end = ctx.Pipe()
@@ -84,9 +85,12 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
             rss_after=rss_after,
             per_connection=max(per_conn, 0),
         )
+        clean = True
         return merge(plan, parts, elapsed_s=elapsed, server=server)
     finally:
         for worker in procs:
+            if not clean:
+                worker.kill()  # it may be waiting for a step that will not come
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
