@@ -48,8 +48,11 @@ NICK_MAX = 32
 ROOM_MAX = 64
 REASON_MAX = 200  # reasons are echoed to whole rooms: keep them short
 GUEST_NICK = "guest"  # what an empty nick in Hello becomes
-_NICK_PUNCT = frozenset("_-.[]{}|^`")
-_ROOM_PUNCT = frozenset("_-.+")
+MSG_ID_MAX = 64
+# docs/protocol.md §6.1: ASCII only, so that look-alike letters cannot impersonate anyone.
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NICK_CHARS = _ALNUM | frozenset("_-[]{}\\|^`")
+_ROOM_CHARS = _ALNUM | frozenset("_-.")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -73,24 +76,20 @@ def nick_problem(nick: str) -> str | None:
         return "a nick may not be empty"
     if len(nick) > NICK_MAX:
         return f"a nick has at most {NICK_MAX} characters"
-    if nick[0] in "-.":
-        return "a nick may not start with '-' or '.'"
     for ch in nick:
-        if not (ch.isalnum() or ch in _NICK_PUNCT):
-            return f"a nick may not contain {ch!r} (letters, digits and _-.[]{{}}|^` only)"
+        if ch not in _NICK_CHARS:
+            return f"a nick may not contain {ch!r} (ASCII letters, digits and _-[]{{}}\\|^` only)"
+    if nick[0] == "-" or nick[0].isdigit():
+        return "a nick may not start with a digit or '-'"
     return None
 
 
 def normalise_room(name: str) -> str | None:
     """The canonical form of a room name ('#Lobby' -> 'lobby'), or None when it is invalid."""
     room = name[1:] if name.startswith("#") else name
-    room = room.lower()
-    if not room or len(room) > ROOM_MAX:
+    if not room or len(room) > ROOM_MAX or not _ROOM_CHARS.issuperset(room):
         return None
-    for ch in room:
-        if not (ch.isalnum() or ch in _ROOM_PUNCT):
-            return None
-    return room
+    return room.lower()
 
 
 def _clip(reason: str) -> str:
@@ -220,13 +219,13 @@ class Hub:
 
     def _hello(self, cid: int, hello: Hello, now_ms: int) -> list[Delivery]:
         to = (cid,)
-        if hello.version != PROTOCOL_VERSION:
+        if hello.version < 1:  # the lower of the two versions is spoken; there is none below 1
             return [
                 deliver(
                     to,
                     Bye(
                         code=ErrorCode.UNSUPPORTED_VERSION,
-                        reason=f"this server speaks protocol version {PROTOCOL_VERSION}, not {hello.version}",
+                        reason=f"this server speaks protocol versions 1 to {PROTOCOL_VERSION}",
                     ),
                 )
             ]
@@ -256,7 +255,7 @@ class Hub:
             self.tokens[token] = session
         self.sessions[cid] = session
         welcome = Welcome(
-            protocol=PROTOCOL_VERSION,
+            protocol=min(hello.version, PROTOCOL_VERSION),
             server=self.config.name,
             version=__version__,
             nick=session.nick,
@@ -287,6 +286,17 @@ class Hub:
     # -- messages ----------------------------------------------------------------------------
 
     def _check_text(self, cid: int, text: str, msg_id: str) -> list[Delivery] | None:
+        if len(msg_id) > MSG_ID_MAX:
+            return [
+                deliver(
+                    (cid,),
+                    Error(
+                        code=ErrorCode.INVALID_REQUEST,
+                        message=f"a msg_id has at most {MSG_ID_MAX} characters",
+                        msg_id=msg_id[:MSG_ID_MAX],
+                    ),
+                )
+            ]
         if not text or text.isspace():
             return [
                 deliver(
@@ -384,13 +394,16 @@ class Hub:
     # -- rooms -------------------------------------------------------------------------------
 
     def _join(self, session: Session, join: Join, now_ms: int) -> list[Delivery]:
+        """docs/protocol.md §6.2: a `joined` notice to every member, the joiner included;
+        then, to the joiner, the replay and HistoryEnd, then Members. Joining a room one is
+        already in repeats the last two steps only."""
         cid = session.cid
         name = normalise_room(join.room)
         if name is None:
             return [_bad_room(cid, join.room)]
         out: list[Delivery] = []
-        joined = name not in session.rooms
-        if joined:
+        room = self.rooms.get(name)
+        if name not in session.rooms:
             if len(session.rooms) >= self.config.max_rooms:
                 return [
                     deliver(
@@ -401,19 +414,21 @@ class Hub:
                         ),
                     )
                 ]
-            room = self.rooms.get(name)
             if room is None:
                 room = self.rooms[name] = Room(name)
             room.add(cid)
             session.rooms[name] = None
+            out.append(
+                deliver(
+                    room.targets, Notice(kind="joined", nick=session.nick, ts=now_ms, room=name)
+                )
+            )
         if join.after is not None:
             out += self._replay_after(cid, name, join.after, self.config.replay_limit)
         else:
             count = self.config.join_history if join.history is None else join.history
             out += self._replay_latest(cid, name, min(count, self.config.replay_limit))
-        if joined:
-            notice = Notice(kind="joined", nick=session.nick, ts=now_ms, room=name)
-            out.append(deliver(self.rooms[name].targets, notice))
+        out.append(self._members(cid, name))
         return out
 
     def _part(self, session: Session, part: Part, now_ms: int) -> list[Delivery]:
@@ -473,10 +488,13 @@ class Hub:
         name = normalise_room(who.room)
         if name is None:
             return [_bad_room(session.cid, who.room)]
+        return [self._members(session.cid, name)]
+
+    def _members(self, cid: int, name: str) -> Delivery:
         room = self.rooms.get(name)
         nicks = [] if room is None else [self.sessions[c].nick for c in room.members]
         nicks.sort(key=str.casefold)
-        return [deliver((session.cid,), Members(room=name, nicks=nicks))]
+        return deliver((cid,), Members(room=name, nicks=nicks))
 
     def _list_rooms(self, session: Session, event: Event, now_ms: int) -> list[Delivery]:
         del event, now_ms

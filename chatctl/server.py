@@ -349,7 +349,7 @@ class Server:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._lost(peer, f"connection error: {exc.strerror or exc}")
+            self._lost(peer, f"connection lost ({exc.strerror or exc})")
             return
         conn = peer.conn
         conn.receive_data(bytes(self._view[:n]) if n else b"")
@@ -389,7 +389,7 @@ class Server:
                 self._end(peer, None, event.reason or "quit", clean=True)  # type: ignore[attr-defined]
                 return
             if kind is ConnectionClosed:
-                self._end(peer, None, "connection closed by the client")
+                self._end(peer, None, "connection lost")
                 return
             if kind is not Hello and self.config.rate and not self._take_token(peer, event):
                 if peer.ended:
@@ -417,7 +417,7 @@ class Server:
             self.journal.warning(
                 "flooding", f"{peer.addr} keeps sending over the rate limit: disconnected"
             )
-            self._end(peer, ErrorCode.FLOODING, "flooding: too many messages over the rate limit")
+            self._end(peer, ErrorCode.FLOODING, "flooding")
             return False
         msg_id = event.msg_id if isinstance(event, (Say, Tell)) else ""
         error = Error(
@@ -492,7 +492,7 @@ class Server:
             try:
                 left = peer.write_once()
             except OSError as exc:
-                self._lost(peer, f"connection error: {exc.strerror or exc}")
+                self._lost(peer, f"connection lost ({exc.strerror or exc})")
                 continue
             if left == 0:
                 if peer.closing:
@@ -516,7 +516,7 @@ class Server:
         )
         peer.out.clear()
         peer.out_size = 0
-        self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer: output buffer over the limit")
+        self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
         # Its kernel buffer is full, so the Bye may not get through; try once, then drop.
         try:
             peer.write_once()
@@ -548,7 +548,7 @@ class Server:
                     f"{peer.addr} sent no Hello within {config.handshake_timeout:g} s",
                     peer=peer.addr,
                 )
-                self._end(peer, ErrorCode.HANDSHAKE_TIMEOUT, "no Hello in time")
+                self._end(peer, ErrorCode.HANDSHAKE_TIMEOUT, "handshake timeout")
             else:
                 self._schedule(deadline, peer)
             return
@@ -559,7 +559,7 @@ class Server:
                 f"{peer.addr} ({self._nick(peer)}) silent for {silent:.0f} s",
                 peer=peer.addr,
             )
-            self._end(peer, ErrorCode.IDLE_TIMEOUT, f"no data for {config.idle_timeout:g} s")
+            self._end(peer, ErrorCode.IDLE_TIMEOUT, "idle timeout")
             return
         if config.ping_interval and silent >= config.ping_interval:
             if not peer.pinged:
@@ -582,7 +582,7 @@ class Server:
             peer=peer.addr,
             code=int(exc.code),
         )
-        self._end(peer, exc.code, str(exc))
+        self._end(peer, exc.code, f"protocol error: {exc}")
 
     def _lost(self, peer: Peer, reason: str) -> None:
         self._end(peer, None, reason)

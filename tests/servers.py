@@ -33,6 +33,7 @@ from chatctl.protocol import (
     Hello,
     HistoryEnd,
     Join,
+    Members,
     Role,
     Say,
     Welcome,
@@ -265,8 +266,12 @@ class Client:
         return event
 
     def join(self, room: str, **kwargs: Any) -> HistoryEnd:
+        """Join; wait for the replay's end and the Members that close a join."""
         self.send(Join(room=room, **kwargs))
-        return self.wait_for(HistoryEnd, lambda e: e.room == room.lstrip("#").lower())
+        name = room.removeprefix("#").lower()
+        end = self.wait_for(HistoryEnd, lambda e: e.room == name)
+        self.wait_for(Members, lambda e: e.room == name)
+        return end
 
     def say(self, room: str, text: str, *, action: bool = False, msg_id: str = "") -> Ack:
         msg_id = msg_id or self.next_msg_id()
