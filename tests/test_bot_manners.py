@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -14,6 +15,7 @@ from chatctl.bot.manners import (
     clip,
     one_line,
     split_frames,
+    stream_frames,
     strip_speaker,
 )
 from chatctl.bot.sse import SSEError, SSEEvent, SSEReader
@@ -72,6 +74,60 @@ def test_property_clip_bounds_length(text: str, limit: int) -> None:
 )
 def test_strip_speaker_drops_a_copied_nick(reply: str, expected: str) -> None:
     assert strip_speaker(reply, {"ai", "alice", "bob"}) == expected
+
+
+def test_stream_frames_sends_full_frames_early() -> None:
+    produced: list[str] = []
+
+    def stream() -> Iterator[str]:
+        for word in ["one ", "two ", "three ", "four ", "five ", "six"]:
+            produced.append(word)
+            yield word
+
+    frames = stream_frames(stream(), max_chars=100, max_bytes=10)
+    assert next(frames) == "one two"
+    assert len(produced) < 6  # the first frame went out before the stream ended
+    assert list(frames) == ["three", "four five", "six"]
+
+
+def test_stream_frames_stops_the_stream_at_max_chars() -> None:
+    closed = []
+
+    def stream() -> Iterator[str]:
+        try:
+            while True:
+                yield "blah "
+        finally:
+            closed.append(True)
+
+    frames = list(stream_frames(stream(), max_chars=23, max_bytes=100))
+    assert frames == ["blah blah blah blah bla" + ELLIPSIS]
+    assert closed == [True]
+
+
+@given(
+    st.lists(st.sampled_from(["ai", ":", " ", "@", "\n"]) | st.text(max_size=30), max_size=30),
+    st.integers(1, 300),
+    st.integers(4, 80),
+    st.booleans(),
+)
+def test_property_stream_frames_fit_and_keep_the_text(
+    pieces: list[str], max_chars: int, max_bytes: int, strip: bool
+) -> None:
+    names = {"ai"} if strip else set()
+    frames = list(
+        stream_frames(iter(pieces), max_chars=max_chars, max_bytes=max_bytes, names=names)
+    )
+    assert all(0 < len(f.encode("utf-8", "surrogatepass")) <= max_bytes for f in frames)
+    text = "".join(pieces)
+    body = text[:max_chars]
+    if names:
+        body = strip_speaker(body, names)
+    got = "".join("".join(frames).split())
+    if len(text) > max_chars and body.strip():
+        assert got.endswith(ELLIPSIS)
+        got = got.removesuffix(ELLIPSIS)
+    assert got == "".join(body.split())
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

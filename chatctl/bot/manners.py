@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 ELLIPSIS = "…"
+SPEAKER_PREFIX_WINDOW = 40  # characters of a reply held back to look for a copied "nick:"
 
 
 class TokenBucket:
@@ -108,7 +109,53 @@ def split_frames(text: str, max_bytes: int) -> list[str]:
 def strip_speaker(text: str, names: Iterable[str]) -> str:
     """Drop a leading "nick:" that a model copied from the transcript format, when the nick
     is one of `names` (the bot's own, or someone in the conversation)."""
-    head, colon, rest = text.lstrip().partition(":")
-    if colon and head.strip().lstrip("@").casefold() in {n.casefold() for n in names}:
-        return rest.lstrip()
+    colon = text.find(":", 0, SPEAKER_PREFIX_WINDOW)
+    if colon >= 0 and text[:colon].strip().lstrip("@").casefold() in {n.casefold() for n in names}:
+        return text[colon + 1 :].lstrip()
     return text
+
+
+def stream_frames(
+    stream: Iterable[str], *, max_chars: int, max_bytes: int, names: Iterable[str] = ()
+) -> Iterator[str]:
+    """Chat frames from a stream of text pieces, as soon as each frame is full.
+
+    The reply stops at `max_chars` characters (then ends in an ellipsis, and the stream is
+    closed so a model stops generating); each frame holds at most `max_bytes` of UTF-8; a
+    leading "nick:" naming one of `names` is dropped.
+    """
+    known = {n for n in names if n}
+    pending = ""
+    total = 0
+    truncated = False
+    head_checked = not known
+    try:
+        for chunk in stream:
+            room_left = max_chars - total
+            truncated = len(chunk) > room_left
+            piece = chunk[:room_left]
+            pending += piece
+            total += len(piece)
+            if not head_checked:
+                if len(pending) < SPEAKER_PREFIX_WINDOW and not truncated:
+                    continue  # the reply may begin with a "nick:" to drop
+                pending = strip_speaker(pending, known)
+                head_checked = True
+            frames = split_frames(pending, max_bytes) if pending.strip() else []
+            yield from frames[:-1]
+            if frames:
+                # Keep the last, partial frame; and the space it ended in, if any.
+                pending = frames[-1] + (" " if pending[-1:].isspace() else "")
+            if truncated:
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    if not head_checked:
+        pending = strip_speaker(pending, known)
+    tail = one_line(pending)
+    if truncated and tail:
+        tail += ELLIPSIS
+    if tail:
+        yield from split_frames(tail, max_bytes)

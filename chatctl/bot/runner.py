@@ -15,14 +15,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
 from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Turn
-from chatctl.bot.manners import ELLIPSIS, one_line, split_frames, strip_speaker
+from chatctl.bot.manners import stream_frames
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
@@ -32,7 +31,6 @@ log = logging.getLogger("chatctl.bot")
 FAILURE_MODES = ("notice", "silent")
 QUEUE_LIMIT = 4  # turns waiting for the backend; more are dropped, never delivered late
 NOTICE_INTERVAL = 60.0  # at most one failure notice per channel per minute
-SPEAKER_PREFIX_WINDOW = 40  # characters of a reply held back to look for a copied "nick:"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,9 +174,19 @@ class Bot:
         first: float | None = None
         pieces = 0
         sent: list[str] = []
+        names: set[str] = set()
+        if self.backend.strip_speaker:
+            names = {turn.prompt.bot_nick, turn.prompt.asker}
+            names |= {line.sender for line in turn.prompt.context}
+        frames = stream_frames(
+            self.backend.complete(turn.prompt),
+            max_chars=turn.prompt.max_chars,
+            max_bytes=self.max_text,
+            names=names,
+        )
         try:
-            for frame, is_first in self._frames(self.backend.complete(turn.prompt), turn):
-                if first is None and is_first:
+            for frame in frames:
+                if first is None:
                     first = time.monotonic() - started
                 self._send(turn, frame)
                 sent.append(frame)
@@ -204,54 +212,6 @@ class Bot:
             first if first is not None else 0.0,
             time.monotonic() - started,
         )
-
-    def _frames(self, stream: Iterator[str], turn: Turn) -> Iterator[tuple[str, bool]]:
-        """Chat frames from a stream of text pieces: full frames go out as soon as they are
-        full; the reply stops at max_reply characters (and the stream is closed then)."""
-        max_chars = turn.prompt.max_chars
-        names = {turn.prompt.bot_nick, turn.prompt.asker} | {
-            line.sender for line in turn.prompt.context
-        }
-        names.discard("")
-        if not self.backend.strip_speaker:
-            names.clear()
-        pending = ""
-        total = 0
-        first = True
-        truncated = False
-        head_checked = not names
-        try:
-            for chunk in stream:
-                room_left = max_chars - total
-                truncated = len(chunk) > room_left
-                piece = chunk[:room_left]
-                pending += piece
-                total += len(piece)
-                if not head_checked:
-                    if len(pending) < SPEAKER_PREFIX_WINDOW and not truncated:
-                        continue  # wait: the reply may begin with "nick:" to drop
-                    pending = strip_speaker(pending, names)
-                    head_checked = True
-                frames = split_frames(pending, self.max_text) if pending.strip() else []
-                for frame in frames[:-1]:
-                    yield frame, first
-                    first = False
-                if frames:
-                    pending = frames[-1] + (" " if pending[-1:].isspace() else "")
-                if truncated:
-                    break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # stops a model mid-stream when we have enough
-        if not head_checked and names:
-            pending = strip_speaker(pending, names)
-        tail = one_line(pending)
-        if truncated and tail:
-            tail = tail.rstrip() + ELLIPSIS
-        for frame in split_frames(tail, self.max_text) if tail else []:
-            yield frame, first
-            first = False
 
     def _failed(self, turn: Turn, reason: str, *, sent_any: bool) -> None:
         log.warning("backend %s failed for %s: %s", self.backend.name, turn.channel, reason)
