@@ -135,13 +135,21 @@ class Plan:
         return out
 
     def shares(self) -> list[list[ConnSpec]]:
-        """Connections per worker: subscribers and publishers each dealt round-robin."""
-        n = max(1, min(self.params.workers, len(self.clients)))
-        out: list[list[ConnSpec]] = [[] for _ in range(n)]
+        """Connections per worker: subscribers and publishers each dealt round-robin. At a fixed
+        rate, publish-only connections get a worker of their own, which can then sleep to the
+        microsecond until each message is due without delaying any subscriber's reads."""
         conns = self.conns()
+        n = max(1, min(self.params.workers, len(conns)))
+        senders = [c for c in conns if c.sub < 0]
+        own = bool(self.params.rate) and n >= 2 and bool(senders)
+        out: list[list[ConnSpec]] = [[] for _ in range(n)]
+        if own:
+            out[0] = senders
+            conns = [c for c in conns if c.sub >= 0]
         order = [c for c in conns if c.sub >= 0] + [c for c in conns if c.sub < 0]
+        first = 1 if own else 0
         for i, c in enumerate(order):
-            out[i % n].append(c)
+            out[first + i % (n - first)].append(c)
         return out
 
 
