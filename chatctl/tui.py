@@ -224,7 +224,7 @@ def run_tui(
         history=history,
         connect_timeout=connect_timeout,
         reconnect=True,
-        backoff=Backoff(cap=10.0),
+        backoff=Backoff(cap=5.0),
     )
     ui = ChatUI(client, rooms[0] if rooms else None)
     client.on_event = ui.on_event

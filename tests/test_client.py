@@ -210,7 +210,9 @@ def test_reconnect_rejoins_resumes_and_resends(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     with serve_process("--data", data) as first:
         addr = (first.host, first.port)
-        alice = joined(addr, "alice", "lobby", "dev", reconnect=True, backoff=Backoff(base=0.5))
+        alice = joined(
+            addr, "alice", "lobby", "dev", reconnect=True, backoff=Backoff(base=0.2, cap=0.5)
+        )
         with joined(addr, "bob", "lobby") as bob:
             bob.say("lobby", "before").wait(WAIT)
         wait_for(alice, Message, lambda m: m.text == "before")
@@ -223,7 +225,7 @@ def test_reconnect_rejoins_resumes_and_resends(tmp_path: Path) -> None:
             with joined(addr, "carol", "lobby") as carol:
                 carol.say("lobby", "missed or live").wait(WAIT)
             seen: list[AnyEvent] = []
-            wait_for(alice, Reconnected, seen=seen)
+            wait_for(alice, Reconnected, seen=seen, timeout=3 * WAIT)  # a loaded CI is slow
             ack = queued.wait(WAIT)
             assert ack.room == "dev"
             got = wait_for(alice, Message, lambda m: m.text == "missed or live", seen=seen)

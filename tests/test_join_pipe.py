@@ -236,7 +236,7 @@ def test_reconnect_flag_survives_a_server_restart(tmp_path: Path) -> None:
             first.proc.kill()
             join.expect('"disconnected"')
             with serve_process("--port", str(port), "--data", data):
-                join.expect('"reconnected"')
+                join.expect('"reconnected"', timeout=3 * WAIT)  # a loaded CI is slow
                 with Client("127.0.0.1", port, nick="later") as later:
                     later.connect()
                     later.say("dev", "after the restart").wait(WAIT)

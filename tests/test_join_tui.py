@@ -208,9 +208,9 @@ def test_reconnects_without_losing_the_typed_line(tmp_path: Path) -> None:
             term.wait_text("reconnecting")  # the status line
             assert term.input_line().endswith("a draft")
             with serve_process("--port", str(port), "--data", data):
-                term.wait_text("reconnected as alice")
+                term.wait_text("reconnected as alice", timeout=3 * WAIT)  # a loaded CI is slow
                 term.wait(lambda: "reconnecting" not in term.lines[-1], "the status cleared")
-                assert term.input_line() == "#lobby alice> a draft"
+                term.wait(lambda: term.input_line() == "#lobby alice> a draft", "the draft kept")
                 with Client("127.0.0.1", port, nick="bob", rooms=["lobby"]) as bob:
                     bob.connect()
                     wait_for(bob, HistoryEnd)
