@@ -15,6 +15,19 @@ from chatctl.bench.results import SCHEMA, SWEEP_SCHEMA, flatten
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ROW = re.compile(r"^\| `([a-z0-9_.]+)` \| (str|int|float|bool) \|")
 TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+SWEEP_ARGS = (
+    "bench",
+    "fanout",
+    "--sub",
+    "2",
+    "--msgs",
+    "200",
+    "-w",
+    "1",
+    "--sweep",
+    "subscribers=1,2",
+)
+TABLE_ARGS = ("bench", "fanout", "--sub", "1", "--msgs", "50", "-w", "1")
 
 
 def documented_fields() -> list[tuple[str, str]]:
@@ -45,10 +58,11 @@ def test_json_and_csv_match_the_documented_schema(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "chatctl",
-            *"bench fanout --sub 2 --msgs 200 --workers 1 --sweep subscribers=1,2 --json".split(),
+            *SWEEP_ARGS,
+            "--json",
             "--csv",
             str(out),
-        ]
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -71,7 +85,7 @@ def test_json_and_csv_match_the_documented_schema(tmp_path: Path) -> None:
 
 def test_table_output_without_json() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "chatctl", *"bench fanout --sub 1 --msgs 50 -w 1".split()]
+        [sys.executable, "-m", "chatctl", *TABLE_ARGS],
         capture_output=True,
         text=True,
         timeout=120,
