@@ -54,3 +54,12 @@ def fuzz(session: nox.Session) -> None:
         *session.posargs,
         env={"HYPOTHESIS_PROFILE": "fuzz"},
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Regenerate the results in docs/benchmarks.md (uses redis-server and nats-server if installed)."""
+    session.install("-e", ".")
+    session.run(
+        "python", "-m", "chatctl.bench.suite", "--write", "docs/benchmarks.md", *session.posargs
+    )
