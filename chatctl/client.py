@@ -613,9 +613,13 @@ class Client:
         self._finish(Closed(reason="closed" if clean else reason, error=error))
 
     def _loss_error(self, reason: str) -> ChatctlError:
+        # A session the server ends (shutdown, idle, slow consumer...) is a lost connection,
+        # not a refused request: ExitCode.CONNECT, with the server's code for the curious.
         link = self._link
-        if link is not None and link.bye is not None and link.bye.code not in (0, ErrorCode.NORMAL):
-            return Rejected(f"{self.addr} ended the session: {reason}", link.bye.code)
+        if link is not None and link.bye is not None and link.bye.code != ErrorCode.NORMAL:
+            return ConnectFailed(
+                f"{self.addr} ended the session: {reason} (server code {link.bye.code})"
+            )
         return ConnectFailed(f"lost the connection to {self.addr}: {reason}")
 
     def _fail_pending(self, error: ChatctlError) -> None:

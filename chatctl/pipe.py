@@ -187,6 +187,6 @@ def run_pipe(
         os.dup2(devnull, sys.stdout.fileno())
         client.close()
         return 0
-    except ChatctlError:
-        client.close()
+    except (ChatctlError, KeyboardInterrupt):
+        client.close()  # says Bye: the rooms see us leave, even on Ctrl-C
         raise

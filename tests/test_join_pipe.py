@@ -213,15 +213,21 @@ def test_hostile_text_cannot_drive_the_terminal(server: tuple[str, int], watcher
         join.kill()
 
 
-def test_a_lost_connection_exits_4() -> None:
+@pytest.mark.parametrize(
+    ("stop", "says"),
+    [("kill", "lost the connection"), ("terminate", "server code 304")],
+    ids=["killed", "shut-down"],
+)
+def test_a_lost_connection_exits_4(stop: str, says: str) -> None:
     with serve_process() as server:
         join = Join(server.port, "--format", "json")
         try:
             join.expect('"history_end"')
-            server.proc.kill()
+            getattr(server.proc, stop)()  # SIGKILL, or SIGTERM: a graceful shutdown
             code, err = join.finish()
             assert code == ExitCode.CONNECT
-            assert "lost the connection" in err and "Traceback" not in err
+            assert says in err and "Traceback" not in err
+            assert len(err.strip().splitlines()) == 1
         finally:
             join.kill()
 
