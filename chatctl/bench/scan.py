@@ -147,7 +147,9 @@ def find_payloads(arr: U8, segs: Segments) -> Payloads:
     digit = text - np.uint8(ord("0"))
     digit -= (digit > 9) * np.uint8(ord("a") - ord("0") - 10)
     bad = (digit > 15) | ((text > ord("9")) & (text < ord("a")))
-    valid = ~bad.any(axis=1)
+    # 24 flags per row seen as three 8-byte words: a cheaper "any" than numpy's along an axis.
+    words8 = bad.view(np.uint64)
+    valid = (words8[:, 0] | words8[:, 1] | words8[:, 2]) == 0
     if not valid.all():  # a corrupted payload: dropped here, so it counts as lost
         seg, digit, n = seg[valid], digit[valid], int(valid.sum())
     # Pairs of hex digits to bytes, placed right-aligned in three big-endian 8-byte words.
