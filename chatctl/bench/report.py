@@ -32,6 +32,16 @@ def fmt_rate(rate: float) -> str:
     return f"{rate:,.0f}"
 
 
+def fmt_short(rate: float) -> str:
+    if rate >= 1e6:
+        return f"{rate / 1e6:.2f}M"
+    return f"{rate / 1e3:.1f}k" if rate >= 1e4 else f"{rate:.0f}"
+
+
+def fmt_ms(ns: int) -> str:
+    return f"{ns / 1e6:.2f}"
+
+
 class LiveDisplay:
     """A progress bar and a live rate line on stderr, only when stderr is a terminal."""
 
@@ -69,10 +79,12 @@ class LiveDisplay:
     def update(self, elapsed: float, sent: int, delivered: int) -> None:
         if not self.enabled:
             return
-        t0, s0, d0 = self.last
-        dt = max(elapsed - t0, 1e-6)
-        self.last = (elapsed, sent, delivered)
         self.progress.update(self.task, completed=elapsed if self.by_time else sent)
+        t0, s0, d0 = self.last
+        dt = elapsed - t0
+        if dt < 0.5:  # rates over at least half a second, not between two workers' reports
+            return
+        self.last = (elapsed, sent, delivered)
         self.line.plain = (
             f"sent {sent:,} ({(sent - s0) / dt:,.0f}/s)   "
             f"delivered {delivered:,} ({(delivered - d0) / dt:,.0f}/s)"
@@ -150,32 +162,28 @@ def result_table(r: RunResult) -> Table:
 def sweep_table(param: str, values: list[str], runs: list[RunResult]) -> Table:
     first = runs[0]
     t = Table(title=f"chatctl bench sweep of {param}: {describe(first.params)} → {first.target}")
-    for col in (
-        param,
-        "publish msg/s",
-        "deliveries/s",
-        "MB/s",
-        "p50",
-        "p99",
-        "p99.9",
-        "lost",
-        "verified",
-    ):
-        t.add_column(col, justify="right")
+    for col in (param, "pub/s", "deliv/s", "MB/s", "p50 ms", "p99 ms", "p99.9", "verified"):
+        t.add_column(col, justify="right", no_wrap=True)
     for value, r in zip(values, runs, strict=True):
         lat = r.latency_ns
         t.add_row(
             value,
-            fmt_rate(r.publish.rate),
-            fmt_rate(r.delivery.rate),
+            fmt_short(r.publish.rate),
+            fmt_short(r.delivery.rate),
             f"{r.delivery.mb_per_s:,.1f}",
-            fmt_ns(lat.p50),
-            fmt_ns(lat.p99),
-            fmt_ns(lat.p99_9),
-            f"{r.verification.lost:,}",
-            "ok" if r.verification.ok else "[red]FAILED[/]",
+            fmt_ms(lat.p50),
+            fmt_ms(lat.p99),
+            fmt_ms(lat.p99_9),
+            _verdict(r),
         )
     return t
+
+
+def _verdict(r: RunResult) -> str:
+    v = r.verification
+    if v.ok:
+        return "ok"
+    return f"[red]lost {v.lost:,} dup {v.duplicated:,} reord {v.reordered:,}[/]"
 
 
 def to_json(runs: list[RunResult], sweep: tuple[str, list[str]] | None) -> dict[str, Any]:
