@@ -116,11 +116,14 @@ class TextRenderer:
     def _speech(
         self, ts: int, where: str, nick: str, text: str, action: bool, dim: bool = False
     ) -> str:
-        where = self._style("90", where) + " " if where else ""
-        if action:
-            body = f"{where}* {self._nick(nick)} {self._text(text)}"
+        if dim:  # a replay: all of it dimmed (inner styles would end the dimming early)
+            who, where = sanitize(nick, newline=" "), where + " " if where else ""
         else:
-            body = f"{where}<{self._nick(nick)}> {self._text(text)}"
+            who, where = self._nick(nick), self._style("90", where) + " " if where else ""
+        if action:
+            body = f"{where}* {who} {self._text(text)}"
+        else:
+            body = f"{where}<{who}> {self._text(text)}"
         return self._line(ts, body, dim=dim)
 
     def render(self, event: AnyEvent) -> str | None:
@@ -140,7 +143,9 @@ class TextRenderer:
                     event.ts, self._style("35", "[dm]"), peer, event.text, event.action
                 )
             case Delivered(request=Say() as say, ack=ack, nick=nick):
-                return self._speech(ack.ts, "#" + sanitize(say.room), nick, say.text, say.action)
+                return self._speech(
+                    ack.ts, "#" + sanitize(say.room, newline=" "), nick, say.text, say.action
+                )
             case Delivered(request=Tell() as tell, ack=ack):
                 to = sanitize(tell.to, newline=" ")
                 return self._speech(

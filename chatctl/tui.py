@@ -250,6 +250,8 @@ def run_tui(
                 continue
             outcome = ui.chat.run_line(line)
             ui.show(outcome.info)
+            if outcome.sent is not None and not client.connected:
+                ui.show(["not connected: it goes out after the reconnect"])
             if outcome.quit:
                 reason = outcome.quit_reason
                 break
