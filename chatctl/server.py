@@ -25,13 +25,14 @@ import signal
 import socket
 import time
 import traceback
+from collections.abc import Sequence
 from types import FrameType
 
 from chatctl import __version__
 from chatctl.config import ServerConfig
 from chatctl.errors import ChatctlError
 from chatctl.hub import Delivery, Hub
-from chatctl.peer import Peer
+from chatctl.peer import Batch, Peer
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
@@ -60,6 +61,8 @@ SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to
 TRIM_EVERY = 5.0
 _LISTENER = object()
 _WAKEUP = object()
+_WELCOME = Welcome.TYPE
+_BYE = Bye.TYPE
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -101,6 +104,8 @@ class Server:
         self.peers: dict[int, Peer] = {}
         self._per_ip: dict[str, int] = {}
         self._dirty: list[Peer] = []
+        self._batches: dict[int, Batch] = {}  # id(recipients) -> this turn's open batch
+        self._open_batches: list[Batch] = []
         self._timers: list[tuple[float, int, Peer | None]] = []
         self._timer_seq = itertools.count()
         self._buf = bytearray(READ_CHUNK)
@@ -186,9 +191,7 @@ class Server:
             {**self.hub.limits, "hosts": ", ".join(config.hosts)},
         )
         for host, port in self.addresses:
-            self.journal.info(
-                "listening", f"listening on {_format_addr(host, port)}", host=host, port=port
-            )
+            self.journal.listening(host, port, _format_addr(host, port))
         self._schedule(time.monotonic() + TRIM_EVERY, None)
         try:
             self._loop()
@@ -430,50 +433,86 @@ class Server:
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         peers = self.peers
-        dirty = self._dirty
-        high_water = self.config.max_output
+        batches = self._batches
         for d in deliveries:
-            kind = type(d.event)
-            if kind is Welcome or kind is Bye:
-                peer = peers.get(d.to[0])
-                if peer is not None:
-                    self._control(peer, d)
+            to = d.to
+            if len(to) == 1:
+                kind = d.data[2]
+                if kind in (_WELCOME, _BYE):
+                    peer = peers.get(to[0])
+                    if peer is not None:
+                        self._control(peer, d)
+                elif to[0] != d.skip:
+                    self._enqueue(peers[to[0]], d.data)
                 continue
-            data = d.data
-            size = len(data)
-            skip = d.skip
-            for cid in d.to:
-                if cid == skip:
+            # A room's frames of this turn share one Batch (see peer.py).
+            batch = batches.get(id(to))
+            if batch is None or batch.targets is not to or not batch.open:
+                batch = self._new_batch(to)
+            batch.add(d.data, d.skip)
+
+    def _new_batch(self, to: Sequence[int]) -> Batch:
+        batch = Batch(to)
+        self._batches[id(to)] = batch
+        self._open_batches.append(batch)
+        peers = self.peers
+        dirty = self._dirty
+        for cid in to:
+            peer = peers[cid]
+            out = peer.out
+            if out:
+                last = out[-1]
+                if type(last) is Batch:
+                    # That batch must not grow any more: its later frames would overtake ours.
+                    last.open = False
+            out.append(batch)
+            if not peer.scheduled and not peer.want_write:
+                peer.scheduled = True
+                dirty.append(peer)
+        return batch
+
+    def _close_batches(self) -> None:
+        """End of the turn's processing: batches stop growing; their members' queue sizes
+        grow by them, and a member over the high-water mark is looked at in the write phase."""
+        peers = self.peers
+        high_water = self.config.max_output
+        for batch in self._open_batches:
+            batch.open = False
+            size = batch.size
+            for cid in batch.targets:
+                peer = peers.get(cid)
+                if peer is None:
                     continue
-                peer = peers[cid]
-                peer.out.append(data)
                 peer.out_size += size
-                # A peer waiting for EVENT_WRITE is looked at again only once over the limit.
-                if not peer.scheduled and (not peer.want_write or peer.out_size > high_water):
+                if peer.out_size > high_water and not peer.scheduled:
                     peer.scheduled = True
-                    dirty.append(peer)
+                    self._dirty.append(peer)
+        self._open_batches.clear()
+        self._batches.clear()
 
     def _control(self, peer: Peer, d: Delivery) -> None:
         """A Welcome or Bye from the hub: these change the connection's protocol state."""
-        if type(d.event) is Welcome:
-            self._enqueue(peer, peer.conn.send(d.event))
+        event = d.event
+        if type(event) is Welcome:
+            self._enqueue(peer, peer.conn.send(event))
             peer.welcomed = True
             self._schedule_keepalive(peer)
             self.journal.info(
-                "hello",
-                f"{peer.addr} is {d.event.nick}",
-                peer=peer.addr,
-                nick=d.event.nick,
+                "hello", f"{peer.addr} is {event.nick}", peer=peer.addr, nick=event.nick
             )
         else:
-            bye: Bye = d.event  # type: ignore[assignment]
+            bye: Bye = event  # type: ignore[assignment]
             self.journal.info(
                 "bye", f"{peer.addr}: {bye.reason}", peer=peer.addr, code=int(bye.code)
             )
             self._end(peer, ErrorCode(bye.code), bye.reason)
 
     def _enqueue(self, peer: Peer, data: bytes) -> None:
-        peer.out.append(data)
+        out = peer.out
+        if out and type(out[-1]) is Batch and out[-1].open:
+            out[-1].add_private(data, peer.cid)  # keeps its place among the room's frames
+        else:
+            out.append(data)
         peer.out_size += len(data)
         if not peer.scheduled and (not peer.want_write or peer.out_size > self.config.max_output):
             peer.scheduled = True
@@ -482,6 +521,8 @@ class Server:
     # -- writing -----------------------------------------------------------------------------
 
     def _write_all(self) -> None:
+        if self._open_batches:
+            self._close_batches()
         dirty = self._dirty
         self._dirty = []
         high_water = self.config.max_output

@@ -51,6 +51,10 @@ class ServerLog:
     def error(self, event: str, message: str, **fields: object) -> None:
         self._emit("error", event, message, fields)
 
+    def listening(self, host: str, port: int, shown: str) -> None:
+        """Logged at every level: it is how scripts find a `--port 0` server."""
+        self._emit("info", "listening", f"listening on {shown}", {"host": host, "port": port})
+
     def banner(self, title: str, limits: Mapping[str, object]) -> None:
         """The start-up summary: the limits in force (the addresses follow as log lines)."""
         if self.threshold > 20:
