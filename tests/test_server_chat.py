@@ -25,6 +25,7 @@ from chatctl.protocol import (
     Say,
     Tell,
     Who,
+    encode,
 )
 from tests.servers import Client, running_server, serve_process
 
@@ -192,3 +193,48 @@ def test_bad_address_is_one_line_error() -> None:
     assert result.returncode == ExitCode.ERROR
     assert "Traceback" not in result.stderr
     assert "bad address" in result.stderr
+
+
+def test_pipelined_frames_keep_their_order_for_every_member() -> None:
+    """Frames one loop turn produces for a room share a batch: a rename, a part, a join and
+    private acks in the middle of a burst must still arrive exactly where they were sent."""
+    with running_server(rate=0) as (host, port):
+        alice = Client.connect(host, port, "alice", "lobby", "side")
+        bob = Client.connect(host, port, "bob", "lobby", "side")
+        carol = Client.connect(host, port, "carol", "lobby")
+        alice.wait_for(Notice, lambda n: n.nick == "carol")  # the last frame before the burst
+        burst = [
+            Say(msg_id="1", room="lobby", text="one"),
+            Say(msg_id="2", room="side", text="side one"),
+            ChangeNick(nick="robert"),
+            Say(msg_id="3", room="lobby", text="two"),
+            Part(room="side"),
+            Say(msg_id="4", room="lobby", text="three"),
+            Join(room="side", history=0),
+            Say(msg_id="5", room="side", text="side two"),
+        ]
+        bob.send_raw(b"".join(encode(frame) for frame in burst))
+        want = [
+            ("Message", "lobby", "bob", "one"),
+            ("Message", "side", "bob", "side one"),
+            ("Notice", "", "bob", "renamed"),
+            ("Message", "lobby", "robert", "two"),
+            ("Notice", "side", "robert", "left"),
+            ("Message", "lobby", "robert", "three"),
+            ("Notice", "side", "robert", "joined"),
+            ("Message", "side", "robert", "side two"),
+        ]
+
+        def view(event: object) -> tuple[str, str, str, str]:
+            if type(event) is Message:
+                return ("Message", event.room, event.sender, event.text)
+            assert type(event) is Notice
+            return ("Notice", event.room, event.nick, event.kind)
+
+        got = [view(alice.wait_for((Message, Notice))) for _ in want]  # type: ignore[arg-type]
+        assert got == want
+        lobby_only = [w for w in want if w[1] in ("lobby", "")]
+        got = [view(carol.wait_for((Message, Notice))) for _ in lobby_only]  # type: ignore[arg-type]
+        assert got == lobby_only
+        acks = [bob.wait_for(Ack).msg_id for _ in range(5)]
+        assert acks == ["1", "2", "3", "4", "5"]
