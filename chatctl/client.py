@@ -291,6 +291,8 @@ class Client:
         self._quiet_parts: dict[str, None] = {}  # re-sent Parts whose answers are not news
         self._pending: dict[str, Outgoing] = {}
         self._ids = itertools.count(1)
+        self._sync_tokens = itertools.count(1 << 40)  # apart from keepalive ping tokens
+        self._syncs: dict[int, threading.Event] = {}
         self._id_prefix = os.urandom(6).hex()
         self.on_event = on_event  # may also be set before connect()
         self._queue: queue.SimpleQueue[AnyEvent] = queue.SimpleQueue()
@@ -426,6 +428,19 @@ class Client:
     def history(self, room: str, *, limit: int = 50, after: int | None = None) -> None:
         """Ask for stored messages: Message(history=True)..., maybe a Gap, then HistoryEnd."""
         self._request(History(room=room, limit=limit, after=after))
+
+    def sync(self, timeout: float | None = None) -> bool:
+        """Wait until the server has answered everything sent before: a Ping/Pong round trip
+        (the server answers in order). The answers are queued, or passed to on_event, before
+        this returns True. False after `timeout`."""
+        token = next(self._sync_tokens)
+        done = threading.Event()
+        self._syncs[token] = done
+        try:
+            self._request(Ping(token=token))
+            return done.wait(timeout)
+        finally:
+            self._syncs.pop(token, None)
 
     def unacked(self) -> int:
         with self._acked:
@@ -683,6 +698,11 @@ class Client:
     def _handle(self, link: _Link, event: Event) -> None:
         if isinstance(event, Ping):
             self._write(Pong(token=event.token))
+            return
+        if isinstance(event, Pong):
+            done = self._syncs.get(event.token)
+            if done is not None:
+                done.set()
             return
         if isinstance(event, Bye):
             link.bye = event

@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from chatctl.client import AnyEvent, Client, Closed, Delivered, Refused
+from chatctl.client import AnyEvent, Client, Closed, Refused
 from chatctl.commands import Chat, Outcome
 from chatctl.errors import ChatctlError, ExitCode, TimedOut
 from chatctl.protocol import DirectMessage, Message
 from chatctl.render import TextRenderer, event_record, json_line
 
 _TICK = 0.1  # how often the main loop looks at stdin's state and the deadline
+_SYNC_WAIT = 5.0  # for the answers to the last requests, when no --timeout bounds it
 
 
 class _Input:
@@ -127,11 +128,15 @@ class PipeSession:
                 continue
             if reader.quit is not None:
                 client.wait_acked(self._left(deadline))
-                return self._finish(reader.quit)
+                return self._finish(reader.quit, sync_wait=self._sync_wait(deadline))
             if reader.eof.is_set() and self.count is None and client.unacked() == 0:
-                return self._finish()
+                return self._finish(sync_wait=self._sync_wait(deadline))
             if deadline is not None and time.monotonic() >= deadline:
                 return self._expired()
+
+    @staticmethod
+    def _sync_wait(deadline: float | None) -> float:
+        return _SYNC_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
 
     @staticmethod
     def _left(deadline: float | None) -> float | None:
@@ -140,11 +145,17 @@ class PipeSession:
     def _status(self) -> int:
         return int(ExitCode.REJECTED) if self.refused else 0
 
-    def _finish(self, reason: str = "") -> int:
-        """Print what is still queued (acks of our last lines), then leave cleanly."""
+    def _finish(self, reason: str = "", *, sync_wait: float = 0.0) -> int:
+        """Leave cleanly, after printing the answers to the last requests (`/who` just before
+        the end of stdin, say): a sync round trip makes sure they have all arrived."""
+        if sync_wait > 0:
+            try:
+                self.client.sync(sync_wait)
+            except ChatctlError:
+                pass  # disconnected: nothing more will come anyway
         self.client.close(reason)
         while (event := self.client.next_event(0)) is not None:
-            if isinstance(event, Delivered | Refused):
+            if not isinstance(event, Closed):
                 self._count(event)
                 self.show_event(event)
         return self._status()

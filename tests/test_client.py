@@ -146,6 +146,15 @@ def test_requests_and_their_answers(server: tuple[str, int]) -> None:
         assert list(alice.rooms) == ["lobby"]
 
 
+def test_sync_returns_after_the_answers_to_earlier_requests(server: tuple[str, int]) -> None:
+    with joined(server, "alice", "lobby") as alice:
+        alice.list_rooms()
+        alice.who("lobby")
+        assert alice.sync(WAIT)
+        kinds = {type(e) for e in drain(alice)}
+        assert {RoomList, Members} <= kinds
+
+
 def test_close_says_bye_so_the_room_sees_the_departure(server: tuple[str, int]) -> None:
     with joined(server, "watcher", "lobby") as watcher:
         leaver = joined(server, "leaver", "lobby")

@@ -252,3 +252,11 @@ def test_reconnect_flag_survives_a_server_restart(tmp_path: Path) -> None:
                 assert texts == ["after the restart"]
         finally:
             join.kill()
+
+
+def test_answers_to_the_last_requests_are_printed_before_exit(server: tuple[str, int]) -> None:
+    # The end of stdin comes right after the request: join must still wait for the answer.
+    result = run_join(server[1], "/rooms\n", "--format", "json", "--history", "0")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {"type": "rooms", "rooms": {"lobby": 1}} in records
