@@ -1,7 +1,7 @@
 """`chatctl join`: the interactive chat on a terminal, a line-oriented tool in a pipe.
 
-Terminal mode (stdin and stdout both terminals, text format) is chatctl.tui; anything else is
-chatctl.pipe. prompt_toolkit is imported only for the terminal.
+Terminal mode (stdin and stdout both terminals, and no script options) is chatctl.tui;
+anything else is chatctl.pipe. prompt_toolkit is imported only for the terminal.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def run_join(
     connect_timeout: float = 5.0,
 ) -> int:
     rooms = [room_name(r) for r in rooms]
-    interactive = fmt == "text" and sys.stdin.isatty() and sys.stdout.isatty()
+    # --format json, --count and --timeout are for scripts: they select line mode anywhere.
+    scripted = fmt != "text" or count is not None or timeout is not None
+    interactive = not scripted and sys.stdin.isatty() and sys.stdout.isatty()
     if interactive:
         from chatctl.tui import run_tui
 
