@@ -168,6 +168,8 @@ def test_tab_completes_commands_and_nicks(alice: Terminal, bob: Client) -> None:
 
 
 def test_a_long_paste_is_one_message_after_confirmation(alice: Terminal, bob: Client) -> None:
+    alice.send("\x1b[200~short\npaste\x1b[201~\r")  # at most 5 lines: sent at once
+    assert wait_for(bob, Message).text == "short\npaste"
     lines = [f"line {i}" for i in range(8)]
     alice.send("\x1b[200~" + "\n".join(lines) + "\x1b[201~\r")  # a bracketed paste
     alice.wait_text("Send these 8 lines as one message?")
