@@ -184,7 +184,7 @@ def _hang_up(*socks: socket.socket) -> None:
 class FaultyProxy:
     """Forwards TCP to a chatctl server, frame-aware towards the client: on the first
     connection accepted, Message frame number `at` is dropped, sent twice, or swapped with
-    the next one."""
+    the next one; or the connection is closed there (as a server drops a slow consumer)."""
 
     def __init__(self, upstream: tuple[str, int], fault: str, at: int = 10) -> None:
         self.upstream, self.fault, self.at = upstream, fault, at
@@ -240,6 +240,9 @@ class FaultyProxy:
                     if faulty and kind == p.Message.TYPE:
                         messages += 1
                         if messages == self.at:
+                            if self.fault == "hangup":  # as a server drops a slow consumer
+                                dst.sendall(out)
+                                return
                             if self.fault == "drop":
                                 continue
                             if self.fault == "duplicate":
@@ -273,6 +276,7 @@ class FaultyProxy:
         ("drop", {"lost": 1, "duplicated": 0, "reordered": 0}),
         ("duplicate", {"lost": 0, "duplicated": 1, "reordered": 0}),
         ("reorder", {"lost": 0, "duplicated": 0, "reordered": 1}),
+        ("hangup", {"lost": 100 - 9, "duplicated": 0, "reordered": 0}),
     ],
 )
 def test_verifier_catches_a_proxy_that_breaks_the_stream(
@@ -292,3 +296,4 @@ def test_verifier_catches_a_proxy_that_breaks_the_stream(
     assert {k: v[k] for k in counts} == counts
     assert v["expected"] == 300 and v["ok"] is False
     assert v["delivered"] == 300 - counts["lost"] + counts["duplicated"]
+    assert data["disconnects"] == (1 if fault == "hangup" else 0)

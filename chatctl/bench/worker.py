@@ -127,6 +127,7 @@ class Worker:
         self.measured = np.zeros(self.n_subs, dtype=np.int64)
         self.first_ns = np.zeros(self.n_subs, dtype=np.int64)
         self.last_ns = np.zeros(self.n_subs, dtype=np.int64)
+        self.sub_closed = np.zeros(self.n_subs, dtype=bool)
         self.epoch = 0
         self.warm_rel = 0
         self.end_ns = 0
@@ -383,7 +384,9 @@ class Worker:
                 c.first_ns = c.first_ns or now
             c.seq = seq + n
             self.write(c, data)
-            if not c.blocked and c.seq - c.acked * every < window and (not rate or due > n):
+            if rate:
+                wake = min(wake, max(0.0, c.seq / rate - rel / NS))  # the next one's due time
+            elif not c.blocked and c.seq - c.acked * every < window:
                 wake = 0.0
         self.pump_timeout = wake
 
@@ -425,6 +428,9 @@ class Worker:
     def lost_connection(self, c: Conn) -> None:
         if not c.closed and not self.finished:
             self.result.disconnects += 1
+        if c.sub >= 0:
+            self.sub_closed[c.sub] = True
+            self.last_check_delivered = -1  # look at completeness again
         self.close(c)
         c.pub_done = True
 
@@ -528,10 +534,12 @@ class Worker:
         delivered = int(self.verifier.delivered.sum())
         if delivered != self.last_check_delivered:
             self.last_check_delivered = delivered
-            if (self.verifier.unique() >= self.expected).all():
+            # A subscriber whose connection is gone will get nothing more: it counts as done.
+            done = (self.verifier.unique() >= self.expected).all(axis=1) | self.sub_closed
+            if done.all():
                 self.finished = True
                 return
-        live_subs = any(not c.closed for c in self.conns if c.sub >= 0)
+        live_subs = not self.sub_closed.all()
         if not live_subs or now - self.last_delivery_ns > DRAIN_IDLE * NS:
             self.finished = True
 
