@@ -17,6 +17,7 @@ what they measured.
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection as Pipe
@@ -42,6 +43,10 @@ class WorkerFailed(ChatctlError):
 
 
 def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -> RunResult:
+    try:
+        socket.getaddrinfo(plan.target.host, plan.target.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectFailed(f"cannot resolve {plan.target.host}: {exc}") from None
     ctx = multiprocessing.get_context("spawn")
     shares = [s for s in plan.shares() if s]
     pipes: list[Pipe] = []

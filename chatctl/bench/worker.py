@@ -36,7 +36,7 @@ from chatctl.bench.scan import (
 ROUND_BUF = 8 * 1024 * 1024
 MAX_READ = 256 * 1024
 CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's accept backlog
-CONNECT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
 BATCH = 64  # publishes built and written at once
 PROGRESS_EVERY = 0.25
 KEEPALIVE_EVERY = 10.0
@@ -99,6 +99,8 @@ def worker_main(plan: Plan, specs: list[ConnSpec], pipe: Pipe) -> None:
     worker = Worker(plan, specs, pipe)
     try:
         worker.run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches the whole process group; the parent reports it
     except Exception as exc:  # reported to the parent, which turns it into a ChatctlError
         pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:

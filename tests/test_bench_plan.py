@@ -1,0 +1,107 @@
+"""The bench's plan (targets, clients, shares among workers) and the set-up parsers."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatctl import protocol as p
+from chatctl.bench.adapters import ADAPTERS, Kind, SetupFailed
+from chatctl.bench.plan import (
+    BadBenchOption,
+    Params,
+    Scenario,
+    Target,
+    make_plan,
+    parse_target,
+)
+
+hosts = st.sampled_from(["127.0.0.1", "::1", "localhost", "chat.example"])
+ports = st.integers(1, 65535)
+
+
+@given(st.sampled_from(list(Kind)), hosts, ports)
+def test_property_target_url_round_trips(kind: Kind, host: str, port: int) -> None:
+    target = Target(kind=kind, host=host, port=port)
+    assert parse_target(target.url) == target
+
+
+@given(st.text(max_size=30))
+def test_property_bad_targets_are_usage_errors(text: str) -> None:
+    try:
+        target = parse_target(text)
+    except BadBenchOption:
+        return
+    assert 0 < target.port < 65536 and target.host
+
+
+params = st.builds(
+    Params,
+    scenario=st.sampled_from(list(Scenario)),
+    publishers=st.integers(1, 5),
+    subscribers=st.integers(1, 20),
+    clients=st.integers(2, 30),
+    rooms=st.integers(1, 6),
+    rate=st.sampled_from([0.0, 100.0]),
+    workers=st.integers(1, 4),
+)
+
+
+@given(params, st.sampled_from(list(Kind)))
+def test_property_every_connection_has_exactly_one_worker(par: Params, kind: Kind) -> None:
+    plan = make_plan(par, Target(kind=kind, host="127.0.0.1", port=1))
+    shares = plan.shares()
+    dealt = [c for share in shares for c in share]
+    assert sorted(map(repr, dealt)) == sorted(map(repr, plan.conns()))
+    assert len(shares) <= par.workers
+    if par.rate and len(shares) >= 2 and any(c.sub < 0 for c in dealt):
+        assert all(c.sub < 0 for c in shares[0])  # publishers alone, to pace precisely
+
+
+@given(params, st.sampled_from(list(Kind)))
+def test_property_subscribers_expect_exactly_their_rooms_publishers(
+    par: Params, kind: Kind
+) -> None:
+    plan = make_plan(par, Target(kind=kind, host="127.0.0.1", port=1))
+    echo = ADAPTERS[kind].echo
+    for client in plan.clients:
+        if client.sub < 0:
+            continue
+        expected = set(plan.expected_pubs(client))
+        for pub in range(plan.n_pubs):
+            same_room = plan.pub_room[pub] == client.room
+            own = plan.pub_client[pub] == client.index
+            assert (pub in expected) == (same_room and (echo or not own))
+
+
+REPLIES = {
+    Kind.chatctl: p.encode(p.Welcome(protocol=1, server="s", version="1", nick="n", token="t"))
+    + p.encode(p.HistoryEnd(room="r", head=0))
+    + p.encode(p.Members(room="r", nicks=["n"])),
+    Kind.redis: b"*3\r\n$9\r\nsubscribe\r\n$1\r\nr\r\n:1\r\n",
+    Kind.nats: b'INFO {"server_id":"x"}\r\nPONG\r\n',
+}
+
+
+@given(st.sampled_from(list(Kind)), st.lists(st.integers(1, 20), max_size=10))
+def test_property_set_up_finishes_whatever_the_chunking(kind: Kind, cuts: list[int]) -> None:
+    setup = ADAPTERS[kind].setup(name="n", room="r", sub=True, pub=False)
+    assert setup.first
+    data, done = REPLIES[kind], False
+    for cut in [*cuts, len(data)]:
+        chunk, data = data[:cut], data[cut:]
+        if chunk:
+            assert not done
+            _, done = setup.feed(chunk)
+    assert done
+
+
+@given(st.sampled_from(list(Kind)), st.binary(max_size=200))
+def test_property_garbage_in_set_up_is_a_clear_failure_or_a_wait(
+    kind: Kind, garbage: bytes
+) -> None:
+    setup = ADAPTERS[kind].setup(name="n", room="r", sub=True, pub=True)
+    try:
+        setup.feed(garbage)
+    except SetupFailed as exc:
+        assert str(exc)
