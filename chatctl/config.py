@@ -32,4 +32,5 @@ class ServerConfig:
     max_rooms: int = 100  # rooms one connection may be in at once
     retain_messages: int = 100_000
     retain_age: float = 0.0
+    trim_interval: float = 5.0  # seconds between retention passes (off the hot path)
     extra: dict[str, str] = field(default_factory=dict)

@@ -58,7 +58,6 @@ ACCEPTS_PER_TURN = 256
 CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
 SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
-TRIM_EVERY = 5.0
 _LISTENER = object()
 _WAKEUP = object()
 _WELCOME = Welcome.TYPE
@@ -192,7 +191,7 @@ class Server:
         )
         for host, port in self.addresses:
             self.journal.listening(host, port, _format_addr(host, port))
-        self._schedule(time.monotonic() + TRIM_EVERY, None)
+        self._schedule(time.monotonic() + config.trim_interval, None)
         try:
             self._loop()
             self._shutdown()
@@ -267,7 +266,7 @@ class Server:
                 self._check_peer(peer, now)
 
     def _housekeeping(self, now: float) -> None:
-        self._schedule(now + TRIM_EVERY, None)
+        self._schedule(now + self.config.trim_interval, None)
         removed = self.store.trim(self._now_ms)
         if removed:
             self.journal.debug("trim", f"retention removed {removed} messages", removed=removed)

@@ -12,7 +12,10 @@ from chatctl.protocol import (
     MAGIC,
     Bye,
     ErrorCode,
+    Gap,
     Hello,
+    History,
+    HistoryEnd,
     Join,
     Message,
     Notice,
@@ -246,3 +249,21 @@ def test_half_closed_client_still_gets_its_acks() -> None:
             data = data[8 + length :]
         assert frames.count(0x93) == 5  # five acks
         assert [alice.wait_for(Message).text for _ in range(5)] == ["0", "1", "2", "3", "4"]
+
+
+def test_retention_trims_off_the_hot_path_and_a_resume_gets_the_gap() -> None:
+    with running_server(retain_age=0.2, trim_interval=0.05, rate=0) as (host, port):
+        alice = Client.connect(host, port, "alice", ROOM)
+        for i in range(3):
+            alice.say(ROOM, f"old {i}")
+        deadline = time.monotonic() + 10
+        while True:  # poll until the retention pass has removed them
+            alice.send(History(room=ROOM, after=0))
+            end = alice.wait_for(HistoryEnd)
+            gaps = [e for e in alice.seen if type(e) is Gap]
+            if gaps:
+                assert (gaps[-1].first, gaps[-1].last, end.head) == (1, 3, 3)
+                break
+            assert time.monotonic() < deadline, "retention never trimmed"
+            alice.seen.clear()
+        assert alice.say(ROOM, "new").seq == 4  # sequence numbers go on
