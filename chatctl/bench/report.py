@@ -153,7 +153,7 @@ def result_table(r: RunResult) -> Table:
             f"{r.server.rss_after / 2**20:,.1f} MiB resident "
             f"({r.server.per_connection:,} B per connection)",
         )
-    t.add_row("disconnects", f"{r.disconnects:,} (slow consumers dropped by the server)")
+    t.add_row("disconnects", f"{r.disconnects:,} (closed by the server mid-run: slow consumers)")
     if r.refused:
         t.add_row("refused", f"[red]{r.refused:,} publishes refused by the server[/]")
     return t
