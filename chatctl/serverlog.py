@@ -20,6 +20,17 @@ from rich.text import Text
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _STYLES = {"debug": "dim", "info": "green", "warning": "yellow", "error": "bold red"}
+# Control characters from clients (a quit reason, say) must not reach a terminal raw.
+_PRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _style_codes(console: Console, style: str) -> tuple[str, str]:
+    """The escape codes that open and close `style` on this console ("" when not a colour
+    terminal), so that a log line is one string format instead of a rich render."""
+    with console.capture() as capture:
+        console.print(Text("\x01", style=style), end="")
+    before, _, after = capture.get().partition("\x01")
+    return before, after
 
 
 class ServerLog:
@@ -32,6 +43,13 @@ class ServerLog:
             if self.json
             else Console(file=self.stream, soft_wrap=True, highlight=False, emoji=False)
         )
+        self._dim = ("", "")
+        self._levels: dict[str, str] = {}
+        if self._console is not None:
+            self._dim = _style_codes(self._console, "dim")
+            for name, style in _STYLES.items():
+                start, end = _style_codes(self._console, style)
+                self._levels[name] = f"{start}{name.upper():<7}{end}"
 
     def enabled(self, level: str) -> bool:
         return LEVELS[level] >= self.threshold
@@ -78,7 +96,8 @@ class ServerLog:
             self.stream.flush()
             return
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
-        line = Text.assemble(
-            (stamp, "dim"), " ", (f"{level.upper():<7}", _STYLES[level]), " ", message
+        dim_start, dim_end = self._dim
+        self.stream.write(
+            f"{dim_start}{stamp}{dim_end} {self._levels[level]} {message.translate(_PRINTABLE)}\n"
         )
-        self._console.print(line)
+        self.stream.flush()
