@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from chatctl import protocol as p
 from chatctl.bench.payload import HEADER_LEN, make_payload, parse_payload
-from chatctl.bench.scan import RoundBuffer, Verifier, find_payloads
+from chatctl.bench.scan import Gaps, RoundBuffer, Verifier, find_payloads
 
 Record = tuple[int, int, int]  # pub, seq, ts
 
@@ -173,3 +173,26 @@ class VerifierMachine(RuleBasedStateMachine):
 
 TestVerifier = VerifierMachine.TestCase
 TestVerifier.settings = settings(max_examples=60, stateful_step_count=40)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6)), max_size=8), st.data())
+def test_property_gaps_behave_like_a_set(steps: list[tuple[int, int]], data: st.DataObject) -> None:
+    gaps, top = Gaps(), 0
+    model: set[int] = set()
+    for skip, length in steps:
+        start = top + skip
+        gaps.add(start, start + length)
+        model.update(range(start, start + length))
+        top = start + length
+        for seq in data.draw(st.lists(st.integers(0, top + 1), max_size=4)):
+            assert gaps.take(seq) == (seq in model)
+            model.discard(seq)
+        assert gaps.count == len(model)
+
+
+def test_a_huge_gap_costs_nothing() -> None:
+    v = Verifier(n_subs=1, n_pubs=1)
+    seqs = np.array([0, 0xFFFFFFFF, 5, 5], dtype=np.int64)
+    v.feed(np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64), seqs)
+    assert (v.reordered[0], v.duplicated[0], int(v.unique()[0, 0])) == (1, 1, 3)
+    assert v.missing[0].count == 0xFFFFFFFF - 2

@@ -12,6 +12,7 @@ tail, which the previous round had already seen whole or not at all).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,20 +165,48 @@ def find_payloads(arr: U8, segs: Segments) -> Payloads:
     return Payloads(seg=seg, pub=values[:, 0], seq=values[:, 1], ts=values[:, 2])
 
 
+class Gaps:
+    """Sequence numbers still missing from one stream, as sorted disjoint ranges [start, end):
+    a gap of any size costs one entry (a broken or hostile stream cannot exhaust memory)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.count = 0
+
+    def add(self, start: int, end: int) -> None:
+        """Mark [start, end) missing; always beyond every range already held."""
+        self.starts.append(start)
+        self.ends.append(end)
+        self.count += end - start
+
+    def take(self, seq: int) -> bool:
+        """Remove `seq` if it was missing; whether it was."""
+        i = bisect.bisect_right(self.starts, seq) - 1
+        if i < 0 or seq >= self.ends[i]:
+            return False
+        start, end = self.starts[i], self.ends[i]
+        pieces = [(a, b) for a, b in ((start, seq), (seq + 1, end)) if b > a]
+        self.starts[i : i + 1] = [a for a, _ in pieces]
+        self.ends[i : i + 1] = [b for _, b in pieces]
+        self.count -= 1
+        return True
+
+
 @dataclass(kw_only=True)
 class Verifier:
     """Exactly-once, in-order checking of every (subscriber, publisher) stream.
 
     The fast path checks a whole round with array arithmetic: each stream's payloads must be
     the next sequence numbers, consecutive. Only a stream that breaks this goes through the
-    slow path, which keeps the set of sequence numbers still missing, so that a late arrival
+    slow path, which keeps the ranges of sequence numbers still missing, so that a late arrival
     counts as reordered, a repeat as duplicated, and what never comes as lost.
     """
 
     n_subs: int
     n_pubs: int
     next_seq: I64 = field(init=False)
-    missing: dict[int, set[int]] = field(default_factory=dict)
+    missing: dict[int, Gaps] = field(default_factory=dict)
     delivered: I64 = field(init=False)
     duplicated: I64 = field(init=False)
     reordered: I64 = field(init=False)
@@ -218,15 +247,14 @@ class Verifier:
     def _slow(self, key: int, seqs: list[int]) -> None:
         sub = key // self.n_pubs
         expected = int(self.next_seq[key])
-        missing = self.missing.setdefault(key, set())
+        missing = self.missing.setdefault(key, Gaps())
         for s in seqs:
             if s == expected:
                 expected += 1
             elif s > expected:
-                missing.update(range(expected, s))
+                missing.add(expected, s)
                 expected = s + 1
-            elif s in missing:
-                missing.discard(s)
+            elif missing.take(s):
                 self.reordered[sub] += 1
             else:
                 self.duplicated[sub] += 1
@@ -236,7 +264,7 @@ class Verifier:
         """Distinct payloads received, per (subscriber, publisher), shaped (n_subs, n_pubs)."""
         uniq = self.next_seq.copy()
         for key, missing in self.missing.items():
-            uniq[key] -= len(missing)
+            uniq[key] -= missing.count
         return uniq.reshape(self.n_subs, self.n_pubs)
 
 

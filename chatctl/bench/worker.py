@@ -497,7 +497,9 @@ class Worker:
             return
         seg_sub = np.array([c.sub for c in conns], dtype=np.int64)
         sub = seg_sub[found.seg]
-        mine = sub >= 0
+        # Only verified connections, and only publishers that exist: a payload naming another
+        # (a corrupted or hostile stream) is not counted, so whatever it replaced shows as lost.
+        mine = (sub >= 0) & (found.pub < self.verifier.n_pubs)
         if not mine.all():
             found_seg, sub = found.seg[mine], sub[mine]
             pub, seq, ts = found.pub[mine], found.seq[mine], found.ts[mine]
