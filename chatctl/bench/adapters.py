@@ -49,7 +49,7 @@ class Adapter:
     ping: bytes | None  # a server ping that must be answered with `pong`
     pong: bytes
     keepalive: bytes | None  # sent by every connection now and then
-    window: int  # publishes in flight (sent, not acknowledged) per publisher
+    window: int  # publishes in flight (sent, not acknowledged), shared by the publishers
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)

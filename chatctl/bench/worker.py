@@ -135,6 +135,11 @@ class Worker:
         self.end_ns = 0
         self.publishing = False
         self.pump_timeout = 0.05  # seconds until a publisher can send again
+        # The adapter's window is for the whole run: many publishers share it, so that what is
+        # queued in the server (and so the latency at full speed) does not grow with their
+        # number. At least two acks' worth each, or a NATS publisher could never send.
+        a = self.adapter
+        self.window = max(2 * a.ack_every, 32, a.window // max(plan.n_pubs, 1))
         self.pubs_reported = False
         self.expected: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self.finished = False
@@ -341,7 +346,7 @@ class Worker:
 
     def pump(self, now: int) -> None:
         rate = self.params.rate
-        window = self.adapter.window
+        window = self.window
         every = self.adapter.ack_every
         rel = now - self.epoch
         if rel < 0:
