@@ -235,7 +235,7 @@ class Hub:
         return handler(session, event, now_ms)
 
     def disconnect(
-        self, cid: int, reason: str, now_ms: int, *, clean: bool = False, notify: bool = True
+        self, cid: int, reason: str, now_ms: int, *, clean: bool = False
     ) -> list[Delivery]:
         """Forget connection `cid`. Its rooms hear that it left (`clean`) or dropped."""
         session = self.sessions.pop(cid, None)
@@ -251,7 +251,7 @@ class Hub:
             room.remove(cid)
             if not room.members:
                 del self.rooms[name]
-            elif notify:
+            else:
                 notice = Notice(
                     kind=kind, nick=session.nick, ts=now_ms, room=name, reason=_clip(reason)
                 )

@@ -635,18 +635,18 @@ class Server:
         reason: str,
         *,
         clean: bool = False,
-        notify: bool = True,
+        forget: bool = True,
     ) -> None:
         """Forget the connection in the hub (its rooms hear why), say Bye when `code` is given,
-        and close it once its output has drained (close flushes). Idempotent."""
+        and close it once its output has drained (close flushes). Idempotent. At shutdown
+        (`forget=False`) the hub is left alone: it is about to be thrown away, and forgetting
+        each member of a big room one by one would cost O(members) each."""
         if peer.ended:
             return
         peer.ended = True
         nick = self._nick(peer)
-        if self.hub is not None:
-            self._dispatch(
-                self.hub.disconnect(peer.cid, reason, self._now_ms, clean=clean, notify=notify)
-            )
+        if forget and self.hub is not None:
+            self._dispatch(self.hub.disconnect(peer.cid, reason, self._now_ms, clean=clean))
         if code is not None and peer.conn.state is not State.CLOSED:
             self._enqueue(peer, peer.conn.send(Bye(code=code, reason=reason)))
         self.journal.info(
@@ -732,7 +732,7 @@ class Server:
         self._now_ms = int(time.time() * 1000)
         for peer in list(self.peers.values()):
             # No "dropped" notices: everyone is leaving, and N^2 notices would only delay it.
-            self._end(peer, ErrorCode.SERVER_SHUTDOWN, "server shutting down", notify=False)
+            self._end(peer, ErrorCode.SERVER_SHUTDOWN, "server shutting down", forget=False)
         self.store.flush()
         now = time.monotonic()
         deadline = now + SHUTDOWN_GRACE
