@@ -190,11 +190,14 @@ class Hub:
         self.tokens: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}  # rooms with members
         self._room_names: dict[str, str] = {}  # room name as sent -> normalised (a cache)
-        self.max_text = config.max_text
+        # Any text allowed must fit in a Message frame a client accepts (max_frame), even when
+        # every character is escaped (\u0001 is 6 bytes) and with the other fields around it.
+        self.max_text = min(config.max_text, max((config.max_frame - 512) // 6, 1))
         self.replay_budget = max(config.max_output // 2, 4096)
+        self.frame_budget = config.max_frame - 256  # for lists: room for the other fields
         self.limits = {
             "max_frame": config.max_frame,
-            "max_text": config.max_text,
+            "max_text": self.max_text,
             "max_output": config.max_output,
             "max_rooms": config.max_rooms,
             "max_nick": NICK_MAX,
@@ -537,18 +540,34 @@ class Hub:
         return [self._members(session.cid, name)]
 
     def _members(self, cid: int, name: str) -> Delivery:
+        """The member list, cut (alphabetically) to what fits in one frame of `max_frame`:
+        a client rejects any larger frame, and a room may have more members than that."""
         room = self.rooms.get(name)
         nicks = [] if room is None else [self.sessions[c].nick for c in room.members]
         nicks.sort(key=str.casefold)
+        budget = self.frame_budget
+        for i, nick in enumerate(nicks):
+            budget -= len(nick) * 2 + 3  # worst case: every character escaped
+            if budget < 0:
+                del nicks[i:]
+                break
         return deliver((cid,), Members(room=name, nicks=nicks))
 
     def _list_rooms(self, session: Session, event: Event, now_ms: int) -> list[Delivery]:
         del event, now_ms
         # Rooms with stored history count too: they can be joined and read.
-        rooms = dict.fromkeys(sorted(self.store.rooms()), 0)
+        rooms = dict.fromkeys(self.store.rooms(), 0)
         for name, room in self.rooms.items():
             rooms[name] = len(room.members)
-        return [deliver((session.cid,), RoomList(rooms=dict(sorted(rooms.items()))))]
+        # Cut to one frame like Members: the busiest rooms are kept.
+        kept: dict[str, int] = {}
+        budget = self.frame_budget
+        for name, count in sorted(rooms.items(), key=lambda item: (-item[1], item[0])):
+            budget -= len(name) + 24
+            if budget < 0:
+                break
+            kept[name] = count
+        return [deliver((session.cid,), RoomList(rooms=dict(sorted(kept.items()))))]
 
     def _history(self, session: Session, request: History, now_ms: int) -> list[Delivery]:
         del now_ms

@@ -449,3 +449,20 @@ def consumes_nothing(cid: int) -> int:
 
 HubMachine.TestCase.settings = settings(stateful_step_count=40)
 test_stateful_hub = HubMachine.TestCase
+
+
+def test_member_and_room_lists_fit_in_one_frame() -> None:
+    hub, _ = make_hub(max_frame=1024)
+    for cid in range(1, 201):
+        hello(hub, cid, f"member{cid:03}")
+        hub.handle(cid, Join(room=f"room{cid:03}"), NOW)
+        hub.handle(cid, Join(room="big"), NOW)
+    [d] = hub.handle(1, Who(room="big"), NOW)
+    members = d.event
+    assert type(members) is Members and len(d.data) <= 1024 + 8
+    assert 0 < len(members.nicks) < 200 and members.nicks == sorted(members.nicks)
+    assert members.nicks[0] == "member001"
+    [d] = hub.handle(1, ListRooms(), NOW)
+    rooms = d.event
+    assert type(rooms) is RoomList and len(d.data) <= 1024 + 8
+    assert rooms.rooms["big"] == 200 and len(rooms.rooms) < 201
