@@ -138,6 +138,11 @@ def normalise_room(name: str) -> str | None:
     return room.lower()
 
 
+def _quote(name: str) -> str:
+    """A client-supplied name in an error message: quoted, and short whatever was sent."""
+    return repr(name if len(name) <= ROOM_MAX + 1 else name[:ROOM_MAX] + "…")
+
+
 def _clip(reason: str) -> str:
     return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 1] + "…"
 
@@ -426,8 +431,8 @@ class Hub:
                     (cid,),
                     Error(
                         code=ErrorCode.NO_SUCH_NICK,
-                        message=f"nobody is called {tell.to!r}",
-                        msg_id=tell.msg_id,
+                        message=f"nobody is called {_quote(tell.to)}",
+                        msg_id=tell.msg_id[:MSG_ID_MAX],
                     ),
                 )
             ]
@@ -635,7 +640,7 @@ def _bad_room(cid: int, room: str, msg_id: str = "") -> Delivery:
         (cid,),
         Error(
             code=ErrorCode.INVALID_ROOM,
-            message=f"{room!r} is not a valid room name (1-{ROOM_MAX} letters, digits or _-.+)",
-            msg_id=msg_id,
+            message=f"{_quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)",
+            msg_id=msg_id[:MSG_ID_MAX],
         ),
     )

@@ -388,7 +388,7 @@ class Server:
             if kind is Pong:
                 continue
             if kind is Bye:
-                self._end(peer, None, event.reason or "quit", clean=True)  # type: ignore[attr-defined]
+                self._end(peer, None, event.reason[:200] or "quit", clean=True)  # type: ignore[attr-defined]
                 return
             if kind is ConnectionClosed:
                 self._end(peer, None, "connection lost")

@@ -466,3 +466,18 @@ def test_member_and_room_lists_fit_in_one_frame() -> None:
     rooms = d.event
     assert type(rooms) is RoomList and len(d.data) <= 1024 + 8
     assert rooms.rooms["big"] == 200 and len(rooms.rooms) < 201
+
+
+def test_errors_echo_client_strings_short() -> None:
+    hub, _ = make_hub(max_frame=2048)
+    hello(hub, 1, "alice")
+    long = "x" * 1500
+    for event in (
+        Say(msg_id=long, room=long + " ", text="hi"),
+        Tell(msg_id=long, to=long, text="hi"),
+        Join(room=long),
+    ):
+        [d] = hub.handle(1, event, NOW)
+        error = d.event
+        assert type(error) is Error and len(d.data) < 400
+        assert error.msg_id in ("", long[:64])
