@@ -105,3 +105,10 @@ def test_property_garbage_in_set_up_is_a_clear_failure_or_a_wait(
         setup.feed(garbage)
     except SetupFailed as exc:
         assert str(exc)
+
+
+@given(params, st.sampled_from(list(Kind)))
+def test_property_deliveries_per_message_is_the_mean_fan_out(par: Params, kind: Kind) -> None:
+    plan = make_plan(par, Target(kind=kind, host="127.0.0.1", port=1))
+    pairs = sum(len(plan.expected_pubs(c)) for c in plan.clients if c.sub >= 0)
+    assert plan.deliveries_per_message() == max(1, pairs // max(plan.n_pubs, 1))

@@ -4,6 +4,7 @@ the worker processes. Everything here is plain data that pickles to the workers.
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 from dataclasses import dataclass, field, replace
 
@@ -114,14 +115,33 @@ class Plan:
     pub_room: tuple[str, ...]  # by publisher index
     pub_client: tuple[int, ...]
 
+    @functools.cached_property
+    def _pubs_by_room(self) -> dict[str, list[int]]:
+        rooms: dict[str, list[int]] = {}
+        for p, room in enumerate(self.pub_room):
+            rooms.setdefault(room, []).append(p)
+        return rooms
+
     def expected_pubs(self, client: Client) -> list[int]:
         """The publishers whose every message this subscribing client must receive."""
         echo = self.target.adapter.echo
         return [
             p
-            for p in range(self.n_pubs)
-            if self.pub_room[p] == client.room and (echo or self.pub_client[p] != client.index)
+            for p in self._pubs_by_room.get(client.room or "", [])
+            if echo or self.pub_client[p] != client.index
         ]
+
+    def deliveries_per_message(self) -> int:
+        """How many subscribers receive a publisher's message, on average (at least 1)."""
+        subs_in: dict[str | None, int] = {}
+        for c in self.clients:
+            if c.sub >= 0:
+                subs_in[c.room] = subs_in.get(c.room, 0) + 1
+        total = 0
+        for p, room in enumerate(self.pub_room):
+            own = self.clients[self.pub_client[p]].sub >= 0 and not self.target.adapter.echo
+            total += subs_in.get(room, 0) - own
+        return max(1, total // max(self.n_pubs, 1))
 
     def conns(self) -> list[ConnSpec]:
         out = []

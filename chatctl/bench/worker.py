@@ -38,6 +38,7 @@ MAX_READ = 256 * 1024
 CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's accept backlog
 CONNECT_TIMEOUT = 10.0
 BATCH = 64  # publishes built and written at once
+DELIVERIES_IN_FLIGHT = 262_144  # at most this many (messages in flight x their receivers)
 PROGRESS_EVERY = 0.25
 KEEPALIVE_EVERY = 10.0
 DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the rest is lost
@@ -138,8 +139,14 @@ class Worker:
         # The adapter's window is for the whole run: many publishers share it, so that what is
         # queued in the server (and so the latency at full speed) does not grow with their
         # number. At least two acks' worth each, or a NATS publisher could never send.
+        # With a large fan-out, fewer messages already keep the server busy: the deliveries in
+        # flight are capped too.
         a = self.adapter
-        self.window = max(2 * a.ack_every, 32, a.window // max(plan.n_pubs, 1))
+        pubs = max(plan.n_pubs, 1)
+        fanout = plan.deliveries_per_message()
+        self.window = max(
+            2 * a.ack_every, 16, min(a.window // pubs, DELIVERIES_IN_FLIGHT // (pubs * fanout))
+        )
         self.pubs_reported = False
         self.expected: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self.finished = False
