@@ -126,3 +126,18 @@ def test_exit_6_when_the_server_never_answers() -> None:
     assert result.returncode == ExitCode.TIMEOUT
     assert "did not answer" in result.stderr
     assert_one_line_error(result)
+
+
+def test_send_stays_light(server: tuple[str, int]) -> None:
+    # Start-up time is the point of `send`: no terminal UI or rich text on its path.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "chatctl", "send", "-p", str(server[1]), "x"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == ExitCode.OK
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert not {m for m in imported if m.split(".")[0] in ("prompt_toolkit", "rich")}
