@@ -56,6 +56,7 @@ class Conn:
         "limit",
         "make",
         "pending",
+        "phase",
         "pub_done",
         "seq",
         "setup",
@@ -85,6 +86,7 @@ class Conn:
         self.first_ns = 0
         self.last_ns = 0
         self.pub_done = False
+        self.phase = 0  # ns: at a fixed rate, publishers' schedules are spread over one period
 
 
 def raise_nofile_limit() -> None:
@@ -120,6 +122,9 @@ class Worker:
         self.sub_ids = sub_ids
         self.conns = [Conn(s, local.get(s.sub, -1)) for s in specs]
         self.pubs = [c for c in self.conns if c.spec.pub >= 0]
+        if self.params.rate:
+            for c in self.pubs:
+                c.phase = int(c.spec.pub * NS / (self.params.rate * max(plan.n_pubs, 1)))
         self.n_subs = len(sub_ids)
         self.verifier = Verifier(n_subs=self.n_subs, n_pubs=max(plan.n_pubs, 1))
         self.hist = Histogram()
@@ -295,8 +300,8 @@ class Worker:
                 self.publishing = True
                 if self.params.rate:
                     # The schedule is known: the measured window starts with this message.
-                    start = math.ceil(self.warm_rel * self.params.rate / NS)
                     for c in self.pubs:
+                        start = math.ceil((self.warm_rel - c.phase) * self.params.rate / NS)
                         c.first_measured = start
                         if self.params.messages:
                             c.limit = start + self.params.messages
@@ -373,9 +378,9 @@ class Worker:
                     c.limit = c.seq + self.params.messages
             n = min(BATCH, window - (c.seq - c.acked * every))
             if rate:
-                due = int(rel * rate / NS) + 1 - c.seq
+                due = int((rel - c.phase) * rate / NS) + 1 - c.seq
                 if due <= 0:
-                    wake = min(wake, max(0.0, (c.seq / rate) - rel / NS))
+                    wake = min(wake, max(0.0, (c.phase + c.seq * NS / rate - rel) / NS))
                 n = min(n, due)
             if c.limit >= 0:
                 if c.seq >= c.limit:
@@ -391,7 +396,8 @@ class Worker:
                 # Stamp each message with the time it was due, not when it left: a generator
                 # that falls behind then shows as latency (no coordinated omission).
                 step = NS / rate
-                data = b"".join([make(s, int(s * step)) for s in range(seq, seq + n)])
+                phase = c.phase
+                data = b"".join([make(s, phase + int(s * step)) for s in range(seq, seq + n)])
             else:
                 data = b"".join([make(s, rel) for s in range(seq, seq + n)])
             if c.first_measured >= 0 and seq + n > c.first_measured:
@@ -399,7 +405,8 @@ class Worker:
             c.seq = seq + n
             self.write(c, data)
             if rate:
-                wake = min(wake, max(0.0, c.seq / rate - rel / NS))  # the next one's due time
+                # the next one's due time
+                wake = min(wake, max(0.0, (c.phase + c.seq * NS / rate - rel) / NS))
             elif not c.blocked and c.seq - c.acked * every < window:
                 wake = 0.0
         self.pump_timeout = wake
