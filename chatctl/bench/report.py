@@ -79,7 +79,8 @@ class LiveDisplay:
     def update(self, elapsed: float, sent: int, delivered: int) -> None:
         if not self.enabled:
             return
-        self.progress.update(self.task, completed=elapsed if self.by_time else sent)
+        done = elapsed if self.by_time else sent  # warm-up messages come on top of the total
+        self.progress.update(self.task, completed=min(done, self.total))
         t0, s0, d0 = self.last
         dt = elapsed - t0
         if dt < 0.5:  # rates over at least half a second, not between two workers' reports
