@@ -120,11 +120,17 @@ class TextRenderer:
             who, where = sanitize(nick, newline=" "), where + " " if where else ""
         else:
             who, where = self._nick(nick), self._style("90", where) + " " if where else ""
-        if action:
-            body = f"{where}* {who} {self._text(text)}"
-        else:
-            body = f"{where}<{who}> {self._text(text)}"
+        shown = self._text(text)
+        if not dim and self.colour and self._mentions_me(nick, text):
+            shown = self._style("1;33", shown)  # someone said our name
+        body = f"{where}* {who} {shown}" if action else f"{where}<{who}> {shown}"
         return self._line(ts, body, dim=dim)
+
+    def _mentions_me(self, sender: str, text: str) -> bool:
+        me = self.own_nick()
+        if not me or sender.casefold() == me.casefold():
+            return False
+        return re.search(rf"(?<![\w-]){re.escape(me)}(?![\w-])", text, re.IGNORECASE) is not None
 
     def render(self, event: AnyEvent) -> str | None:
         match event:

@@ -138,3 +138,19 @@ def test_every_kind_of_event_renders() -> None:
     }
     own = event_record(Delivered(request=say, ack=ack, nick="me"))
     assert own is not None and own["own"] is True and own["seq"] == 9 and own["recipients"] == 2
+
+
+def test_a_mention_of_our_nick_is_highlighted_on_a_terminal() -> None:
+    renderer = TextRenderer(lambda: "Al", colour=True, single_line=False)
+
+    def shown(sender: str, text: str) -> str:
+        return renderer.render(Message(room="r", seq=1, ts=0, sender=sender, text=text)) or ""
+
+    assert "\x1b[1;33m" in shown("bob", "hey al, look")
+    assert "\x1b[1;33m" in shown("bob", "@AL!")
+    assert "\x1b[1;33m" not in shown("bob", "also alice and al-x")
+    assert "\x1b[1;33m" not in shown("al", "al talks to itself")
+    line = TextRenderer(lambda: "me", colour=False, single_line=True).render(
+        Message(room="r", seq=1, ts=0, sender="b", text="me")
+    )
+    assert line is not None and "\x1b" not in line  # no colour, no highlight
