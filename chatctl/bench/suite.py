@@ -195,6 +195,33 @@ def run_suite(quick: bool) -> str:
                 "",
             ]
 
+        # What the generator can observe
+        lines += [
+            "### Generator capacity: deliveries observed from Redis",
+            "",
+            "The load generator must never be the bottleneck. Against Redis, which fans out in "
+            "C, these are the most deliveries per second it observed (verified) on this "
+            "machine, where the generator, Redis and the publisher share 2 cores.",
+            "",
+            "| load | deliveries/s | MB/s | p50 latency (µs) | verified |",
+            "|---|---:|---:|---:|---|",
+        ]
+        cmds = []
+        for pubs, subs in ((1, 50), (2, 100)):
+            args = ["bench", "fanout", "--target", TARGETS["redis"], "--pub", str(pubs)]
+            args += ["--sub", str(subs), *duration]
+            cmds.append(_cmd(args))
+            r = _bench(args, ports)
+            if r is None:
+                lines.append(f"| {pubs} → {subs} | n/a | | | |")
+                continue
+            ok = "ok" if r["verification"]["ok"] else "**lost**"
+            lines.append(
+                f"| {pubs} → {subs} | {r['delivery']['rate']:,.0f} | "
+                f"{r['delivery']['mb_per_s']:,.0f} | {_us(r['latency_ns']['p50'])} | {ok} |"
+            )
+        lines += ["", "```sh", *cmds, "```", ""]
+
         # Latency at a fixed, moderate rate
         lines += [
             "### Latency at a fixed rate: 1 publisher at 1,000 msg/s → 10 subscribers",
