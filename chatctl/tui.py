@@ -142,7 +142,8 @@ class ChatCompleter(Completer):
             return
         if before.split(" ", 1)[0] in _ROOM_COMMANDS:
             stem = word.removeprefix("#")
-            rooms = sorted(self.ui.known_rooms | set(self.ui.client.rooms))
+            with self.ui._lock:  # the reader thread adds rooms as it learns them
+                rooms = sorted(self.ui.known_rooms | set(self.ui.client.rooms))
             for room in rooms:
                 if room.startswith(stem):
                     yield Completion("#" + room, start_position=-len(word))
