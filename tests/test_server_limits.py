@@ -3,27 +3,40 @@ pair (alice listens, bob talks) in the same room, which must keep getting everyt
 
 from __future__ import annotations
 
+import io
+import json
 import select
 import socket
 import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chatctl.protocol import (
     HEADER,
     MAGIC,
     Bye,
+    ChangeNick,
     ErrorCode,
     Gap,
     Hello,
     History,
     HistoryEnd,
     Join,
+    ListRooms,
     Message,
     Notice,
+    Part,
     Ping,
     Pong,
     Say,
+    Tell,
+    Who,
     encode,
 )
+from chatctl.server import Server
 from tests.servers import Client, running_server, server_instance
 
 ROOM = "lobby"
@@ -267,3 +280,87 @@ def test_retention_trims_off_the_hot_path_and_a_resume_gets_the_gap() -> None:
             assert time.monotonic() < deadline, "retention never trimmed"
             alice.seen.clear()
         assert alice.say(ROOM, "new").seq == 4  # sequence numbers go on
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    [
+        "version",
+        "nick",
+        "token",
+        "room",
+        "msg_id",
+        "text",
+        "to",
+        "after",
+        "limit",
+        "history",
+        "action",
+        "reason",
+        "code",
+    ]
+)
+BODIES = st.dictionaries(FIELDS, JSON_VALUES, max_size=5).map(
+    lambda d: json.dumps(d).encode()
+) | st.binary(max_size=40)
+NAMES = st.sampled_from(["lobby", "#Lobby", "other", "", "bad room", "x" * 70, "mallory", "bob"])
+TEXTS = st.text(max_size=30)
+IDS = st.integers(min_value=0, max_value=2**63 - 1)
+CLIENT_FRAMES = st.one_of(
+    st.builds(Join, room=NAMES, history=st.none() | IDS, after=st.none() | IDS),
+    st.builds(Part, room=NAMES, reason=TEXTS),
+    st.builds(Say, msg_id=TEXTS, room=NAMES, text=TEXTS, action=st.booleans()),
+    st.builds(Tell, msg_id=TEXTS, to=NAMES, text=TEXTS),
+    st.builds(ChangeNick, nick=NAMES),
+    st.builds(Who, room=NAMES),
+    st.builds(ListRooms),
+    st.builds(History, room=NAMES, after=st.none() | IDS, limit=IDS),
+    st.builds(Ping, token=IDS),
+    st.builds(Pong, token=IDS),
+    st.builds(Bye, code=IDS, reason=TEXTS),
+    st.builds(Hello, version=IDS, nick=NAMES, token=TEXTS),
+).map(encode)
+FRAMES = st.one_of(
+    CLIENT_FRAMES,
+    CLIENT_FRAMES,
+    st.binary(min_size=1, max_size=60),
+    st.tuples(
+        st.sampled_from([*range(0x01, 0x18), 0x02, 0x03, 0x04, 0x81, 0x90, 0xFF]), BODIES
+    ).map(lambda tb: HEADER.pack(MAGIC, tb[0], 0, len(tb[1])) + tb[1]),
+)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[tuple[Server, str, int]]:
+    with server_instance(rate=0) as running:
+        yield running
+
+
+@settings(max_examples=40)
+@given(hello=st.booleans(), frames=st.lists(FRAMES, max_size=6))
+def test_property_hostile_bytes_never_disturb_others(
+    shared_server: tuple[Server, str, int], hello: bool, frames: list[bytes]
+) -> None:
+    server, host, port = shared_server
+    with Client(host, port) as alice, Client(host, port) as bob:
+        alice.hello("alice")
+        alice.join(ROOM)
+        bob.hello("bob")
+        with socket.create_connection((host, port)) as hostile:
+            if hello:
+                hostile.sendall(encode(Hello(version=1, nick="mallory")) + encode(Join(room=ROOM)))
+            try:
+                hostile.sendall(b"".join(frames))
+            except OSError:
+                pass  # the server hung up on it: fine
+        ack = bob.say(ROOM, "still fine")
+        got = alice.wait_for(Message, lambda m: m.sender == bob.nick)
+        assert (got.text, got.seq) == ("still fine", ack.seq)
+    log = server.journal.stream
+    assert isinstance(log, io.StringIO) and "internal error" not in log.getvalue()
