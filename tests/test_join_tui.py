@@ -165,6 +165,8 @@ def test_tab_completes_commands_and_nicks(alice: Terminal, bob: Client) -> None:
     wait_for(bob, DirectMessage)
     alice.send("\x1b[A")  # up arrow: input history
     alice.wait(lambda: alice.input_line().endswith("/msg bob first"), "the previous line")
+    alice.send("\x15/who #lo\t")
+    alice.wait(lambda: alice.input_line().endswith("/who #lobby"), "a room completed")
 
 
 def test_a_long_paste_is_one_message_after_confirmation(alice: Terminal, bob: Client) -> None:
