@@ -203,6 +203,8 @@ class SqliteStore:
             self._forget_below(room, floor)
         if message.msg_id:
             self._remember(message)
+        if len(self._pending) >= self._id_window:
+            self.flush()  # only with a tiny window: keeps every unflushed id in it
 
     def flush(self) -> None:
         if not self._pending:
@@ -280,7 +282,8 @@ class SqliteStore:
             return known if known.seq >= self._first[known.room] else None
         if sender_key not in self._unsure_keys:
             return None
-        self.flush()
+        # Unflushed messages are all in the id window (append keeps it so), so SQL without a
+        # flush: a flush here would cost a commit per message and undo the group commit.
         row = (
             self._connection()
             .execute(

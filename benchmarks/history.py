@@ -1,0 +1,99 @@
+"""History persistence cost: the same `chatctl bench` runs against a server with SQLite
+history (`--data DIR`) and one with `--data :memory:`, alternating rounds so that background
+load hits both alike; prints the median of each and the ratio.
+
+    python benchmarks/history.py [--rounds 5] [--msgs 20000]
+
+Scenarios: fan-out (1 publisher -> 100 subscribers, 100-byte messages; delivered messages/s)
+and single-room ingest (10 clients in one room, each sending and receiving; acknowledged
+messages/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+CHATCTL = [sys.executable, "-m", "chatctl"]
+SCENARIOS = {
+    "fanout 1->100 (delivered msgs/s)": (["fanout", "-P", "1", "-S", "100"], "delivery"),
+    "room ingest 10 senders/10 members (acked msgs/s)": (["room", "-N", "10"], "publish"),
+}
+
+
+@contextmanager
+def server(data: str) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        for line in proc.stderr:
+            if re.search(r"listening on", line):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def bench(target: str, args: list[str], key: str, msgs: int) -> float:
+    out = subprocess.run(
+        [*CHATCTL, "bench", *args, "--target", target, "--msgs", str(msgs), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    result = json.loads(out)
+    if not result["verification"]["ok"]:
+        raise RuntimeError(f"bench saw loss: {result['verification']}")
+    return float(result[key]["rate"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--msgs", type=int, default=20000)
+    options = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="chatctl-history-bench-")
+    try:
+        with server(directory) as sqlite, server(":memory:") as memory:
+            for name, (args, key) in SCENARIOS.items():
+                rates: dict[str, list[float]] = {"sqlite": [], "memory": []}
+                for _ in range(options.rounds):
+                    for label, target in (("sqlite", sqlite), ("memory", memory)):
+                        rates[label].append(bench(target, args, key, options.msgs))
+                med = {label: statistics.median(r) for label, r in rates.items()}
+                print(
+                    f"{name}: sqlite {med['sqlite']:,.0f}  memory {med['memory']:,.0f}"
+                    f"  ratio {med['sqlite'] / med['memory']:.2f}"
+                    f"  (rounds sqlite {[round(r) for r in rates['sqlite']]},"
+                    f" memory {[round(r) for r in rates['memory']]})",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
