@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from chatctl.client import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, HistoryEnd, Message
 from tests.servers import running_server
-from tests.test_client import wait_for
+from tests.test_client import WAIT, wait_for
 
 
 def send(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -141,3 +142,21 @@ def test_send_stays_light(server: tuple[str, int]) -> None:
     assert result.returncode == ExitCode.OK
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert not {m for m in imported if m.split(".")[0] in ("prompt_toolkit", "rich")}
+
+
+def test_a_server_that_is_not_chatctl_is_a_clear_connect_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as impostor:
+
+        def answer() -> None:
+            conn, _ = impostor.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                conn.recv(4096)  # until the client gives up
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        result = send("-p", str(impostor.getsockname()[1]), "hi")
+        thread.join(WAIT)
+    assert result.returncode == ExitCode.CONNECT
+    assert "does not speak the chatctl protocol" in result.stderr
+    assert_one_line_error(result)
