@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pexpect
+
 from chatctl.bench.results import SCHEMA, SWEEP_SCHEMA, flatten
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -94,3 +96,22 @@ def test_table_output_without_json() -> None:
     assert proc.returncode == 0, proc.stderr
     for word in ("publish", "delivery", "latency", "exactly once, in order", "lost 0"):
         assert word in proc.stdout
+
+
+def test_live_display_on_a_terminal() -> None:
+    """On a terminal the live progress runs (and is cleared) before the final table."""
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "chatctl", *TABLE_ARGS[:-4], "--msgs", "0", "--duration", "1.5"],
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(40, 120),
+    )
+    try:
+        child.expect("delivered [0-9,]+ \\([0-9,]+/s\\)")  # the live rate line
+        child.expect(pexpect.EOF)
+        output = child.before or ""
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert "exactly once, in order" in output and "Traceback" not in output
