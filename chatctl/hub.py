@@ -10,6 +10,7 @@ clock, so the rules are unit-tested without either.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -209,8 +210,8 @@ class Hub:
             "max_room_name": ROOM_MAX,
             "rate": round(config.rate),
             "burst": config.burst,
-            "ping_interval": round(config.ping_interval),
-            "idle_timeout": round(config.idle_timeout),
+            "ping_interval": math.ceil(config.ping_interval),
+            "idle_timeout": math.ceil(config.idle_timeout),
             "join_history": config.join_history,
             "replay_limit": config.replay_limit,
         }

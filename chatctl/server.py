@@ -414,8 +414,15 @@ class Server:
             return True
         peer.tokens = tokens
         # Rejections decay at the allowed rate: only sustained excess builds up to a burst.
-        peer.strikes = max(peer.strikes - elapsed * config.rate, 0.0) + 1.0
-        if peer.strikes > config.burst:
+        strikes = max(peer.strikes - elapsed * config.rate, 0.0)
+        if strikes == 0.0:  # one log line per episode, not one per refused frame
+            self.journal.warning(
+                "rate_limited",
+                f"{peer.addr} ({self._nick(peer)}) is over the rate limit of {config.rate:g}/s",
+                peer=peer.addr,
+            )
+        peer.strikes = strikes = strikes + 1.0
+        if strikes > config.burst:
             self.journal.warning(
                 "flooding", f"{peer.addr} keeps sending over the rate limit: disconnected"
             )
@@ -425,7 +432,7 @@ class Server:
         error = Error(
             code=ErrorCode.RATE_LIMITED,
             message=f"over the rate limit of {config.rate:g} messages a second",
-            msg_id=msg_id,
+            msg_id=msg_id[:64],
         )
         self._enqueue(peer, encode(error))
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import select
 import socket
 import time
@@ -42,6 +43,13 @@ from tests.servers import Client, running_server, server_instance
 ROOM = "lobby"
 
 
+def assert_logged(server: Server, pattern: str) -> None:
+    """The in-process server's log (tests.servers keeps it in memory) matches `pattern`."""
+    log = server.journal.stream
+    assert isinstance(log, io.StringIO)
+    assert re.search(pattern, log.getvalue()), log.getvalue()
+
+
 def witnesses(host: str, port: int) -> tuple[Client, Client]:
     alice = Client.connect(host, port, "alice", ROOM)
     bob = Client.connect(host, port, "bob", ROOM)
@@ -57,13 +65,14 @@ def still_served(alice: Client, bob: Client, count: int = 20, tag: str = "after"
 
 
 def test_garbage_before_hello_gets_bye_and_disconnect() -> None:
-    with running_server() as (host, port):
+    with server_instance() as (server, host, port):
         alice, bob = witnesses(host, port)
         hostile = Client(host, port)
         hostile.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         bye = hostile.wait_closed()
         assert bye is not None and bye.code == ErrorCode.MALFORMED_FRAME
         still_served(alice, bob)
+        assert_logged(server, r"broke the protocol: bad magic")
 
 
 def test_garbage_frames_after_hello_drop_only_the_sender() -> None:
@@ -92,7 +101,7 @@ def test_garbage_frames_after_hello_drop_only_the_sender() -> None:
 
 
 def test_oversized_frame_is_refused_from_its_header() -> None:
-    with running_server(max_frame=1024) as (host, port):
+    with server_instance(max_frame=1024) as (server, host, port):
         alice, bob = witnesses(host, port)
         hostile = Client.connect(host, port, "mallory", ROOM)
         # Only the header is sent: the server must not wait for (or buffer) the body.
@@ -100,10 +109,11 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
         bye = hostile.wait_closed()
         assert bye is not None and bye.code == ErrorCode.FRAME_TOO_LARGE
         still_served(alice, bob)
+        assert_logged(server, r"broke the protocol: frame body of 1025 bytes")
 
 
 def test_slowloris_dribbling_a_hello_is_dropped_at_the_handshake_timeout() -> None:
-    with running_server(handshake_timeout=0.5) as (host, port):
+    with server_instance(handshake_timeout=0.5) as (server, host, port):
         alice, bob = witnesses(host, port)
         hello = encode(Hello(version=1, nick="loris"))
         with socket.create_connection((host, port)) as hostile:
@@ -123,10 +133,15 @@ def test_slowloris_dribbling_a_hello_is_dropped_at_the_handshake_timeout() -> No
             body = received[8:]
             assert str(int(ErrorCode.HANDSHAKE_TIMEOUT)) in body.decode()
         still_served(alice, bob)
+        assert_logged(server, r"sent no Hello within 0.5 s")
 
 
 def test_silent_client_is_pinged_then_dropped_while_a_ponging_one_stays() -> None:
-    with running_server(ping_interval=0.2, idle_timeout=0.6) as (host, port):
+    with server_instance(ping_interval=0.2, idle_timeout=0.6, log_level="info") as (
+        server,
+        host,
+        port,
+    ):
         alive = Client.connect(host, port, "alive", ROOM)
         silent = Client.connect(host, port, "silent", ROOM)
         silent.wait_for(Ping)
@@ -151,10 +166,11 @@ def test_silent_client_is_pinged_then_dropped_while_a_ponging_one_stays() -> Non
             else:
                 break
         assert getattr(event, "msg_id", None) == "x"
+        assert_logged(server, r"\(silent\) silent for")
 
 
 def test_never_reading_client_is_disconnected_as_slow_consumer() -> None:
-    with running_server(max_output=64 * 1024, rate=0) as (host, port):
+    with server_instance(max_output=64 * 1024, rate=0) as (server, host, port):
         alice, bob = witnesses(host, port)
         sleeper = socket.socket()
         sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -177,10 +193,11 @@ def test_never_reading_client_is_disconnected_as_slow_consumer() -> None:
             assert sent < 10_000
         sleeper.close()
         still_served(alice, bob)
+        assert_logged(server, r"sleeper\) reads too slowly")
 
 
 def test_flooder_is_rate_limited_then_disconnected() -> None:
-    with running_server(rate=20, burst=10) as (host, port):
+    with server_instance(rate=20, burst=10) as (server, host, port):
         alice, bob = witnesses(host, port)
         flooder = Client.connect(host, port, "flooder", ROOM)
         flood = b"".join(
@@ -199,10 +216,13 @@ def test_flooder_is_rate_limited_then_disconnected() -> None:
         spam = [e for e in alice.seen if type(e) is Message and e.sender == "flooder"]
         assert 1 <= len(spam) < 100  # the burst got through, the flood did not
         still_served(alice, bob, count=5)  # bob is under the same rate limit
+        assert_logged(
+            server, r"flooder\) is over the rate limit(.|\n)*keeps sending over the rate limit"
+        )
 
 
 def test_connection_limits_total_and_per_ip() -> None:
-    with running_server(max_connections=3) as (host, port):
+    with server_instance(max_connections=3) as (server, host, port):
         alice, bob = witnesses(host, port)
         third = Client.connect(host, port, "third")
         fourth = Client(host, port)
@@ -211,6 +231,7 @@ def test_connection_limits_total_and_per_ip() -> None:
         third.bye()
         third.wait_closed()
         still_served(alice, bob)
+        assert_logged(server, r"refused 127.0.0.1:\d+: the server holds its maximum of 3")
     with running_server(max_per_ip=2) as (host, port):
         alice, bob = witnesses(host, port)
         extra = Client(host, port)
