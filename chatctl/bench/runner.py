@@ -28,11 +28,11 @@ from typing import Any
 from chatctl.bench.local import listening_pid, rss_bytes
 from chatctl.bench.plan import Plan, Scenario, WorkerResult
 from chatctl.bench.results import RunResult, Server, merge
-from chatctl.bench.worker import worker_main
-from chatctl.errors import ChatctlError, ConnectFailed
+from chatctl.bench.worker import CONNECT_TIMEOUT, worker_main
+from chatctl.errors import ChatctlError, ConnectFailed, TimedOut
 
 START_LAG_NS = 20_000_000  # the go message reaches every worker before the epoch
-STALL_TIMEOUT = 120.0  # no word from any worker for this long: give up
+STALL_TIMEOUT = 30.0  # no word from any worker, or no progress, for this long: give up
 
 # (elapsed seconds, messages sent, messages delivered) for a live display
 Progress = Callable[[float, int, int], None]
@@ -66,7 +66,8 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
             procs.append(proc)
         _gather(pipes, "spawned")
         _broadcast(pipes, ("connect",))
-        ready = _gather(pipes, "ready")
+        # Set-up has its own deadline in each worker (CONNECT_TIMEOUT, longer for many).
+        ready = _gather(pipes, "ready", STALL_TIMEOUT + CONNECT_TIMEOUT + len(plan.clients) / 500)
         connected = sum(r[1] for r in ready)
         failed = sum(r[2] for r in ready)
         if failed and plan.params.scenario is not Scenario.connect:
@@ -113,9 +114,16 @@ def _drive(plan: Plan, pipes: list[Pipe], progress: Progress | None, started: fl
     sent_by_pub = [0] * plan.n_pubs
     pub_done: set[int] = set()
     counters = dict.fromkeys(range(len(pipes)), (0, 0))
+    moved = time.monotonic()
     while len(pub_done) < len(pipes):
+        if time.monotonic() - moved > STALL_TIMEOUT:
+            raise TimedOut(
+                f"nothing sent or delivered for {STALL_TIMEOUT:.0f} s: the target stalled"
+            )
         for i, msg in _receive(pipes, timeout=0.25):
             if msg[0] == "progress":
+                if counters[i] != (msg[1], msg[2]):
+                    moved = time.monotonic()
                 counters[i] = (msg[1], msg[2])
             elif msg[0] == "pub_done":
                 pub_done.add(i)
@@ -150,15 +158,15 @@ def _receive(pipes: list[Pipe], timeout: float) -> list[tuple[int, tuple[Any, ..
     return out
 
 
-def _gather(pipes: list[Pipe], kind: str) -> list[tuple[Any, ...]]:
+def _gather(pipes: list[Pipe], kind: str, wait: float = STALL_TIMEOUT) -> list[tuple[Any, ...]]:
     """The next `kind` message of every worker, in worker order; progress is skipped."""
     got: dict[int, tuple[Any, ...]] = {}
-    deadline = time.monotonic() + STALL_TIMEOUT
+    deadline = time.monotonic() + wait
     while len(got) < len(pipes):
         if time.monotonic() > deadline:
-            raise WorkerFailed(f"bench workers sent no {kind!r} within {STALL_TIMEOUT:.0f} s")
+            raise WorkerFailed(f"bench workers sent no {kind!r} within {wait:.0f} s")
         for i, msg in _receive(pipes, timeout=0.5):
             if msg[0] == kind:
                 got[i] = msg
-                deadline = time.monotonic() + STALL_TIMEOUT
+                deadline = time.monotonic() + wait
     return [got[i] for i in range(len(pipes))]

@@ -104,8 +104,11 @@ def worker_main(plan: Plan, specs: list[ConnSpec], pipe: Pipe) -> None:
         worker.run()
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches the whole process group; the parent reports it
+    except EOFError:
+        pass  # the parent is gone
     except Exception as exc:  # reported to the parent, which turns it into a ChatctlError
-        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         worker.close_all()
 
@@ -367,10 +370,9 @@ class Worker:
         # Sleep in select until the next message is due, or at most 50 ms (acks wake us early).
         wake = 0.05
         for c in self.pubs:
-            if not self.can_write(c):
-                continue
             if self.end_ns and now >= self.end_ns:
-                c.pub_done = True
+                c.pub_done = True  # even one still blocked on a full socket
+            if not self.can_write(c):
                 continue
             if not rate and c.first_measured < 0 and rel >= self.warm_rel:
                 c.first_measured = c.seq
