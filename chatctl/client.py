@@ -335,11 +335,18 @@ class Client:
         """The highest sequence number seen (received or acknowledged) in `room`."""
         return self._last_seq.get(room)
 
-    def connect(self) -> Welcome:
-        """Connect, say Hello, join the rooms given, and start the reader thread."""
+    def connect(self, *, retry_for: float | None = 0.0) -> Welcome:
+        """Connect, say Hello, join the rooms given, and start the reader thread.
+
+        A failed first attempt raises at once, or with `retry_for` is retried with backoff
+        for that many seconds (None: until close(); for a daemon started before its server)."""
         if self._reader is not None:
             raise ChatctlError("already connected")
-        link, welcome = self._open()
+        if retry_for == 0:
+            link, welcome = self._open()
+        else:
+            deadline = None if retry_for is None else time.monotonic() + retry_for
+            link, welcome, _ = self._open_retrying(deadline, wait_first=False)
         with self._wlock:
             self._adopt(welcome)
             self._link = link
@@ -794,40 +801,53 @@ class Client:
         self._emit(Refused(request=out.request, error=error))
         return True
 
-    def _reconnect(self) -> bool:
-        """Retry until connected (True), or stopped or out of attempts (False, Closed sent)."""
-        old = self._link
+    def _open_retrying(
+        self, deadline: float | None, *, wait_first: bool
+    ) -> tuple[_Link, Welcome, int]:
+        """_open() with backoff until it works: (link, welcome, attempts). Raises the last
+        error once stopped, out of attempts, past `deadline`, or refused for good."""
         attempt = 0
-        last_error: ChatctlError = ConnectFailed("not reconnected")
+        error: ChatctlError = ConnectFailed("not connected")
         while self.backoff.max_attempts is None or attempt < self.backoff.max_attempts:
-            if self._stop.wait(self.backoff.delay(attempt, self._rng)):
-                break
+            if attempt or wait_first:
+                delay = self.backoff.delay(max(0, attempt - (not wait_first)), self._rng)
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    break
+                if self._stop.wait(delay):
+                    break
             attempt += 1
             try:
                 link, welcome = self._open()
+                return link, welcome, attempt
             except Rejected as exc:
-                last_error = exc
-                if exc.code in _RETRYABLE_REFUSAL:
-                    continue
-                break
+                error = exc
+                if exc.code not in _RETRYABLE_REFUSAL:
+                    break
             except ChatctlError as exc:
-                last_error = exc
-                continue
-            with self._wlock:
-                if old is not None:
-                    old.close()
-                self._adopt(welcome)
-                self._link = link
-                self._resume()
-            self._emit(Reconnected(welcome=welcome, attempts=attempt))
-            return True
-        if old is not None:
-            old.close()
-        stopped = self._stop.is_set()
-        error = None if stopped else last_error
-        self._fail_pending(error or ConnectFailed("the connection was closed"))
-        self._finish(Closed(reason="closed" if stopped else str(last_error), error=error))
-        return False
+                error = exc
+        raise error
+
+    def _reconnect(self) -> bool:
+        """Retry until connected (True), or stopped or out of attempts (False, Closed sent)."""
+        old = self._link
+        try:
+            link, welcome, attempts = self._open_retrying(None, wait_first=True)
+        except ChatctlError as exc:
+            if old is not None:
+                old.close()
+            stopped = self._stop.is_set()
+            error = None if stopped else exc
+            self._fail_pending(error or ConnectFailed("the connection was closed"))
+            self._finish(Closed(reason="closed" if stopped else str(exc), error=error))
+            return False
+        with self._wlock:
+            if old is not None:
+                old.close()
+            self._adopt(welcome)
+            self._link = link
+            self._resume()
+        self._emit(Reconnected(welcome=welcome, attempts=attempts))
+        return True
 
     def _resume(self) -> None:
         """Rejoin every room for what was missed, leave again the rooms parted around the

@@ -109,9 +109,8 @@ class PipeSession:
         elif isinstance(event, Refused):
             self.refused += 1
 
-    def run(self, first_room: str | None) -> int:
+    def run(self, first_room: str | None, deadline: float | None) -> int:
         client = self.client
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         reader = _Input(Chat(client, first_room), self.stdin, self.show_outcome)
         reader.thread.start()
         while True:
@@ -190,8 +189,10 @@ def run_pipe(
         stdout=stdout or sys.stdout,
     )
     try:
-        client.connect()
-        return session.run(client.rooms[0] if client.rooms else None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # With --reconnect, a server that is not up yet is waited for too (within --timeout).
+        client.connect(retry_for=session._left(deadline) if client.reconnect else 0)
+        return session.run(client.rooms[0] if client.rooms else None, deadline)
     except BrokenPipeError:
         # The reader of our output went away (`| head`): not an error, and no noise at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)

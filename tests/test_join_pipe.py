@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from chatctl.client import Client
 from chatctl.errors import ExitCode
-from chatctl.protocol import DirectMessage, HistoryEnd, Message, Notice
+from chatctl.protocol import DirectMessage, HistoryEnd, Members, Message, Notice
 from tests.servers import running_server, serve_process
 from tests.test_client import wait_for
 
@@ -260,3 +261,55 @@ def test_answers_to_the_last_requests_are_printed_before_exit(server: tuple[str,
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert {"type": "rooms", "rooms": {"lobby": 1}} in records
+
+
+def test_reconnect_also_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a free port, released for the server to take
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    join = Join(port, "--format", "json", "--reconnect", "--count", "1", "--history", "0")
+    try:
+        with serve_process("--port", str(port)):
+            with Client("127.0.0.1", port, nick="first", rooms=["lobby"]) as first:
+                first.connect()
+                # The joiner is in the room: listed on our join, or joining after us.
+                deadline = time.monotonic() + 3 * WAIT
+                while time.monotonic() < deadline:
+                    event = first.next_event(0.1)
+                    if (isinstance(event, Members) and len(event.nicks) > 1) or (
+                        isinstance(event, Notice)
+                        and event.kind == "joined"
+                        and event.nick != "first"
+                    ):
+                        break
+                first.say("lobby", "you made it").wait(WAIT)
+            records = join.records(3 * WAIT)
+            assert join.proc.returncode == 0
+            assert [r["text"] for r in records if r["type"] == "message"] == ["you made it"]
+    finally:
+        join.kill()
+
+
+def test_without_a_server_reconnect_gives_up_at_the_timeout() -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))  # bound, never listening
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chatctl",
+                "join",
+                "-p",
+                str(reserved.getsockname()[1]),
+                "--reconnect",
+                "--timeout",
+                "0.5",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == ExitCode.CONNECT
+    assert "could not connect" in result.stderr and "Traceback" not in result.stderr
