@@ -159,14 +159,15 @@ def _receive(pipes: list[Pipe], timeout: float) -> list[tuple[int, tuple[Any, ..
 
 
 def _gather(pipes: list[Pipe], kind: str, wait: float = STALL_TIMEOUT) -> list[tuple[Any, ...]]:
-    """The next `kind` message of every worker, in worker order; progress is skipped."""
+    """The next `kind` message of every worker, in worker order; progress is skipped. Gives up
+    after `wait` seconds without a word from any worker."""
     got: dict[int, tuple[Any, ...]] = {}
     deadline = time.monotonic() + wait
     while len(got) < len(pipes):
         if time.monotonic() > deadline:
             raise WorkerFailed(f"bench workers sent no {kind!r} within {wait:.0f} s")
         for i, msg in _receive(pipes, timeout=0.5):
+            deadline = time.monotonic() + wait  # a worker that still reports is alive
             if msg[0] == kind:
                 got[i] = msg
-                deadline = time.monotonic() + wait
     return [got[i] for i in range(len(pipes))]
