@@ -333,7 +333,7 @@ class Client:
 
     def last_seq(self, room: str) -> int | None:
         """The highest sequence number seen (received or acknowledged) in `room`."""
-        return self._last_seq.get(room)
+        return self._last_seq.get(room_name(room))
 
     def connect(self, *, retry_for: float | None = 0.0) -> Welcome:
         """Connect, say Hello, join the rooms given, and start the reader thread.
@@ -832,6 +832,9 @@ class Client:
         old = self._link
         try:
             link, welcome, attempts = self._open_retrying(None, wait_first=True)
+            if self._stop.is_set():  # close() came while the connection was being made
+                link.close()
+                raise ConnectFailed("closed")
         except ChatctlError as exc:
             if old is not None:
                 old.close()
