@@ -196,6 +196,7 @@ class Hub:
         self.tokens: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}  # rooms with members
         self._room_names: dict[str, str] = {}  # room name as sent -> normalised (a cache)
+        self._next_suffix: dict[str, int] = {}  # casefolded nick -> next variant number to try
         # Any text allowed must fit in a Message frame a client accepts (max_frame), even when
         # every character is escaped (\u0001 is 6 bytes) and with the other fields around it.
         self.max_text = min(config.max_text, max((config.max_frame - 512) // 6, 1))
@@ -331,13 +332,21 @@ class Hub:
             room.add(cid)
 
     def _free_variant(self, nick: str) -> str:
+        """`nick` with the smallest free suffix from 2 to 9, or else the next one after the
+        last handed out for it: a thousand clients asking for one nick must not cost a
+        million lookups."""
+        key = nick.casefold()
         n = 2
         while True:
             suffix = str(n)
             candidate = nick[: NICK_MAX - len(suffix)] + suffix
             if candidate.casefold() not in self.nicks:
+                if n >= 10:
+                    if len(self._next_suffix) >= 10_000:
+                        self._next_suffix.clear()
+                    self._next_suffix[key] = n + 1
                 return candidate
-            n += 1
+            n = max(n + 1, self._next_suffix.get(key, 10)) if n >= 9 else n + 1
 
     # -- messages ----------------------------------------------------------------------------
 

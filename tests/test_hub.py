@@ -481,3 +481,12 @@ def test_errors_echo_client_strings_short() -> None:
         error = d.event
         assert type(error) is Error and len(d.data) < 400
         assert error.msg_id in ("", long[:64])
+
+
+def test_many_clients_asking_for_one_nick_all_get_distinct_variants() -> None:
+    hub, _ = make_hub()
+    nicks = [hello(hub, cid, "bot").nick for cid in range(1, 3001)]
+    assert len({n.casefold() for n in nicks}) == 3000
+    assert nicks[:3] == ["bot", "bot2", "bot3"]
+    hub.disconnect(2, "gone", NOW)  # bot2 is free again: the small numbers are reused first
+    assert hello(hub, 5000, "BOT").nick == "BOT2"
