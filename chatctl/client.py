@@ -832,18 +832,14 @@ class Client:
         old = self._link
         try:
             link, welcome, attempts = self._open_retrying(None, wait_first=True)
-            if self._stop.is_set():  # close() came while the connection was being made
-                link.close()
-                raise ConnectFailed("closed")
         except ChatctlError as exc:
-            if old is not None:
-                old.close()
-            stopped = self._stop.is_set()
-            error = None if stopped else exc
-            self._fail_pending(error or ConnectFailed("the connection was closed"))
-            self._finish(Closed(reason="closed" if stopped else str(exc), error=error))
-            return False
+            return self._give_up(old, exc)
         with self._wlock:
+            # close() sets _stop, then takes _wlock: checked here, a close() cannot slip in
+            # between and leave the new connection open behind it.
+            if self._stop.is_set():
+                link.close()
+                return self._give_up(old, ConnectFailed("closed"))
             if old is not None:
                 old.close()
             self._adopt(welcome)
@@ -851,6 +847,15 @@ class Client:
             self._resume()
         self._emit(Reconnected(welcome=welcome, attempts=attempts))
         return True
+
+    def _give_up(self, old: _Link | None, exc: ChatctlError) -> bool:
+        if old is not None:
+            old.close()
+        stopped = self._stop.is_set()
+        error = None if stopped else exc
+        self._fail_pending(error or ConnectFailed("the connection was closed"))
+        self._finish(Closed(reason="closed" if stopped else str(exc), error=error))
+        return False
 
     def _resume(self) -> None:
         """Rejoin every room for what was missed, leave again the rooms parted around the
