@@ -9,11 +9,11 @@ A blocking socket, a reader thread, and typed events out. Usage::
         client.connect()                      # ConnectFailed / Rejected / TimedOut
         out = client.say("lobby", "hello")    # returns at once
         ack = out.wait(5.0)                   # Ack(seq, recipients, ts) or Rejected / TimedOut
-        while (event := client.next_event(timeout=1.0)) is not None or client.running:
+        for event in client.events():         # ends with Closed
             match event:
                 case Message(): ...           # protocol events: Message, DirectMessage, Notice,
                 case Delivered(): ...         #   Members, RoomList, Gap, HistoryEnd, Error;
-                case Closed(): break          # plus the client's own: Delivered, Refused,
+                case Closed(): ...            # plus the client's own: Delivered, Refused,
                                               #   Disconnected, Reconnected, Closed (always last)
 
 Events go to one queue (`next_event`), or, when `on_event` is given, to that callback, called
@@ -24,7 +24,12 @@ with `reconnect=True` survives a dropped connection: it reconnects with exponent
 and jitter, presents its resume token, rejoins every room asking for what it missed
 (`Join(room, after=last seq)`), and re-sends every message not yet acknowledged with the
 same `msg_id` (the server recognises the duplicate). Replayed copies of our own messages are
-left out of that resume, because the re-sent message's Delivered stands for them.
+left out of that resume, because the re-sent message's Delivered stands for them. The
+resume is paged (the server bounds each replay) and drops replays of what came live.
+
+Requests (`who`, `list_rooms`, `history`, `change_nick`) are answered by events; `sync()`
+waits until everything sent so far is answered, `wait_acked()` until every message is
+acknowledged. `connect(retry_for=...)` also retries a first connection that fails.
 
 Thread safety: every public method may be called from any thread.
 """
