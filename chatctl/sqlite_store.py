@@ -80,6 +80,47 @@ def _message(row: Row) -> StoredMessage:
     )
 
 
+class IdFilter:
+    """A Bloom filter of (sender_key, msg_id) pairs that grows by adding layers: "no" is
+    certain, "maybe" is wrong about 2% of the time per layer. Nothing is ever removed (a
+    trimmed id only costs a false "maybe"), and it lives in memory: a restart rebuilds it."""
+
+    BITS_PER_ID = 10  # with 3 probes: about 1.7% false "maybe" at capacity
+
+    def __init__(self, capacity: int) -> None:
+        self._layers: list[tuple[bytearray, int]] = []
+        self._room = 0
+        self._grow(max(capacity, 8))
+
+    def _grow(self, capacity: int) -> None:
+        bits = 1 << (capacity * self.BITS_PER_ID - 1).bit_length()
+        self._layers.append((bytearray(bits >> 3), bits - 1))
+        self._room = bits // self.BITS_PER_ID
+
+    def add(self, key: str, msg_id: str) -> None:
+        if self._room <= 0:
+            self._grow(2 * len(self._layers[-1][0]) * 8 // self.BITS_PER_ID)
+        self._room -= 1
+        bits, mask = self._layers[-1]
+        h1 = hash((key, msg_id))
+        h2 = hash((msg_id, key)) | 1
+        for p in (h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask):
+            bits[p >> 3] |= 1 << (p & 7)
+
+    def may_contain(self, key: str, msg_id: str) -> bool:
+        h1 = hash((key, msg_id))
+        h2 = hash((msg_id, key)) | 1
+        for bits, mask in self._layers:
+            p, q, r = h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask
+            if (
+                bits[p >> 3] & (1 << (p & 7))
+                and bits[q >> 3] & (1 << (q & 7))
+                and bits[r >> 3] & (1 << (r & 7))
+            ):
+                return True
+        return False
+
+
 class SqliteStore:
     """History in `directory`/history.sqlite3. One server per directory (a lock file says so)."""
 
@@ -111,12 +152,12 @@ class SqliteStore:
         self._oldest_ts: dict[str, int] = {}
         self._pending: list[Row] = []
         self._new_rooms: list[str] = []
-        # Resend detection without SQL for the common case (a new id from a known session):
-        # the ids appended by this process, a bounded window; sender keys that may have stored
-        # ids outside that window (from an earlier run, or evicted) are looked up in SQL.
+        # Resend detection without SQL for the common case, a new id: the recent ids (every
+        # unflushed one among them) answer at once, and a filter of every stored id says for
+        # certain when an id is new; only a "maybe" (a real resend, or ~1%) asks SQL.
         self._ids: dict[tuple[str, str], StoredMessage] = {}
         self._id_order: deque[tuple[str, str]] = deque()
-        self._unsure_keys: set[str] = set()
+        self._stored_ids = IdFilter(1 << 16)
         self._lock_fd = -1
         self._db: sqlite3.Connection | None = None
         try:
@@ -168,12 +209,11 @@ class SqliteStore:
             self._heads[room] = top
             self._kept[room] = low if low is not None else top + 1
             self._first[room] = max(self._kept[room], self._count_floor(top))
-        self._unsure_keys = {
-            key
-            for (key,) in db.execute(
-                "SELECT DISTINCT sender_key FROM messages WHERE msg_id != ''"
-            ).fetchall()
-        }
+        (count,) = db.execute("SELECT count(*) FROM messages WHERE msg_id != ''").fetchone()
+        self._stored_ids = IdFilter(count + max(self._id_window, 1 << 16))
+        add = self._stored_ids.add
+        for key, msg_id in db.execute("SELECT sender_key, msg_id FROM messages WHERE msg_id != ''"):
+            add(key, msg_id)
 
     # -- the Store interface ---------------------------------------------------------------
 
@@ -280,7 +320,7 @@ class SqliteStore:
         known = self._ids.get((sender_key, msg_id))
         if known is not None:
             return known if known.seq >= self._first[known.room] else None
-        if sender_key not in self._unsure_keys:
+        if not self._stored_ids.may_contain(sender_key, msg_id):
             return None
         # Unflushed messages are all in the id window (append keeps it so), so SQL without a
         # flush: a flush here would cost a commit per message and undo the group commit.
@@ -384,11 +424,10 @@ class SqliteStore:
         key = (message.sender_key, message.msg_id)
         if key not in self._ids:
             self._id_order.append(key)
+            self._stored_ids.add(*key)
         self._ids[key] = message
         if len(self._id_order) > self._id_window:
-            old = self._id_order.popleft()
-            del self._ids[old]
-            self._unsure_keys.add(old[0])
+            del self._ids[self._id_order.popleft()]
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:

@@ -1,0 +1,29 @@
+"""The resend filter in front of SQL: it may say "maybe" wrongly, never "no" wrongly."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatctl.sqlite_store import IdFilter
+
+PAIRS = st.lists(st.tuples(st.text(max_size=8), st.text(min_size=1, max_size=8)), max_size=300)
+
+
+@given(capacity=st.integers(0, 64), pairs=PAIRS)
+def test_property_every_added_id_is_maybe_present(
+    capacity: int, pairs: list[tuple[str, str]]
+) -> None:
+    ids = IdFilter(capacity)
+    for i, (key, msg_id) in enumerate(pairs):
+        ids.add(key, msg_id)
+        # Also across the layers added as it grows past its capacity.
+        assert all(ids.may_contain(k, m) for k, m in pairs[: i + 1])
+
+
+def test_new_ids_are_mostly_known_absent() -> None:
+    ids = IdFilter(1000)
+    for n in range(4000):  # four times the capacity: three layers
+        ids.add("session", f"m{n}")
+    wrong = sum(ids.may_contain("session", f"new{n}") for n in range(10_000))
+    assert wrong < 1000  # a few percent per layer; SQL answers those exactly
