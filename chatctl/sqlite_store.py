@@ -152,6 +152,7 @@ class SqliteStore:
         self._oldest_ts: dict[str, int] = {}
         self._pending: list[Row] = []
         self._new_rooms: list[str] = []
+        self._appended_since_trim = 0
         # Resend detection without SQL for the common case, a new id: the recent ids (every
         # unflushed one among them) answer at once, and a filter of every stored id says for
         # certain when an id is new; only a "maybe" (a real resend, or ~1%) asks SQL.
@@ -234,6 +235,7 @@ class SqliteStore:
             self._first[room] = self._kept[room] = 1
         self._heads[room] = message.seq
         self._pending.append(_row(message))
+        self._appended_since_trim += 1
         tail = self._tails.get(room)
         if tail is None:
             tail = self._tails[room] = deque(maxlen=self._tail_size)
@@ -339,14 +341,16 @@ class SqliteStore:
         return found if found.seq >= self._first[found.room] else None
 
     def trim(self, now_ms: int) -> int:
-        """Apply retention; delete at most `trim_batch` rows and return how many were deleted
-        (call again while it returns more than 0)."""
+        """Apply retention; delete at most `trim_batch` rows more than were appended since the
+        last call (so deletion keeps pace with any ingest rate while a backlog drains in
+        bounded steps) and return how many were deleted."""
         if not (self.retain_messages or self.retain_age):
             return 0
         self.flush()
         db = self._connection()
         cutoff = now_ms - int(self.retain_age * 1000) if self.retain_age else None
-        budget = self._trim_batch
+        budget = self._trim_batch + self._appended_since_trim
+        self._appended_since_trim = 0
         removed = 0
         try:
             db.execute("BEGIN")
