@@ -608,7 +608,7 @@ class Hub:
             out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
         budget = self.replay_budget
         for stored in result.messages:
-            d = deliver(to, _replayed(stored))
+            d = Delivery(to, _replayed(stored))
             budget -= len(d.data)
             if budget < 0:
                 break
@@ -623,7 +623,7 @@ class Hub:
         if limit > 0:
             budget = self.replay_budget
             for stored in reversed(self.store.latest(room, limit)):
-                d = deliver(to, _replayed(stored))
+                d = Delivery(to, _replayed(stored))
                 budget -= len(d.data)
                 if budget < 0:
                     break
@@ -633,15 +633,10 @@ class Hub:
         return kept
 
 
-def _replayed(stored: StoredMessage) -> Message:
-    return Message(
-        room=stored.room,
-        seq=stored.seq,
-        ts=stored.ts,
-        sender=stored.sender,
-        text=stored.text,
-        action=stored.action,
-        history=True,
+def _replayed(stored: StoredMessage) -> bytes:
+    """A stored message as a Message frame marked history."""
+    return encode_message(
+        stored.room, stored.seq, stored.ts, stored.sender, stored.text, stored.action, True
     )
 
 

@@ -41,6 +41,8 @@ from chatctl.protocol import (
     ErrorCode,
     Event,
     Hello,
+    History,
+    Join,
     Ping,
     Pong,
     RemoteProtocolError,
@@ -397,7 +399,12 @@ class Server:
                 if peer.ended:
                     return
                 continue
-            self._dispatch(hub.handle(peer.cid, event, now_ms))
+            deliveries = hub.handle(peer.cid, event, now_ms)
+            if (kind is History or kind is Join) and len(deliveries) > 100:
+                # A long replay costs a token per hundred messages, paid after the fact (the
+                # bucket may go below zero), so repeated big replays are rate-limited too.
+                peer.tokens -= len(deliveries) / 100
+            self._dispatch(deliveries)
             if peer.ended:
                 return
 
