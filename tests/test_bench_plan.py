@@ -112,3 +112,15 @@ def test_property_deliveries_per_message_is_the_mean_fan_out(par: Params, kind: 
     plan = make_plan(par, Target(kind=kind, host="127.0.0.1", port=1))
     pairs = sum(len(plan.expected_pubs(c)) for c in plan.clients if c.sub >= 0)
     assert plan.deliveries_per_message() == max(1, pairs // max(plan.n_pubs, 1))
+
+
+@given(st.sampled_from([Kind.redis, Kind.nats]))
+def test_property_an_endless_set_up_reply_fails_clearly(kind: Kind) -> None:
+    setup = ADAPTERS[kind].setup(name="n", room="r", sub=True, pub=False)
+    try:
+        for _ in range(100):
+            setup.feed(b"+" * 4096)
+    except SetupFailed as exc:
+        assert "no valid set-up reply" in str(exc)
+    else:
+        raise AssertionError("an endless reply was accepted")

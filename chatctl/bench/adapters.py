@@ -59,6 +59,16 @@ class Adapter:
         return _PUBLISHERS[self.kind](pub, room, size)
 
 
+MAX_SETUP_REPLY = 64 * 1024
+
+
+def _bounded(buf: bytes, who: str) -> bytes:
+    """A set-up reply is a few lines: more means this is not the server we think it is."""
+    if len(buf) > MAX_SETUP_REPLY:
+        raise SetupFailed(f"{who}: no valid set-up reply in {MAX_SETUP_REPLY} bytes")
+    return buf
+
+
 def _escape(data: bytes) -> bytes:
     return data.replace(b"%", b"%%")
 
@@ -137,7 +147,7 @@ class RedisSetup(Setup):
         self.first = _resp(b"SUBSCRIBE", room.encode()) if self.sub and room else _resp(b"PING")
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
-        self.buf += data
+        self.buf = _bounded(self.buf + data, "redis")
         if self.buf.startswith(b"-"):
             line = self.buf.split(b"\r\n")[0][1:].decode(errors="replace")
             raise SetupFailed(f"redis: {line}")
@@ -191,7 +201,7 @@ class NatsSetup(Setup):
         self.first += b"PING\r\n"
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
-        self.buf += data
+        self.buf = _bounded(self.buf + data, "nats")
         at = self.buf.find(b"-ERR")
         if at >= 0:
             line = self.buf[at:].split(b"\r\n")[0].decode(errors="replace")
