@@ -124,3 +124,13 @@ def test_property_an_endless_set_up_reply_fails_clearly(kind: Kind) -> None:
         assert "no valid set-up reply" in str(exc)
     else:
         raise AssertionError("an endless reply was accepted")
+
+
+def test_what_a_server_says_when_it_closes_a_connection() -> None:
+    bye = p.encode(p.Bye(code=p.ErrorCode.SLOW_CONSUMER, reason="too slow"))
+    chatctl = ADAPTERS[Kind.chatctl]
+    assert chatctl.farewell is not None and bye.startswith(chatctl.farewell)
+    assert chatctl.farewell_text(bye + b"more") == "too slow (code 302)"
+    assert chatctl.farewell_text(bye[:-1]) == ""  # cut short: nothing yet
+    nats = ADAPTERS[Kind.nats]
+    assert nats.farewell_text(b"-ERR 'Slow Consumer'\r\nPING") == "-ERR 'Slow Consumer'"

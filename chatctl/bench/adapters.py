@@ -49,10 +49,29 @@ class Adapter:
     ping: bytes | None  # a server ping that must be answered with `pong`
     pong: bytes
     keepalive: bytes | None  # sent by every connection now and then
+    farewell: bytes | None  # starts what a server sends when it closes a connection
     window: int  # publishes in flight (sent, not acknowledged), shared by the publishers
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)
+
+    def farewell_text(self, data: bytes) -> str:
+        """What the server said, from bytes that start with `farewell` ("" if cut short)."""
+        if self.kind is Kind.chatctl:
+            if len(data) < p.HEADER_SIZE:
+                return ""
+            _, kind, _, length = p.HEADER.unpack_from(data)
+            body = data[p.HEADER_SIZE : p.HEADER_SIZE + length]
+            if len(body) < length:
+                return ""
+            try:
+                bye = p.decode_body(kind, body)
+            except p.ProtocolError:
+                return "a malformed Bye"
+            assert isinstance(bye, p.Bye)
+            return f"{bye.reason} (code {bye.code})"
+        line, sep, _ = data.partition(b"\r\n")
+        return line.decode("utf-8", "replace")[:200] if sep else ""
 
     def publisher(self, *, pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
         """A function (seq, ts) -> the bytes of one publish."""
@@ -129,6 +148,7 @@ CHATCTL = Adapter(
     ping=None,  # our own keepalive pings keep the connection from going silent
     pong=b"",
     keepalive=p.encode(p.Ping(token=0)),
+    farewell=p.HEADER.pack(p.MAGIC, p.Bye.TYPE, 0, 0)[:4],
     window=512,
 )
 
@@ -174,6 +194,7 @@ REDIS = Adapter(
     ping=None,
     pong=b"",
     keepalive=None,
+    farewell=b"-ERR",
     window=512,
 )
 
@@ -229,6 +250,7 @@ NATS = Adapter(
     ping=b"PING\r\n",
     pong=b"PONG\r\n",
     keepalive=None,
+    farewell=b"-ERR",
     window=NATS_ACK_EVERY * 8,
 )
 

@@ -245,3 +245,4 @@ class WorkerResult:
     pub_last_ns: list[int] = field(default_factory=list)
     refused: int = 0
     disconnects: int = 0
+    server_said: str = ""

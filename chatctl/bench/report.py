@@ -154,9 +154,15 @@ def result_table(r: RunResult) -> Table:
             f"{r.server.rss_after / 2**20:,.1f} MiB resident "
             f"({r.server.per_connection:,} B per connection)",
         )
-    t.add_row("disconnects", f"{r.disconnects:,} (closed by the server mid-run: slow consumers)")
+    t.add_row("disconnects", f"{r.disconnects:,} (connections the server closed mid-run)")
+    if r.server_said:
+        t.add_row("  server said", r.server_said)
     if r.refused:
-        t.add_row("refused", f"[red]{r.refused:,} publishes refused by the server[/]")
+        t.add_row(
+            "refused",
+            f"[red]{r.refused:,} publishes refused by the server[/] (a rate limit? start it "
+            "with --rate 0, or bench below its limit with --rate)",
+        )
     return t
 
 

@@ -86,6 +86,7 @@ class RunResult:
     connect: Connect
     disconnects: int
     refused: int
+    server_said: str
     server: Server
     elapsed_s: float
 
@@ -192,6 +193,7 @@ def merge(
         ),
         disconnects=sum(p.disconnects for p in parts),
         refused=sum(p.refused for p in parts),
+        server_said=next((p.server_said for p in parts if p.server_said), ""),
         server=server,
         elapsed_s=elapsed_s,
     )

@@ -488,6 +488,11 @@ class Worker:
         if self.n_subs:
             times = np.asarray(rnd.times, dtype=np.int64)
             self.take_payloads(rnd.array(), rnd.segments(), seg_conns, times)
+        farewell = self.adapter.farewell
+        if farewell is not None and not self.result.server_said:
+            at = rnd.buf.find(farewell, 0, rnd.pos)
+            if at >= 0:  # rare: keep the first reason a server gave for closing a connection
+                self.result.server_said = self.adapter.farewell_text(bytes(rnd.buf[at : rnd.pos]))
         ping = self.adapter.ping
         if ping is not None and rnd.buf.find(ping, 0, rnd.pos) >= 0:
             for i, c in enumerate(seg_conns):
