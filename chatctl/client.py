@@ -83,6 +83,8 @@ from chatctl.protocol import (
 _RECV_SIZE = 256 * 1024
 _POLL = 0.5  # the reader wakes this often to check for silence
 
+# Frames the server's rate limit does not count.
+_UNMETERED = (Hello, Ping, Pong, Bye)
 # Bye codes after which reconnecting is pointless or unwanted.
 _FINAL_BYE = frozenset({ErrorCode.REPLACED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.INVALID_NICK})
 # Refusals of a Hello that may pass on a later attempt.
@@ -224,6 +226,43 @@ class _Link:
         self.sock.close()
 
 
+class _Pacer:
+    """The server's token bucket (Welcome.limits rate and burst), mirrored with a margin, so
+    that a fast sender waits instead of being refused with RATE_LIMITED."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rate = 0.0  # tokens a second; 0: no limit
+        self.cap = 0.0
+        self.tokens = 0.0
+        self.at = 0.0
+
+    def reset(self, limits: dict[str, int]) -> None:
+        """A new connection starts with a full bucket on the server too."""
+        with self._lock:
+            self.rate = 0.9 * limits.get("rate", 0)
+            self.cap = max(1.0, limits.get("burst", 1) - 2.0)
+            self.tokens, self.at = self.cap, time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.cap, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_time(self) -> float:
+        with self._lock:
+            if self.rate <= 0:
+                return 0.0
+            self._refill()
+            return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def spend(self) -> None:
+        with self._lock:
+            if self.rate > 0:
+                self._refill()
+                self.tokens -= 1
+
+
 class _CatchUp:
     """A room's resume: replayed pages (Message(history=True), maybe a Gap, HistoryEnd) fill
     in from `cursor`, while live messages already flow from `live_min` on. A page can stop
@@ -302,6 +341,7 @@ class Client:
         self.on_event = on_event  # may also be set before connect()
         self._queue: queue.SimpleQueue[AnyEvent] = queue.SimpleQueue()
         self._rng = random.Random()
+        self._pacer = _Pacer()
         # _wlock orders writes to the socket and guards the link and pending sends; _lock guards
         # the Connection state machine shared by reader and writers. Take _wlock first.
         self._wlock = threading.RLock()
@@ -412,6 +452,7 @@ class Client:
     def join(self, room: str, *, history: int | None = None) -> None:
         """Join `room` (remembered across reconnects). History replays with history=True."""
         room = room_name(room)
+        self._pace()
         with self._wlock:
             self._rooms[room] = None
             self._parted.pop(room, None)
@@ -419,6 +460,7 @@ class Client:
 
     def part(self, room: str, reason: str = "") -> None:
         room = room_name(room)
+        self._pace()
         with self._wlock:
             self._rooms.pop(room, None)
             self._last_seq.pop(room, None)
@@ -501,11 +543,18 @@ class Client:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _pace(self) -> None:
+        """Wait (outside every lock) until the server's rate limit lets one more frame in."""
+        while (wait := self._pacer.wait_time()) > 0:
+            if self._stop.wait(wait):
+                return
+
     def _send_message(self, request: Say | Tell) -> Outgoing:
         out = Outgoing(request)
         if self._finished.is_set():
             out._resolve(None, ConnectFailed("the connection is closed"))
             return out
+        self._pace()
         with self._wlock:
             with self._acked:
                 self._pending[request.msg_id] = out
@@ -520,6 +569,8 @@ class Client:
         return out
 
     def _request(self, event: Event) -> None:
+        if not isinstance(event, _UNMETERED):
+            self._pace()
         with self._wlock:
             if not self.connected:
                 raise ConnectFailed(f"not connected to {self.addr}")
@@ -535,6 +586,8 @@ class Client:
             link = self._link
             if link is None or link.dead:
                 return
+            if not isinstance(event, _UNMETERED):
+                self._pacer.spend()
             try:
                 with self._lock:
                     data = link.conn.send(event)
@@ -608,6 +661,7 @@ class Client:
         self.welcome = welcome
         self.nick = welcome.nick
         self.token = welcome.token
+        self._pacer.reset(welcome.limits)
 
     # -- the reader thread -----------------------------------------------------------------------
 

@@ -313,3 +313,15 @@ def test_without_a_server_reconnect_gives_up_at_the_timeout() -> None:
         )
     assert result.returncode == ExitCode.CONNECT
     assert "could not connect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_long_input_is_paced_to_the_server_rate_limit() -> None:
+    # 60 lines against a burst of 10: sent at the announced rate, none refused.
+    with running_server(rate=200.0, burst=10) as addr:
+        lines = "".join(f"line {i}\n" for i in range(60))
+        result = run_join(addr[1], lines, "--format", "json", "--history", "0")
+    assert result.returncode == 0, result.stderr + result.stdout
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert not [r for r in records if r["type"] == "error"]
+    own = [r["text"] for r in records if r["type"] == "message" and r["own"]]
+    assert own == [f"line {i}" for i in range(60)]

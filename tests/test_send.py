@@ -160,3 +160,10 @@ def test_a_server_that_is_not_chatctl_is_a_clear_connect_error() -> None:
     assert result.returncode == ExitCode.CONNECT
     assert "does not speak the chatctl protocol" in result.stderr
     assert_one_line_error(result)
+
+
+def test_count_beyond_the_burst_is_paced_not_refused() -> None:
+    with running_server(rate=200.0, burst=10) as addr:
+        result = send("-p", str(addr[1]), "--count", "40", "--json", "again")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == list(range(1, 41))
