@@ -48,9 +48,9 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def _target(target: str | None) -> Iterator[tuple[Target, int | None]]:
+def _target(target: str | None, size: int) -> Iterator[tuple[Target, int | None]]:
     if target is None:
-        with local_server() as (t, pid):
+        with local_server(max_text=size) as (t, pid):
             yield t, pid
     else:
         yield parse_target(target), None
@@ -59,7 +59,7 @@ def _target(target: str | None) -> Iterator[tuple[Target, int | None]]:
 def run_series(params: list[Params], target: str | None) -> list[RunResult]:
     """Run each parameter set in turn against one target (a local server is started once)."""
     runs = []
-    with _target(target) as (t, pid):
+    with _target(target, max(p.size for p in params)) as (t, pid):
         for p in params:
             plan = make_plan(p, t)
             total = 0 if not p.messages else plan.n_pubs * p.messages

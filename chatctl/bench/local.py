@@ -20,6 +20,7 @@ from pathlib import Path
 from chatctl.bench.adapters import Kind
 from chatctl.bench.plan import Target
 from chatctl.errors import ChatctlError
+from chatctl.protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT, MAX_FRAME_SIZE_CEILING
 
 LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
 START_TIMEOUT = 20.0
@@ -44,13 +45,19 @@ class ServerFailed(ChatctlError):
 
 
 @contextlib.contextmanager
-def local_server() -> Iterator[tuple[Target, int]]:
-    """A `chatctl serve` subprocess for one run; yields its target and pid."""
+def local_server(max_text: int = 0) -> Iterator[tuple[Target, int]]:
+    """A `chatctl serve` subprocess for one run; yields its target and pid. Its text and frame
+    limits are raised to fit messages of `max_text` bytes."""
+    limits: list[str] = []
+    if max_text > DEFAULT_MAX_TEXT:
+        # The server allows text only as long as its worst-case JSON escaping fits a frame.
+        frame = min(MAX_FRAME_SIZE_CEILING, max(DEFAULT_MAX_FRAME_SIZE, 6 * max_text + 4096))
+        limits = ["--max-text", str(max_text), "--max-frame", str(frame)]
     with tempfile.TemporaryDirectory(prefix="chatctl-bench-") as tmp:
         log_path = Path(tmp) / "server.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "chatctl", "serve", *SERVER_ARGS],
+                [sys.executable, "-m", "chatctl", "serve", *SERVER_ARGS, *limits],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,

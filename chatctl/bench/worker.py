@@ -39,6 +39,7 @@ CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's a
 CONNECT_TIMEOUT = 10.0
 BATCH = 64  # publishes built and written at once
 DELIVERIES_IN_FLIGHT = 262_144  # at most this many (messages in flight x their receivers)
+BYTES_IN_FLIGHT = 32 * 1024 * 1024  # ... and this many bytes of them (large messages)
 PROGRESS_EVERY = 0.25
 KEEPALIVE_EVERY = 10.0
 DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the rest is lost
@@ -147,13 +148,19 @@ class Worker:
         # The adapter's window is for the whole run: many publishers share it, so that what is
         # queued in the server (and so the latency at full speed) does not grow with their
         # number. At least two acks' worth each, or a NATS publisher could never send.
-        # With a large fan-out, fewer messages already keep the server busy: the deliveries in
-        # flight are capped too.
+        # With a large fan-out or large messages, fewer messages already keep the server busy:
+        # the deliveries in flight, and their bytes, are capped too (below Redis's default
+        # 32 MiB output limit for a subscriber).
         a = self.adapter
         pubs = max(plan.n_pubs, 1)
         fanout = plan.deliveries_per_message()
         self.window = max(
-            2 * a.ack_every, 16, min(a.window // pubs, DELIVERIES_IN_FLIGHT // (pubs * fanout))
+            2 * a.ack_every,
+            min(
+                a.window // pubs,
+                DELIVERIES_IN_FLIGHT // (pubs * fanout),
+                BYTES_IN_FLIGHT // (pubs * fanout * self.params.size),
+            ),
         )
         self.pubs_reported = False
         self.expected: np.ndarray[Any, np.dtype[np.int64]] | None = None
