@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -251,3 +252,16 @@ def test_reconnect_rejoins_resumes_and_resends(tmp_path: Path) -> None:
             alice.close()
             texts = [e.text for e in seen + drain(alice) if isinstance(e, Message)]
             assert texts.count("before") == 0 and texts.count("missed or live") == 0
+
+
+def test_an_ack_that_does_not_come_in_time_times_out_and_may_still_come() -> None:
+    with serve_process() as proc, Client(proc.host, proc.port, nick="alice") as alice:
+        alice.connect()
+        proc.proc.send_signal(signal.SIGSTOP)  # a server that hangs
+        try:
+            out = alice.say("lobby", "are you there?")
+            with pytest.raises(TimedOut, match="no acknowledgement"):
+                out.wait(0.3)
+        finally:
+            proc.proc.send_signal(signal.SIGCONT)
+        assert out.wait(WAIT).seq == 1  # the waiting ended, the message did not
