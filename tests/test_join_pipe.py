@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from chatctl.client import Client
+from chatctl.client import AnyEvent, Client
 from chatctl.errors import ExitCode
-from chatctl.protocol import DirectMessage, HistoryEnd, Members, Message, Notice
+from chatctl.protocol import DirectMessage, Gap, HistoryEnd, Members, Message, Notice
 from tests.servers import running_server, serve_process
 from tests.test_client import wait_for
+from tests.test_client_resume import proxy_to
 
 WAIT = 10.0
 
@@ -325,3 +326,44 @@ def test_a_long_input_is_paced_to_the_server_rate_limit() -> None:
     assert not [r for r in records if r["type"] == "error"]
     own = [r["text"] for r in records if r["type"] == "message" and r["own"]]
     assert own == [f"line {i}" for i in range(60)]
+
+
+def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
+    # Retention keeps 3 messages; while the joiner is cut off, 10 are sent: on its return the
+    # server can replay only the last 3 and says so with a Gap, which join prints plainly.
+    with (
+        running_server(retain_messages=3) as addr,
+        proxy_to(addr) as proxy,
+        Client(*addr, nick="bob", rooms=["lobby"]) as bob,
+    ):
+        bob.connect()
+        wait_for(bob, HistoryEnd)
+        join = Join(proxy.port, "-n", "al", "--reconnect", "--count", "2", "--history", "0")
+        try:
+            wait_for(bob, Notice, lambda n: n.kind == "joined" and n.nick == "al")
+            bob.say("lobby", "m1")
+            join.expect("<bob> m1")
+            proxy.blocked.set()
+            proxy.cut()
+            join.expect("connection lost")
+            for i in range(2, 12):
+                bob.say("lobby", f"m{i}")
+            assert bob.wait_acked(WAIT)
+            deadline = time.monotonic() + 3 * WAIT  # retention runs off the hot path
+            while time.monotonic() < deadline:
+                bob.history("lobby", after=0, limit=20)
+                seen: list[AnyEvent] = []
+                wait_for(bob, HistoryEnd, seen=seen)
+                if any(isinstance(e, Gap) for e in seen):
+                    break
+            proxy.blocked.clear()
+            join.expect("reconnected")
+            bob.say("lobby", "live")
+            code, err = join.finish()
+            assert code == 0, err
+            join.expect("live")
+            out = "".join(join.seen)
+            assert "#lobby: missed messages 2\u20138 (no longer stored)" in out
+            assert [f"<bob> m{i}" in out for i in range(2, 12)] == [False] * 7 + [True] * 3
+        finally:
+            join.kill()
