@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import socket
 import statistics
@@ -23,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 CHATCTL = [sys.executable, "-m", "chatctl"]
 SCENARIOS = {
@@ -32,28 +32,27 @@ SCENARIOS = {
 
 
 @contextmanager
-def server(data: str) -> Iterator[str]:
+def server(data: str, log: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The log goes to a file: a pipe nobody reads would block the server once it is full.
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     try:
-        assert proc.stderr is not None
         deadline = time.monotonic() + 20
-        for line in proc.stderr:
-            if re.search(r"listening on", line):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
+        while "listening on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{log.read_text()}")
+            time.sleep(0.05)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)
 
 
 def bench(target: str, args: list[str], key: str, msgs: int) -> float:
@@ -77,7 +76,11 @@ def main() -> None:
     options = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="chatctl-history-bench-")
     try:
-        with server(directory) as sqlite, server(":memory:") as memory:
+        logs = Path(directory)
+        with (
+            server(str(logs / "data"), logs / "sqlite.log") as sqlite,
+            server(":memory:", logs / "memory.log") as memory,
+        ):
             for name, (args, key) in SCENARIOS.items():
                 rates: dict[str, list[float]] = {"sqlite": [], "memory": []}
                 for _ in range(options.rounds):

@@ -187,10 +187,16 @@ class SqliteStore:
         path = self.directory / DB_NAME
         try:
             db = self._db = sqlite3.connect(path, isolation_level=None)
+            # The flock makes this process the file's only user, so it can hold SQLite's lock
+            # for good: set before WAL mode, no shared-memory index and no lock calls per
+            # transaction (about a third off each small commit). Checkpoints (two fsyncs
+            # each) every ~40 MB of WAL instead of every 4 MB.
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"{path}: cannot switch the database to WAL mode")
             db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("PRAGMA wal_autocheckpoint=10000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StoreError(
@@ -385,6 +391,13 @@ class SqliteStore:
                 self._release()
 
     # -- beyond the interface ----------------------------------------------------------------
+
+    def stored_rows(self) -> int:
+        """Rows in the database file: the stored messages plus those retention has hidden
+        but trim() has not deleted yet."""
+        self.flush()
+        (count,) = self._connection().execute("SELECT count(*) FROM messages").fetchone()
+        return int(count)
 
     def crash(self) -> None:
         """Drop every unflushed append and let go of the files, as a `kill -9` would."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from chatctl.sqlite_store import DB_NAME, SqliteStore
+from chatctl.sqlite_store import SqliteStore
 from chatctl.store import MemoryStore, ReadResult, Store, StoredMessage
 
 ROOMS = st.sampled_from(["lobby", "dev", "ops"])
@@ -262,11 +261,8 @@ class SqliteStoreMachine(StoreMachine):
         if not (self.model.retain_messages or self.model.retain_age):
             assert removed == 0
             return
-        db = sqlite3.connect(os.path.join(self.directory, DB_NAME))
-        try:
-            assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == self.model.count()
-        finally:
-            db.close()
+        assert isinstance(self.store, SqliteStore)
+        assert self.store.stored_rows() == self.model.count()
 
     def teardown(self) -> None:
         try:
