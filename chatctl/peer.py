@@ -18,57 +18,55 @@ from chatctl.protocol import Connection, Role
 
 
 class Batch:
-    __slots__ = (
-        "_common",
-        "onlys",
-        "open",
-        "parts",
-        "public",
-        "size",
-        "skips",
-        "special",
-        "targets",
-    )
+    __slots__ = ("_common", "edits", "open", "public", "size", "targets")
 
     def __init__(self, targets: Sequence[int]) -> None:
         self.targets = targets  # the recipients; kept alive so its id() stays unique
-        self.parts: list[bytes] = []
-        self.skips: list[int] = []  # per part: a cid that must not get it, or -1
-        self.onlys: list[int] = []  # per part: the only cid that gets it, or -1
-        self.public: list[bytes] = []  # the parts every member without a special part gets
-        self.special: set[int] = set()
-        self.size = 0  # bytes of the public parts
+        self.public: list[bytes] = []  # what every member without edits gets, in order
+        self.size = 0  # bytes in `public`: the offset where the next part goes
+        # Per member with parts of its own: (offset, length, data) in order; data None cuts
+        # public[offset:offset+length] out (its own message), else data is inserted at offset.
+        self.edits: dict[int, list[tuple[int, int, bytes | None]]] = {}
         self.open = True  # parts may still be added (until the turn ends or order forbids)
         self._common: bytes | None = None
 
     def add(self, data: bytes, skip: int = -1) -> None:
-        self.parts.append(data)
-        self.skips.append(skip)
-        self.onlys.append(-1)
+        """A frame for every member but `skip`."""
+        if skip != -1:
+            self._edit(skip, (self.size, len(data), None))
         self.public.append(data)
         self.size += len(data)
-        if skip != -1:
-            self.special.add(skip)
 
     def add_private(self, data: bytes, cid: int) -> None:
-        self.parts.append(data)
-        self.skips.append(-1)
-        self.onlys.append(cid)
-        self.special.add(cid)
+        """A frame for `cid` only, at this point of the sequence."""
+        self._edit(cid, (self.size, 0, data))
+
+    def _edit(self, cid: int, edit: tuple[int, int, bytes | None]) -> None:
+        edits = self.edits.get(cid)
+        if edits is None:
+            self.edits[cid] = [edit]
+        else:
+            edits.append(edit)
 
     def data_for(self, cid: int) -> bytes:
-        if cid not in self.special:
-            common = self._common
-            if common is None:
-                common = self._common = b"".join(self.public)
+        """The bytes for member `cid`: the shared join, or for a member with edits, the shared
+        join spliced (in time proportional to its own parts, not to the batch)."""
+        common = self._common
+        if common is None:
+            common = self._common = b"".join(self.public)
+        edits = self.edits.get(cid)
+        if edits is None:
             return common
-        return b"".join(
-            [
-                data
-                for data, skip, only in zip(self.parts, self.skips, self.onlys, strict=True)
-                if only == cid or (only == -1 and skip != cid)
-            ]
-        )
+        view = memoryview(common)
+        pieces: list[bytes | memoryview] = []
+        pos = 0
+        for offset, length, data in edits:
+            pieces.append(view[pos:offset])
+            if data is not None:
+                pieces.append(data)
+            pos = offset + length
+        pieces.append(view[pos:])
+        return b"".join(pieces)
 
 
 class Peer:
