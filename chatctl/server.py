@@ -139,7 +139,8 @@ class Server:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as exc:
-            raise ChatctlError(f"cannot listen on {host!r}: bad address ({exc})") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ChatctlError(f"cannot listen on {host!r}: bad address ({why})") from None
         seen: set[tuple[object, ...]] = set()
         out: list[socket.socket] = []
         for family, kind, proto, _, sockaddr in infos:
