@@ -787,6 +787,13 @@ def serve(config: ServerConfig) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
+    except ChatctlError:
+        raise
+    except Exception as exc:  # the store failing (a full disk, say): log it all, exit in one line
+        server.journal.error(
+            "fatal", f"the server stopped: {exc}", traceback=traceback.format_exc()
+        )
+        raise ChatctlError(f"the server stopped on an internal error: {exc}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
