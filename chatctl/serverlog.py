@@ -100,4 +100,8 @@ class ServerLog:
         self.stream.write(
             f"{dim_start}{stamp}{dim_end} {self._levels[level]} {message.translate(_PRINTABLE)}\n"
         )
+        trace = fields.get("traceback")
+        if trace:  # a bug report: shown in full, one line at a time
+            for line in str(trace).rstrip("\n").split("\n"):
+                self.stream.write(f"    {line.translate(_PRINTABLE)}\n")
         self.stream.flush()

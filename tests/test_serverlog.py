@@ -37,3 +37,13 @@ def test_property_rich_lines_never_carry_control_characters(text: str) -> None:
     line = out.getvalue()
     assert line.endswith("\n") and line.count("\n") == 1
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line[:-1])
+
+
+def test_rich_log_shows_a_traceback_indented() -> None:
+    out = io.StringIO()
+    ServerLog("info", "rich", out).error(
+        "internal_error", "boom", traceback="Traceback:\n  File x\nValueError: \x1b[2J"
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("boom")
+    assert lines[1:] == ["    Traceback:", "      File x", "    ValueError: \\x1b[2J"]
