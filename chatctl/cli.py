@@ -71,6 +71,8 @@ def serve(
     max_per_ip: o.MaxPerIp = ServerConfig.max_per_ip,
     data: o.DataDir = None,
     join_history: o.JoinHistory = ServerConfig.join_history,
+    replay_limit: o.ReplayLimit = ServerConfig.replay_limit,
+    max_rooms: o.MaxRooms = ServerConfig.max_rooms,
     retain_messages: o.RetainMessages = ServerConfig.retain_messages,
     retain_age: o.RetainAge = ServerConfig.retain_age,
 ) -> None:
@@ -93,6 +95,8 @@ def serve(
         max_per_ip=max_per_ip,
         data=data,
         join_history=join_history,
+        replay_limit=replay_limit,
+        max_rooms=max_rooms,
         retain_messages=retain_messages,
         retain_age=retain_age,
     )

@@ -239,6 +239,21 @@ JoinHistory = Annotated[
         help="Messages replayed to a client joining a room (0: none).",
     ),
 ]
+ReplayLimit = Annotated[
+    int,
+    typer.Option(
+        "--replay-limit",
+        envvar=_env("REPLAY_LIMIT"),
+        min=1,
+        help="Most messages one join or history request replays (clients page for more).",
+    ),
+]
+MaxRooms = Annotated[
+    int,
+    typer.Option(
+        "--max-rooms", envvar=_env("MAX_ROOMS"), min=1, help="Rooms one connection may be in."
+    ),
+]
 RetainMessages = Annotated[
     int,
     typer.Option(
