@@ -137,7 +137,7 @@ def test_slowloris_dribbling_a_hello_is_dropped_at_the_handshake_timeout() -> No
 
 
 def test_silent_client_is_pinged_then_dropped_while_a_ponging_one_stays() -> None:
-    with server_instance(ping_interval=0.2, idle_timeout=0.6, log_level="info") as (
+    with server_instance(ping_interval=0.3, idle_timeout=1.5, log_level="info") as (
         server,
         host,
         port,
