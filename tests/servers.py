@@ -2,6 +2,9 @@
 
 - `running_server(**overrides)`: the server in this process, in a background thread, on port 0
   of 127.0.0.1 with in-memory history; yields (host, port) and stops it cleanly at exit.
+  Keyword arguments override ServerConfig fields (rate=0, max_output=..., data=DIR, ...).
+- `server_instance(**overrides)`: the same, yielding (Server, host, port), to look at the
+  server's state or its log (`server.journal.stream` is an io.StringIO).
 - `serve_process(*args)`: a real `python -m chatctl serve --port 0` subprocess; yields a
   ServeProcess with .host, .port, .proc and the log lines read so far; killed at exit.
 - `Client`: a blocking test client with a deadline on every wait (no sleeps).
@@ -97,6 +100,7 @@ class ServeProcess:
     port: int = 0
     lines: list[str] = dataclasses.field(default_factory=list)
     _cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+    _done: bool = False  # the log pipe has closed
 
     def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """The first log line (stderr) matching `pattern`, waiting up to `timeout`."""
@@ -114,8 +118,6 @@ class ServeProcess:
                         f"no log line matched {pattern!r}; log:\n" + "".join(self.lines)
                     )
                 self._cond.wait(min(left, 0.5))
-
-    _done: bool = False
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
