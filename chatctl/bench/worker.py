@@ -37,13 +37,15 @@ ROUND_BUF = 8 * 1024 * 1024
 MAX_READ = 256 * 1024
 CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's accept backlog
 CONNECT_TIMEOUT = 10.0
-BATCH = 64  # publishes built and written at once
+BATCH = 64  # publishes built and written at once, with one send timestamp
+BATCHES_PER_TURN = 16  # batches a publisher may write per turn of the loop
 DELIVERIES_IN_FLIGHT = 262_144  # at most this many (messages in flight x their receivers)
 BYTES_IN_FLIGHT = 32 * 1024 * 1024  # ... and this many bytes of them (large messages)
 PROGRESS_EVERY = 0.25
 KEEPALIVE_EVERY = 10.0
 DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the rest is lost
 NS = 1_000_000_000
+FAREWELL_WITHIN = 1024  # bytes at the end of a read searched for a server's closing words
 
 
 class Conn:
@@ -381,44 +383,54 @@ class Worker:
                 c.pub_done = True  # even one still blocked on a full socket
             if not self.can_write(c):
                 continue
-            if not rate and c.first_measured < 0 and rel >= self.warm_rel:
-                c.first_measured = c.seq
-                if self.params.messages:
-                    c.limit = c.seq + self.params.messages
-            n = min(BATCH, window - (c.seq - c.acked * every))
-            if rate:
-                due = int((rel - c.phase) * rate / NS) + 1 - c.seq
-                if due <= 0:
-                    wake = min(wake, max(0.0, (c.phase + c.seq * NS / rate - rel) / NS))
-                n = min(n, due)
-            if c.limit >= 0:
-                if c.seq >= c.limit:
-                    c.pub_done = True
-                    continue
-                n = min(n, c.limit - c.seq)
-            if n <= 0:
-                continue
-            make = c.make
-            assert make is not None
-            seq = c.seq
-            if rate:
-                # Stamp each message with the time it was due, not when it left: a generator
-                # that falls behind then shows as latency (no coordinated omission).
-                step = NS / rate
-                phase = c.phase
-                data = b"".join([make(s, phase + int(s * step)) for s in range(seq, seq + n)])
-            else:
-                data = b"".join([make(s, rel) for s in range(seq, seq + n)])
-            if c.first_measured >= 0 and seq + n > c.first_measured:
-                c.first_ns = c.first_ns or now
-            c.seq = seq + n
-            self.write(c, data)
+            # Several batches per turn of the loop: a publisher sharing its worker with many
+            # subscribers would otherwise be held to one batch per receive round.
+            for _ in range(BATCHES_PER_TURN):
+                if not self.send_batch(c, rel, now):
+                    break
+                now = time.monotonic_ns()
+                rel = now - self.epoch
             if rate:
                 # the next one's due time
                 wake = min(wake, max(0.0, (c.phase + c.seq * NS / rate - rel) / NS))
-            elif not c.blocked and c.seq - c.acked * every < window:
+            elif self.can_write(c) and c.seq - c.acked * every < window:
                 wake = 0.0
         self.pump_timeout = wake
+
+    def send_batch(self, c: Conn, rel: int, now: int) -> bool:
+        """Write the next batch of one publisher, as far as its window, schedule and limit
+        allow; whether anything was written."""
+        rate = self.params.rate
+        if not rate and c.first_measured < 0 and rel >= self.warm_rel:
+            c.first_measured = c.seq
+            if self.params.messages:
+                c.limit = c.seq + self.params.messages
+        n = min(BATCH, self.window - (c.seq - c.acked * self.adapter.ack_every))
+        if rate:
+            n = min(n, int((rel - c.phase) * rate / NS) + 1 - c.seq)
+        if c.limit >= 0:
+            if c.seq >= c.limit:
+                c.pub_done = True
+                return False
+            n = min(n, c.limit - c.seq)
+        if n <= 0 or not self.can_write(c):
+            return False
+        make = c.make
+        assert make is not None
+        seq = c.seq
+        if rate:
+            # Stamp each message with the time it was due, not when it left: a generator that
+            # falls behind then shows as latency (no coordinated omission).
+            step = NS / rate
+            phase = c.phase
+            data = b"".join([make(s, phase + int(s * step)) for s in range(seq, seq + n)])
+        else:
+            data = b"".join([make(s, rel) for s in range(seq, seq + n)])
+        if c.first_measured >= 0 and seq + n > c.first_measured:
+            c.first_ns = c.first_ns or now
+        c.seq = seq + n
+        self.write(c, data)
+        return True
 
     def write(self, c: Conn, data: bytes) -> None:
         if c.closed:
@@ -497,9 +509,13 @@ class Worker:
             self.take_payloads(rnd.array(), rnd.segments(), seg_conns, times)
         farewell = self.adapter.farewell
         if farewell is not None and not self.result.server_said:
-            at = rnd.buf.find(farewell, 0, rnd.pos)
-            if at >= 0:  # rare: keep the first reason a server gave for closing a connection
-                self.result.server_said = self.adapter.farewell_text(bytes(rnd.buf[at : rnd.pos]))
+            # A server's last words end its stream: look only near the end of each read.
+            for i in range(len(seg_conns)):
+                start, end = rnd.fresh[i], rnd.ends[i]
+                at = rnd.buf.find(farewell, max(start, end - FAREWELL_WITHIN), end)
+                if at >= 0:  # keep the first reason a server gave for closing a connection
+                    self.result.server_said = self.adapter.farewell_text(bytes(rnd.buf[at:end]))
+                    break
         ping = self.adapter.ping
         if ping is not None and rnd.buf.find(ping, 0, rnd.pos) >= 0:
             for i, c in enumerate(seg_conns):
