@@ -16,6 +16,7 @@ what. Each loop turn:
 from __future__ import annotations
 
 import errno
+import gc
 import heapq
 import itertools
 import os
@@ -60,6 +61,7 @@ ACCEPTS_PER_TURN = 256
 CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
 SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
+FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.run)
 _LISTENER = object()
 _WAKEUP = object()
 _WELCOME = Welcome.TYPE
@@ -115,6 +117,7 @@ class Server:
         self._now_ms = int(time.time() * 1000)
         self._accept_paused_until = 0.0
         self._lingering = 0  # peers half-closed, waiting for the client to close
+        self._next_full_gc = 0.0
         self.hub: Hub | None = None
 
     # -- life cycle --------------------------------------------------------------------------
@@ -195,10 +198,18 @@ class Server:
         for host, port in self.addresses:
             self.journal.listening(host, port, _format_addr(host, port))
         self._schedule(time.monotonic() + config.trim_interval, None)
+        thresholds = gc.get_threshold()
+        # The history kept in memory is hundreds of thousands of long-lived objects: CPython's
+        # automatic full collections would scan them all every few seconds under load (tens
+        # of milliseconds of stall each). Young generations stay automatic; the full
+        # collection runs from the housekeeping timer, every FULL_GC_EVERY seconds.
+        gc.set_threshold(thresholds[0], thresholds[1], 1_000_000_000)
+        self._next_full_gc = time.monotonic() + FULL_GC_EVERY
         try:
             self._loop()
             self._shutdown()
         finally:
+            gc.set_threshold(*thresholds)
             self._close_listeners()
             for peer in list(self.peers.values()):
                 self._abort(peer)
@@ -275,6 +286,9 @@ class Server:
             self.journal.debug("trim", f"retention removed {removed} messages", removed=removed)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._resume_accepting()
+        if now >= self._next_full_gc:
+            self._next_full_gc = now + FULL_GC_EVERY
+            gc.collect()
 
     # -- connections -------------------------------------------------------------------------
 
