@@ -4,9 +4,9 @@ The output queue is a list of byte strings and Batches that `write_once` coalesc
 single `send` per loop turn. A Batch holds one loop turn's frames for one set of recipients (a
 room): it is appended to each member's queue once, messages are added to it in O(1) whatever
 the room's size, and its bytes are joined once and the same bytes object is sent to every
-member. Only a member with a frame of its own in the batch gets its own join: the sender of a
-message (which skips it) or the recipient of a private frame (an Ack, placed among the room's
-frames exactly where it was sent).
+member. A member with frames of its own in the batch gets that join spliced: the sender of a
+message has it cut out, the recipient of a private frame (an Ack) has it inserted exactly where
+it was sent among the room's frames.
 """
 
 from __future__ import annotations
