@@ -130,15 +130,11 @@ class ServeProcess:
             self._cond.notify_all()
 
 
-@contextmanager
-def serve_process(*extra_args: str, timeout: float = 20.0) -> Iterator[ServeProcess]:
-    """`python -m chatctl serve --port 0 ...` in a subprocess (history in memory unless
-    --data is given). Its stderr log is collected in .lines; it is killed at exit."""
-    args = [sys.executable, "-m", "chatctl", "serve", "--port", "0", *extra_args]
-    if "--data" not in extra_args:
-        args += ["--data", ":memory:"]
+def start_chatctl(*args: str) -> tuple[ServeProcess, threading.Thread]:
+    """`python -m chatctl ARGS...` with its stderr collected line by line into .lines by the
+    returned thread (so a chatty process never blocks on a full pipe). The caller stops it."""
     proc = subprocess.Popen(
-        args,
+        [sys.executable, "-m", "chatctl", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -149,6 +145,18 @@ def serve_process(*extra_args: str, timeout: float = 20.0) -> Iterator[ServeProc
     handle = ServeProcess(proc)
     pump = threading.Thread(target=handle._pump, daemon=True)
     pump.start()
+    return handle, pump
+
+
+@contextmanager
+def serve_process(*extra_args: str, timeout: float = 20.0) -> Iterator[ServeProcess]:
+    """`python -m chatctl serve --port 0 ...` in a subprocess (history in memory unless
+    --data is given). Its stderr log is collected in .lines; it is killed at exit."""
+    args = ["serve", "--port", "0", *extra_args]
+    if "--data" not in extra_args:
+        args += ["--data", ":memory:"]
+    handle, pump = start_chatctl(*args)
+    proc = handle.proc
     opened = len(_open_clients)
     try:
         found = handle.wait_for_line(LISTENING.pattern, timeout)
