@@ -196,3 +196,21 @@ def test_a_huge_gap_costs_nothing() -> None:
     v.feed(np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64), seqs)
     assert (v.reordered[0], v.duplicated[0], int(v.unique()[0, 0])) == (1, 1, 3)
     assert v.missing[0].count == 0xFFFFFFFF - 2
+
+
+@given(st.lists(st.binary(max_size=30), min_size=1, max_size=6), st.data())
+def test_property_segments_with_a_pattern(reads: list[bytes], data: st.DataObject) -> None:
+    """segments_with finds exactly the segments whose new bytes complete a PING."""
+    ping = b"PING\r\n"
+    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    tails = [data.draw(st.sampled_from([b"", b"PI", b"xPING\r", b"PING\r\n"])) for _ in reads]
+    for tail, chunk in zip(tails, reads, strict=True):
+        rb.slot(tail)[: len(chunk)] = chunk
+        rb.commit(len(chunk), 0)
+    expected = []
+    for i, (tail, chunk) in enumerate(zip(tails, reads, strict=True)):
+        seg = tail + chunk
+        ends = [k + len(ping) for k in range(len(seg)) if seg.startswith(ping, k)]
+        if any(len(tail) < e for e in ends):
+            expected.append(i)
+    assert rb.segments_with(ping) == expected

@@ -120,6 +120,21 @@ class RoundBuffer:
     def array(self) -> U8:
         return np.frombuffer(self.buf, dtype=np.uint8, count=self.pos)
 
+    def segments_with(self, pattern: bytes) -> list[int]:
+        """Segments holding a complete, new occurrence of `pattern`, found by memchr on its
+        first byte: fast when that byte is rare in the stream (as "P" of a NATS PING is)."""
+        buf, first = self.buf, pattern[:1]
+        found: list[int] = []
+        at = buf.find(first, 0, self.pos)
+        while at >= 0:
+            stop = at + len(pattern)
+            if buf.startswith(pattern, at):
+                i = bisect.bisect_right(self.starts, at) - 1
+                if self.fresh[i] < stop <= self.ends[i] and (not found or found[-1] != i):
+                    found.append(i)
+            at = buf.find(first, at + 1, self.pos)
+        return found
+
     def count_new(self, i: int, pattern: bytes) -> int:
         return count_new(self.buf, pattern, self.starts[i], self.fresh[i], self.ends[i])
 

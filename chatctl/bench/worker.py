@@ -517,10 +517,9 @@ class Worker:
                     self.result.server_said = self.adapter.farewell_text(bytes(rnd.buf[at:end]))
                     break
         ping = self.adapter.ping
-        if ping is not None and rnd.buf.find(ping, 0, rnd.pos) >= 0:
-            for i, c in enumerate(seg_conns):
-                if rnd.count_new(i, ping):
-                    self.write(c, self.adapter.pong)
+        if ping is not None:
+            for i in rnd.segments_with(ping):
+                self.write(seg_conns[i], self.adapter.pong)
 
     def count_acks(self, conns: list[Conn]) -> None:
         ack, refused, rnd = self.adapter.ack, self.adapter.refused, self.round
