@@ -235,6 +235,7 @@ class MemoryStoreMachine(StoreMachine):
 
 class SqliteStoreMachine(StoreMachine):
     persistent = True
+    sync_rows = 3  # rows journaled before they go into SQLite
 
     def __init__(self) -> None:
         # tmpfs when there is one: this test checks semantics; fsync speed is not its business.
@@ -243,14 +244,14 @@ class SqliteStoreMachine(StoreMachine):
         super().__init__()
 
     def open(self) -> Store:
-        # Tiny tail, id window and trim batch so that every path (SQL reads, SQL resend
-        # lookups, partial trims) runs within a few steps.
+        # Tiny tail, journal batch and trim batch so that every path (SQL reads, SQL resend
+        # lookups, journal replay after a crash, partial trims) runs within a few steps.
         return SqliteStore(
             self.directory,
             retain_messages=self.model.retain_messages,
             retain_age=self.model.retain_age,
             tail=3,
-            id_window=4,
+            sync_rows=self.sync_rows,
             trim_batch=2,
         )
 
@@ -271,5 +272,10 @@ class SqliteStoreMachine(StoreMachine):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class SqliteStoreNoJournalMachine(SqliteStoreMachine):
+    sync_rows = 1  # every flush goes straight into SQLite
+
+
 TestMemoryStoreStateful = MemoryStoreMachine.TestCase
 TestSqliteStoreStateful = SqliteStoreMachine.TestCase
+TestSqliteStoreNoJournalStateful = SqliteStoreNoJournalMachine.TestCase
