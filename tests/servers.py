@@ -43,15 +43,18 @@ from chatctl.protocol import (
 )
 from chatctl.server import Server
 from chatctl.serverlog import ServerLog
+from chatctl.store import Store
 
 LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
 E = TypeVar("E", bound=Event)
 
 
 @contextmanager
-def server_instance(**overrides: Any) -> Iterator[tuple[Server, str, int]]:
+def server_instance(
+    *, store: Store | None = None, **overrides: Any
+) -> Iterator[tuple[Server, str, int]]:
     """The real server, in-process in a background thread, on port 0 of 127.0.0.1 with
-    in-memory history. Keyword arguments override ServerConfig fields. Yields the Server (to
+    in-memory history (or `store`). Keyword arguments override ServerConfig fields. Yields the Server (to
     look at its state), host and port; stops it cleanly at exit and re-raises its failure."""
     settings: dict[str, Any] = {
         "hosts": ("127.0.0.1",),
@@ -61,7 +64,8 @@ def server_instance(**overrides: Any) -> Iterator[tuple[Server, str, int]]:
     }
     settings.update(overrides)
     config = ServerConfig(**settings)
-    server = Server(config, journal=ServerLog(config.log_level, config.log_format, io.StringIO()))
+    journal = ServerLog(config.log_level, config.log_format, io.StringIO())
+    server = Server(config, journal=journal, store=store)
     host, port = server.bind()[0]
     failure: list[BaseException] = []
 

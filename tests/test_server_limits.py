@@ -38,6 +38,7 @@ from chatctl.protocol import (
     encode,
 )
 from chatctl.server import Server
+from chatctl.store import MemoryStore, StoredMessage
 from tests.servers import Client, running_server, server_instance
 
 ROOM = "lobby"
@@ -385,3 +386,25 @@ def test_property_hostile_bytes_never_disturb_others(
         assert (got.text, got.seq) == ("still fine", ack.seq)
     log = server.journal.stream
     assert isinstance(log, io.StringIO) and "internal error" not in log.getvalue()
+
+
+class FaultyStore(MemoryStore):
+    """A store with a bug: looking up one particular msg_id raises."""
+
+    def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        if msg_id == "boom":
+            raise RuntimeError("injected fault")
+        return super().find(sender_key, msg_id)
+
+
+def test_a_bug_costs_one_connection_never_the_server() -> None:
+    with server_instance(store=FaultyStore()) as (server, host, port):
+        alice, bob = witnesses(host, port)
+        victim = Client.connect(host, port, "victim", ROOM)
+        victim.send(Say(msg_id="boom", room=ROOM, text="trigger"))
+        bye = victim.wait_closed()
+        assert bye is not None and bye.code == ErrorCode.SERVER_ERROR
+        dropped = alice.wait_for(Notice, lambda n: n.kind == "dropped")
+        assert (dropped.nick, dropped.reason) == ("victim", "internal server error")
+        still_served(alice, bob)
+        assert_logged(server, r"internal error handling .*RuntimeError: injected fault")
