@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from chatctl.bot.brain import (
+    REACTION_TIME,
     Brain,
     BrainSettings,
     ChatLine,
@@ -120,7 +121,7 @@ def test_never_answers_itself_or_bots() -> None:
 
 
 def test_loop_guard_stops_a_fast_ping_pong() -> None:
-    brain = make(max_streak=3, loop_window=10.0)
+    brain = make()  # reaction time 1.5 s, at most 2 machine-speed replies in a row
     answered = []
     now = 0.0
     for _ in range(8):
@@ -128,26 +129,52 @@ def test_loop_guard_stops_a_fast_ping_pong() -> None:
         answered.append(bool(turns))
         for turn in turns:
             brain.spoke(turn, "I think so.", now + 0.1)
-        now += 1.0
-    assert answered == [True, True, True, False, False, False, False, False]
-    # Quiet for a whole window: the nick may talk to the bot again.
+        now += 0.5
+    assert answered == [True, True, False, False, False, False, False, False]
+    skips = brain.drain_skips()
+    assert [(s.reason, s.channel, s.sender) for s in skips] == [
+        ("loop guard", "#lobby", "eliza")
+    ] * 6
+    assert brain.drain_skips() == []
+    # Quiet for a whole loop window: the nick may talk to the bot again.
     assert say(brain, "eliza", "@ai hello again", now + 11.0) != []
+    # Other people are not held up meanwhile.
+    brain2 = make()
+    for i in range(3):
+        for turn in say(brain2, "eliza", "@ai ping", i * 0.2):
+            brain2.spoke(turn, "pong", i * 0.2 + 0.05)
+    assert say(brain2, "alice", "@ai hello", 3.0) != []
 
 
-def test_loop_guard_leaves_a_conversation_alone() -> None:
-    brain = make(max_streak=2, loop_window=10.0)
+def test_a_human_asking_quickly_gets_every_answer() -> None:
+    # Four questions within about 6 s, each answered at once: the old guard (3 in 10 s)
+    # silently dropped the fourth.
+    brain = make(every_lines=1)
     now = 0.0
-    for i in range(6):
+    for i in range(8):
         (turn,) = say(brain, "alice", f"@ai question {i}", now)
-        brain.spoke(turn, "answer", now + 0.5)
-        # Someone else speaks in between, as in a real room.
-        assert say(brain, "bob", "interesting", now + 1.0) == []
+        brain.spoke(turn, "answer", now + 0.05)
+        now += 1.8
+    for i in range(8):
+        (turn,) = dm(brain, "bob", f"question {i}", now)
+        brain.spoke(turn, "answer", now + 0.05)
+        now += 1.6
+    assert brain.skipped["loop guard"] == 0 and brain.drain_skips() == []
+
+
+def test_a_slow_backend_does_not_make_a_human_look_fast() -> None:
+    brain = make()
+    now = 0.0
+    for _ in range(5):
+        (turn,) = say(brain, "alice", "@ai explain", now)
+        now += 8.0  # the model takes 8 s; the next question comes 2 s after the reply
+        brain.spoke(turn, "a long answer", now)
         now += 2.0
 
 
 def test_two_cadence_bots_do_not_keep_each_other_talking() -> None:
-    one = make(nick="ai", every_lines=1, max_streak=3)
-    two = make(nick="helper", every_lines=1, max_streak=3)
+    one = make(nick="sage", every_lines=1)
+    two = make(nick="oracle", every_lines=1)
     now = 0.0
     turns = say(one, "alice", "hello", now)  # a person starts it
     speakers = [one, two]
@@ -157,11 +184,51 @@ def test_two_cadence_bots_do_not_keep_each_other_talking() -> None:
         if not turns:
             break
         (turn,) = turns
-        now += 0.5
+        now += 0.05
         speaker.spoke(turn, "a remark", now)
         said += 1
         turns = say(listener, speaker.nick, "a remark", now)
-    assert turns == [] and said <= 2 * 3 + 1
+    assert turns == [] and said <= 4
+    assert [s.reason for s in one.drain_skips() + two.drain_skips()] == ["loop guard"]
+
+
+def test_ignored_senders_and_the_rate_limit_are_reported() -> None:
+    brain = make(reply_rate=6.0, burst=1)
+    assert say(brain, "newsbot", "@ai hi", 0.0) == []
+    assert say(brain, "newsbot", "just news", 0.0) == []  # not a trigger: nothing to report
+    assert say(brain, "alice", "@ai hi", 1.0) != []
+    assert say(brain, "bob", "@ai hi", 4.0) == []
+    assert [(s.reason, s.sender) for s in brain.drain_skips()] == [
+        ("ignored sender", "newsbot"),
+        ("rate limit", "bob"),
+    ]
+
+
+@given(st.lists(st.floats(REACTION_TIME, 60.0), min_size=1, max_size=30), st.floats(0, 5))
+def test_property_human_paced_triggers_are_never_guarded(gaps: list[float], latency: float) -> None:
+    """Whatever the backend's latency, a person who answers no sooner than a reaction time
+    after the bot's reply always gets an answer (with no rate limit)."""
+    brain = make(every_lines=1)
+    now = 0.0
+    for gap in gaps:
+        (turn,) = say(brain, "alice", "@ai and then?", now)
+        now += latency
+        brain.spoke(turn, "an answer", now)
+        now += gap
+
+
+@given(st.lists(st.floats(0.0, REACTION_TIME * 0.99), min_size=1, max_size=30))
+def test_property_machine_speed_never_gets_more_than_max_streak(gaps: list[float]) -> None:
+    brain = make()
+    now = 100.0
+    replies = 0
+    for gap in gaps:
+        turns = say(brain, "eliza", "@ai again", now)
+        replies += len(turns)
+        for turn in turns:
+            brain.spoke(turn, "again", now)
+        now += gap
+    assert replies <= 2
 
 
 def test_summary_reads_mentions_as_questions() -> None:

@@ -100,6 +100,27 @@ def test_bot_never_answers_itself_or_other_bots() -> None:
         assert not any("newsbot" in line and "replied" in line for line in bot.lines)
 
 
+def test_two_bots_without_bot_names_stop_talking_to_each_other() -> None:
+    """sage and oracle both speak after every line. Each takes alice's line, then answers the
+    other once at machine speed; the next fast trigger is skipped, with a log line."""
+    cadence = ("--every-lines", "1")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, "--nick", "sage", *cadence) as sage,
+        bot_process(host, port, "--nick", "oracle", *cadence) as oracle,
+    ):
+        wait_joined(alice, "sage")
+        wait_joined(alice, "oracle")
+        alice.say("lobby", "hello both of you")
+        guard = r"skipped a chime trigger from (sage|oracle) in #lobby: loop guard"
+        sage.wait_for_line(guard)
+        oracle.wait_for_line(guard)
+    # Both have exited: their logs are complete.
+    replies = [ln for ln in sage.lines + oracle.lines if "replied (chime)" in ln]
+    assert 2 <= len(replies) <= 4, "".join(sage.lines + oracle.lines)
+
+
 def test_every_lines_cadence_in_a_real_room() -> None:
     with (
         running_server() as (host, port),

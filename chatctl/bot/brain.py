@@ -8,15 +8,18 @@ socket, a thread or a clock: the runner passes `now` in, so tests drive it deter
 Loop guard (why the bot never ends up talking to a bot forever):
 1. It never reacts to its own nick, to nicks ending in "bot" (any case), or to `ignore` nicks.
    Their lines still go into the context, they just never trigger anything.
-2. A *ping-pong streak* per channel (a room, or one person's direct messages): when the same
-   nick triggers the bot again (by a mention, or as the last speaker before a cadence turn)
-   within `loop_window` seconds of the bot's last reply, with nobody else speaking in
-   between, the streak grows. Past `max_streak` replies in a row the bot ignores that nick in
-   that channel until someone else speaks there or the nick stays quiet for `loop_window`
-   seconds (each ignored trigger restarts that wait). A person asking follow-up questions at
-   human speed is never affected; a bot that answers instantly is cut off after `max_streak`
-   exchanges.
+2. Machine speed. A trigger (a mention, a direct message, or the line that completes a cadence)
+   that arrives within `reaction_time` (1.5 s) of the bot's own last message in that channel (a
+   room, or one person's direct messages) is a *fast* one: nobody reads a reply and types an
+   answer that quickly, but another bot does. The bot keeps up a machine-speed exchange with
+   one nick for at most `max_streak` (2) messages in a row: its own, then one reply to a fast
+   trigger. The next fast trigger from that nick is skipped, and the nick is ignored in that
+   channel until it has been quiet for `loop_window` seconds (each ignored trigger restarts
+   that wait). A trigger at human speed ends its streak, so people asking question after
+   question are never silenced by the guard, however many they ask.
 3. The token bucket caps replies per minute overall, whatever triggered them.
+
+Every trigger the brain passes over is reported as a Skip (`drain_skips`) for the log.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from chatctl.bot.manners import TokenBucket
 LOG_LIMIT = 200  # messages remembered per room, for summaries; the context window is smaller
 DM_PEERS_LIMIT = 100  # direct-message conversations remembered at once (least recent dropped)
 DM_LOG_LIMIT = 20
+REACTION_TIME = 1.5  # seconds: a trigger sooner than this after the bot spoke is machine speed
+SKIPS_LIMIT = 100  # skips kept until the runner drains them (it does after every input)
+PARTNERS_LIMIT = 32  # nicks the loop guard tracks per channel (least recent dropped)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,10 +99,19 @@ class BrainSettings:
     reply_rate: float = 12.0  # replies per minute; 0 means no limit
     burst: int = 3
     max_reply: int = 1500
-    max_streak: int = 3
+    max_streak: int = 2  # the bot's messages in a row in a machine-speed exchange
+    reaction_time: float = REACTION_TIME
     loop_window: float = 10.0
     ignore: tuple[str, ...] = ()
     summary_default: int = 30
+
+
+@dataclass(kw_only=True)
+class _Partner:
+    """The loop guard's view of one nick in one channel."""
+
+    streak: int = 0  # its triggers in a row that came at machine speed (and were answered)
+    guarded_at: float | None = None  # its latest trigger while the guard ignores it
 
 
 @dataclass(kw_only=True)
@@ -104,10 +119,11 @@ class _Channel:
     log: collections.deque[ChatLine]
     lines_since_spoke: int = 0  # human lines since the bot last spoke here (every-lines)
     due: float | None = None  # when the every-seconds cadence fires (None: no activity yet)
-    replied_to: str = ""  # casefolded nick the bot last answered here
-    replied_at: float = float("-inf")
-    streak: int = 0
-    interrupted: bool = True  # somebody else spoke since the bot's last reply
+    spoke_at: float = float("-inf")  # when the bot last took a turn or spoke here
+    # Casefolded nick -> the loop guard's record of the bot's replies to it here.
+    partners: collections.OrderedDict[str, _Partner] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
     last_sender: str = ""  # the latest person to speak here (the cadence's loop-guard key)
 
 
@@ -134,6 +150,16 @@ def parse_summary(question: str) -> SummaryRequest | None:
     return SummaryRequest(count=count, room=m["room"])
 
 
+@dataclass(frozen=True, kw_only=True)
+class Skip:
+    """A trigger the brain passed over, and why (the runner logs each)."""
+
+    reason: str  # "ignored sender", "loop guard" or "rate limit"
+    channel: str
+    sender: str
+    kind: TurnKind
+
+
 def is_botlike(nick: str) -> bool:
     return nick.casefold().endswith("bot")
 
@@ -149,6 +175,7 @@ class Brain:
             rate=settings.reply_rate / 60.0, capacity=settings.burst, now=now
         )
         self.skipped: collections.Counter[str] = collections.Counter()
+        self._skips: collections.deque[Skip] = collections.deque(maxlen=SKIPS_LIMIT)
         self._mention = self._compile_mention()
 
     # -- identity -----------------------------------------------------------------------------
@@ -204,6 +231,17 @@ class Brain:
     def log(self, room: str) -> list[ChatLine]:
         return list(self._room(room).log)
 
+    def drain_skips(self) -> list[Skip]:
+        """The triggers passed over since the last call, oldest first."""
+        skips = list(self._skips)
+        self._skips.clear()
+        return skips
+
+    def _skip(self, reason: str, channel: str, sender: str, kind: TurnKind) -> list[Turn]:
+        self.skipped[reason] += 1
+        self._skips.append(Skip(reason=reason, channel=channel, sender=sender, kind=kind))
+        return []
+
     # -- inputs -------------------------------------------------------------------------------
 
     def observe(self, line: ChatLine, now: float) -> list[Turn]:
@@ -218,10 +256,9 @@ class Brain:
         if line.history:
             return []
         if self.ignores(line.sender):
-            self.skipped["ignored sender"] += 1
+            if self.addressed(line.text) is not None:
+                return self._skip("ignored sender", f"#{line.room}", line.sender, TurnKind.ANSWER)
             return []
-        if chan.replied_to != line.sender.casefold():
-            chan.interrupted = True
         chan.last_sender = line.sender
         chan.lines_since_spoke += 1
         if self.settings.every_seconds is not None and chan.due is None:
@@ -239,8 +276,11 @@ class Brain:
 
     def _observe_direct(self, line: ChatLine, now: float) -> list[Turn]:
         if self.ignores(line.sender):
-            self.skipped["ignored sender"] += 1
-            return []
+            if self.is_self(line.sender):
+                return []
+            return self._skip(
+                "ignored sender", channel_key(None, line.sender), line.sender, TurnKind.ANSWER
+            )
         chan = self._peer(line.sender)
         chan.log.append(line)
         question = self.addressed(line.text)
@@ -300,9 +340,9 @@ class Brain:
         else:
             return
         chan.log.append(line)
-        # The loop window counts from when the reply went out, not from when it was asked
-        # for: a slow backend must not make quick human follow-ups look like a bot loop.
-        chan.replied_at = max(chan.replied_at, now)
+        # Reaction time counts from when the reply went out, not from when it was asked for:
+        # a slow backend must not make quick human follow-ups look like a bot loop.
+        chan.spoke_at = max(chan.spoke_at, now)
 
     # -- turns --------------------------------------------------------------------------------
 
@@ -407,31 +447,35 @@ class Brain:
 
     def _admit(self, chan: _Channel, turn: Turn, asker: str | None, now: float) -> list[Turn]:
         """Apply the loop guard and the rate limit to a turn the triggers produced."""
+        partner: _Partner | None = None
+        streak = 0
         if asker is not None:
             who = asker.casefold()
-            if (
-                who == chan.replied_to
-                and not chan.interrupted
-                and now - chan.replied_at <= self.settings.loop_window
-            ):
-                chan.streak += 1
-            else:
-                chan.streak = 1
-            if chan.streak > self.settings.max_streak:
-                # Stay quiet until that nick pauses for a whole loop_window (or someone else
-                # speaks), so a bot that keeps pinging never gets a reply again.
-                chan.replied_at = now
-                self.skipped["loop guard"] += 1
-                return []
+            partner = chan.partners.pop(who, None) or _Partner()
+            chan.partners[who] = partner  # most recent last
+            while len(chan.partners) > PARTNERS_LIMIT:
+                chan.partners.popitem(last=False)
+            if partner.guarded_at is not None:
+                if now - partner.guarded_at <= self.settings.loop_window:
+                    partner.guarded_at = now  # still at it: the wait starts again
+                    return self._skip("loop guard", turn.channel, asker, turn.prompt.kind)
+                partner.guarded_at = None
+                partner.streak = 0
+            if now - chan.spoke_at < self.settings.reaction_time:
+                streak = partner.streak + 1
+            # The bot's message this reacts to opened the streak, so it holds max_streak - 1
+            # fast replies.
+            if streak >= self.settings.max_streak:
+                partner.guarded_at = now
+                return self._skip("loop guard", turn.channel, asker, turn.prompt.kind)
         if not self._bucket.take(now):
-            self.skipped["rate limit"] += 1
-            return []
+            return self._skip("rate limit", turn.channel, asker or "-", turn.prompt.kind)
         chan.lines_since_spoke = 0
         chan.due = None
-        if asker is not None:
-            chan.replied_to = asker.casefold()
-            chan.replied_at = now
-            chan.interrupted = False
+        # Taking the turn counts as speaking: the reply follows as fast as the backend can.
+        chan.spoke_at = max(chan.spoke_at, now)
+        if partner is not None:
+            partner.streak = streak
         return [turn]
 
 
@@ -440,6 +484,7 @@ __all__ = [
     "BrainSettings",
     "ChatLine",
     "Prompt",
+    "Skip",
     "Turn",
     "TurnKind",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
-from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Turn
+from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Skip, Turn
 from chatctl.bot.manners import stream_frames
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.errors import ChatctlError, ExitCode
@@ -106,7 +106,8 @@ class Bot:
                     self._on_event(event)
                 with self._brain_lock:
                     turns = self.brain.tick(time.monotonic())
-                self._queue(turns)
+                    skips = self.brain.drain_skips()
+                self._queue(turns, skips)
             return 0
         finally:
             self._turns.queue.clear()
@@ -145,9 +146,18 @@ class Bot:
         if line is not None:
             with self._brain_lock:
                 turns = self.brain.observe(line, now)
-            self._queue(turns)
+                skips = self.brain.drain_skips()
+            self._queue(turns, skips)
 
-    def _queue(self, turns: list[Turn]) -> None:
+    def _queue(self, turns: list[Turn], skips: list[Skip]) -> None:
+        for skip in skips:
+            log.info(
+                "skipped a %s trigger from %s in %s: %s",
+                skip.kind,
+                skip.sender,
+                skip.channel,
+                skip.reason,
+            )
         for turn in turns:
             try:
                 self._turns.put_nowait(turn)
