@@ -9,7 +9,6 @@ clock, so the rules are unit-tested without either.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import secrets
@@ -19,9 +18,7 @@ from typing import NamedTuple
 from chatctl import __version__
 from chatctl.config import ServerConfig
 from chatctl.protocol import (
-    HEADER,
     HEADER_SIZE,
-    MAGIC,
     PROTOCOL_VERSION,
     Ack,
     Bye,
@@ -37,7 +34,6 @@ from chatctl.protocol import (
     Join,
     ListRooms,
     Members,
-    Message,
     Notice,
     Part,
     RoomList,
@@ -47,6 +43,8 @@ from chatctl.protocol import (
     Who,
     decode_body,
     encode,
+    encode_ack,
+    encode_message,
 )
 from chatctl.store import Store, StoredMessage
 
@@ -85,36 +83,6 @@ class Delivery(NamedTuple):
 
 def deliver(to: Sequence[int], event: Event, skip: int = -1) -> Delivery:
     return Delivery(to, encode(event), skip)
-
-
-# The hot path's two frames, encoded by hand: the same bytes as protocol.encode (a property
-# test checks it) at a fraction of the cost of the generic, validating encoder.
-_json_str: Callable[[str], str] = json.encoder.encode_basestring
-_pack_header = HEADER.pack
-
-
-def encode_message(
-    room: str, seq: int, ts: int, sender: str, text: str, action: bool, history: bool = False
-) -> bytes:
-    body = (
-        f'{{"room":{_json_str(room)},"seq":{seq},"ts":{ts},"sender":{_json_str(sender)},'
-        f'"text":{_json_str(text)}{_ACTION if action else ""}{_HISTORY if history else ""}}}'
-    ).encode()
-    return _pack_header(MAGIC, Message.TYPE, 0, len(body)) + body
-
-
-def encode_ack(msg_id: str, ts: int, recipients: int, room: str = "", seq: int = 0) -> bytes:
-    body = f'{{"msg_id":{_json_str(msg_id)},"ts":{ts},"recipients":{recipients}'
-    if room:
-        body += ',"room":' + _json_str(room)
-    if seq:
-        body += f',"seq":{seq}'
-    data = (body + "}").encode()
-    return _pack_header(MAGIC, Ack.TYPE, 0, len(data)) + data
-
-
-_ACTION = ',"action":true'
-_HISTORY = ',"history":true'
 
 
 def nick_problem(nick: str) -> str | None:

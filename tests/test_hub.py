@@ -23,8 +23,6 @@ from chatctl.hub import (
     NICK_MAX,
     Delivery,
     Hub,
-    encode_ack,
-    encode_message,
     nick_problem,
     normalise_room,
 )
@@ -52,6 +50,8 @@ from chatctl.protocol import (
     Welcome,
     Who,
     encode,
+    encode_ack,
+    encode_message,
 )
 from chatctl.store import MemoryStore
 
