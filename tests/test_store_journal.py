@@ -35,7 +35,7 @@ def journaled(directory: Path, count: int) -> SqliteStore:
 def test_a_torn_last_write_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
     journaled(tmp_path, 3).crash()
     with (tmp_path / JOURNAL_NAME).open("ab") as f:
-        f.write(b'[["lobby",4,4,"ann","m4",0,"k","i')  # killed in the middle of a write
+        f.write(b"\0\0\1\0abcd" + b"x" * 100)  # killed in the middle of a 256-byte write
     store = SqliteStore(tmp_path)
     assert store.head("lobby") == 3
     assert store.read("lobby", 0, 10).messages == [message(1), message(2), message(3)]
@@ -59,6 +59,8 @@ def test_replay_after_a_kill_between_commit_and_emptying_is_harmless(tmp_path: P
 def test_a_damaged_journal_is_a_one_line_error(tmp_path: Path) -> None:
     journaled(tmp_path, 2).crash()
     journal = tmp_path / JOURNAL_NAME
-    journal.write_bytes(b"not json\n" + journal.read_bytes())
-    with pytest.raises(StoreError, match=r"journal is damaged at line 1$"):
+    data = bytearray(journal.read_bytes())
+    data[12] ^= 0xFF  # a flipped byte in the first record's body
+    journal.write_bytes(data)
+    with pytest.raises(StoreError, match=r"journal is damaged at byte 0$"):
         SqliteStore(tmp_path)
