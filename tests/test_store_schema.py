@@ -1,0 +1,48 @@
+"""The SQLite store's schema: an older version is migrated, a newer one refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chatctl.sqlite_store import DB_NAME, SqliteStore, StoreError
+from chatctl.store import StoredMessage
+
+VERSION_1 = """
+CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+    sender TEXT NOT NULL, text TEXT NOT NULL, action INTEGER NOT NULL,
+    sender_key TEXT NOT NULL, msg_id TEXT NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID;
+CREATE INDEX messages_dedupe ON messages (sender_key, msg_id) WHERE msg_id != '';
+CREATE TABLE rooms (room TEXT PRIMARY KEY, head INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO messages VALUES ('lobby', 1, 10, 'ann', 'hi', 0, 'key', 'm1');
+INSERT INTO messages VALUES ('lobby', 2, 11, 'ann', 'again', 1, 'key', '');
+INSERT INTO rooms VALUES ('lobby', 0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_version_1_is_migrated_and_resends_are_still_found(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(VERSION_1)
+    db.close()
+    store = SqliteStore(tmp_path)
+    assert store.head("lobby") == 2
+    assert store.find("key", "m1") == StoredMessage(
+        room="lobby", seq=1, ts=10, sender="ann", text="hi", sender_key="key", msg_id="m1"
+    )
+    store.append(StoredMessage(room="lobby", seq=3, ts=12, sender="bo", text="x", msg_id="z"))
+    store.close()
+    again = SqliteStore(tmp_path)
+    assert [m.seq for m in again.latest("lobby", 5)] == [1, 2, 3]
+    assert again.find("", "z") is not None
+    again.close()
+
+
+def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 99; this chatctl reads \d+$"):
+        SqliteStore(tmp_path)
