@@ -23,9 +23,10 @@ The library answers the server's Ping, tracks the last sequence number seen per 
 with `reconnect=True` survives a dropped connection: it reconnects with exponential backoff
 and jitter, presents its resume token, rejoins every room asking for what it missed
 (`Join(room, after=last seq)`), and re-sends every message not yet acknowledged with the
-same `msg_id` (the server recognises the duplicate). Replayed copies of our own messages are
-left out of that resume, because the re-sent message's Delivered stands for them. The
-resume is paged (the server bounds each replay) and drops replays of what came live.
+same `msg_id` (the server recognises the duplicate). What the resume recovers is delivered
+as the live stream would have (history=False), exactly once: the resume is paged (the server
+bounds each replay), drops replays of what came live, and leaves out our own unacknowledged
+messages, whose re-sends' Delivered stand for them.
 
 Requests (`who`, `list_rooms`, `history`, `change_nick`) are answered by events; `sync()`
 waits until everything sent so far is answered, `wait_acked()` until every message is
@@ -36,6 +37,7 @@ Thread safety: every public method may be called from any thread.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import itertools
 import os
@@ -785,8 +787,10 @@ class Client:
             del self._quiet_parts[next(iter(self._quiet_parts))]
             return
         elif isinstance(event, Message):
-            if not self._on_message(event):
+            message = self._on_message(event)
+            if message is None:
                 return
+            event = message
         elif isinstance(event, Gap):
             catchup = self._catchup.get(event.room)
             if catchup is not None:
@@ -808,17 +812,19 @@ class Client:
         elif room and seq > self._last_seq.get(room, 0):
             self._last_seq[room] = seq
 
-    def _on_message(self, message: Message) -> bool:
-        """Track sequence numbers; False to leave a message out (see _CatchUp)."""
+    def _on_message(self, message: Message) -> Message | None:
+        """Track sequence numbers; the message to deliver, or None to leave it out."""
         catchup = self._catchup.get(message.room)
         if catchup is None or not message.history:
             self._seen(message.room, message.seq)
-            return True
+            return message
         if not catchup.replayed(message.seq):
-            return False
+            return None  # a duplicate of what came live
         self._last_seq[message.room] = catchup.cursor  # a reconnect now resumes from here
-        # Our own unacknowledged messages come back acknowledged: Delivered stands for them.
-        return message.sender.casefold() != self.nick.casefold()
+        if message.sender.casefold() == self.nick.casefold():
+            return None  # ours, unacknowledged when we dropped: its Delivered stands for it
+        # Missed while away, not old history: the stream simply continues.
+        return dataclasses.replace(message, history=False)
 
     def _on_history_end(self, end: HistoryEnd) -> bool:
         """Finish a resume, or ask for the next page of it (False: not the end yet)."""

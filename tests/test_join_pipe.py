@@ -38,11 +38,12 @@ class Join:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in self.proc.stdout:  # ends at EOF, when the process has exited
             self.lines.put(line)
 
     def expect(self, text: str, timeout: float = WAIT) -> str:
@@ -61,6 +62,7 @@ class Join:
     def records(self, timeout: float = WAIT) -> list[dict[str, Any]]:
         """Every JSON line after the process exits."""
         self.proc.wait(timeout)
+        self.pump.join(timeout)  # every line the process wrote is queued
         out = list(self.seen)
         while not self.lines.empty():
             out.append(self.lines.get())
@@ -75,6 +77,7 @@ class Join:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(WAIT)
+        self.pump.join(WAIT)  # before closing the stream it reads
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
@@ -338,7 +341,8 @@ def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
     ):
         bob.connect()
         wait_for(bob, HistoryEnd)
-        join = Join(proxy.port, "-n", "al", "--reconnect", "--count", "2", "--history", "0")
+        # m1, then m9-m11 recovered by the resume, then "live": 5 messages received.
+        join = Join(proxy.port, "-n", "al", "--reconnect", "--count", "5", "--history", "0")
         try:
             wait_for(bob, Notice, lambda n: n.kind == "joined" and n.nick == "al")
             bob.say("lobby", "m1")
