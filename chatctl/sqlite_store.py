@@ -39,7 +39,7 @@ from typing import Literal
 from chatctl.errors import ChatctlError
 from chatctl.store import ReadResult, StoredMessage
 
-SCHEMA_VERSION = 2  # 2: the resend index is on id_hash, not on the two texts
+SCHEMA_VERSION = 3  # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: see _SCHEMA
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
 JOURNAL_NAME = "journal"
@@ -54,17 +54,20 @@ CREATE TABLE IF NOT EXISTS messages (
     action INTEGER NOT NULL,
     sender_key TEXT NOT NULL,
     msg_id TEXT NOT NULL,
-    id_hash INTEGER NOT NULL,
+    key_hash INTEGER NOT NULL,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
--- Resend detection, for messages with a client id: an index on a 32-bit hash of
--- (sender_key, msg_id) costs far less per insert than one on the two texts.
-CREATE INDEX IF NOT EXISTS messages_resend ON messages (id_hash) WHERE msg_id != '';
+-- Resend detection, for messages with a client id. A 32-bit hash of the sender key keeps the
+-- entries small; keeping msg_id itself keeps a sender's ids (usually a counter) side by side,
+-- so inserts and trims touch a few hot pages, not random ones all over a large index.
+CREATE INDEX IF NOT EXISTS messages_resend ON messages (key_hash, msg_id) WHERE msg_id != '';
 -- One row per room: the head survives the trimming of every message.
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, head INTEGER NOT NULL) WITHOUT ROWID;
 """
 _COLUMNS = "room, seq, ts, sender, text, action, sender_key, msg_id"
-_INSERT = f"INSERT OR IGNORE INTO messages ({_COLUMNS}, id_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    f"INSERT OR IGNORE INTO messages ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # A journal record: body length and CRC-32, then the batch's rows, marshalled (about ten
 # times cheaper than JSON; the journal is transient and read only by this code).
 _RECORD = struct.Struct("!II")
@@ -76,21 +79,26 @@ class StoreError(ChatctlError):
     """The history store cannot be opened or written: the data directory is the problem."""
 
 
-def _migrate_from_1(db: sqlite3.Connection) -> None:
-    """Schema 1 indexed (sender_key, msg_id) itself; add and fill id_hash instead."""
-    db.create_function("id_hash", 2, id_hash, deterministic=True)
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Schemas 1 and 2 differ from 3 only in the resend index: add and fill key_hash (the
+    index itself is created with the schema)."""
+    db.create_function("key_hash", 1, key_hash, deterministic=True)
+    old = (
+        "DROP INDEX IF EXISTS messages_dedupe;"
+        if version == 1
+        else "DROP INDEX IF EXISTS messages_resend; ALTER TABLE messages DROP COLUMN id_hash;"
+    )
     db.executescript(
-        "BEGIN;"
-        " ALTER TABLE messages ADD COLUMN id_hash INTEGER NOT NULL DEFAULT 0;"
-        " UPDATE messages SET id_hash = id_hash(sender_key, msg_id) WHERE msg_id != '';"
-        " DROP INDEX IF EXISTS messages_dedupe;"
+        f"BEGIN; {old}"
+        " ALTER TABLE messages ADD COLUMN key_hash INTEGER NOT NULL DEFAULT 0;"
+        " UPDATE messages SET key_hash = key_hash(sender_key) WHERE msg_id != '';"
         " COMMIT;"
     )
 
 
-def id_hash(sender_key: str, msg_id: str) -> int:
+def key_hash(sender_key: str) -> int:
     """Stable across processes (unlike hash()): it is stored."""
-    return zlib.crc32(f"{sender_key}\0{msg_id}".encode("utf-8", "surrogatepass"))
+    return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
 def _row(m: StoredMessage) -> Row:
@@ -103,7 +111,7 @@ def _row(m: StoredMessage) -> Row:
         int(m.action),
         m.sender_key,
         m.msg_id,
-        id_hash(m.sender_key, m.msg_id) if m.msg_id else 0,
+        key_hash(m.sender_key) if m.msg_id else 0,
     )
 
 
@@ -240,9 +248,10 @@ class SqliteStore:
                 raise StoreError(f"{path}: cannot switch the database to WAL mode")
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA wal_autocheckpoint=10000")
+            db.execute("PRAGMA cache_size=-16384")  # KiB: the hot pages of big rooms stay in
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 1:
-                _migrate_from_1(db)
+            if version in (1, 2):
+                _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
@@ -440,9 +449,9 @@ class SqliteStore:
         row = (
             self._connection()
             .execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE id_hash = ? AND msg_id != ''"
-                " AND sender_key = ? AND msg_id = ? LIMIT 1",
-                (id_hash(sender_key, msg_id), sender_key, msg_id),
+                f"SELECT {_COLUMNS} FROM messages WHERE key_hash = ? AND msg_id = ?"
+                " AND msg_id != '' AND sender_key = ? LIMIT 1",
+                (key_hash(sender_key), msg_id, sender_key),
             )
             .fetchone()
         )

@@ -23,9 +23,21 @@ PRAGMA user_version = 1;
 """
 
 
-def test_version_1_is_migrated_and_resends_are_still_found(tmp_path: Path) -> None:
+VERSION_2 = (
+    VERSION_1.replace("msg_id TEXT NOT NULL,", "msg_id TEXT NOT NULL, id_hash INTEGER NOT NULL,")
+    .replace(
+        "messages_dedupe ON messages (sender_key, msg_id)", "messages_resend ON messages (id_hash)"
+    )
+    .replace("'m1');", "'m1', 7);")
+    .replace("'');", "'', 0);")
+    .replace("user_version = 1", "user_version = 2")
+)
+
+
+@pytest.mark.parametrize("schema", [VERSION_1, VERSION_2], ids=["v1", "v2"])
+def test_older_schemas_are_migrated_and_resends_still_found(tmp_path: Path, schema: str) -> None:
     db = sqlite3.connect(tmp_path / DB_NAME)
-    db.executescript(VERSION_1)
+    db.executescript(schema)
     db.close()
     store = SqliteStore(tmp_path)
     assert store.head("lobby") == 2
