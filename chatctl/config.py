@@ -24,8 +24,11 @@ class ServerConfig:
     idle_timeout: float = 90.0
     rate: float = 50.0  # messages per second per connection, 0 = unlimited
     burst: int = 200
+    # In total: bounded at start-up by RLIMIT_NOFILE (see server.connection_ceiling).
     max_connections: int = 100_000
-    max_per_ip: int = 100_000  # loopback load tests come from one address
+    # One address (or NAT) must not be able to take the whole server; load tests from
+    # loopback pass a higher --max-per-ip.
+    max_per_ip: int = 1000
     data: str | None = None  # None: XDG state dir; ":memory:": no persistence
     join_history: int = 20
     replay_limit: int = 1000  # most messages one join or history request replays

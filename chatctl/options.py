@@ -210,7 +210,7 @@ MaxConnections = Annotated[
         "--max-connections",
         envvar=_env("MAX_CONNECTIONS"),
         min=1,
-        help="Connections held at once, in total.",
+        help="Connections held at once, in total (bounded by the open-files limit).",
     ),
 ]
 MaxPerIp = Annotated[
@@ -219,7 +219,7 @@ MaxPerIp = Annotated[
         "--max-per-ip",
         envvar=_env("MAX_PER_IP"),
         min=1,
-        help="Connections held at once from one IP address.",
+        help="Connections held at once from one IP address (raise it for load tests from loopback).",
     ),
 ]
 DataDir = Annotated[
@@ -227,7 +227,8 @@ DataDir = Annotated[
     typer.Option(
         "--data",
         envvar=_env("DATA"),
-        help="History directory (default: XDG state dir); :memory: keeps nothing.",
+        help="History directory (default: XDG state dir). :memory: keeps nothing: after a "
+        "restart every room starts again at sequence number 1.",
     ),
 ]
 JoinHistory = Annotated[

@@ -27,6 +27,7 @@ import socket
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from chatctl import __version__
@@ -54,13 +55,22 @@ from chatctl.protocol import (
     encode,
 )
 from chatctl.serverlog import ServerLog
-from chatctl.store import Store, open_store
+from chatctl.store import MEMORY, MemoryStore, Store, open_store
 
 READ_CHUNK = 256 * 1024
 ACCEPTS_PER_TURN = 256
 CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
 SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
+# A refused connection gets its Bye, a half-close and this long to close first (see _refuse);
+# at most REFUSED_LINGER_MAX linger at once, so a flood of them holds a bounded number of
+# descriptors for a bounded time.
+REFUSED_GRACE = 1.0
+REFUSED_LINGER_MAX = 128
+REFUSAL_LOG_EVERY = 1.0  # seconds between "refused" log lines; the ones between are counted
+# Descriptors the server needs besides its connections: listeners, selector, wake-up pair,
+# the store's files, stdio, and the refused connections lingering.
+FD_RESERVE = 64 + REFUSED_LINGER_MAX
 FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.run)
 _LISTENER = object()
 _WAKEUP = object()
@@ -80,6 +90,36 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def connection_ceiling(requested: int, fd_limit: int) -> int:
+    """The connections the server can hold with `fd_limit` descriptors (one each, less its own
+    FD_RESERVE), so that the limit ends in a polite Bye rather than a failed accept."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit < 0:
+        return requested
+    return max(1, min(requested, fd_limit - FD_RESERVE))
+
+
+def _data_location(store: Store) -> str:
+    """Where history lives, for the banner: the resolved directory, or :memory:."""
+    if isinstance(store, MemoryStore):
+        return MEMORY
+    directory = getattr(store, "directory", None)
+    if isinstance(directory, Path):
+        return str(directory.resolve())
+    return type(store).__name__
+
+
+class _Refused:
+    """A connection refused by the connection limits: its Bye is sent and it is half-closed;
+    the server reads and discards until the client closes, or until `deadline`."""
+
+    __slots__ = ("deadline", "fd", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.deadline = deadline
 
 
 def _format_addr(host: str, port: int) -> str:
@@ -109,7 +149,7 @@ class Server:
         self._dirty: list[Peer] = []
         self._batches: dict[int, Batch] = {}  # id(recipients) -> this turn's open batch
         self._open_batches: list[Batch] = []
-        self._timers: list[tuple[float, int, Peer | None]] = []
+        self._timers: list[tuple[float, int, Peer | _Refused | None]] = []
         self._timer_seq = itertools.count()
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
@@ -118,13 +158,19 @@ class Server:
         self._accept_paused_until = 0.0
         self._lingering = 0  # peers half-closed, waiting for the client to close
         self._next_full_gc = 0.0
+        self._refused: dict[int, _Refused] = {}  # by descriptor, oldest first
+        self._refusal_log_at = 0.0  # when the next "refused" log line may be written
+        self._refusals_unlogged = 0
+        self.fd_limit = -1  # the soft RLIMIT_NOFILE once bound
+        self.max_connections = config.max_connections  # bounded by fd_limit in bind()
         self.hub: Hub | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
     def bind(self) -> list[tuple[str, int]]:
         """Open the listening sockets. Raises ChatctlError for a bad address or a port in use."""
-        raise_fd_limit()
+        self.fd_limit = raise_fd_limit()
+        self.max_connections = connection_ceiling(self.config.max_connections, self.fd_limit)
         port = self.config.port
         try:
             for host in self.config.hosts:
@@ -191,10 +237,7 @@ class Server:
         self.hub = Hub(config, store)
         for sock in self._listeners:
             self._sel.register(sock, _READ, _LISTENER)
-        self.journal.banner(
-            f"chatctl {__version__} server {config.name!r}",
-            {**self.hub.limits, "hosts": ", ".join(config.hosts)},
-        )
+        self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
             self.journal.listening(host, port, _format_addr(host, port))
         self._schedule(time.monotonic() + config.trim_interval, None)
@@ -213,10 +256,37 @@ class Server:
             self._close_listeners()
             for peer in list(self.peers.values()):
                 self._abort(peer)
+            self._close_all_refused()
             store.close()
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    @property
+    def lingering_refusals(self) -> int:
+        """Refused connections the server is still closing (at most REFUSED_LINGER_MAX)."""
+        return len(self._refused)
+
+    def limits_in_force(self) -> dict[str, object]:
+        """Every limit the running server enforces, as the banner shows it (after `run()`
+        has opened the store): the exact configured values, not Welcome's rounded ones."""
+        config = self.config
+        assert self.hub is not None
+        return {
+            "hosts": ", ".join(config.hosts),
+            **self.hub.limits,
+            "rate": config.rate,
+            "ping_interval": config.ping_interval,
+            "idle_timeout": config.idle_timeout,
+            "handshake_timeout": config.handshake_timeout,
+            "max_connections": self.max_connections,
+            "max_per_ip": config.max_per_ip,
+            "open_files": self.fd_limit,
+            "data": _data_location(self.store),
+            "retain_messages": config.retain_messages,
+            "retain_age": config.retain_age,
+            "trim_interval": config.trim_interval,
+        }
 
     def _close_listeners(self) -> None:
         for sock in self._listeners:
@@ -248,6 +318,8 @@ class Server:
                         self._dirty.append(data)
                 elif data is _LISTENER:
                     self._accept(key.fileobj)  # type: ignore[arg-type]
+                elif type(data) is _Refused:
+                    self._discard_refused(data)
                 else:
                     self._drain_wakeup()
             if timers and timers[0][0] <= now:
@@ -263,10 +335,11 @@ class Server:
         except OSError:
             pass
 
-    def _schedule(self, when: float, peer: Peer | None) -> None:
-        """Run a check of `peer` (or the housekeeping, for None) at `when`. A peer has one
-        live check at a time: scheduling a new one makes the older entry stale."""
-        if peer is not None:
+    def _schedule(self, when: float, peer: Peer | _Refused | None) -> None:
+        """Run a check of `peer` (or the housekeeping, for None; the end of a refused
+        connection's grace) at `when`. A peer has one live check at a time: scheduling a new
+        one makes the older entry stale."""
+        if type(peer) is Peer:
             peer.check_at = when
         heapq.heappush(self._timers, (when, next(self._timer_seq), peer))
 
@@ -276,8 +349,11 @@ class Server:
             when, _, peer = heapq.heappop(timers)
             if peer is None:
                 self._housekeeping(now)
-            elif peer.check_at == when and peer.sock.fileno() >= 0:
-                self._check_peer(peer, now)
+            elif type(peer) is _Refused:
+                if peer.sock.fileno() >= 0:
+                    self._close_refused(peer)
+            elif peer.check_at == when and peer.sock.fileno() >= 0:  # type: ignore[union-attr]
+                self._check_peer(peer, now)  # type: ignore[arg-type]
 
     def _housekeeping(self, now: float) -> None:
         self._schedule(now + self.config.trim_interval, None)
@@ -310,17 +386,12 @@ class Server:
             ip, port = str(address[0]), int(address[1])
             addr = _format_addr(ip, port)
             refusal = None
-            if len(self.peers) >= config.max_connections:
-                refusal = f"the server holds its maximum of {config.max_connections} connections"
+            if len(self.peers) >= self.max_connections:
+                refusal = f"the server holds its maximum of {self.max_connections} connections"
             elif self._per_ip.get(ip, 0) >= config.max_per_ip:
                 refusal = f"{ip} holds its maximum of {config.max_per_ip} connections"
             if refusal is not None:
-                self.journal.warning("refused", f"refused {addr}: {refusal}", peer=addr)
-                try:
-                    sock.send(encode(Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=refusal)))
-                except OSError:
-                    pass
-                sock.close()
+                self._refuse(sock, addr, refusal)
                 continue
             sock.setblocking(False)
             try:
@@ -341,6 +412,70 @@ class Server:
             self._sel.register(sock, _READ, peer)
             self._schedule(self._now + config.handshake_timeout, peer)
             self.journal.debug("connect", f"connection from {addr}", peer=addr, cid=peer.cid)
+
+    def _refuse(self, sock: socket.socket, addr: str, reason: str) -> None:
+        """Bye(TOO_MANY_CONNECTIONS), then the same lingering close as any other: a client
+        that already sent its Hello would otherwise get a reset, which can destroy the Bye.
+        The oldest lingering refusal is closed to make room for a new one past the cap."""
+        self._log_refusal(addr, reason)
+        try:
+            sock.setblocking(False)
+            sock.send(encode(Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason)))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self._refused) >= REFUSED_LINGER_MAX:
+            self._close_refused(next(iter(self._refused.values())))
+        entry = _Refused(sock, self._now + REFUSED_GRACE)
+        self._refused[entry.fd] = entry
+        self._sel.register(sock, _READ, entry)
+        self._schedule(entry.deadline, entry)
+
+    def _log_refusal(self, addr: str, reason: str) -> None:
+        """One log line per REFUSAL_LOG_EVERY seconds: a flood of refusals is not a flood of
+        log lines. The line says how many were refused since the last one."""
+        if self._now < self._refusal_log_at:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        self._refusals_unlogged = 0
+        self._refusal_log_at = self._now + REFUSAL_LOG_EVERY
+        also = f" ({more} more refused since the last line)" if more else ""
+        self.journal.warning("refused", f"refused {addr}: {reason}{also}", peer=addr, more=more)
+
+    def _discard_refused(self, entry: _Refused) -> None:
+        if entry.sock.fileno() < 0:
+            return  # closed earlier in this turn (to make room for a newer refusal)
+        try:
+            n = entry.sock.recv_into(self._buf, READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if n == 0:
+            self._close_refused(entry, drain=False)
+
+    def _close_refused(self, entry: _Refused, *, drain: bool = True) -> None:
+        """Close a refused connection; `drain` first reads what it sent since, so that the
+        close is a FIN rather than a reset whenever it can be. Idempotent."""
+        if entry.sock.fileno() < 0:
+            return
+        del self._refused[entry.fd]
+        if drain:
+            try:
+                entry.sock.recv_into(self._buf, READ_CHUNK)
+            except OSError:
+                pass
+        try:
+            self._sel.unregister(entry.sock)
+        except (KeyError, ValueError):
+            pass
+        entry.sock.close()
+
+    def _close_all_refused(self) -> None:
+        for entry in list(self._refused.values()):
+            self._close_refused(entry)
 
     def _pause_accepting(self) -> None:
         self._accept_paused_until = self._now + 1.0
@@ -756,6 +891,7 @@ class Server:
     def _shutdown(self) -> None:
         """Stop accepting, say Bye to everyone, flush the store, let the Byes drain."""
         self._close_listeners()
+        self._close_all_refused()
         count = len(self.peers)
         self.journal.info("shutdown", f"shutting down: saying goodbye to {count} connections")
         self._now_ms = int(time.time() * 1000)

@@ -33,6 +33,13 @@ def _style_codes(console: Console, style: str) -> tuple[str, str]:
     return before, after
 
 
+def _shown(value: object) -> str:
+    """A banner value for people: 100,000 rather than 100000, 10 rather than 10.0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,g}"
+
+
 class ServerLog:
     def __init__(self, level: str = "info", fmt: str = "rich", stream: TextIO | None = None):
         self.threshold = LEVELS[level]
@@ -74,7 +81,8 @@ class ServerLog:
         self._emit("info", "listening", f"listening on {shown}", {"host": host, "port": port})
 
     def banner(self, title: str, limits: Mapping[str, object]) -> None:
-        """The start-up summary: the limits in force (the addresses follow as log lines)."""
+        """The start-up summary: every limit in force (the addresses follow as log lines). In
+        JSON, the "start" event with the limits as a "limits" object of plain values."""
         if self.threshold > 20:
             return
         if self._console is None:
@@ -84,7 +92,7 @@ class ServerLog:
         grid.add_column(style="cyan")
         grid.add_column()
         for key, value in limits.items():
-            grid.add_row(key, str(value))
+            grid.add_row(key, _shown(value))
         self._console.print(Panel(grid, title=Text(title, style="bold"), expand=False))
 
     def _emit(self, level: str, event: str, message: str, fields: Mapping[str, object]) -> None:

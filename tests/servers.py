@@ -7,14 +7,23 @@
   server's state or its log (`server.journal.stream` is an io.StringIO).
 - `serve_process(*args)`: a real `python -m chatctl serve --port 0` subprocess; yields a
   ServeProcess with .host, .port, .proc and the log lines read so far; killed at exit.
+- `start_chatctl(*args)`: any `python -m chatctl ...` subprocess, its stderr collected.
 - `Client`: a blocking test client with a deadline on every wait (no sleeps).
+
+Every subprocess started here dies with the test process, even when that is killed outright
+(SIGKILL, a CI timeout): no orphaned `chatctl serve` keeps a port and a core busy. Other test
+files spawning subprocesses can pass `dies_with_parent()` as `preexec_fn` to get the same.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import io
+import os
 import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +56,28 @@ from chatctl.store import Store
 
 LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
 E = TypeVar("E", bound=Event)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up here, not in the child: between fork and exec only async-signal-safe work is wise.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def dies_with_parent(*, nofile: int | None = None) -> Callable[[], None]:
+    """A `preexec_fn` (for subprocess.Popen or pexpect.spawn) that makes the child die with
+    SIGKILL when this process dies, however it dies: Linux's PR_SET_PDEATHSIG; elsewhere it
+    does nothing (the context managers' cleanup still runs on a normal exit). The signal comes
+    when the *thread* that started the child ends, so start long-lived children from the main
+    thread. `nofile` also sets the child's RLIMIT_NOFILE (soft and hard)."""
+    parent = os.getpid()
+
+    def setup() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before the prctl took effect
+                os._exit(1)
+
+    return setup
 
 
 @contextmanager
@@ -134,11 +165,14 @@ class ServeProcess:
             self._cond.notify_all()
 
 
-def start_chatctl(*args: str) -> tuple[ServeProcess, threading.Thread]:
+def start_chatctl(*args: str, nofile: int | None = None) -> tuple[ServeProcess, threading.Thread]:
     """`python -m chatctl ARGS...` with its stderr collected line by line into .lines by the
-    returned thread (so a chatty process never blocks on a full pipe). The caller stops it."""
+    returned thread (so a chatty process never blocks on a full pipe). The caller stops it;
+    it dies with this process in any case (see `dies_with_parent`, which `nofile` goes to)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "chatctl", *args],
+        # Safe with threads here: the function only makes two system calls (see above).
+        preexec_fn=dies_with_parent(nofile=nofile),  # noqa: PLW1509
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -153,13 +187,16 @@ def start_chatctl(*args: str) -> tuple[ServeProcess, threading.Thread]:
 
 
 @contextmanager
-def serve_process(*extra_args: str, timeout: float = 20.0) -> Iterator[ServeProcess]:
+def serve_process(
+    *extra_args: str, timeout: float = 20.0, nofile: int | None = None
+) -> Iterator[ServeProcess]:
     """`python -m chatctl serve --port 0 ...` in a subprocess (history in memory unless
-    --data is given). Its stderr log is collected in .lines; it is killed at exit."""
+    --data is given). Its stderr log is collected in .lines; it is killed at exit, and dies
+    with this process. `nofile`: its RLIMIT_NOFILE."""
     args = ["serve", "--port", "0", *extra_args]
     if "--data" not in extra_args:
         args += ["--data", ":memory:"]
-    handle, pump = start_chatctl(*args)
+    handle, pump = start_chatctl(*args, nofile=nofile)
     proc = handle.proc
     opened = len(_open_clients)
     try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import select
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -18,8 +20,10 @@ from hypothesis import strategies as st
 from chatctl.protocol import (
     HEADER,
     MAGIC,
+    PROTOCOL_VERSION,
     Bye,
     ChangeNick,
+    Connection,
     ErrorCode,
     Gap,
     Hello,
@@ -32,14 +36,15 @@ from chatctl.protocol import (
     Part,
     Ping,
     Pong,
+    Role,
     Say,
     Tell,
     Who,
     encode,
 )
-from chatctl.server import Server
+from chatctl.server import REFUSED_LINGER_MAX, Server
 from chatctl.store import MemoryStore, StoredMessage
-from tests.servers import Client, running_server, server_instance
+from tests.servers import Client, running_server, serve_process, server_instance
 
 ROOM = "lobby"
 
@@ -240,6 +245,60 @@ def test_connection_limits_total_and_per_ip() -> None:
         assert bye is not None and bye.code == ErrorCode.TOO_MANY_CONNECTIONS
         assert "127.0.0.1" in bye.reason
         still_served(alice, bob)
+
+
+def test_a_refused_client_that_already_sent_data_gets_its_bye_then_a_clean_close() -> None:
+    """Its Hello is in the server's receive buffer when the refusal is decided (the server is
+    stopped while it connects and sends). Closing with unread input would reset the
+    connection; the server must read it and close cleanly after the Bye instead."""
+    with serve_process("--max-per-ip", "1") as server:
+        Client.connect(server.host, server.port, "holder")
+        conn = Connection(Role.CLIENT)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            refused = socket.create_connection((server.host, server.port), timeout=10)
+            refused.sendall(conn.send(Hello(version=PROTOCOL_VERSION, nick="late")))
+            refused.sendall(encode(Ping(token=1)) * 20)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        with refused:
+            data = b""
+            while chunk := refused.recv(65536):  # a reset raises ConnectionResetError here
+                data += chunk
+        conn.receive_data(data)
+        bye = conn.next_event()
+        assert type(bye) is Bye and bye.code == ErrorCode.TOO_MANY_CONNECTIONS
+        assert "holds its maximum of 1 connections" in bye.reason
+
+
+def test_a_flood_of_refused_connections_lingers_bounded_in_number_and_time() -> None:
+    count = REFUSED_LINGER_MAX + 30
+    with server_instance(max_connections=2) as (server, host, port):
+        alice, bob = witnesses(host, port)
+        hello = Connection(Role.CLIENT).send(Hello(version=PROTOCOL_VERSION, nick="x"))
+        flood = []
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=10)
+            sock.sendall(hello)  # and never closes: the server has to end it
+            flood.append(sock)
+        assert server.lingering_refusals <= REFUSED_LINGER_MAX
+        for sock in flood:  # each one is closed by the server, within its grace period
+            with sock:
+                try:
+                    while sock.recv(65536):
+                        pass
+                except ConnectionResetError:
+                    pass  # one of the oldest, closed early to make room
+        deadline = time.monotonic() + 10
+        while server.lingering_refusals:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # polling for the condition, with a deadline
+        still_served(alice, bob)
+        log = server.journal.stream
+        assert isinstance(log, io.StringIO)
+        lines = [line for line in log.getvalue().splitlines() if "refused 127.0.0.1" in line]
+        assert 1 <= len(lines) < count // 2  # not one line per refusal
+        assert "more refused since the last line" in log.getvalue() or len(lines) == 1
 
 
 def test_resume_token_takes_over_the_old_session() -> None:
