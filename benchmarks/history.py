@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -22,24 +23,38 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 CHATCTL = [sys.executable, "-m", "chatctl"]
+MAX_OUTPUT = ["--max-output", str(16 * 1024 * 1024)]
 SCENARIOS = {
     "fanout 1->100 (delivered msgs/s)": (["fanout", "-P", "1", "-S", "100"], "delivery"),
     "room ingest 10 senders/10 members (acked msgs/s)": (["room", "-N", "10"], "publish"),
 }
 
 
+@dataclass(frozen=True)
+class Server:
+    target: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server so far (from /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(data: str, log: Path) -> Iterator[str]:
+def server(data: str, log: Path) -> Iterator[Server]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # The log goes to a file: a pipe nobody reads would block the server once it is full.
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0"],
+            # As the bench suite runs it: no rate limit, room for a briefly slow consumer.
+            [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0", *MAX_OUTPUT],
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )
@@ -49,24 +64,29 @@ def server(data: str, log: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start:\n{log.read_text()}")
             time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
+        yield Server(f"127.0.0.1:{port}", proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def bench(target: str, args: list[str], key: str, msgs: int) -> float:
+def bench(srv: Server, args: list[str], key: str, msgs: int) -> tuple[float, float]:
+    """The rate of `key` and the server's CPU microseconds per published message."""
+    cpu = srv.cpu_seconds()
     out = subprocess.run(
-        [*CHATCTL, "bench", *args, "--target", target, "--msgs", str(msgs), "--json"],
+        [*CHATCTL, "bench", *args, "--target", srv.target, "--msgs", str(msgs), "--json"],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=300,
-    ).stdout
-    result = json.loads(out)
+    )
+    if out.returncode:
+        raise RuntimeError(f"{srv.target}: bench exit {out.returncode}: {out.stderr[-2000:]}")
+    result = json.loads(out.stdout)
     if not result["verification"]["ok"]:
         raise RuntimeError(f"bench saw loss: {result['verification']}")
-    return float(result[key]["rate"])
+    cpu = srv.cpu_seconds() - cpu
+    return float(result[key]["rate"]), cpu * 1e6 / result["publish"]["messages"]
 
 
 def main() -> None:
@@ -83,15 +103,21 @@ def main() -> None:
         ):
             for name, (args, key) in SCENARIOS.items():
                 rates: dict[str, list[float]] = {"sqlite": [], "memory": []}
+                cpus: dict[str, list[float]] = {"sqlite": [], "memory": []}
                 for _ in range(options.rounds):
-                    for label, target in (("sqlite", sqlite), ("memory", memory)):
-                        rates[label].append(bench(target, args, key, options.msgs))
+                    for label, srv in (("sqlite", sqlite), ("memory", memory)):
+                        rate, cpu = bench(srv, args, key, options.msgs)
+                        rates[label].append(rate)
+                        cpus[label].append(cpu)
                 med = {label: statistics.median(r) for label, r in rates.items()}
+                per = {label: statistics.median(c) for label, c in cpus.items()}
                 print(
                     f"{name}: sqlite {med['sqlite']:,.0f}  memory {med['memory']:,.0f}"
                     f"  ratio {med['sqlite'] / med['memory']:.2f}"
                     f"  (rounds sqlite {[round(r) for r in rates['sqlite']]},"
-                    f" memory {[round(r) for r in rates['memory']]})",
+                    f" memory {[round(r) for r in rates['memory']]})\n"
+                    f"  server CPU per published message: sqlite {per['sqlite']:.1f} us,"
+                    f" memory {per['memory']:.1f} us, ratio {per['memory'] / per['sqlite']:.2f}",
                     flush=True,
                 )
     finally:

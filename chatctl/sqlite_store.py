@@ -151,14 +151,14 @@ class IdFilter:
             self._grow(2 * len(self._layers[-1][0]) * 8 // self.BITS_PER_ID)
         self._room -= 1
         bits, mask = self._layers[-1]
-        h1 = hash((key, msg_id))
-        h2 = hash((msg_id, key)) | 1
+        h1 = hash((key, msg_id))  # 64 bits: the low half probes, the high half strides
+        h2 = (h1 >> 32) | 1
         for p in (h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask):
             bits[p >> 3] |= 1 << (p & 7)
 
     def may_contain(self, key: str, msg_id: str) -> bool:
-        h1 = hash((key, msg_id))
-        h2 = hash((msg_id, key)) | 1
+        h1 = hash((key, msg_id))  # 64 bits: the low half probes, the high half strides
+        h2 = (h1 >> 32) | 1
         for bits, mask in self._layers:
             p, q, r = h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask
             if (
