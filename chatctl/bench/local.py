@@ -35,6 +35,11 @@ SERVER_ARGS = (
     str(16 * 1024 * 1024),
     "--join-history",
     "0",
+    # every bench connection comes from 127.0.0.1
+    "--max-connections",
+    "1000000",
+    "--max-per-ip",
+    "1000000",
     "--log-format",
     "json",
 )
