@@ -447,13 +447,7 @@ class Server:
     def _discard_refused(self, entry: _Refused) -> None:
         if entry.sock.fileno() < 0:
             return  # closed earlier in this turn (to make room for a newer refusal)
-        try:
-            n = entry.sock.recv_into(self._buf, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            n = 0
-        if n == 0:
+        if self._discard_read(entry.sock):
             self._close_refused(entry, drain=False)
 
     def _close_refused(self, entry: _Refused, *, drain: bool = True) -> None:
@@ -463,10 +457,7 @@ class Server:
             return
         del self._refused[entry.fd]
         if drain:
-            try:
-                entry.sock.recv_into(self._buf, READ_CHUNK)
-            except OSError:
-                pass
+            self._discard_read(entry.sock)
         try:
             self._sel.unregister(entry.sock)
         except (KeyError, ValueError):
@@ -850,14 +841,18 @@ class Server:
         self._lingering += 1
 
     def _discard_input(self, peer: Peer) -> None:
-        try:
-            n = peer.sock.recv_into(self._buf, READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            n = 0
-        if n == 0:
+        if self._discard_read(peer.sock):
             self._abort(peer)
+
+    def _discard_read(self, sock: socket.socket) -> bool:
+        """One read of input nobody will look at; True once the client has closed (or the
+        connection failed)."""
+        try:
+            return sock.recv_into(self._buf, READ_CHUNK) == 0
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def _abort(self, peer: Peer) -> None:
         """Close now, dropping any output. Idempotent."""
