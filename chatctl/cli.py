@@ -247,6 +247,7 @@ def bot(
     reply_rate: o.ReplyRate = 12.0,
     max_reply: o.MaxReply = 1500,
     on_failure: o.OnFailure = "notice",
+    reply_timeout: o.ReplyTimeout = 30.0,
     ignore: o.BotIgnore = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
@@ -271,6 +272,7 @@ def bot(
             reply_rate=reply_rate,
             max_reply=max_reply,
             on_failure=on_failure,
+            reply_timeout=reply_timeout,
             ignore=ignore or [],
         )
 

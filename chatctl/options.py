@@ -466,6 +466,15 @@ OnFailure = Annotated[
         help="notice (say so in the chat) or silent, when the backend fails.",
     ),
 ]
+ReplyTimeout = Annotated[
+    float,
+    typer.Option(
+        "--reply-timeout",
+        envvar=_env("BOT_REPLY_TIMEOUT"),
+        min=0.1,
+        help="Seconds a reply may take, any backend; then what came so far, or the failure notice.",
+    ),
+]
 BotIgnore = Annotated[
     list[str] | None,
     typer.Option(

@@ -8,9 +8,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from chatctl.bot.manners import (
     ELLIPSIS,
+    FLUSH_AT,
+    IDLE_FLUSH,
+    IDLE_MIN,
+    Framer,
     TokenBucket,
     clip,
     one_line,
@@ -128,6 +133,139 @@ def test_property_stream_frames_fit_and_keep_the_text(
         assert got.endswith(ELLIPSIS)
         got = got.removesuffix(ELLIPSIS)
     assert got == "".join(body.split())
+
+
+# -- streaming into the chat ---------------------------------------------------------------------
+
+SENTENCE = "A chat room is a place where people meet to talk about all kinds of things together."
+
+
+def feed_words(framer: Framer, text: str, now: float = 0.0) -> list[str]:
+    """Feed `text` a word at a time, as a model streams it."""
+    frames: list[str] = []
+    for word in text.split(" "):
+        frames += framer.feed(word + " ", now)
+    return frames
+
+
+def test_framer_sends_each_sentence_once_it_is_long_enough() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    assert feed_words(framer, "Yes.") == []  # too short to be a message of its own
+    assert feed_words(framer, SENTENCE) == []  # the stream may end here: no need to cut
+    assert framer.feed("It", 0.1) == [f"Yes. {SENTENCE}"]
+    assert framer.pending == "It"
+    assert framer.feed(" has rooms.\nAnd nicks, ", 0.2) == []
+    assert framer.finish() == ["It has rooms. And nicks,"]
+
+
+def test_framer_keeps_a_reply_that_comes_whole_in_one_message() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    assert framer.feed(f"{SENTENCE} {SENTENCE}\n{SENTENCE}", 0.0) == []
+    assert framer.finish() == [f"{SENTENCE} {SENTENCE} {SENTENCE}"]
+
+
+def test_framer_sends_complete_words_when_the_model_pauses() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192, now=10.0)
+    assert framer.feed("The answer depends on what you mea", 10.0) == []
+    assert framer.idle_at() == 10.0 + IDLE_FLUSH
+    assert framer.idle(10.5) == []
+    assert framer.idle(11.0) == ["The answer depends on what you"]  # "mea" may go on
+    assert framer.idle_at() is None  # too little left to send on its own
+    assert framer.feed("n by it.", 12.0) == []
+    assert framer.finish() == ["mean by it."]
+
+
+def test_framer_does_not_send_word_by_word_from_a_slow_model() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    now = 0.0
+    sent: list[str] = []
+    for word in ["Well, ", "I ", "think ", "so, ", "but ", "let ", "me ", "check."]:
+        sent += framer.feed(word, now)
+        now += 5.0  # a very slow model
+        sent += framer.idle(now)
+    sent += framer.finish()
+    assert sent == ["Well, I think so, but", "let me check."]
+    assert all(len(f) >= IDLE_MIN for f in sent[:-1])
+
+
+def test_framer_cut_short_ends_in_an_ellipsis() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    framer.feed("Still thinking about", 0.0)
+    assert framer.finish(cut=True) == ["Still thinking about" + ELLIPSIS]
+
+
+def test_framer_waits_for_a_copied_nick_before_sending() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192, names={"ai"})
+    assert framer.feed("ai", 0.0) == []
+    assert framer.idle(5.0) == []  # nothing complete to send yet
+    assert framer.feed(": " + SENTENCE, 6.0) == []
+    assert framer.feed(" More", 7.0) == [SENTENCE]
+
+
+CHUNKS = st.text(st.sampled_from("abc é€😀.!?3\n") | st.characters(codec="utf-8"), max_size=40)
+
+
+class FramerMachine(RuleBasedStateMachine):
+    """Any pieces at any pace: frames fit, nothing is lost or reordered, a frame goes out at
+    the first boundary after FLUSH_AT characters and after a pause, and the reply stops at
+    max_chars with an ellipsis."""
+
+    @initialize(max_chars=st.integers(1, 400), max_bytes=st.integers(4, 120))
+    def start(self, max_chars: int, max_bytes: int) -> None:
+        self.framer = Framer(max_chars=max_chars, max_bytes=max_bytes)
+        self.max_chars = max_chars
+        self.max_bytes = max_bytes
+        self.now = 0.0
+        self.received = ""
+        self.frames: list[str] = []
+
+    def _sent(self, frames: list[str]) -> None:
+        for frame in frames:
+            assert 0 < len(frame.encode("utf-8", "surrogatepass")) <= self.max_bytes
+            assert frame == frame.strip()
+        self.frames += frames
+
+    @rule(chunk=CHUNKS, gap=st.floats(0.0, 3.0))
+    def feed(self, chunk: str, gap: float) -> None:
+        self.now += gap
+        self.received += chunk
+        self._sent(self.framer.feed(chunk, self.now))
+        framer = self.framer
+        if not framer.full and len(self.received) < self.max_chars:
+            # No sentence end with a frame's worth of text before it is left waiting, once
+            # the text has moved past it.
+            head = framer.pending[: len(framer.pending) - len(chunk)].rstrip()
+            for mark in ".!?…":
+                at = head.rfind(mark + " ")
+                if at >= FLUSH_AT and not head[at - 1].isspace() and not head[at - 1].isdigit():
+                    raise AssertionError(f"held back a finished sentence: {head!r}")
+
+    @rule(gap=st.floats(0.0, 3.0))
+    def wait(self, gap: float) -> None:
+        self.now += gap
+        due = self.framer.idle_at()
+        self._sent(self.framer.idle(self.now))
+        if due is not None and self.now >= due:
+            words = self.framer.pending.rsplit(None, 1)
+            assert len(words) < 2 or len(words[0].strip()) < IDLE_MIN
+
+    @invariant()
+    def holds_less_than_a_frame(self) -> None:
+        assert len(self.framer.pending.strip().encode("utf-8", "surrogatepass")) <= self.max_bytes
+
+    def teardown(self) -> None:
+        if not hasattr(self, "framer"):
+            return
+        self._sent(self.framer.finish())
+        body = self.received[: self.max_chars]
+        got = "".join("".join(self.frames).split())
+        if len(self.received) > self.max_chars and body.strip() and self.framer.full:
+            assert got.endswith(ELLIPSIS)
+            got = got.removesuffix(ELLIPSIS)
+        assert got == "".join(body.split())
+
+
+TestFramerMachine = FramerMachine.TestCase
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

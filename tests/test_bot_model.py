@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from chatctl.bot.brain import Prompt, TurnKind
-from chatctl.bot.local import LocalBackend, smollm2_gguf
+from chatctl.bot.local import MAX_TOKENS, LocalBackend, max_tokens, smollm2_gguf
 from tests.servers import Client, ServeProcess, running_server
 from tests.test_bot_chat import bot_process, from_bot, wait_joined
 
@@ -116,13 +116,50 @@ def test_bot_answers_a_mention_through_a_real_model_server(model_server: str) ->
         assert int(log[3]) > 1  # it came as a stream of chunks
 
 
-def test_local_backend_streams_from_the_model_in_process() -> None:
+def test_local_backend_streams_and_stops_at_once_when_cancelled() -> None:
+    """The model in-process streams a reply. A reply given up on stops inside llama.cpp (the
+    abort callback) and the model is fine for the next one. Generation is capped well below
+    a long --max-reply."""
+    assert max_tokens(1500) == MAX_TOKENS and max_tokens(60) == 20
     backend = LocalBackend(model_path=None, n_ctx=512)
     try:
-        prompt = Prompt(
+        story = Prompt(
+            kind=TurnKind.ANSWER,
+            bot_nick="ai",
+            question="Tell me a very long story.",
+            asker="bob",
+            max_chars=1500,
+        )
+        stream = backend.complete(story)
+        next(stream)
+        backend.cancel()
+        assert len(list(stream)) <= 1  # at most a piece already decoded; no more decoding
+        given_up = backend.complete(story)
+        backend.cancel()  # before it started: it never runs
+        assert list(given_up) == []
+        hello = Prompt(
             kind=TurnKind.ANSWER, bot_nick="ai", question="Say hello.", asker="bob", max_chars=60
         )
-        pieces = list(backend.complete(prompt))
+        pieces = list(backend.complete(hello))
     finally:
         backend.close()
     assert len(pieces) > 1 and "".join(pieces).strip()
+
+
+def test_local_bot_keeps_to_its_reply_timeout() -> None:
+    """--reply-timeout far below what the model needs: the chat gets the failure notice (or
+    what came so far, cut), the log says why, and the bot still stops cleanly."""
+    args = ("--backend", "local", "--reply-timeout", "0.1")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai what is a chat room?")
+        said = from_bot(alice, timeout=30).text
+        log = bot.wait_for_line(r"(no reply within 0\.1 s|reply cut at the 0\.1 s reply timeout)")
+        if log[1].startswith("no reply"):
+            assert said == "(sorry, my local backend is not answering right now)"
+        else:
+            assert said.endswith("…")

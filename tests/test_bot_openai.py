@@ -28,8 +28,10 @@ def chunk(text: str) -> str:
     return json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})
 
 
-def sse(*pieces: str, done: bool = True, hold: threading.Event | None = None) -> Step:
-    """A streamed reply, one event per piece; with `hold`, stall after the first piece."""
+def sse(
+    *pieces: str, done: bool = True, hold: threading.Event | None = None, hold_at: int = 0
+) -> Step:
+    """A streamed reply, one event per piece; with `hold`, stall after piece `hold_at`."""
 
     def step(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
@@ -38,7 +40,7 @@ def sse(*pieces: str, done: bool = True, hold: threading.Event | None = None) ->
         for i, piece in enumerate(pieces):
             h.wfile.write(f"data: {piece}\n\n".encode())
             h.wfile.flush()
-            if hold is not None and i == 0:
+            if hold is not None and i == hold_at:
                 hold.wait(10)
         if done:
             h.wfile.write(b"data: [DONE]\n\n")
@@ -46,8 +48,10 @@ def sse(*pieces: str, done: bool = True, hold: threading.Event | None = None) ->
     return step
 
 
-def reply(*texts: str, done: bool = True, hold: threading.Event | None = None) -> Step:
-    return sse(*(chunk(t) for t in texts), done=done, hold=hold)
+def reply(
+    *texts: str, done: bool = True, hold: threading.Event | None = None, hold_at: int = 0
+) -> Step:
+    return sse(*(chunk(t) for t in texts), done=done, hold=hold, hold_at=hold_at)
 
 
 def status(code: int, body: str = "{}", retry_after: str | None = None) -> Step:
@@ -373,3 +377,88 @@ def test_a_copied_nick_prefix_is_dropped(fake: FakeModelServer) -> None:
         wait_joined(alice)
         alice.say("lobby", "@ai what is the capital of France?")
         assert from_bot(alice).text == "Paris is the capital."
+
+
+FIRST = "A chat room is where people who share an interest meet to talk, all at the same time."
+
+
+def test_a_streamed_reply_reaches_the_chat_sentence_by_sentence(fake: FakeModelServer) -> None:
+    """The first sentence is in the chat while the model is still writing the second."""
+    hold = threading.Event()
+    words = [w + " " for w in FIRST.split()] + ["Anyone "]
+    pieces = [*words, "in the room sees", " every message."]
+    fake.script = [reply(*pieces, hold=hold, hold_at=len(words) - 1)]
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai what is a chat room?")
+        try:
+            # Sent at the sentence end (a pause would have sent "Anyone" too).
+            assert from_bot(alice, timeout=5).text == FIRST
+        finally:
+            hold.set()
+        assert from_bot(alice).text == "Anyone in the room sees every message."
+        bot.wait_for_line(r"replied \(answer\) in #lobby: 2 frame\(s\)")
+
+
+def test_a_pause_in_the_stream_sends_the_words_so_far(fake: FakeModelServer) -> None:
+    hold = threading.Event()
+    fake.script = [reply("Let me think about that question", " for a moment.", hold=hold)]
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args),
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai hmm?")
+        try:
+            # "question" may yet grow into "questions": it waits for the rest.
+            assert from_bot(alice, timeout=5).text == "Let me think about that"
+        finally:
+            hold.set()
+        assert from_bot(alice).text == "question for a moment."
+
+
+def test_reply_timeout_gives_the_failure_notice(
+    fake: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that never answers: at the reply timeout (here from the environment) the bot
+    says so once, logs it, and keeps working."""
+    fake.script = [stall(fake.release)]
+    fake.default = reply("back again")
+    monkeypatch.setenv("CHATCTL_BOT_REPLY_TIMEOUT", "0.5")
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai are you there?")
+        assert "not answering" in from_bot(alice, timeout=5).text
+        bot.wait_for_line(r"backend openai failed for #lobby: no reply within 0.5 s")
+        alice.say("lobby", "@ai and now?")
+        assert from_bot(alice).text == "back again"
+
+
+def test_reply_timeout_cuts_a_slow_reply(fake: FakeModelServer) -> None:
+    hold = threading.Event()
+    fake.script = [reply("The short answer is", " yes.", hold=hold)]
+    args = ("--backend", "openai", "--base-url", fake.url, "--reply-timeout", "0.5")
+    with (
+        running_server() as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice)
+        alice.say("lobby", "@ai is it?")
+        try:
+            assert from_bot(alice, timeout=5).text == "The short answer is…"
+        finally:
+            hold.set()
+        bot.wait_for_line(r"too slow for #lobby: reply cut at the 0.5 s reply timeout")

@@ -38,6 +38,9 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `cancel()` stops the reply being produced at once, from another thread (the
+    # runner calls it when it gives up on a reply); without it a reply stops at its next piece.
+
 
 def system_text(system: str | None, prompt: Prompt) -> str:
     template = system if system else DEFAULT_SYSTEM

@@ -115,47 +115,143 @@ def strip_speaker(text: str, names: Iterable[str]) -> str:
     return text
 
 
+# Streaming into a chat, where a message cannot be edited: send a frame at a natural boundary
+# once it reads as a message of its own, or when the model pauses, never word by word.
+FLUSH_AT = 80  # characters before a sentence or line end that make it worth a frame
+IDLE_FLUSH = 1.0  # seconds without new text after which the complete words so far go out
+IDLE_MIN = 20  # characters: the least an idle flush sends (a very slow model: not word by word)
+
+# A line break, or a sentence end (not "3." in a list) followed by a space.
+_BOUNDARY = re.compile(r"\n|(?<=[^\d\s][.!?…])\s")
+_SPACE = re.compile(r"\s")
+
+
+class Framer:
+    """Chat frames from a reply that arrives in pieces, sans-IO: `feed` each piece with the
+    time, call `idle` when `idle_at` has passed with nothing new, and `finish` at the end.
+
+    The reply stops at `max_chars` characters (`full` then says so, and `finish` ends it in an
+    ellipsis); each frame holds at most `max_bytes` of UTF-8; a leading "nick:" naming one of
+    `names` is dropped. Joining the frames with spaces gives the reply, whitespace collapsed.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_chars: int,
+        max_bytes: int,
+        names: Iterable[str] = (),
+        now: float = 0.0,
+        flush_at: int = FLUSH_AT,
+        idle_after: float = IDLE_FLUSH,
+        idle_min: int = IDLE_MIN,
+    ) -> None:
+        if max_bytes < 4:
+            raise ValueError("max_bytes must leave room for one character")
+        self.max_chars = max_chars
+        self.max_bytes = max_bytes
+        self.flush_at = flush_at
+        self.idle_after = idle_after
+        self.idle_min = idle_min
+        self.full = False  # the reply reached max_chars and more was coming
+        self.pending = ""  # text received and not sent yet
+        self._known = {n for n in names if n}
+        self._head_checked = not self._known
+        self._total = 0
+        self._last = now
+
+    def feed(self, chunk: str, now: float) -> list[str]:
+        """A piece of the reply arrived: the frames ready to send."""
+        if self.full or not chunk:
+            return []
+        self._last = now
+        room = self.max_chars - self._total
+        if len(chunk) > room:
+            self.full = True
+            chunk = chunk[:room]
+        self.pending += chunk
+        self._total += len(chunk)
+        if not self._head_checked:
+            if len(self.pending) < SPEAKER_PREFIX_WINDOW and not self.full:
+                return []  # the reply may begin with a "nick:" to drop
+            self._check_head()
+        frames = self._take_full()
+        if not self._at_limit():
+            # Only a boundary the text had reached before this piece: a reply that comes
+            # whole (the offline backend, a server that does not stream) stays one message.
+            before = len(self.pending) - len(chunk)
+            ends = (m.end() for m in _BOUNDARY.finditer(self.pending) if m.start() <= before)
+            cut = max(ends, default=0)
+            if len(self.pending[:cut].strip()) >= self.flush_at:
+                frames += self._take(cut)
+        return frames
+
+    def idle_at(self) -> float | None:
+        """When `idle` would send something if no new text arrives first (None: never)."""
+        if self._at_limit() or len(self.pending.strip()) < self.idle_min:
+            return None
+        return self._last + self.idle_after
+
+    def idle(self, now: float) -> list[str]:
+        """No new text for a while: send the complete words so far, if there are enough."""
+        due = self.idle_at()
+        if due is None or now < due:
+            return []
+        if not self._head_checked:
+            self._check_head()
+        cut = max((m.end() for m in _SPACE.finditer(self.pending)), default=0)
+        if len(self.pending[:cut].strip()) < self.idle_min:
+            return []
+        return self._take(cut)
+
+    def finish(self, *, cut: bool = False) -> list[str]:
+        """The stream ended (or was `cut` short): the rest of the reply."""
+        if not self._head_checked:
+            self._check_head()
+        tail = one_line(self.pending)
+        self.pending = ""
+        if (cut or self.full) and tail:
+            tail += ELLIPSIS
+        return split_frames(tail, self.max_bytes) if tail else []
+
+    def _at_limit(self) -> bool:
+        # Text up to exactly max_chars: hold the rest, so that if more arrives, the ellipsis
+        # has a frame to end.
+        return self.full or self._total >= self.max_chars
+
+    def _check_head(self) -> None:
+        self.pending = strip_speaker(self.pending, self._known)
+        self._head_checked = True
+
+    def _take(self, cut: int) -> list[str]:
+        head, self.pending = self.pending[:cut], self.pending[cut:].lstrip()
+        return split_frames(head, self.max_bytes)
+
+    def _take_full(self) -> list[str]:
+        """Frames that are full already: all but the last piece of what fits."""
+        if not self.pending.strip():
+            return []
+        frames = split_frames(self.pending, self.max_bytes)
+        # Keep the last, partial frame; and the space it ended in, if any.
+        self.pending = frames[-1] + (" " if self.pending[-1:].isspace() else "")
+        return frames[:-1]
+
+
 def stream_frames(
     stream: Iterable[str], *, max_chars: int, max_bytes: int, names: Iterable[str] = ()
 ) -> Iterator[str]:
-    """Chat frames from a stream of text pieces, as soon as each frame is full.
+    """Chat frames from a stream of text pieces (a Framer without a clock: no idle flushes).
 
-    The reply stops at `max_chars` characters (then ends in an ellipsis, and the stream is
-    closed so a model stops generating); each frame holds at most `max_bytes` of UTF-8; a
-    leading "nick:" naming one of `names` is dropped.
+    The stream is closed once the reply reaches `max_chars`, so a model stops generating.
     """
-    known = {n for n in names if n}
-    pending = ""
-    total = 0
-    truncated = False
-    head_checked = not known
+    framer = Framer(max_chars=max_chars, max_bytes=max_bytes, names=names)
     try:
         for chunk in stream:
-            room_left = max_chars - total
-            truncated = len(chunk) > room_left
-            piece = chunk[:room_left]
-            pending += piece
-            total += len(piece)
-            if not head_checked:
-                if len(pending) < SPEAKER_PREFIX_WINDOW and not truncated:
-                    continue  # the reply may begin with a "nick:" to drop
-                pending = strip_speaker(pending, known)
-                head_checked = True
-            frames = split_frames(pending, max_bytes) if pending.strip() else []
-            yield from frames[:-1]
-            if frames:
-                # Keep the last, partial frame; and the space it ended in, if any.
-                pending = frames[-1] + (" " if pending[-1:].isspace() else "")
-            if truncated:
+            yield from framer.feed(chunk, 0.0)
+            if framer.full:
                 break
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    if not head_checked:
-        pending = strip_speaker(pending, known)
-    tail = one_line(pending)
-    if truncated and tail:
-        tail += ELLIPSIS
-    if tail:
-        yield from split_frames(tail, max_bytes)
+    yield from framer.finish()

@@ -2,26 +2,35 @@
 
 The main thread reads chat events and feeds them to the brain, and ticks the brain's timers.
 Turns the brain returns go to a small bounded queue; one worker thread runs them through the
-backend and streams the reply into the chat, frame by frame as the text arrives, so a slow
-model never stops the bot from reading (and answering the server's pings). When the queue is
-full a turn is dropped with a log line: the bot would rather miss a turn than flood later.
+backend and streams the reply into the chat as the text arrives (manners.Framer decides when
+a frame is worth sending), so a slow model never stops the bot from reading (and answering
+the server's pings). When the queue is full a turn is dropped with a log line: the bot would
+rather miss a turn than flood later.
+
+Each reply has a deadline (--reply-timeout), whatever the backend. The backend's generator
+runs in a thread of its own (a _Pump), because a model busy in C code (llama.cpp's decode)
+cannot be interrupted: the worker waits for its pieces with a timeout, gives up at the
+deadline (what was produced so far goes out ending in "…", or, if nothing was, the failure
+notice or silence), and the pump stops the generator at its next piece.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
 from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Skip, Turn
-from chatctl.bot.manners import stream_frames
+from chatctl.bot.manners import Framer
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
@@ -31,6 +40,7 @@ log = logging.getLogger("chatctl.bot")
 FAILURE_MODES = ("notice", "silent")
 QUEUE_LIMIT = 4  # turns waiting for the backend; more are dropped, never delivered late
 NOTICE_INTERVAL = 60.0  # at most one failure notice per channel per minute
+DEFAULT_REPLY_TIMEOUT = 30.0  # seconds for a whole reply, from the turn to its last frame
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +50,7 @@ class BotConfig:
     rooms: tuple[str, ...] = ("lobby",)
     on_failure: str = "notice"
     connect_timeout: float = 5.0
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT
     brain: BrainSettings = field(default_factory=BrainSettings)
 
 
@@ -54,6 +65,56 @@ def load_system(system: str | None) -> str | None:
         raise ChatctlError(f"cannot read the system prompt {path}: {exc}") from None
 
 
+class _Signal(enum.Enum):
+    WAKE = "wake"  # nothing new from the backend within the wait
+    ABORT = "abort"  # the bot is stopping
+
+
+class _Pump:
+    """A backend's reply generator, run in a thread of its own so the worker can wait for its
+    pieces with a deadline. After `stop` the generator is closed at its next piece (closing it
+    from another thread is not allowed while it runs)."""
+
+    def __init__(self, stream: Iterator[str]) -> None:
+        self._stream = stream
+        self._items: queue.SimpleQueue[str | BackendError | _Signal | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chatctl-bot-backend", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for piece in self._stream:
+                if self._stop.is_set():
+                    break
+                self._items.put(piece)
+        except BackendError as exc:
+            self._items.put(exc)
+        except Exception as exc:  # a bug in a backend must not kill the bot
+            log.exception("the backend crashed")
+            self._items.put(BackendError(f"the backend crashed: {exc!r}"))
+        finally:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()  # a model stops generating; an HTTP response is closed
+            self._items.put(None)
+
+    def get(self, timeout: float) -> str | BackendError | _Signal | None:
+        """The next piece, a BackendError, None at the end, or WAKE after `timeout` s."""
+        try:
+            return self._items.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return _Signal.WAKE
+
+    def abort(self) -> None:
+        """Wake the waiting worker at once (the bot is stopping)."""
+        self._stop.set()
+        self._items.put(_Signal.ABORT)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Bot:
     def __init__(self, config: BotConfig, backend: Backend) -> None:
         self.config = config
@@ -62,6 +123,7 @@ class Bot:
         self._brain_lock = threading.Lock()  # the brain is sans-IO, not thread-safe
         self._turns: queue.Queue[Turn | None] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._noticed: dict[str, float] = {}
+        self._pump: _Pump | None = None  # the reply being produced, if any
         self.client = Client(
             config.host,
             config.port,
@@ -112,6 +174,9 @@ class Bot:
         finally:
             self._turns.queue.clear()
             self._turns.put(None)
+            pump = self._pump
+            if pump is not None:
+                pump.abort()
             self.client.close("bot stopping")
             worker.join(2.0)
             self.backend.close()
@@ -181,6 +246,7 @@ class Bot:
 
     def _answer(self, turn: Turn) -> None:
         started = time.monotonic()
+        deadline = started + self.config.reply_timeout
         first: float | None = None
         pieces = 0
         sent: list[str] = []
@@ -188,25 +254,65 @@ class Bot:
         if self.backend.strip_speaker:
             names = {turn.prompt.bot_nick, turn.prompt.asker}
             names |= {line.sender for line in turn.prompt.context}
-        frames = stream_frames(
-            self.backend.complete(turn.prompt),
-            max_chars=turn.prompt.max_chars,
-            max_bytes=self.max_text,
-            names=names,
+        framer = Framer(
+            max_chars=turn.prompt.max_chars, max_bytes=self.max_text, names=names, now=started
         )
+        pump = self._pump = _Pump(self.backend.complete(turn.prompt))
+        timed_out = False
         try:
-            for frame in frames:
-                if first is None:
-                    first = time.monotonic() - started
-                self._send(turn, frame)
-                sent.append(frame)
-            pieces = int(getattr(self.backend, "chunks", 0))
-        except BackendError as exc:
-            self._failed(turn, str(exc), sent_any=bool(sent))
+            while True:
+                idle_at = framer.idle_at()
+                wake = deadline if idle_at is None else min(deadline, idle_at)
+                item = pump.get(wake - time.monotonic())
+                now = time.monotonic()
+                if item is _Signal.ABORT:
+                    return
+                if item is None:
+                    break
+                if isinstance(item, BackendError):
+                    self._failed(turn, str(item), sent_any=bool(sent))
+                    return
+                if item is _Signal.WAKE:
+                    if now >= deadline:
+                        timed_out = True
+                        break
+                    frames = framer.idle(now)
+                else:
+                    pieces += 1
+                    frames = framer.feed(item, now)
+                for frame in frames:
+                    if first is None:
+                        first = time.monotonic() - started
+                    self._send(turn, frame)
+                    sent.append(frame)
+                if framer.full:
+                    break
+        finally:
+            pump.stop()
+            self._pump = None
+            # A backend that can stop mid-computation (the local model) does so now rather
+            # than at its next piece.
+            cancel = getattr(self.backend, "cancel", None)
+            if cancel is not None:
+                cancel()
+        if timed_out and not sent and not framer.pending.strip():
+            self._failed(turn, f"no reply within {self.config.reply_timeout:g} s", sent_any=False)
             return
+        for frame in framer.finish(cut=timed_out):
+            if first is None:
+                first = time.monotonic() - started
+            self._send(turn, frame)
+            sent.append(frame)
         if not sent:
             self._failed(turn, "the backend returned an empty reply", sent_any=False)
             return
+        if timed_out:
+            log.warning(
+                "backend %s too slow for %s: reply cut at the %g s reply timeout",
+                self.backend.name,
+                turn.channel,
+                self.config.reply_timeout,
+            )
         self.replies += 1
         text = " ".join(sent)
         with self._brain_lock:
@@ -272,6 +378,7 @@ def run_bot(
     max_reply: int = 1500,
     on_failure: str = "notice",
     ignore: list[str] | None = None,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
     stop: threading.Event | None = None,
 ) -> int:
     """`chatctl bot`: connect, take part, and keep going until SIGINT/SIGTERM (or `stop`)."""
@@ -302,10 +409,18 @@ def run_bot(
         knowledge=str(knowledge) if knowledge is not None else None,
         base_url=base_url,
         model=model,
+        timeout=reply_timeout,
     )
     log.info("backend %s ready in %.2f s", engine.name, time.monotonic() - started)
     bot = Bot(
-        BotConfig(host=host, port=port, rooms=tuple(rooms), on_failure=on_failure, brain=settings),
+        BotConfig(
+            host=host,
+            port=port,
+            rooms=tuple(rooms),
+            on_failure=on_failure,
+            reply_timeout=reply_timeout,
+            brain=settings,
+        ),
         engine,
     )
     stop = stop or threading.Event()
