@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from chatctl.bot.runner import load_system
 from chatctl.protocol import DirectMessage, Message, Notice, Tell
@@ -43,6 +44,23 @@ def bot_process(host: str, port: int, *args: str) -> Iterator[ServeProcess]:
         pump.join(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@contextmanager
+def bot_in_lobby(*args: str, **server: Any) -> Iterator[tuple[Client, ServeProcess]]:
+    """A real server (`server` overrides its settings), alice in #lobby, and `chatctl bot
+    ARGS` there, its arrival seen by alice."""
+    with (
+        running_server(**server) as (host, port),
+        Client.connect(host, port, "alice", "lobby") as alice,
+        bot_process(host, port, *args) as bot,
+    ):
+        wait_joined(alice, bot_nick(args))
+        yield alice, bot
+
+
+def bot_nick(args: tuple[str, ...]) -> str:
+    return args[args.index("--nick") + 1] if "--nick" in args else "ai"
 
 
 def wait_joined(client: Client, nick: str = "ai") -> None:
@@ -122,12 +140,7 @@ def test_two_bots_without_bot_names_stop_talking_to_each_other() -> None:
 
 
 def test_every_lines_cadence_in_a_real_room() -> None:
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, "--every-lines", "3"),
-    ):
-        wait_joined(alice)
+    with bot_in_lobby("--every-lines", "3") as (alice, _):
         alice.say("lobby", "first thought")
         alice.say("lobby", "second thought")
         alice.say("lobby", "third thought")
@@ -152,12 +165,7 @@ def test_bot_survives_a_server_restart() -> None:
 
 
 def test_every_seconds_cadence_in_a_real_room() -> None:
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, "--every-seconds", "1"),
-    ):
-        wait_joined(alice)
+    with bot_in_lobby("--every-seconds", "1") as (alice, _):
         alice.say("lobby", "is anyone around?")
         assert from_bot(alice).text.startswith("Last 1 message in #lobby, from alice (1)")
 
@@ -208,11 +216,6 @@ def test_system_prompt_and_knowledge_files(tmp_path: Path) -> None:
     assert load_system(f"@{tmp_path / 'system.txt'}") == "You are {nick}, terse."
     assert load_system("inline prompt") == "inline prompt"
     (tmp_path / "kb.md").write_text("# Coffee\nThe coffee machine is on floor 3.\n")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, "--knowledge", str(tmp_path / "kb.md")),
-    ):
-        wait_joined(alice)
+    with bot_in_lobby("--knowledge", str(tmp_path / "kb.md")) as (alice, _):
         alice.say("lobby", "@ai where is the coffee machine?")
         assert "floor 3" in from_bot(alice).text

@@ -23,8 +23,8 @@ import pytest
 
 from chatctl.bot.brain import Prompt, TurnKind
 from chatctl.bot.local import MAX_TOKENS, LocalBackend, max_tokens, smollm2_gguf
-from tests.servers import Client, ServeProcess, running_server
-from tests.test_bot_chat import bot_process, from_bot, wait_joined
+from tests.servers import ServeProcess
+from tests.test_bot_chat import bot_in_lobby, from_bot
 
 MAX_REPLY = 160  # about 53 tokens: keeps a CPU-only reply to a few seconds
 
@@ -94,12 +94,7 @@ def model_server() -> Iterator[str]:
 
 def test_bot_answers_a_mention_through_a_real_model_server(model_server: str) -> None:
     args = ("--backend", "openai", "--base-url", model_server, "--max-reply", str(MAX_REPLY))
-    with (
-        running_server(max_text=100) as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args, max_text=100) as (alice, bot):
         alice.say("lobby", "Good morning everyone!")
         asked = time.monotonic()
         alice.say("lobby", "@ai what is a chat room? Answer in one sentence.")
@@ -150,12 +145,7 @@ def test_local_bot_keeps_to_its_reply_timeout() -> None:
     """--reply-timeout far below what the model needs: the chat gets the failure notice (or
     what came so far, cut), the log says why, and the bot still stops cleanly."""
     args = ("--backend", "local", "--reply-timeout", "0.1")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args) as (alice, bot):
         alice.say("lobby", "@ai what is a chat room?")
         said = from_bot(alice, timeout=30).text
         log = bot.wait_for_line(r"(no reply within 0\.1 s|reply cut at the 0\.1 s reply timeout)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,8 +19,8 @@ import pytest
 from chatctl.bot.backend import BackendError, chat_messages, system_text
 from chatctl.bot.brain import ChatLine, Prompt, TurnKind
 from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
-from tests.servers import Client, running_server
-from tests.test_bot_chat import bot_process, from_bot, wait_joined
+from tests.servers import Client, ServeProcess, running_server
+from tests.test_bot_chat import bot_in_lobby, bot_process, from_bot, wait_joined
 
 Step = Callable[[BaseHTTPRequestHandler], None]
 
@@ -307,12 +308,7 @@ LONG = "This answer is long enough to need several chat frames. " * 6
 def test_bot_streams_a_long_reply_into_frames_that_fit(fake: FakeModelServer) -> None:
     fake.script = [reply(*(w + " " for w in LONG.split()))]
     args = ("--backend", "openai", "--base-url", fake.url, "--model", "m", "--max-reply", "200")
-    with (
-        running_server(max_text=64) as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args, max_text=64) as (alice, bot):
         alice.say("lobby", "@ai tell me a long story")
         frames = [from_bot(alice)]
         log = bot.wait_for_line(
@@ -354,12 +350,7 @@ def test_on_failure_silent_says_nothing(fake: FakeModelServer) -> None:
     fake.script = [raw(b"garbage", "text/event-stream")]
     fake.default = reply("working again")
     args = ("--backend", "openai", "--base-url", fake.url, "--on-failure", "silent")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args) as (alice, bot):
         alice.say("lobby", "@ai are you there?")
         bot.wait_for_line(r"backend openai failed for #lobby")
         alice.say("lobby", "@ai and now?")
@@ -369,12 +360,7 @@ def test_on_failure_silent_says_nothing(fake: FakeModelServer) -> None:
 def test_a_copied_nick_prefix_is_dropped(fake: FakeModelServer) -> None:
     fake.script = [reply("ai", ": Paris", " is the capital.")]
     args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args),
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args) as (alice, _):
         alice.say("lobby", "@ai what is the capital of France?")
         assert from_bot(alice).text == "Paris is the capital."
 
@@ -382,46 +368,46 @@ def test_a_copied_nick_prefix_is_dropped(fake: FakeModelServer) -> None:
 FIRST = "A chat room is where people who share an interest meet to talk, all at the same time."
 
 
-def test_a_streamed_reply_reaches_the_chat_sentence_by_sentence(fake: FakeModelServer) -> None:
-    """The first sentence is in the chat while the model is still writing the second."""
+@contextmanager
+def asked_while_held(
+    fake: FakeModelServer, pieces: list[str], *args: str, hold_at: int = 0
+) -> Iterator[tuple[str, Client, ServeProcess]]:
+    """alice asks the bot (openai backend on `fake`) while the model server holds its reply
+    after piece `hold_at`. Yields the first frame, which reached the chat before the release,
+    then alice and the bot for what follows."""
     hold = threading.Event()
-    words = [w + " " for w in FIRST.split()] + ["Anyone "]
-    pieces = [*words, "in the room sees", " every message."]
-    fake.script = [reply(*pieces, hold=hold, hold_at=len(words) - 1)]
-    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
-        alice.say("lobby", "@ai what is a chat room?")
+    fake.script = [reply(*pieces, hold=hold, hold_at=hold_at)]
+    with bot_in_lobby("--backend", "openai", "--base-url", fake.url, *args) as (alice, bot):
+        alice.say("lobby", "@ai well?")
         try:
-            # Sent at the sentence end (a pause would have sent "Anyone" too).
-            assert from_bot(alice, timeout=5).text == FIRST
+            first = from_bot(alice, timeout=5).text
         finally:
             hold.set()
+        yield first, alice, bot
+
+
+def test_a_streamed_reply_reaches_the_chat_sentence_by_sentence(fake: FakeModelServer) -> None:
+    """The first sentence is in the chat while the model is still writing the second."""
+    words = [w + " " for w in FIRST.split()] + ["Anyone "]
+    pieces = [*words, "in the room sees", " every message."]
+    with asked_while_held(fake, pieces, hold_at=len(words) - 1) as (first, alice, bot):
+        assert first == FIRST  # sent at the sentence end (a pause would have sent "Anyone" too)
         assert from_bot(alice).text == "Anyone in the room sees every message."
         bot.wait_for_line(r"replied \(answer\) in #lobby: 2 frame\(s\)")
 
 
 def test_a_pause_in_the_stream_sends_the_words_so_far(fake: FakeModelServer) -> None:
-    hold = threading.Event()
-    fake.script = [reply("Let me think about that question", " for a moment.", hold=hold)]
-    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args),
-    ):
-        wait_joined(alice)
-        alice.say("lobby", "@ai hmm?")
-        try:
-            # "question" may yet grow into "questions": it waits for the rest.
-            assert from_bot(alice, timeout=5).text == "Let me think about that"
-        finally:
-            hold.set()
+    pieces = ["Let me think about that question", " for a moment."]
+    with asked_while_held(fake, pieces) as (first, alice, _):
+        assert first == "Let me think about that"  # "question" may yet grow: it waits
         assert from_bot(alice).text == "question for a moment."
+
+
+def test_reply_timeout_cuts_a_slow_reply(fake: FakeModelServer) -> None:
+    pieces = ["The short answer is", " yes."]
+    with asked_while_held(fake, pieces, "--reply-timeout", "0.5") as (first, _, bot):
+        assert first == "The short answer is…"
+        bot.wait_for_line(r"too slow for #lobby: reply cut at the 0.5 s reply timeout")
 
 
 def test_reply_timeout_gives_the_failure_notice(
@@ -433,32 +419,9 @@ def test_reply_timeout_gives_the_failure_notice(
     fake.default = reply("back again")
     monkeypatch.setenv("CHATCTL_BOT_REPLY_TIMEOUT", "0.5")
     args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
+    with bot_in_lobby(*args) as (alice, bot):
         alice.say("lobby", "@ai are you there?")
         assert "not answering" in from_bot(alice, timeout=5).text
         bot.wait_for_line(r"backend openai failed for #lobby: no reply within 0.5 s")
         alice.say("lobby", "@ai and now?")
         assert from_bot(alice).text == "back again"
-
-
-def test_reply_timeout_cuts_a_slow_reply(fake: FakeModelServer) -> None:
-    hold = threading.Event()
-    fake.script = [reply("The short answer is", " yes.", hold=hold)]
-    args = ("--backend", "openai", "--base-url", fake.url, "--reply-timeout", "0.5")
-    with (
-        running_server() as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice)
-        alice.say("lobby", "@ai is it?")
-        try:
-            assert from_bot(alice, timeout=5).text == "The short answer is…"
-        finally:
-            hold.set()
-        bot.wait_for_line(r"too slow for #lobby: reply cut at the 0.5 s reply timeout")
