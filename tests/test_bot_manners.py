@@ -170,9 +170,19 @@ def test_framer_sends_complete_words_when_the_model_pauses() -> None:
     assert framer.idle_at() == 10.0 + IDLE_FLUSH
     assert framer.idle(10.5) == []
     assert framer.idle(11.0) == ["The answer depends on what you"]  # "mea" may go on
-    assert framer.idle_at() is None  # too little left to send on its own
+    assert framer.idle_at() is None  # nothing new to send until more text arrives
     assert framer.feed("n by it.", 12.0) == []
     assert framer.finish() == ["mean by it."]
+
+
+def test_framer_idle_is_done_until_new_text_arrives() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    framer.feed("https://example.com/a/very/long/address/without/spaces", 0.0)
+    assert framer.idle_at() == IDLE_FLUSH
+    assert framer.idle(5.0) == []  # no complete word to send
+    assert framer.idle_at() is None
+    framer.feed(" is", 6.0)
+    assert framer.idle(7.0) == ["https://example.com/a/very/long/address/without/spaces"]
 
 
 def test_framer_does_not_send_word_by_word_from_a_slow_model() -> None:
@@ -248,6 +258,8 @@ class FramerMachine(RuleBasedStateMachine):
         if due is not None and self.now >= due:
             words = self.framer.pending.rsplit(None, 1)
             assert len(words) < 2 or len(words[0].strip()) < IDLE_MIN
+            # Done until new text arrives: a caller waiting for idle_at never spins.
+            assert self.framer.idle_at() is None
 
     @invariant()
     def holds_less_than_a_frame(self) -> None:

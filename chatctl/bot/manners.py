@@ -159,12 +159,14 @@ class Framer:
         self._head_checked = not self._known
         self._total = 0
         self._last = now
+        self._idle_done = False  # `idle` ran since the last piece: nothing new to send
 
     def feed(self, chunk: str, now: float) -> list[str]:
         """A piece of the reply arrived: the frames ready to send."""
         if self.full or not chunk:
             return []
         self._last = now
+        self._idle_done = False
         room = self.max_chars - self._total
         if len(chunk) > room:
             self.full = True
@@ -188,7 +190,7 @@ class Framer:
 
     def idle_at(self) -> float | None:
         """When `idle` would send something if no new text arrives first (None: never)."""
-        if self._at_limit() or len(self.pending.strip()) < self.idle_min:
+        if self._idle_done or self._at_limit() or len(self.pending.strip()) < self.idle_min:
             return None
         return self._last + self.idle_after
 
@@ -197,7 +199,10 @@ class Framer:
         due = self.idle_at()
         if due is None or now < due:
             return []
+        self._idle_done = True  # whatever it sends now, only new text can change that
         if not self._head_checked:
+            # Ahead of time, on the text so far: a slow model's copied "nick:" that has not
+            # arrived whole by now is taken for text.
             self._check_head()
         cut = max((m.end() for m in _SPACE.finditer(self.pending)), default=0)
         if len(self.pending[:cut].strip()) < self.idle_min:
