@@ -422,6 +422,8 @@ def test_reply_timeout_gives_the_failure_notice(
     with bot_in_lobby(*args) as (alice, bot):
         alice.say("lobby", "@ai are you there?")
         assert "not answering" in from_bot(alice, timeout=5).text
-        bot.wait_for_line(r"backend openai failed for #lobby: no reply within 0.5 s")
+        slow = bot.wait_for_line(r"backend openai still working on a reply for #lobby")
+        failed = bot.wait_for_line(r"backend openai failed for #lobby: no reply within 0.5 s")
+        assert bot.lines.index(slow.string) < bot.lines.index(failed.string)
         alice.say("lobby", "@ai and now?")
         assert from_bot(alice).text == "back again"

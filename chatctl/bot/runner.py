@@ -259,10 +259,11 @@ class Bot:
         )
         pump = self._pump = _Pump(self.backend.complete(turn.prompt))
         timed_out = False
+        # Halfway to the deadline, a log line says a reply is slow while it still runs.
+        slow_at: float | None = started + self.config.reply_timeout / 2
         try:
             while True:
-                idle_at = framer.idle_at()
-                wake = deadline if idle_at is None else min(deadline, idle_at)
+                wake = min(t for t in (deadline, framer.idle_at(), slow_at) if t is not None)
                 item = pump.get(wake - time.monotonic())
                 now = time.monotonic()
                 if item is _Signal.ABORT:
@@ -276,6 +277,17 @@ class Bot:
                     if now >= deadline:
                         timed_out = True
                         break
+                    if slow_at is not None and now >= slow_at:
+                        slow_at = None
+                        log.info(
+                            "backend %s still working on a reply for %s after %.1f s "
+                            "(%d piece(s) so far; reply timeout %g s)",
+                            self.backend.name,
+                            turn.channel,
+                            now - started,
+                            pieces,
+                            self.config.reply_timeout,
+                        )
                     frames = framer.idle(now)
                 else:
                     pieces += 1
