@@ -132,13 +132,15 @@ def _message(row: tuple[str, int, int, str, str, int, str, str]) -> StoredMessag
 class IdFilter:
     """A Bloom filter of (sender_key, msg_id) pairs that grows by adding layers: "no" is
     certain, "maybe" is wrong about 2% of the time per layer. Nothing is ever removed (a
-    trimmed id only costs a false "maybe"), and it lives in memory: a restart rebuilds it."""
+    trimmed id only costs a false "maybe"): the store replaces it with a fresh one once it
+    holds many more ids than are stored. It lives in memory: a restart rebuilds it."""
 
     BITS_PER_ID = 10  # with 3 probes: about 1.7% false "maybe" at capacity
 
     def __init__(self, capacity: int) -> None:
         self._layers: list[tuple[bytearray, int]] = []
         self._room = 0
+        self.count = 0  # ids added
         self._grow(max(capacity, 8))
 
     def _grow(self, capacity: int) -> None:
@@ -150,6 +152,7 @@ class IdFilter:
         if self._room <= 0:
             self._grow(2 * len(self._layers[-1][0]) * 8 // self.BITS_PER_ID)
         self._room -= 1
+        self.count += 1
         bits, mask = self._layers[-1]
         h1 = hash((key, msg_id))  # 64 bits: the low half probes, the high half strides
         h2 = (h1 >> 32) | 1
@@ -183,6 +186,8 @@ class SqliteStore:
         tail: int = 256,
         sync_rows: int = 2048,
         trim_batch: int = 20_000,
+        filter_floor: int = 1 << 20,
+        filter_chunk: int = 50_000,
     ) -> None:
         self.directory = Path(directory)
         self.retain_messages = retain_messages
@@ -191,6 +196,8 @@ class SqliteStore:
         self._sync_rows = max(sync_rows, 1)
         self._fsync = synchronous == "FULL"
         self._trim_batch = max(trim_batch, 1)
+        self._filter_floor = filter_floor
+        self._filter_chunk = max(filter_chunk, 1)
         self._heads: dict[str, int] = {}
         # The lowest sequence number readers may see (head + 1 when none), and the lowest
         # that may still have a row: rows in between wait for trim() to delete them.
@@ -209,6 +216,10 @@ class SqliteStore:
         # id is new; only a "maybe" (a real resend, or ~2%) asks SQL.
         self._recent_ids: dict[tuple[str, str], StoredMessage] = {}
         self._stored_ids = IdFilter(1 << 16)
+        # The filter's successor while it is being built, and what its scan still has to read:
+        # (room, seq reached, head when the scan began) per room.
+        self._next_ids: IdFilter | None = None
+        self._to_scan: list[tuple[str, int, int]] = []
         self._lock_fd = -1
         self._journal_fd = -1
         self._db: sqlite3.Connection | None = None
@@ -338,6 +349,8 @@ class SqliteStore:
         if message.msg_id:
             self._recent_ids[(message.sender_key, message.msg_id)] = message
             self._stored_ids.add(message.sender_key, message.msg_id)
+            if self._next_ids is not None:
+                self._next_ids.add(message.sender_key, message.msg_id)
 
     def flush(self) -> None:
         if not self._pending:
@@ -493,10 +506,41 @@ class SqliteStore:
                 if budget <= 0:
                     break
             db.execute("COMMIT")
+            self._refresh_ids(db)
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot trim history in {self.directory}: {exc}") from None
         return removed
+
+    def _refresh_ids(self, db: sqlite3.Connection) -> None:
+        """Retention never takes ids out of the resend filter, so a busy server's filter would
+        grow for ever: once it has taken 4 times the stored rows, build a successor from the
+        database, a chunk per trim() call, while new ids go into both; then swap. The scan
+        stops at each room's head when it began: later ids went into the successor already."""
+        if self._next_ids is None:
+            stored = sum(head - self._kept[room] + 1 for room, head in self._heads.items())
+            if self._stored_ids.count <= max(4 * stored, self._filter_floor):
+                return
+            # trim() has just moved every journaled row into SQLite: the scan sees them all.
+            self._next_ids = IdFilter(stored + (1 << 16))
+            self._to_scan = [(room, 0, head) for room, head in self._heads.items()]
+        budget = self._filter_chunk
+        add = self._next_ids.add
+        while self._to_scan and budget > 0:
+            room, after, until = self._to_scan.pop()
+            rows = db.execute(
+                "SELECT seq, sender_key, msg_id FROM messages"
+                " WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (room, after, until, budget),
+            ).fetchall()
+            for _, key, msg_id in rows:
+                if msg_id:
+                    add(key, msg_id)
+            budget -= len(rows)
+            if budget <= 0 and rows:
+                self._to_scan.append((room, rows[-1][0], until))
+        if not self._to_scan:
+            self._stored_ids, self._next_ids = self._next_ids, None
 
     def close(self) -> None:
         if self._db is not None:

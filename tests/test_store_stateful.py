@@ -244,8 +244,9 @@ class SqliteStoreMachine(StoreMachine):
         super().__init__()
 
     def open(self) -> Store:
-        # Tiny tail, journal batch and trim batch so that every path (SQL reads, SQL resend
-        # lookups, journal replay after a crash, partial trims) runs within a few steps.
+        # Tiny tail, journal batch, trim batch and filter limits so that every path (SQL
+        # reads, SQL resend lookups, journal replay after a crash, partial trims, the resend
+        # filter's replacement) runs within a few steps.
         return SqliteStore(
             self.directory,
             retain_messages=self.model.retain_messages,
@@ -253,6 +254,8 @@ class SqliteStoreMachine(StoreMachine):
             tail=3,
             sync_rows=self.sync_rows,
             trim_batch=2,
+            filter_floor=4,  # rebuild the resend filter early and often, in chunks of 2
+            filter_chunk=2,
         )
 
     def check_trimmed(self, removed: int, expired: int) -> None:
