@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +19,7 @@ from chatctl.bench.plan import (
     make_plan,
     parse_target,
 )
+from chatctl.errors import ExitCode
 
 hosts = st.sampled_from(["127.0.0.1", "::1", "localhost", "chat.example"])
 ports = st.integers(1, 65535)
@@ -33,6 +38,27 @@ def test_property_bad_targets_are_usage_errors(text: str) -> None:
     except BadBenchOption:
         return
     assert 0 < target.port < 65536 and target.host
+
+
+@given(
+    st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(lambda s: s not in {k.value for k in Kind})
+)
+def test_property_unknown_schemes_are_usage_errors_not_host_names(scheme: str) -> None:
+    with pytest.raises(BadBenchOption, match="unknown scheme"):
+        parse_target(f"{scheme}://127.0.0.1:6379")
+
+
+def test_an_unwritable_csv_path_fails_before_the_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatctl", "bench", "--csv", "/nonexistent/dir/x.csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == ExitCode.USAGE
+    assert "no such directory" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 params = st.builds(

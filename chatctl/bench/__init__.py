@@ -24,7 +24,7 @@ from chatctl.bench.plan import (
 from chatctl.bench.report import LiveDisplay, describe, print_tables, write_csv, write_json
 from chatctl.bench.results import RunResult
 from chatctl.bench.runner import run_plan
-from chatctl.errors import ExitCode
+from chatctl.errors import ChatctlError, ExitCode
 
 __all__ = ["parse_sweep", "run_bench", "run_series"]
 
@@ -105,6 +105,9 @@ def run_bench(
         warmup=warmup,
         workers=workers,
     )
+    if csv_path is not None and not csv_path.parent.is_dir():
+        # Say so before the run, not after minutes of load.
+        raise BadBenchOption(f"--csv {str(csv_path)!r}: no such directory {str(csv_path.parent)!r}")
     series = parse_sweep(sweep) if sweep else None
     params = [base.with_value(series[0], float(v)) for v in series[1]] if series else [base]
     runs = run_series(params, target)
@@ -113,7 +116,10 @@ def run_bench(
     else:
         print_tables(runs, series)
     if csv_path is not None:
-        write_csv(runs, csv_path)
+        try:
+            write_csv(runs, csv_path)
+        except OSError as exc:
+            raise ChatctlError(f"cannot write --csv {str(csv_path)!r}: {exc.strerror}") from None
     if any(not r.verification.ok for r in runs if r.params.scenario is not Scenario.connect):
         return int(ExitCode.LOST)
     return 0

@@ -46,17 +46,20 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
-    kind = Kind.chatctl
-    for k in (Kind.redis, Kind.nats, Kind.chatctl):
-        if text.startswith(f"{k}://"):
-            kind, text = k, text[len(k) + 3 :]
-            break
+    original, kind = text, Kind.chatctl
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme not in {k.value for k in Kind}:
+            raise BadBenchOption(
+                f"--target {original!r}: unknown scheme {scheme!r} (chatctl, redis or nats)"
+            )
+        kind, text = Kind(scheme), rest
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise BadBenchOption(
-            f"--target {text!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
+            f"--target {original!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
         )
     return Target(kind=kind, host=host, port=int(port_text))
 
