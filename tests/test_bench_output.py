@@ -13,6 +13,7 @@ from typing import Any
 import pexpect
 
 from chatctl.bench.results import SCHEMA, SWEEP_SCHEMA, flatten
+from tests.servers import dies_with_parent
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ROW = re.compile(r"^\| `([a-z0-9_.]+)` \| (str|int|float|bool) \|")
@@ -106,6 +107,7 @@ def test_live_display_on_a_terminal() -> None:
         encoding="utf-8",
         timeout=120,
         dimensions=(40, 120),
+        preexec_fn=dies_with_parent(),
     )
     try:
         child.expect("delivered [0-9,]+ \\([0-9,]+/s\\)")  # the live rate line

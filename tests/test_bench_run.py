@@ -22,7 +22,7 @@ import pytest
 
 from chatctl import protocol as p
 from chatctl.errors import ExitCode
-from tests.servers import running_server
+from tests.servers import dies_with_parent, running_server
 
 BENCH_TIMEOUT = 120
 
@@ -67,6 +67,7 @@ def external_server(binary: str, *args: str) -> Iterator[int]:
         [binary, *(a.replace("PORT", str(port)) for a in args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=dies_with_parent(),  # noqa: PLW1509  (no lock taken; see tests/servers.py)
     )
     try:
         wait_listening(port, proc)
