@@ -158,6 +158,15 @@ def test_framer_sends_each_sentence_once_it_is_long_enough() -> None:
     assert framer.finish() == ["It has rooms. And nicks,"]
 
 
+def test_framer_sends_a_line_at_its_line_break() -> None:
+    framer = Framer(max_chars=1500, max_bytes=8192)
+    line = "- rooms, direct messages, history, a load generator and a bot, all in one command"
+    assert feed_words(framer, line) == []
+    assert framer.feed("\n", 0.1) == [line]
+    assert framer.feed("- and", 0.2) == []
+    assert framer.finish() == ["- and"]
+
+
 def test_framer_keeps_a_reply_that_comes_whole_in_one_message() -> None:
     framer = Framer(max_chars=1500, max_bytes=8192)
     assert framer.feed(f"{SENTENCE} {SENTENCE}\n{SENTENCE}", 0.0) == []

@@ -179,7 +179,7 @@ class Framer:
             self._check_head()
         frames = self._take_full()
         if not self._at_limit():
-            # Only a boundary the text had reached before this piece: a reply that comes
+            # Only a boundary at the start of this piece or before it: a reply that comes
             # whole (the offline backend, a server that does not stream) stays one message.
             before = len(self.pending) - len(chunk)
             ends = (m.end() for m in _BOUNDARY.finditer(self.pending) if m.start() <= before)
@@ -234,8 +234,8 @@ class Framer:
 
     def _take_full(self) -> list[str]:
         """Frames that are full already: all but the last piece of what fits."""
-        if not self.pending.strip():
-            return []
+        if len(self.pending.encode("utf-8", "surrogatepass")) <= self.max_bytes:
+            return []  # as it is: its line breaks are boundaries
         frames = split_frames(self.pending, self.max_bytes)
         # Keep the last, partial frame; and the space it ended in, if any.
         self.pending = frames[-1] + (" " if self.pending[-1:].isspace() else "")
