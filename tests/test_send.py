@@ -163,7 +163,7 @@ def test_a_server_that_is_not_chatctl_is_a_clear_connect_error() -> None:
 
 
 def test_count_beyond_the_burst_is_paced_not_refused() -> None:
-    with running_server(rate=200.0, burst=10) as addr:
+    with running_server(rate=100.0, burst=40) as addr:
         result = send("-p", str(addr[1]), "--count", "40", "--json", "again")
     assert result.returncode == ExitCode.OK, result.stderr
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == list(range(1, 41))
