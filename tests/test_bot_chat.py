@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,25 +12,15 @@ from typing import Any
 
 from chatctl.bot.runner import load_system
 from chatctl.protocol import DirectMessage, Message, Notice, Tell
-from tests.servers import Client, ServeProcess, running_server, serve_process
+from tests.servers import Client, ServeProcess, running_server, serve_process, start_chatctl
 
 
 @contextmanager
 def bot_process(host: str, port: int, *args: str) -> Iterator[ServeProcess]:
     """`python -m chatctl bot HOST --port PORT ...`; its stderr log is collected; stopped with
     SIGTERM (it must exit 0) and killed if it does not."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chatctl", "bot", host, "--port", str(port), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    )
-    handle = ServeProcess(proc)
-    pump = threading.Thread(target=handle._pump, daemon=True)
-    pump.start()
+    handle, pump = start_chatctl("bot", host, "--port", str(port), *args)
+    proc = handle.proc
     try:
         handle.wait_for_line(r"connected to .* as ")
         yield handle

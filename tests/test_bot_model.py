@@ -23,7 +23,7 @@ import pytest
 
 from chatctl.bot.brain import Prompt, TurnKind
 from chatctl.bot.local import MAX_TOKENS, LocalBackend, max_tokens, smollm2_gguf
-from tests.servers import ServeProcess
+from tests.servers import ServeProcess, dies_with_parent
 from tests.test_bot_chat import bot_in_lobby, from_bot
 
 MAX_REPLY = 160  # about 53 tokens: keeps a CPU-only reply to a few seconds
@@ -55,6 +55,7 @@ def model_server() -> Iterator[str]:
             "--n_ctx",
             "1024",
         ],
+        preexec_fn=dies_with_parent(),  # noqa: PLW1509  (no lock taken; see tests/servers.py)
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
