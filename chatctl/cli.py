@@ -147,7 +147,7 @@ def join(
 def send(
     args: o.SendArgs = None,
     port: o.Port = o.DEFAULT_PORT,
-    room: o.SendRoom = DEFAULT_ROOM,
+    room: o.SendRoom = None,
     to: o.SendTo = None,
     nick: o.Nick = None,
     count: o.SendCount = 1,
@@ -161,6 +161,8 @@ def send(
     positional = args or []
     if len(positional) > 2:
         raise typer.BadParameter("give at most HOST and MESSAGE (quote a message with spaces)")
+    if room is not None and to is not None:
+        raise typer.BadParameter("give --room or --to, not both")
     host = positional[0] if len(positional) == 2 else o.default_host()
     message = positional[-1] if positional else None
 
@@ -171,7 +173,7 @@ def send(
             message=message,
             host=host,
             port=port,
-            room=room,
+            room=room or DEFAULT_ROOM,
             to=to,
             nick=nick,
             count=count,

@@ -320,8 +320,9 @@ class Client:
         backoff: Backoff | None = None,
         keepalive: float = 30.0,
         on_event: Callable[[AnyEvent], None] | None = None,
+        max_backlog: int = 10_000,
     ) -> None:
-        self.host = host
+        self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self.port = port
         self.nick = nick
         self.token = ""
@@ -345,6 +346,9 @@ class Client:
         self._id_prefix = os.urandom(6).hex()
         self.on_event = on_event  # may also be set before connect()
         self._queue: queue.SimpleQueue[AnyEvent] = queue.SimpleQueue()
+        # Events waiting for next_event() at most: past it the reader stops reading, so a stuck
+        # application makes the server see a slow consumer instead of this process growing.
+        self.max_backlog = max_backlog
         self._rng = random.Random()
         self._pacer = _Pacer()
         # _wlock orders writes to the socket and guards the link and pending sends; _lock guards
@@ -538,8 +542,13 @@ class Client:
     def _emit(self, event: AnyEvent) -> None:
         if self.on_event is not None:
             self.on_event(event)
-        else:
-            self._queue.put(event)
+            return
+        if threading.current_thread() is self._reader:
+            # Only the reader waits (nobody else may block on the application); it rechecks
+            # a few times a second, and gives up waiting once the client is closed.
+            while self._queue.qsize() >= self.max_backlog and not self._stop.wait(0.05):
+                pass
+        self._queue.put(event)
 
     def _finish(self, event: Closed) -> None:
         if not self._finished.is_set():
@@ -726,6 +735,9 @@ class Client:
                     events = self._drain(link.conn)
             except ProtocolError as exc:
                 link.dead = True
+                if "middle of a frame" in str(exc):
+                    # A server drops a reader that fell too far behind mid-frame, with no Bye.
+                    return "the server closed the connection in the middle of a frame"
                 return f"protocol error from the server: {exc}"
             for event in events:
                 if isinstance(event, ConnectionClosed):

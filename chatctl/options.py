@@ -316,7 +316,8 @@ def default_host() -> str:
 
 
 SendRoom = Annotated[
-    str, typer.Option("--room", "-r", envvar=_env("ROOM"), help="Room to send to.")
+    str | None,
+    typer.Option("--room", "-r", envvar=_env("ROOM"), help="Room to send to (default: lobby)."),
 ]
 SendTo = Annotated[
     str | None,

@@ -72,6 +72,7 @@ class Batch:
 class Peer:
     __slots__ = (
         "addr",
+        "aligned",
         "born",
         "check_at",
         "cid",
@@ -109,6 +110,7 @@ class Peer:
         self.ip = ip
         self.addr = addr  # "host:port" for logs
         self.conn = Connection(Role.SERVER, max_frame_size=max_frame)
+        self.aligned = True  # the stream sent so far ends at a frame boundary
         self.born = now
         self.check_at = 0.0  # when the one live timer check of this peer is due
         self.last_recv = now
@@ -141,7 +143,11 @@ class Peer:
         if sent == len(data):
             out.clear()
             self.out_size = 0
+            self.aligned = True
             return 0
+        # The kernel may have taken part of a frame: from here on nothing may be put in front
+        # of what is queued (see Server._slow_consumer), until it has all been sent.
+        self.aligned = False
         rest = memoryview(data)[sent:]
         out[:] = [rest]
         self.out_size = len(rest)

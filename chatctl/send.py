@@ -24,7 +24,10 @@ def _read_message(message: str | None) -> str:
     except UnicodeDecodeError:
         raise ChatctlError("stdin is not valid UTF-8", ExitCode.USAGE) from None
     # Drop the newline(s) `echo` and editors add; inner newlines stay.
-    return text.rstrip("\r\n")
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ChatctlError("no message: give MESSAGE, or pipe it on stdin", ExitCode.USAGE)
+    return text
 
 
 def receipt(out: Outgoing, ack: Ack) -> str:

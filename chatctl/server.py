@@ -711,12 +711,17 @@ class Server:
         )
         peer.out.clear()
         peer.out_size = 0
-        self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
-        # Its kernel buffer is full, so the Bye may not get through; try once, then drop.
-        try:
-            peer.write_once()
-        except OSError:
-            pass
+        if peer.aligned:
+            self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
+            # Its kernel buffer is full, so the Bye may not get through; try once, then drop.
+            try:
+                peer.write_once()
+            except OSError:
+                pass
+        else:
+            # Part of a frame is already in the kernel: a Bye after it would arrive as garbage
+            # inside that frame, so the client only sees the stream end (mid-frame).
+            self._end(peer, None, "slow consumer")
         self._abort(peer)
 
     # -- timers: handshake, keepalive, closing -------------------------------------------------

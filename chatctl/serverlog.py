@@ -8,6 +8,7 @@ the server listens on is always logged as `listening on HOST:PORT` (event "liste
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -38,6 +39,19 @@ def _shown(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     return f"{value:,}" if isinstance(value, int) else f"{value:,g}"
+
+
+# How a listener's address appears in the log, for tools that start a server on port 0
+# (bench, tests): `listening on 127.0.0.1:PORT`, `listening on [::1]:PORT`.
+_LISTENING = re.compile(r"listening on (?:\[([0-9A-Fa-f:.%a-z]+)\]|([^\s:\[\]\"]+)):(\d+)")
+
+
+def find_listening(text: str) -> tuple[str, int] | None:
+    """The first (host, port) a server log says it listens on, or None."""
+    found = _LISTENING.search(text)
+    if found is None:
+        return None
+    return found.group(1) or found.group(2), int(found.group(3))
 
 
 class ServerLog:

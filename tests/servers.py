@@ -51,10 +51,9 @@ from chatctl.protocol import (
     Welcome,
 )
 from chatctl.server import Server
-from chatctl.serverlog import ServerLog
+from chatctl.serverlog import ServerLog, find_listening
 from chatctl.store import Store
 
-LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
 E = TypeVar("E", bound=Event)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Looked up here, not in the child: between fork and exec only async-signal-safe work is wise.
@@ -200,8 +199,9 @@ def serve_process(
     proc = handle.proc
     opened = len(_open_clients)
     try:
-        found = handle.wait_for_line(LISTENING.pattern, timeout)
-        handle.host, handle.port = found.group(1), int(found.group(2))
+        address = find_listening(handle.wait_for_line("listening on ", timeout).string)
+        assert address is not None
+        handle.host, handle.port = address
         yield handle
     finally:
         _close_clients_since(opened)

@@ -27,6 +27,7 @@ from chatctl.client import (
 )
 from chatctl.errors import ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
+    Ack,
     DirectMessage,
     ErrorCode,
     HistoryEnd,
@@ -34,6 +35,7 @@ from chatctl.protocol import (
     Message,
     Notice,
     RoomList,
+    Say,
 )
 from tests.servers import Client as RawClient
 from tests.servers import running_server, serve_process
@@ -265,3 +267,26 @@ def test_an_ack_that_does_not_come_in_time_times_out_and_may_still_come() -> Non
         finally:
             proc.proc.send_signal(signal.SIGCONT)
         assert out.wait(WAIT).seq == 1  # the waiting ended, the message did not
+
+
+def test_a_stuck_application_makes_a_slow_consumer_not_a_growing_client() -> None:
+    """Events wait for next_event() up to max_backlog; then the reader stops reading, the
+    kernel buffers fill, and the server drops the client as a slow consumer (before the fix
+    the client read everything into memory and the server never saw it fall behind)."""
+    with (
+        running_server(rate=0, max_output=64 * 1024) as (host, port),
+        joined((host, port), "stuck", "lobby", max_backlog=50) as stuck,
+        RawClient.connect(host, port, "flood", "lobby") as flood,
+    ):
+        text = "x" * 1000
+        for i in range(30_000):
+            flood.send(Say(msg_id=f"f{i}", room="lobby", text=text))
+        # The flood's last ack comes after the server has handled every message.
+        flood.wait_for(Ack, lambda a: a.msg_id == "f29999", timeout=60)
+        assert stuck._queue.qsize() <= stuck.max_backlog
+        # What the kernel buffered still comes first; then the end, with the server's reason.
+        seen: list[AnyEvent] = []
+        end = wait_for(stuck, Closed, seen=seen, timeout=60)
+        # With a frame half-sent the server cannot append its Bye (docs/architecture.md).
+        assert "slow consumer" in end.reason or "middle of a frame" in end.reason
+        assert sum(isinstance(e, Message) for e in seen) < 30_000

@@ -14,7 +14,7 @@ import pytest
 from chatctl.client import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, HistoryEnd, Message
-from tests.servers import running_server
+from tests.servers import running_server, serve_process
 from tests.test_client import WAIT, wait_for
 
 
@@ -167,3 +167,23 @@ def test_count_beyond_the_burst_is_paced_not_refused() -> None:
         result = send("-p", str(addr[1]), "--count", "40", "--json", "again")
     assert result.returncode == ExitCode.OK, result.stderr
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == list(range(1, 41))
+
+
+def test_nothing_to_send_is_a_usage_error() -> None:
+    result = send("-p", "1", stdin="")
+    assert result.returncode == ExitCode.USAGE
+    assert "no message" in result.stderr
+    assert_one_line_error(result)
+
+
+def test_room_and_to_together_is_a_usage_error() -> None:
+    result = send("-p", "1", "--room", "dev", "--to", "bob", "hi")
+    assert result.returncode == ExitCode.USAGE
+    assert "not both" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bracketed_ipv6_host_is_understood() -> None:
+    with serve_process("--host", "::1") as server:
+        result = send("[::1]", "-p", str(server.port), "hi")
+    assert result.returncode == ExitCode.OK, result.stderr

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.serverlog import ServerLog
+from chatctl.serverlog import ServerLog, find_listening
 
 
 def test_listening_is_logged_even_when_quiet() -> None:
@@ -47,3 +48,16 @@ def test_rich_log_shows_a_traceback_indented() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("boom")
     assert lines[1:] == ["    Traceback:", "      File x", "    ValueError: \\x1b[2J"]
+
+
+@pytest.mark.parametrize(
+    ("line", "address"),
+    [
+        ("08:52:12 INFO    listening on 127.0.0.1:17060", ("127.0.0.1", 17060)),
+        ("08:52:12 INFO    listening on [::1]:5000", ("::1", 5000)),  # once read as port 1
+        ('{"event": "listening", "msg": "listening on [::1]:5000", "port": 5000}', ("::1", 5000)),
+        ("nothing here", None),
+    ],
+)
+def test_find_listening_reads_ipv4_and_ipv6(line: str, address: tuple[str, int] | None) -> None:
+    assert find_listening(line) == address

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,8 @@ from chatctl.bench.adapters import Kind
 from chatctl.bench.plan import Target
 from chatctl.errors import ChatctlError
 from chatctl.protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT, MAX_FRAME_SIZE_CEILING
+from chatctl.serverlog import find_listening
 
-LISTENING = re.compile(r"listening on \[?([0-9A-Za-z.:]+?)\]?:(\d+)")
 START_TIMEOUT = 20.0
 SERVER_ARGS = (
     "--port",
@@ -84,9 +83,9 @@ def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[str,
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         text = log_path.read_text(errors="replace")
-        found = LISTENING.search(text)
+        found = find_listening(text)
         if found:
-            return found.group(1), int(found.group(2))
+            return found
         if proc.poll() is not None:
             last = text.strip().splitlines()[-1:] or ["(no output)"]
             raise ServerFailed(f"the local chatctl server exited: {last[0]}")
