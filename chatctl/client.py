@@ -847,6 +847,12 @@ class Client:
         if catchup is None:
             self._seen(end.room, end.head)
             return True
+        if end.head < catchup.cursor:
+            # The server lost the room's history (a `--data :memory:` restart): its numbering
+            # starts again, so resume from its head next time, not from our old cursor.
+            del self._catchup[end.room]
+            self._last_seq[end.room] = max(end.head, catchup.live_max)
+            return True
         if catchup.more(end.head):
             page = self.limits.get("replay_limit", 1000)
             self._write(History(room=end.room, after=catchup.cursor, limit=page))

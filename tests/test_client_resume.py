@@ -188,3 +188,45 @@ def test_catchup_delivers_every_stored_message_once_in_order(
     assert sorted(delivered) == expected  # every stored message once
     replay = [s for s in delivered if s <= head]
     assert replay == sorted(replay)  # the replayed part in order
+
+
+def test_a_server_that_lost_its_history_is_resumed_from_its_new_head() -> None:
+    """A `--data :memory:` restart numbers the room from 1 again: the client must follow, or
+    the next resume asks for "after 3" and silently misses the new messages 2 and 3."""
+    with (
+        running_server() as first,
+        running_server() as second,
+        proxy_to(first) as proxy,
+        Client(
+            "127.0.0.1",
+            proxy.port,
+            nick="alice",
+            rooms=["lobby"],
+            reconnect=True,
+            backoff=Backoff(base=0.05, cap=0.2),
+        ) as alice,
+        Client(*first, nick="bob") as bob,
+        Client(*second, nick="carol") as carol,
+    ):
+        alice.connect()
+        wait_for(alice, HistoryEnd)
+        bob.connect()
+        for i in range(3):
+            bob.say("lobby", f"old {i}").wait(WAIT)
+        wait_for(alice, Message, lambda m: m.text == "old 2")
+        # The "restart": the same address now leads to a server with no history.
+        proxy.upstream = second
+        proxy.cut()
+        wait_for(alice, Reconnected)
+        wait_for(alice, HistoryEnd)
+        assert alice.last_seq("lobby") == 0
+        carol.connect()
+        carol.say("lobby", "new 1").wait(WAIT)
+        wait_for(alice, Message, lambda m: m.text == "new 1")
+        proxy.blocked.set()
+        proxy.cut()
+        wait_for(alice, Disconnected)
+        carol.say("lobby", "new 2").wait(WAIT)
+        proxy.blocked.clear()
+        missed = wait_for(alice, Message, lambda m: m.text == "new 2")
+        assert missed.seq == 2
