@@ -6,7 +6,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -69,12 +69,6 @@ def drain(client: Client) -> list[AnyEvent]:
     while (event := client.next_event(0)) is not None:
         events.append(event)
     return events
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, int]]:
-    with running_server() as addr:
-        yield addr
 
 
 def joined(addr: tuple[str, int], nick: str, *rooms: str, **kwargs: object) -> Client:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +87,6 @@ class Join:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, int]]:
-    with running_server() as addr:
-        yield addr
-
-
-@pytest.fixture
-def watcher(server: tuple[str, int]) -> Iterator[Client]:
-    with Client(*server, nick="watcher", rooms=["lobby"]) as client:
-        client.connect()
-        wait_for(client, HistoryEnd)
-        yield client
 
 
 def run_join(port: int, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from chatctl.client import Client
 from chatctl.protocol import DirectMessage, HistoryEnd, Message, Notice
-from tests.servers import running_server, serve_process
+from tests.servers import serve_process
 from tests.test_client import wait_for
 
 ROWS, COLS = 24, 100
@@ -89,12 +89,6 @@ class Terminal:
 
     def close(self) -> None:
         self.child.close(force=True)
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, int]]:
-    with running_server() as addr:
-        yield addr
 
 
 @pytest.fixture

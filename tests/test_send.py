@@ -7,13 +7,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from chatctl.client import Client
 from chatctl.errors import ExitCode
-from chatctl.protocol import DirectMessage, ErrorCode, HistoryEnd, Message
+from chatctl.protocol import DirectMessage, ErrorCode, Message
 from tests.servers import running_server, serve_process
 from tests.test_client import WAIT, wait_for
 
@@ -33,20 +32,6 @@ def send(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-@pytest.fixture
-def server() -> Iterator[tuple[str, int]]:
-    with running_server() as addr:
-        yield addr
-
-
-@pytest.fixture
-def watcher(server: tuple[str, int]) -> Iterator[Client]:
-    with Client(*server, nick="watcher", rooms=["lobby"]) as client:
-        client.connect()
-        wait_for(client, HistoryEnd)
-        yield client
 
 
 def test_delivered_prints_a_receipt(server: tuple[str, int], watcher: Client) -> None:
