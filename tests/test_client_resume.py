@@ -100,23 +100,29 @@ def proxy_to(addr: tuple[str, int]) -> Iterator[Proxy]:
         proxy.close()
 
 
+def alice_behind(proxy: Proxy) -> Client:
+    """alice, connected through `proxy` to #lobby with a quick reconnect, her join done."""
+    alice = Client(
+        "127.0.0.1",
+        proxy.port,
+        nick="alice",
+        rooms=["lobby"],
+        reconnect=True,
+        backoff=Backoff(base=0.05, cap=0.2),
+    )
+    alice.connect()
+    wait_for(alice, HistoryEnd)
+    return alice
+
+
 def test_a_blink_delivers_exactly_the_missed_messages_across_pages() -> None:
     # replay_limit 5: twelve missed messages take three pages of resume.
     with (
         running_server(replay_limit=5) as addr,
         proxy_to(addr) as proxy,
-        Client(
-            "127.0.0.1",
-            proxy.port,
-            nick="alice",
-            rooms=["lobby"],
-            reconnect=True,
-            backoff=Backoff(base=0.05, cap=0.2),
-        ) as alice,
+        alice_behind(proxy) as alice,
         Client(*addr, nick="bob") as bob,
     ):
-        alice.connect()
-        wait_for(alice, HistoryEnd)
         bob.connect()
         bob.say("lobby", "seen before").wait(WAIT)
         wait_for(alice, Message, lambda m: m.text == "seen before")
@@ -197,19 +203,10 @@ def test_a_server_that_lost_its_history_is_resumed_from_its_new_head() -> None:
         running_server() as first,
         running_server() as second,
         proxy_to(first) as proxy,
-        Client(
-            "127.0.0.1",
-            proxy.port,
-            nick="alice",
-            rooms=["lobby"],
-            reconnect=True,
-            backoff=Backoff(base=0.05, cap=0.2),
-        ) as alice,
+        alice_behind(proxy) as alice,
         Client(*first, nick="bob") as bob,
         Client(*second, nick="carol") as carol,
     ):
-        alice.connect()
-        wait_for(alice, HistoryEnd)
         bob.connect()
         for i in range(3):
             bob.say("lobby", f"old {i}").wait(WAIT)
