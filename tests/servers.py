@@ -7,7 +7,8 @@
   server's state or its log (`server.journal.stream` is an io.StringIO).
 - `serve_process(*args)`: a real `python -m chatctl serve --port 0` subprocess; yields a
   ServeProcess with .host, .port, .proc and the log lines read so far; killed at exit.
-- `start_chatctl(*args)`: any `python -m chatctl ...` subprocess, its stderr collected.
+- `run_chatctl(*args)`: a command run to completion, its output captured.
+- `start_process(argv)` / `start_chatctl(*args)`: a subprocess with its stderr collected; `.stop()` ends it.
 - `Client`: a blocking test client with a deadline on every wait (no sleeps).
 
 Every subprocess started here dies with the test process, even when that is killed outright
@@ -133,8 +134,27 @@ class ServeProcess:
     host: str = ""
     port: int = 0
     lines: list[str] = dataclasses.field(default_factory=list)
+    pump: threading.Thread | None = None  # collects stderr into .lines
     _cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
     _done: bool = False  # the log pipe has closed
+
+    def stop(self, *, terminate_first: bool = False) -> None:
+        """End the process (SIGTERM with a grace period first, if asked; else SIGKILL) and
+        its log pump. Idempotent."""
+        proc = self.proc
+        if terminate_first and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if self.pump is not None:
+            self.pump.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
     def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """The first log line (stderr) matching `pattern`, waiting up to `timeout`."""
@@ -164,12 +184,12 @@ class ServeProcess:
             self._cond.notify_all()
 
 
-def start_chatctl(*args: str, nofile: int | None = None) -> tuple[ServeProcess, threading.Thread]:
-    """`python -m chatctl ARGS...` with its stderr collected line by line into .lines by the
-    returned thread (so a chatty process never blocks on a full pipe). The caller stops it;
+def start_process(argv: list[str], *, nofile: int | None = None) -> ServeProcess:
+    """Run `argv` with its stderr collected line by line into .lines by a pump thread (so a
+    chatty process never blocks on a full pipe). The caller stops it (`ServeProcess.stop`);
     it dies with this process in any case (see `dies_with_parent`, which `nofile` goes to)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatctl", *args],
+        argv,
         # Safe with threads here: the function only makes two system calls (see above).
         preexec_fn=dies_with_parent(nofile=nofile),  # noqa: PLW1509
         stdin=subprocess.DEVNULL,
@@ -180,9 +200,30 @@ def start_chatctl(*args: str, nofile: int | None = None) -> tuple[ServeProcess, 
         errors="replace",
     )
     handle = ServeProcess(proc)
-    pump = threading.Thread(target=handle._pump, daemon=True)
-    pump.start()
-    return handle, pump
+    handle.pump = threading.Thread(target=handle._pump, daemon=True)
+    handle.pump.start()
+    return handle
+
+
+def start_chatctl(*args: str, nofile: int | None = None) -> ServeProcess:
+    """`python -m chatctl ARGS...`, as start_process runs it."""
+    return start_process([sys.executable, "-m", "chatctl", *args], nofile=nofile)
+
+
+def run_chatctl(
+    *args: str, stdin: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """`python -m chatctl ARGS...` to completion, with stdin (`None`: none at all) and its
+    output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatctl", *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @contextmanager
@@ -195,8 +236,7 @@ def serve_process(
     args = ["serve", "--port", "0", *extra_args]
     if "--data" not in extra_args:
         args += ["--data", ":memory:"]
-    handle, pump = start_chatctl(*args, nofile=nofile)
-    proc = handle.proc
+    handle = start_chatctl(*args, nofile=nofile)
     opened = len(_open_clients)
     try:
         address = find_listening(handle.wait_for_line("listening on ", timeout).string)
@@ -205,12 +245,7 @@ def serve_process(
         yield handle
     finally:
         _close_clients_since(opened)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        pump.join(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        handle.stop()
 
 
 # Clients opened inside a server context are closed when it ends, so tests need no cleanup.

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,6 +17,7 @@ from chatctl.bench.plan import (
     parse_target,
 )
 from chatctl.errors import ExitCode
+from tests.servers import run_chatctl
 
 hosts = st.sampled_from(["127.0.0.1", "::1", "localhost", "chat.example"])
 ports = st.integers(1, 65535)
@@ -49,13 +47,7 @@ def test_property_unknown_schemes_are_usage_errors_not_host_names(scheme: str) -
 
 
 def test_an_unwritable_csv_path_fails_before_the_run() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "chatctl", "bench", "--csv", "/nonexistent/dir/x.csv"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_chatctl("bench", "--csv", "/nonexistent/dir/x.csv")
     assert result.returncode == ExitCode.USAGE
     assert "no such directory" in result.stderr
     assert "Traceback" not in result.stderr

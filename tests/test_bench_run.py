@@ -12,7 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,20 +21,14 @@ import pytest
 
 from chatctl import protocol as p
 from chatctl.errors import ExitCode
-from tests.servers import dies_with_parent, running_server
+from tests.servers import dies_with_parent, run_chatctl, running_server
 
 BENCH_TIMEOUT = 120
 
 
 def bench(*args: str) -> tuple[int, dict[str, Any], str]:
     """Run `chatctl bench ... --json`; (exit status, the JSON, stderr)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "chatctl", "bench", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=BENCH_TIMEOUT,
-        check=False,
-    )
+    proc = run_chatctl("bench", *args, "--json", timeout=BENCH_TIMEOUT)
     assert "Traceback" not in proc.stderr, proc.stderr
     data = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, data, proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,27 +11,28 @@ from typing import Any
 
 from chatctl.bot.runner import load_system
 from chatctl.protocol import DirectMessage, Message, Notice, Tell
-from tests.servers import Client, ServeProcess, running_server, serve_process, start_chatctl
+from tests.servers import (
+    Client,
+    ServeProcess,
+    run_chatctl,
+    running_server,
+    serve_process,
+    start_chatctl,
+)
 
 
 @contextmanager
 def bot_process(host: str, port: int, *args: str) -> Iterator[ServeProcess]:
     """`python -m chatctl bot HOST --port PORT ...`; its stderr log is collected; stopped with
     SIGTERM (it must exit 0) and killed if it does not."""
-    handle, pump = start_chatctl("bot", host, "--port", str(port), *args)
-    proc = handle.proc
+    handle = start_chatctl("bot", host, "--port", str(port), *args)
     try:
         handle.wait_for_line(r"connected to .* as ")
         yield handle
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0, "".join(handle.lines)
+        handle.proc.terminate()
+        assert handle.proc.wait(timeout=10) == 0, "".join(handle.lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        pump.join(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        handle.stop()
 
 
 @contextmanager
@@ -160,14 +160,7 @@ def test_every_seconds_cadence_in_a_real_room() -> None:
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatctl", "bot", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return run_chatctl("bot", *args, timeout=timeout)
 
 
 def test_bad_options_are_one_line_usage_errors() -> None:

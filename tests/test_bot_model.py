@@ -12,9 +12,7 @@ structure (a reply arrives, streamed, non-empty, within limits), never wording.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,7 +21,7 @@ import pytest
 
 from chatctl.bot.brain import Prompt, TurnKind
 from chatctl.bot.local import MAX_TOKENS, LocalBackend, max_tokens, smollm2_gguf
-from tests.servers import ServeProcess, dies_with_parent
+from tests.servers import start_process
 from tests.test_bot_chat import bot_in_lobby, from_bot
 
 MAX_REPLY = 160  # about 53 tokens: keeps a CPU-only reply to a few seconds
@@ -41,7 +39,7 @@ def model_server() -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server with the SmolLM2 GGUF; yields its /v1 URL."""
     port = free_port()
     started = time.monotonic()
-    proc = subprocess.Popen(
+    log = start_process(
         [
             sys.executable,
             "-m",
@@ -54,18 +52,9 @@ def model_server() -> Iterator[str]:
             str(port),
             "--n_ctx",
             "1024",
-        ],
-        preexec_fn=dies_with_parent(),  # noqa: PLW1509  (no lock taken; see tests/servers.py)
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
+        ]
     )
-    log = ServeProcess(proc)
-    pump = threading.Thread(target=log._pump, daemon=True)
-    pump.start()
+    proc = log.proc
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120
@@ -82,15 +71,7 @@ def model_server() -> Iterator[str]:
         print(f"\nmodel server up in {time.monotonic() - started:.2f} s")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        pump.join(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        log.stop(terminate_first=True)
 
 
 def test_bot_answers_a_mention_through_a_real_model_server(model_server: str) -> None:

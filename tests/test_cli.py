@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 from chatctl import __version__
 from chatctl.errors import ExitCode
+from tests.servers import run_chatctl
 
 
 def chatctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_chatctl(*args)
 
 
 def test_version() -> None:

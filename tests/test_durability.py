@@ -10,7 +10,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from chatctl.protocol import (
     Say,
     Welcome,
 )
-from tests.servers import serve_process
+from tests.servers import run_chatctl, serve_process
 
 ROOM = "lobby"
 SENDERS = 4
@@ -206,13 +205,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path) -> None
 
 
 def serve_once(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatctl", "serve", "--port", "0", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_chatctl("serve", "--port", "0", *args, timeout=30)
 
 
 @pytest.mark.parametrize("problem", ["a file", "garbage database", "in use"])

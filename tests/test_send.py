@@ -13,20 +13,12 @@ import pytest
 from chatctl.client import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, Message
-from tests.servers import running_server, serve_process
+from tests.servers import run_chatctl, running_server, serve_process
 from tests.test_client import WAIT, wait_for
 
 
 def send(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatctl", "send", *args],
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_chatctl("send", *args, stdin=stdin)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> None:

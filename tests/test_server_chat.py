@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 
 from chatctl.errors import ExitCode
 from chatctl.protocol import (
@@ -27,7 +25,7 @@ from chatctl.protocol import (
     Who,
     encode,
 )
-from tests.servers import Client, running_server, serve_process
+from tests.servers import Client, run_chatctl, running_server, serve_process
 
 
 def test_say_reaches_every_other_member_once_with_seq_and_ack() -> None:
@@ -170,26 +168,14 @@ def test_port_in_use_is_one_line_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "chatctl", "serve", "--port", str(port), "--data", ":memory:"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        result = run_chatctl("serve", "--port", str(port), "--data", ":memory:", timeout=30)
     assert result.returncode == ExitCode.ERROR
     assert "Traceback" not in result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
 def test_bad_address_is_one_line_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "chatctl", "serve", "--host", "no.such.host.invalid", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_chatctl("serve", "--host", "no.such.host.invalid", "--port", "0", timeout=30)
     assert result.returncode == ExitCode.ERROR
     assert "Traceback" not in result.stderr
     assert "bad address" in result.stderr

@@ -287,29 +287,21 @@ class Brain:
         if question is None:
             question = line.text.strip()
         summary = parse_summary(question)
-        if summary is not None:
-            room = self._summary_room(summary.room)
-            if room is None:
-                turn = Turn(
-                    prompt=Prompt(
-                        kind=TurnKind.ANSWER,
-                        bot_nick=self.nick,
-                        question=question,
-                        asker=line.sender,
-                        max_chars=self.settings.max_reply,
-                    ),
-                    to=line.sender,
-                )
-            else:
-                turn = self._summary_turn(room, summary.count, asker=line.sender, to=line.sender)
+        room = None if summary is None else self._summary_room(summary.room)
+        if summary is not None and room is not None:
+            turn = self._summary_turn(room, summary.count, asker=line.sender, to=line.sender)
         else:
+            # A summary of a room we do not know is answered as a question, without context.
+            context = (
+                () if summary is not None else tuple(self._window(chan.log, upto=len(chan.log) - 1))
+            )
             turn = Turn(
                 prompt=Prompt(
                     kind=TurnKind.ANSWER,
                     bot_nick=self.nick,
                     question=question,
                     asker=line.sender,
-                    context=tuple(self._window(chan.log, upto=len(chan.log) - 1)),
+                    context=context,
                     max_chars=self.settings.max_reply,
                 ),
                 to=line.sender,
