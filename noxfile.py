@@ -61,5 +61,5 @@ def bench(session: nox.Session) -> None:
     """Regenerate the results in docs/benchmarks.md (uses redis-server and nats-server if installed)."""
     session.install("-e", ".")
     session.run(
-        "python", "-m", "chatctl.bench.suite", "--write", "docs/benchmarks.md", *session.posargs
+        "python", "-m", "benchmarks.suite", "--write", "docs/benchmarks.md", *session.posargs
     )

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import typer
 
 from chatctl import options as o
-from chatctl.config import DEFAULT_ROOM, ServerConfig
 from chatctl.errors import ChatctlError, ExitCode
+from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
@@ -102,7 +102,7 @@ def serve(
     )
 
     def action() -> int | None:
-        from chatctl.server import serve as serve_forever
+        from chatctl.server.loop import serve as serve_forever
 
         return serve_forever(config)
 
@@ -125,7 +125,7 @@ def join(
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
 
     def action() -> int | None:
-        from chatctl.join import run_join
+        from chatctl.ui.join import run_join
 
         return run_join(
             host=host,
@@ -167,7 +167,7 @@ def send(
     message = positional[-1] if positional else None
 
     def action() -> int | None:
-        from chatctl.send import run_send
+        from chatctl.ui.send import run_send
 
         return run_send(
             message=message,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from chatctl.client import Client
+from chatctl.client.connection import Client
 from chatctl.protocol import HistoryEnd
 from tests.servers import running_server
 from tests.test_client import wait_for

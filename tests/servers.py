@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from chatctl.config import ServerConfig
 from chatctl.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -51,9 +50,10 @@ from chatctl.protocol import (
     Say,
     Welcome,
 )
-from chatctl.server import Server
-from chatctl.serverlog import ServerLog, find_listening
-from chatctl.store import Store
+from chatctl.server.config import ServerConfig
+from chatctl.server.log import ServerLog, find_listening
+from chatctl.server.loop import Server
+from chatctl.store.base import Store
 
 E = TypeVar("E", bound=Event)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h

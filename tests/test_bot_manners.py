@@ -1,4 +1,4 @@
-"""Fitting replies into frames, clipping, the token bucket, and the SSE reader."""
+"""Fitting replies into frames, clipping, and the SSE reader."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from chatctl.bot.manners import (
     IDLE_FLUSH,
     IDLE_MIN,
     Framer,
-    TokenBucket,
     clip,
     one_line,
     split_frames,
@@ -287,36 +286,6 @@ class FramerMachine(RuleBasedStateMachine):
 
 
 TestFramerMachine = FramerMachine.TestCase
-
-
-def test_token_bucket_refills_at_its_rate() -> None:
-    bucket = TokenBucket(rate=1.0, capacity=2, now=0.0)
-    assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
-    assert not bucket.take(0.5)
-    assert bucket.take(1.0)
-    assert bucket.tokens(100.0) == 2
-
-
-def test_token_bucket_rate_zero_means_no_limit() -> None:
-    bucket = TokenBucket(rate=0.0, capacity=1, now=0.0)
-    assert all(bucket.take(0.0) for _ in range(100))
-
-
-@given(
-    st.floats(0.01, 10.0),
-    st.integers(1, 5),
-    st.lists(st.floats(0.0, 5.0), max_size=60),
-)
-def test_property_token_bucket_never_grants_more_than_it_earns(
-    rate: float, capacity: int, gaps: list[float]
-) -> None:
-    bucket = TokenBucket(rate=rate, capacity=capacity, now=0.0)
-    now = 0.0
-    granted = 0
-    for gap in gaps:
-        now += gap
-        granted += bucket.take(now)
-    assert granted <= capacity + rate * now + 1e-6
 
 
 # -- SSE --------------------------------------------------------------------------------------

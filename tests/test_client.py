@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.client import (
+from chatctl.client.connection import (
     AnyEvent,
     Backoff,
     Client,

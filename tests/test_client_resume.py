@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.client import AnyEvent, Backoff, Client, Disconnected, Reconnected, _CatchUp
+from chatctl.client.connection import AnyEvent, Backoff, Client, Disconnected, Reconnected, _CatchUp
 from chatctl.protocol import Gap, HistoryEnd, Message
 from tests.servers import running_server
 from tests.test_client import WAIT, wait_for

@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from chatctl.client import Backoff, Client, Outgoing
+from chatctl.client.connection import Backoff, Client, Outgoing
 from chatctl.errors import ConnectFailed
 from chatctl.protocol import HistoryEnd, Members, Message, RoomList
 from tests.servers import running_server

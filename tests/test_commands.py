@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.commands import (
+from chatctl.ui.commands import (
     COMMANDS,
     MAX_HISTORY,
     Action,

@@ -17,15 +17,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from chatctl.config import ServerConfig
-from chatctl.hub import (
-    GUEST_NICK,
-    NICK_MAX,
-    Delivery,
-    Hub,
-    nick_problem,
-    normalise_room,
-)
+from chatctl.names import NICK_MAX, nick_problem, normalise_room
 from chatctl.protocol import (
     Ack,
     Bye,
@@ -53,7 +45,9 @@ from chatctl.protocol import (
     encode_ack,
     encode_message,
 )
-from chatctl.store import MemoryStore
+from chatctl.server.config import ServerConfig
+from chatctl.server.hub import GUEST_NICK, Delivery, Hub
+from chatctl.store.memory import MemoryStore
 
 NOW = 1_700_000_000_000
 

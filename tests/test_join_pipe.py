@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chatctl.client import AnyEvent, Client
+from chatctl.client.connection import AnyEvent, Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, Gap, HistoryEnd, Members, Message, Notice
 from tests.servers import running_server, serve_process

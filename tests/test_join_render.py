@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.client import AnyEvent, Closed, Delivered, Disconnected, Refused
+from chatctl.client.connection import AnyEvent, Closed, Delivered, Disconnected, Refused
 from chatctl.errors import ConnectFailed
 from chatctl.protocol import (
     Ack,
@@ -23,7 +23,7 @@ from chatctl.protocol import (
     Say,
     Tell,
 )
-from chatctl.render import TextRenderer, event_record, gap_text, json_line, nick_colour, sanitize
+from chatctl.ui.render import TextRenderer, event_record, gap_text, json_line, nick_colour, sanitize
 
 # What a terminal would act on: C0 but tab/newline, DEL, C1, bidi controls.
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")

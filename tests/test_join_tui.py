@@ -13,7 +13,7 @@ import pexpect
 import pyte
 import pytest
 
-from chatctl.client import Client
+from chatctl.client.connection import Client
 from chatctl.protocol import DirectMessage, HistoryEnd, Message, Notice
 from tests.servers import serve_process
 from tests.test_client import wait_for

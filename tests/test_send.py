@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from chatctl.client import Client
+from chatctl.client.connection import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, Message
 from tests.servers import run_chatctl, running_server, serve_process

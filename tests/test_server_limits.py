@@ -42,8 +42,9 @@ from chatctl.protocol import (
     Who,
     encode,
 )
-from chatctl.server import REFUSED_LINGER_MAX, Server
-from chatctl.store import MemoryStore, StoredMessage
+from chatctl.server.loop import REFUSED_LINGER_MAX, Server
+from chatctl.store.base import StoredMessage
+from chatctl.store.memory import MemoryStore
 from tests.servers import Client, running_server, serve_process, server_instance
 
 ROOM = "lobby"

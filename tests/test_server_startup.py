@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.config import ServerConfig
 from chatctl.protocol import ErrorCode
-from chatctl.server import FD_RESERVE, connection_ceiling
+from chatctl.server.config import ServerConfig
+from chatctl.server.loop import FD_RESERVE, connection_ceiling
 from tests.servers import Client, serve_process
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.serverlog import ServerLog, find_listening
+from chatctl.server.log import ServerLog, find_listening
 
 
 def test_listening_is_logged_even_when_quiet() -> None:

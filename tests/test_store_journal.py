@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chatctl.sqlite_store import JOURNAL_NAME, SqliteStore, StoreError
-from chatctl.store import StoredMessage
+from chatctl.store.base import StoredMessage
+from chatctl.store.sqlite import JOURNAL_NAME, SqliteStore, StoreError
 
 
 def message(seq: int) -> StoredMessage:

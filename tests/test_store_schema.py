@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from chatctl.sqlite_store import DB_NAME, SqliteStore, StoreError
-from chatctl.store import StoredMessage
+from chatctl.store.base import StoredMessage
+from chatctl.store.sqlite import DB_NAME, SqliteStore, StoreError
 
 VERSION_1 = """
 CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,

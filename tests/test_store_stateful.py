@@ -17,8 +17,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from chatctl.sqlite_store import SqliteStore
-from chatctl.store import MemoryStore, ReadResult, Store, StoredMessage
+from chatctl.store.base import ReadResult, Store, StoredMessage
+from chatctl.store.memory import MemoryStore
+from chatctl.store.sqlite import SqliteStore
 
 ROOMS = st.sampled_from(["lobby", "dev", "ops"])
 KEYS = st.sampled_from(["key-a", "key-b"])

@@ -20,7 +20,7 @@ from chatctl.bench.adapters import Kind
 from chatctl.bench.plan import Target
 from chatctl.errors import ChatctlError
 from chatctl.protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT, MAX_FRAME_SIZE_CEILING
-from chatctl.serverlog import find_listening
+from chatctl.server.log import find_listening
 
 START_TIMEOUT = 20.0
 SERVER_ARGS = (

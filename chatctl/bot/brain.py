@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from chatctl.bot.manners import TokenBucket
+from chatctl.ratelimit import TokenBucket
 
 LOG_LIMIT = 200  # messages remembered per room, for summaries; the context window is smaller
 DM_PEERS_LIMIT = 100  # direct-message conversations remembered at once (least recent dropped)

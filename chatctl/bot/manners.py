@@ -1,4 +1,5 @@
-"""The bot's manners, sans-IO: a reply-rate token bucket and fitting text into chat frames."""
+"""The bot's manners, sans-IO: fitting text into chat frames (the reply rate is a
+chatctl.ratelimit.TokenBucket)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,6 @@ from collections.abc import Iterable, Iterator
 
 ELLIPSIS = "…"
 SPEAKER_PREFIX_WINDOW = 40  # characters of a reply held back to look for a copied "nick:"
-
-
-class TokenBucket:
-    """`rate` tokens per second up to `capacity`; a rate of 0 means no limit.
-
-    Time is passed in (seconds, any monotonic origin) so tests drive it without sleeping.
-    """
-
-    def __init__(self, *, rate: float, capacity: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, capacity)
-        self._tokens = self.capacity
-        self._stamp = now
-
-    def _refill(self, now: float) -> None:
-        if now > self._stamp:
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; False means: not now."""
-        if self.rate <= 0:
-            return True
-        self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def tokens(self, now: float) -> float:
-        if self.rate <= 0:
-            return self.capacity
-        self._refill(now)
-        return self._tokens
 
 
 _SPACES = re.compile(r"\s+")

@@ -31,7 +31,7 @@ from types import FrameType
 from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
 from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Skip, Turn
 from chatctl.bot.manners import Framer
-from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
+from chatctl.client.connection import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
 

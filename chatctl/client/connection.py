@@ -2,7 +2,7 @@
 
 A blocking socket, a reader thread, and typed events out. Usage::
 
-    from chatctl.client import Client, Closed, Delivered
+    from chatctl.client.connection import Client, Closed, Delivered
     from chatctl.protocol import Message
 
     with Client("127.0.0.1", 1060, nick="alice", rooms=["lobby"], reconnect=True) as client:

@@ -10,13 +10,21 @@ clock, so the rules are unit-tested without either.
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from chatctl import __version__
-from chatctl.config import ServerConfig
+from chatctl.names import (
+    MSG_ID_MAX,
+    NICK_MAX,
+    ROOM_MAX,
+    clip_reason,
+    looks_like_token,
+    nick_problem,
+    normalise_room,
+    quote,
+)
 from chatctl.protocol import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -46,18 +54,10 @@ from chatctl.protocol import (
     encode_ack,
     encode_message,
 )
-from chatctl.store import Store, StoredMessage
+from chatctl.server.config import ServerConfig
+from chatctl.store.base import Store, StoredMessage
 
-NICK_MAX = 32
-ROOM_MAX = 64
-REASON_MAX = 200  # reasons are echoed to whole rooms: keep them short
 GUEST_NICK = "guest"  # what an empty nick in Hello becomes
-MSG_ID_MAX = 64
-# docs/protocol.md §6.1: ASCII only, so that look-alike letters cannot impersonate anyone.
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_NICK_CHARS = _ALNUM | frozenset("_-[]{}\\|^`")
-_ROOM_CHARS = _ALNUM | frozenset("_-.")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class Delivery(NamedTuple):
@@ -83,37 +83,6 @@ class Delivery(NamedTuple):
 
 def deliver(to: Sequence[int], event: Event, skip: int = -1) -> Delivery:
     return Delivery(to, encode(event), skip)
-
-
-def nick_problem(nick: str) -> str | None:
-    """Why `nick` is not a valid nick, or None when it is."""
-    if not nick:
-        return "a nick may not be empty"
-    if len(nick) > NICK_MAX:
-        return f"a nick has at most {NICK_MAX} characters"
-    for ch in nick:
-        if ch not in _NICK_CHARS:
-            return f"a nick may not contain {ch!r} (ASCII letters, digits and _-[]{{}}\\|^` only)"
-    if nick[0] == "-" or nick[0].isdigit():
-        return "a nick may not start with a digit or '-'"
-    return None
-
-
-def normalise_room(name: str) -> str | None:
-    """The canonical form of a room name ('#Lobby' -> 'lobby'), or None when it is invalid."""
-    room = name[1:] if name.startswith("#") else name
-    if not room or len(room) > ROOM_MAX or not _ROOM_CHARS.issuperset(room):
-        return None
-    return room.lower()
-
-
-def _quote(name: str) -> str:
-    """A client-supplied name in an error message: quoted, and short whatever was sent."""
-    return repr(name if len(name) <= ROOM_MAX + 1 else name[:ROOM_MAX] + "…")
-
-
-def _clip(reason: str) -> str:
-    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 1] + "…"
 
 
 class Session:
@@ -231,7 +200,7 @@ class Hub:
                 del self.rooms[name]
             else:
                 notice = Notice(
-                    kind=kind, nick=session.nick, ts=now_ms, room=name, reason=_clip(reason)
+                    kind=kind, nick=session.nick, ts=now_ms, room=name, reason=clip_reason(reason)
                 )
                 out.append(deliver(room.targets, notice))
         return out
@@ -274,7 +243,7 @@ class Hub:
                 return [deliver(to, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
             if nick.casefold() in self.nicks:
                 nick = self._free_variant(nick)
-            token = hello.token if _TOKEN.fullmatch(hello.token) else self._new_token()
+            token = hello.token if looks_like_token(hello.token) else self._new_token()
             session = Session(cid, nick, token)
             self.nicks[session.key] = session
             self.tokens[token] = session
@@ -409,7 +378,7 @@ class Hub:
                     (cid,),
                     Error(
                         code=ErrorCode.NO_SUCH_NICK,
-                        message=f"nobody is called {_quote(tell.to)}",
+                        message=f"nobody is called {quote(tell.to)}",
                         msg_id=tell.msg_id[:MSG_ID_MAX],
                     ),
                 )
@@ -477,7 +446,7 @@ class Hub:
             ]
         room = self.rooms[name]
         notice = Notice(
-            kind="left", nick=session.nick, ts=now_ms, room=name, reason=_clip(part.reason)
+            kind="left", nick=session.nick, ts=now_ms, room=name, reason=clip_reason(part.reason)
         )
         # Everyone, the parting member included, hears it: that is the member's confirmation.
         out = [deliver(room.targets, notice)]
@@ -613,7 +582,7 @@ def _bad_room(cid: int, room: str, msg_id: str = "") -> Delivery:
         (cid,),
         Error(
             code=ErrorCode.INVALID_ROOM,
-            message=f"{_quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)",
+            message=f"{quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)",
             msg_id=msg_id[:MSG_ID_MAX],
         ),
     )

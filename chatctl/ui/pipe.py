@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from chatctl.client import AnyEvent, Client, Closed, Refused
-from chatctl.commands import Chat, Outcome
+from chatctl.client.connection import AnyEvent, Client, Closed, Refused
 from chatctl.errors import ChatctlError, ExitCode, TimedOut
 from chatctl.protocol import DirectMessage, Message
-from chatctl.render import TextRenderer, event_record, json_line
+from chatctl.ui.commands import Chat, Outcome
+from chatctl.ui.render import TextRenderer, event_record, json_line
 
 _TICK = 0.1  # how often the main loop looks at stdin's state and the deadline
 _SYNC_WAIT = 5.0  # for the answers to the last requests, when no --timeout bounds it

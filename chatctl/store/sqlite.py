@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from chatctl.errors import ChatctlError
-from chatctl.store import ReadResult, StoredMessage
+from chatctl.store.base import ReadResult, StoredMessage
 
 SCHEMA_VERSION = 3  # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: see _SCHEMA
 DB_NAME = "history.sqlite3"

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from chatctl.client import (
+from chatctl.client.connection import (
     AnyEvent,
     Closed,
     Delivered,

@@ -31,10 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from chatctl import __version__
-from chatctl.config import ServerConfig
 from chatctl.errors import ChatctlError
-from chatctl.hub import Delivery, Hub
-from chatctl.peer import Batch, Peer
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
@@ -54,8 +51,13 @@ from chatctl.protocol import (
     Welcome,
     encode,
 )
-from chatctl.serverlog import ServerLog
-from chatctl.store import MEMORY, MemoryStore, Store, open_store
+from chatctl.server.config import ServerConfig
+from chatctl.server.hub import Delivery, Hub
+from chatctl.server.log import ServerLog
+from chatctl.server.peer import Batch, Peer
+from chatctl.store.base import Store
+from chatctl.store.memory import MemoryStore
+from chatctl.store.url import MEMORY, open_store
 
 READ_CHUNK = 256 * 1024
 ACCEPTS_PER_TURN = 256

@@ -22,7 +22,7 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import confirm
 
-from chatctl.client import (
+from chatctl.client.connection import (
     AnyEvent,
     Backoff,
     Client,
@@ -31,10 +31,10 @@ from chatctl.client import (
     Reconnected,
     default_nick,
 )
-from chatctl.commands import COMMANDS, Chat
 from chatctl.errors import Rejected
 from chatctl.protocol import DirectMessage, ErrorCode, Members, Message, Notice, RoomList
-from chatctl.render import TextRenderer
+from chatctl.ui.commands import COMMANDS, Chat
+from chatctl.ui.render import TextRenderer
 
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
 _MAX_NICKS = 5000  # completion candidates remembered

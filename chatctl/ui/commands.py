@@ -11,11 +11,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from chatctl.client import room_name
+from chatctl.client.connection import room_name
 from chatctl.errors import ChatctlError, ExitCode
 
 if TYPE_CHECKING:
-    from chatctl.client import Client, Outgoing
+    from chatctl.client.connection import Client, Outgoing
 
 DEFAULT_HISTORY = 20
 MAX_HISTORY = 10_000

@@ -1,5 +1,5 @@
 """Regenerate the figures in docs/benchmarks.md: `nox -s bench`, or
-`python -m chatctl.bench.suite [--write docs/benchmarks.md] [--quick]`.
+`python -m benchmarks.suite [--write docs/benchmarks.md] [--quick]`.
 
 It starts redis-server and nats-server on free ports (the chatctl runs start their own
 server), runs each `chatctl bench` command as a subprocess exactly as printed in the document,

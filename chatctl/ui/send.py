@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from chatctl.client import Client, Outgoing, default_nick, room_name
+from chatctl.client.connection import Client, Outgoing, default_nick, room_name
 from chatctl.errors import ChatctlError, ExitCode, NoRecipient
 from chatctl.protocol import Ack
 

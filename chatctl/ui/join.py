@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from chatctl.client import Backoff, Client, default_nick, room_name
+from chatctl.client.connection import Backoff, Client, default_nick, room_name
 
 
 def run_join(
@@ -29,7 +29,7 @@ def run_join(
     scripted = fmt != "text" or count is not None or timeout is not None
     interactive = not scripted and sys.stdin.isatty() and sys.stdout.isatty()
     if interactive:
-        from chatctl.tui import run_tui
+        from chatctl.ui.tui import run_tui
 
         return run_tui(
             host=host,
@@ -40,7 +40,7 @@ def run_join(
             connect_timeout=connect_timeout,
         )
 
-    from chatctl.pipe import run_pipe
+    from chatctl.ui.pipe import run_pipe
 
     client = Client(
         host,

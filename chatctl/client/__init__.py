@@ -1,0 +1,1 @@
+"""The client library that `join`, `send` and the bot are built on."""

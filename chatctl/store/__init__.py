@@ -1,0 +1,1 @@
+"""Message history behind one interface (base.py): in memory, or durable in SQLite."""

@@ -1,0 +1,60 @@
+"""The history interface: what the hub and the server need of a store, whatever keeps it.
+
+The hub assigns sequence numbers (head + 1) and calls `append`; the event loop calls `flush`
+once per loop turn, before it writes any ack or delivery, so that nothing acknowledged can be
+lost. Implementations: memory.py (`--data :memory:`), sqlite.py (a data directory); url.py
+opens the one a `--data` value names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredMessage:
+    room: str
+    seq: int
+    ts: int  # Unix milliseconds, server clock
+    sender: str
+    text: str
+    action: bool = False
+    sender_key: str = ""  # the sender's session token: with msg_id, recognises a resend
+    msg_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    messages: list[StoredMessage]
+    # Sequence numbers asked for but no longer stored (trimmed): (first, last), inclusive.
+    gap: tuple[int, int] | None = None
+
+
+class Store(Protocol):
+    def rooms(self) -> list[str]:
+        """Every room with stored history."""
+
+    def head(self, room: str) -> int:
+        """The room's latest sequence number; 0 for a room never written."""
+
+    def append(self, message: StoredMessage) -> None:
+        """Add a message with seq == head(room) + 1. Durable only after `flush`."""
+
+    def flush(self) -> None:
+        """Make every appended message durable (one transaction for the whole batch)."""
+
+    def read(self, room: str, after: int, limit: int) -> ReadResult:
+        """Up to `limit` messages with seq > after, oldest first, and the gap before them."""
+
+    def latest(self, room: str, limit: int) -> list[StoredMessage]:
+        """The last `limit` messages of the room, oldest first."""
+
+    def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        """The message this sender already sent with this id, if it is still known."""
+
+    def trim(self, now_ms: int) -> int:
+        """Apply retention; return how many messages were removed."""
+
+    def close(self) -> None:
+        """Flush and release resources. Idempotent."""

@@ -1,0 +1,79 @@
+"""History in this process only (`--data :memory:`): bounded per room, gone at exit."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from chatctl.store.base import ReadResult, StoredMessage
+
+
+class MemoryStore:
+    """History in this process only: bounded per room, gone at exit."""
+
+    def __init__(self, *, retain_messages: int = 100_000, retain_age: float = 0.0) -> None:
+        self.retain_messages = retain_messages
+        self.retain_age = retain_age
+        self._rooms: dict[str, deque[StoredMessage]] = {}
+        self._heads: dict[str, int] = {}
+        self._by_id: dict[tuple[str, str], StoredMessage] = {}
+
+    def rooms(self) -> list[str]:
+        return list(self._heads)
+
+    def head(self, room: str) -> int:
+        return self._heads.get(room, 0)
+
+    def append(self, message: StoredMessage) -> None:
+        expected = self._heads.get(message.room, 0) + 1
+        if message.seq != expected:
+            raise ValueError(f"seq {message.seq} appended to {message.room!r}, expected {expected}")
+        log = self._rooms.get(message.room)
+        if log is None:
+            log = self._rooms[message.room] = deque()
+        log.append(message)
+        self._heads[message.room] = message.seq
+        if message.msg_id:
+            self._by_id[(message.sender_key, message.msg_id)] = message
+        if self.retain_messages and len(log) > self.retain_messages:
+            self._forget(log.popleft())
+
+    def flush(self) -> None:
+        pass
+
+    def read(self, room: str, after: int, limit: int) -> ReadResult:
+        log = self._rooms.get(room)
+        head = self._heads.get(room, 0)
+        if not log or after >= head:
+            gap = (after + 1, head) if after < head else None
+            return ReadResult([], gap)
+        first = log[0].seq
+        gap = (after + 1, first - 1) if after + 1 < first else None
+        start = max(after + 1 - first, 0)
+        return ReadResult([log[i] for i in range(start, min(start + limit, len(log)))], gap)
+
+    def latest(self, room: str, limit: int) -> list[StoredMessage]:
+        log = self._rooms.get(room)
+        if not log or limit <= 0:
+            return []
+        return [log[i] for i in range(max(len(log) - limit, 0), len(log))]
+
+    def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        return self._by_id.get((sender_key, msg_id))
+
+    def trim(self, now_ms: int) -> int:
+        if not self.retain_age:
+            return 0
+        cutoff = now_ms - int(self.retain_age * 1000)
+        removed = 0
+        for log in self._rooms.values():
+            while log and log[0].ts < cutoff:
+                self._forget(log.popleft())
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        pass
+
+    def _forget(self, message: StoredMessage) -> None:
+        if message.msg_id:
+            self._by_id.pop((message.sender_key, message.msg_id), None)

@@ -1,0 +1,32 @@
+"""Open the store a `--data` value names: `:memory:`, or a directory (default: the XDG state
+directory) holding the durable SQLite store. New engines (a `redis://` URL) plug in here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chatctl.store.base import Store
+from chatctl.store.memory import MemoryStore
+
+MEMORY = ":memory:"  # `--data :memory:`: history lives and dies with the process
+
+
+def default_data_dir() -> Path:
+    """$XDG_STATE_HOME/chatctl, or ~/.local/state/chatctl (the XDG base directory default)."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    # The spec says to ignore a relative value.
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "chatctl"
+
+
+def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> Store:
+    """The store for `--data`: ':memory:' keeps nothing; a directory (default: the XDG state
+    directory, created if needed) holds a durable SQLite store. Raises ChatctlError with a
+    one-line message when the directory cannot be used."""
+    if data == MEMORY:
+        return MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
+    from chatctl.store.sqlite import SqliteStore
+
+    directory = Path(data).expanduser() if data else default_data_dir()
+    return SqliteStore(directory, retain_messages=retain_messages, retain_age=retain_age)
