@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.store.sqlite import IdFilter
+from chatctl.store.idfilter import IdFilter
 
 PAIRS = st.lists(st.tuples(st.text(max_size=8), st.text(min_size=1, max_size=8)), max_size=300)
 

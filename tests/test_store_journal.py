@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from chatctl.store.base import StoredMessage
-from chatctl.store.sqlite import JOURNAL_NAME, SqliteStore, StoreError
+from chatctl.store.errors import StoreError
+from chatctl.store.journal import JOURNAL_NAME
+from chatctl.store.sqlite import SqliteStore
 
 
 def message(seq: int) -> StoredMessage:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from chatctl.store.base import StoredMessage
-from chatctl.store.sqlite import DB_NAME, SqliteStore, StoreError
+from chatctl.store.errors import StoreError
+from chatctl.store.sqlite import DB_NAME, SqliteStore
 
 VERSION_1 = """
 CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,

@@ -21,28 +21,30 @@ MemoryStore does), the age limit when `trim` runs; either way rows leave the dat
 `trim` (called from a timer), by primary-key range and in bounded batches so that one call
 never stalls the loop. The `rooms` table keeps each room's head so that sequence numbers
 continue after everything was trimmed or the server restarted.
+
+The journal's format is in journal.py and the resend filter in idfilter.py; what stays here is
+one cohesive thing, the SQLite side of the Store interface (about 500 lines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import marshal
 import os
 import sqlite3
-import struct
 import zlib
 from collections import deque
 from pathlib import Path
 from typing import Literal
 
-from chatctl.errors import ChatctlError
 from chatctl.store.base import ReadResult, StoredMessage
+from chatctl.store.errors import StoreError
+from chatctl.store.idfilter import IdFilter
+from chatctl.store.journal import JOURNAL_NAME, Journal, Row
 
 SCHEMA_VERSION = 3  # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: see _SCHEMA
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
-JOURNAL_NAME = "journal"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -68,15 +70,6 @@ _COLUMNS = "room, seq, ts, sender, text, action, sender_key, msg_id"
 _INSERT = (
     f"INSERT OR IGNORE INTO messages ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# A journal record: body length and CRC-32, then the batch's rows, marshalled (about ten
-# times cheaper than JSON; the journal is transient and read only by this code).
-_RECORD = struct.Struct("!II")
-
-Row = tuple[str, int, int, str, str, int, str, str, int]
-
-
-class StoreError(ChatctlError):
-    """The history store cannot be opened or written: the data directory is the problem."""
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
@@ -129,50 +122,6 @@ def _message(row: tuple[str, int, int, str, str, int, str, str]) -> StoredMessag
     )
 
 
-class IdFilter:
-    """A Bloom filter of (sender_key, msg_id) pairs that grows by adding layers: "no" is
-    certain, "maybe" is wrong about 2% of the time per layer. Nothing is ever removed (a
-    trimmed id only costs a false "maybe"): the store replaces it with a fresh one once it
-    holds many more ids than are stored. It lives in memory: a restart rebuilds it."""
-
-    BITS_PER_ID = 10  # with 3 probes: about 1.7% false "maybe" at capacity
-
-    def __init__(self, capacity: int) -> None:
-        self._layers: list[tuple[bytearray, int]] = []
-        self._room = 0
-        self.count = 0  # ids added
-        self._grow(max(capacity, 8))
-
-    def _grow(self, capacity: int) -> None:
-        bits = 1 << (capacity * self.BITS_PER_ID - 1).bit_length()
-        self._layers.append((bytearray(bits >> 3), bits - 1))
-        self._room = bits // self.BITS_PER_ID
-
-    def add(self, key: str, msg_id: str) -> None:
-        if self._room <= 0:
-            self._grow(2 * len(self._layers[-1][0]) * 8 // self.BITS_PER_ID)
-        self._room -= 1
-        self.count += 1
-        bits, mask = self._layers[-1]
-        h1 = hash((key, msg_id))  # 64 bits: the low half probes, the high half strides
-        h2 = (h1 >> 32) | 1
-        for p in (h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask):
-            bits[p >> 3] |= 1 << (p & 7)
-
-    def may_contain(self, key: str, msg_id: str) -> bool:
-        h1 = hash((key, msg_id))  # 64 bits: the low half probes, the high half strides
-        h2 = (h1 >> 32) | 1
-        for bits, mask in self._layers:
-            p, q, r = h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask
-            if (
-                bits[p >> 3] & (1 << (p & 7))
-                and bits[q >> 3] & (1 << (q & 7))
-                and bits[r >> 3] & (1 << (r & 7))
-            ):
-                return True
-        return False
-
-
 class SqliteStore:
     """History in `directory`/history.sqlite3. One server per directory (a lock file says so)."""
 
@@ -221,7 +170,7 @@ class SqliteStore:
         self._next_ids: IdFilter | None = None
         self._to_scan: list[tuple[str, int, int]] = []
         self._lock_fd = -1
-        self._journal_fd = -1
+        self._journal: Journal | None = None
         self._db: sqlite3.Connection | None = None
         try:
             self._open(synchronous)
@@ -275,25 +224,8 @@ class SqliteStore:
 
     def _replay_journal(self, db: sqlite3.Connection) -> None:
         """Put what the journal holds (written before a kill) into SQLite, then empty it."""
-        journal = self.directory / JOURNAL_NAME
-        try:
-            self._journal_fd = os.open(journal, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            with open(self._journal_fd, "rb", closefd=False) as f:
-                data = f.read()
-        except OSError as exc:
-            raise StoreError(f"cannot use {journal}: {exc.strerror or exc}") from None
-        rows: list[Row] = []
-        pos = 0
-        # A record cut short at the end is a write that never returned: never acknowledged.
-        while pos + _RECORD.size <= len(data):
-            size, crc = _RECORD.unpack_from(data, pos)
-            body = data[pos + _RECORD.size : pos + _RECORD.size + size]
-            if len(body) < size:
-                break
-            if zlib.crc32(body) != crc:
-                raise StoreError(f"{journal} is damaged at byte {pos}")
-            rows += marshal.loads(body)
-            pos += _RECORD.size + size
+        self._journal = Journal.open(self.directory / JOURNAL_NAME)
+        rows: list[Row] = self._journal.replay()
         if rows:
             db.execute("BEGIN")
             db.executemany(_INSERT, rows)
@@ -302,7 +234,7 @@ class SqliteStore:
                 [(room,) for room in {row[0] for row in rows}],
             )
             db.execute("COMMIT")
-        self._empty_journal()
+        self._journal.empty()
 
     def _load(self, db: sqlite3.Connection) -> None:
         for room, head in db.execute("SELECT room, head FROM rooms").fetchall():
@@ -355,18 +287,8 @@ class SqliteStore:
     def flush(self) -> None:
         if not self._pending:
             return
-        body = marshal.dumps(self._pending)
-        data = _RECORD.pack(len(body), zlib.crc32(body)) + body
-        try:
-            while data:
-                data = data[os.write(self._journal_fd, data) :]
-            if self._fsync:
-                os.fdatasync(self._journal_fd)
-        except OSError as exc:
-            # Nothing of this batch may be acknowledged: the server must stop.
-            raise StoreError(
-                f"cannot write history to {self.directory}: {exc.strerror or exc}"
-            ) from None
+        # Nothing of this batch may be acknowledged if this raises: the server must stop.
+        self._journal_or_closed().append(self._pending, fsync=self._fsync)
         self._journaled += self._pending
         self._pending.clear()
         if len(self._journaled) >= self._sync_rows:
@@ -389,16 +311,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
-        self._empty_journal()
+        self._journal_or_closed().empty()
         self._journaled.clear()
         self._new_rooms.clear()
         self._recent_ids.clear()
-
-    def _empty_journal(self) -> None:
-        try:
-            os.ftruncate(self._journal_fd, 0)  # O_APPEND: the next write starts at 0
-        except OSError as exc:
-            raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
 
     def read(self, room: str, after: int, limit: int) -> ReadResult:
         head = self._heads.get(room, 0)
@@ -599,6 +515,11 @@ class SqliteStore:
             self._oldest_ts[room] = ts
         return int(seq)
 
+    def _journal_or_closed(self) -> Journal:
+        if self._journal is None:
+            raise StoreError(f"the history store in {self.directory} is closed")
+        return self._journal
+
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError(f"the history store in {self.directory} is closed")
@@ -615,9 +536,9 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
-        if self._journal_fd >= 0:
-            os.close(self._journal_fd)
-            self._journal_fd = -1
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = -1
