@@ -64,5 +64,5 @@ def test_a_damaged_journal_is_a_one_line_error(tmp_path: Path) -> None:
     data = bytearray(journal.read_bytes())
     data[12] ^= 0xFF  # a flipped byte in the first record's body
     journal.write_bytes(data)
-    with pytest.raises(StoreError, match=r"journal is damaged at byte 0$"):
+    with pytest.raises(StoreError, match=r"journal is damaged at byte 0 \(checksum mismatch\)$"):
         SqliteStore(tmp_path)

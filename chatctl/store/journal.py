@@ -14,6 +14,7 @@ import struct
 import zlib
 from pathlib import Path
 
+from chatctl.store import datadir
 from chatctl.store.errors import StoreError
 
 JOURNAL_NAME = "journal"
@@ -31,14 +32,12 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path) -> Journal:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot use {path}: {exc.strerror or exc}") from None
-        return cls(path, fd)
+        return cls(path, datadir.open_file(path, os.O_RDWR | os.O_APPEND))
 
-    def replay(self) -> list[Row]:
-        """Every row of every whole record, in order."""
+    def replay(self) -> tuple[list[Row], int]:
+        """Every row of every whole record, in order, and how many bytes of a torn record at
+        the end were dropped. A record whose checksum or content is wrong is a StoreError
+        naming the file and the byte where it starts."""
         try:
             with open(self._fd, "rb", closefd=False) as f:
                 data = f.read()
@@ -52,10 +51,10 @@ class Journal:
             if len(body) < size:
                 break
             if zlib.crc32(body) != crc:
-                raise StoreError(f"{self.path} is damaged at byte {pos}")
-            rows += marshal.loads(body)
+                raise StoreError(f"{self.path} is damaged at byte {pos} (checksum mismatch)")
+            rows += _rows(body, self.path, pos)
             pos += _RECORD.size + size
-        return rows
+        return rows, len(data) - pos
 
     def append(self, rows: list[Row], *, fsync: bool) -> None:
         """One record of `rows`, written before this returns (and fdatasync'd with fsync)."""
@@ -81,3 +80,23 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_ROW_TYPES = (str, int, int, str, str, int, str, str, int)
+
+
+def _rows(body: bytes, path: Path, pos: int) -> list[Row]:
+    """A record's rows, each checked for shape: a body with a valid checksum can still be
+    garbage (written by something else, or by a bug), and must not reach SQLite."""
+    try:
+        rows = marshal.loads(body)
+    except (ValueError, EOFError, TypeError):
+        raise StoreError(f"{path} is damaged at byte {pos} (unreadable record)") from None
+    if not isinstance(rows, list) or not all(
+        type(row) is tuple
+        and len(row) == len(_ROW_TYPES)
+        and all(type(v) is t for v, t in zip(row, _ROW_TYPES, strict=True))
+        for row in rows
+    ):
+        raise StoreError(f"{path} is damaged at byte {pos} (a record of the wrong shape)")
+    return rows

@@ -37,6 +37,7 @@ from collections import deque
 from pathlib import Path
 from typing import Literal
 
+from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
@@ -171,6 +172,7 @@ class SqliteStore:
         self._to_scan: list[tuple[str, int, int]] = []
         self._lock_fd = -1
         self._journal: Journal | None = None
+        self.notes: list[str] = []  # what opening repaired, for the server's log
         self._db: sqlite3.Connection | None = None
         try:
             self._open(synchronous)
@@ -182,13 +184,8 @@ class SqliteStore:
 
     def _open(self, synchronous: str) -> None:
         where = str(self.directory)
-        if self.directory.exists() and not self.directory.is_dir():
-            raise StoreError(f"data directory {where} is not a directory")
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"cannot use data directory {where}: {exc.strerror or exc}") from None
+        datadir.prepare(self.directory)
+        self._lock_fd = datadir.open_file(self.directory / LOCK_NAME, os.O_RDWR)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -196,6 +193,9 @@ class SqliteStore:
                 f"data directory {where} is in use by another chatctl server"
             ) from None
         path = self.directory / DB_NAME
+        # Created here, 0600 and not through a link: SQLite gives its -wal and -shm files the
+        # database file's mode.
+        os.close(datadir.open_file(path, os.O_RDWR))
         try:
             db = self._db = sqlite3.connect(path, isolation_level=None)
             # The flock makes this process the file's only user, so it can hold SQLite's lock
@@ -225,7 +225,12 @@ class SqliteStore:
     def _replay_journal(self, db: sqlite3.Connection) -> None:
         """Put what the journal holds (written before a kill) into SQLite, then empty it."""
         self._journal = Journal.open(self.directory / JOURNAL_NAME)
-        rows: list[Row] = self._journal.replay()
+        rows, torn = self._journal.replay()
+        if torn:
+            self.notes.append(
+                f"{self._journal.path}: dropped {torn} bytes of a write cut short at the end "
+                "(a kill or crash during the write; it was never acknowledged)"
+            )
         if rows:
             db.execute("BEGIN")
             db.executemany(_INSERT, rows)

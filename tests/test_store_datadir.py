@@ -1,0 +1,132 @@
+"""The data directory is the server user's alone: modes, owners, symlinks, damaged journals."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatctl.store.base import StoredMessage
+from chatctl.store.errors import StoreError
+from chatctl.store.journal import JOURNAL_NAME
+from chatctl.store.sqlite import DB_NAME, SqliteStore
+from tests.servers import run_chatctl
+
+
+def message(seq: int) -> StoredMessage:
+    return StoredMessage(room="lobby", seq=seq, ts=seq, sender="ann", text=f"m{seq}")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path, open_umask: None) -> None:
+    directory = tmp_path / "data"
+    store = SqliteStore(directory)
+    store.append(message(1))
+    store.flush()
+    store.stored_rows()  # into SQLite: the -wal file exists now
+    created = sorted(p.name for p in directory.iterdir())
+    assert {DB_NAME, f"{DB_NAME}-wal", JOURNAL_NAME, "lock"} <= set(created)
+    assert mode(directory) == 0o700
+    for name in created:
+        assert mode(directory / name) == 0o600, name
+    store.close()
+
+
+def test_existing_files_readable_by_others_are_made_private(tmp_path: Path) -> None:
+    SqliteStore(tmp_path).close()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(tmp_path / DB_NAME, 0o644)
+    SqliteStore(tmp_path).close()
+    assert mode(tmp_path) == 0o700
+    assert mode(tmp_path / DB_NAME) == 0o600
+
+
+def test_a_directory_writable_by_others_is_refused_in_one_line(tmp_path: Path) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    os.chmod(directory, 0o777)
+    result = run_chatctl("serve", "--port", "0", "--data", str(directory))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "writable by other users" in result.stderr and str(directory) in result.stderr
+    assert list(directory.iterdir()) == []  # nothing was written there
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(StoreError, match="belongs to another user"):
+        SqliteStore(directory)
+
+
+@pytest.mark.parametrize("name", [JOURNAL_NAME, DB_NAME, "lock"])
+def test_a_symlink_in_the_directory_is_refused_not_followed(tmp_path: Path, name: str) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir(mode=0o700)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (directory / name).symlink_to(victim)
+    with pytest.raises(StoreError, match="symbolic link"):
+        SqliteStore(directory)
+    assert victim.read_text() == "precious\n"
+
+
+def record(body: bytes) -> bytes:
+    return struct.pack("!II", len(body), zlib.crc32(body)) + body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff garbage that is not marshal data",
+        marshal.dumps({"not": "a list"}),
+        marshal.dumps([("lobby", 1, "ts?", "ann", "hi", 0, "", "", 0)]),
+        marshal.dumps([("lobby", 1)]),
+    ],
+)
+def test_a_journal_record_with_a_good_checksum_and_bad_content_is_one_line(
+    tmp_path: Path, body: bytes
+) -> None:
+    SqliteStore(tmp_path).close()
+    (tmp_path / JOURNAL_NAME).write_bytes(record(body))
+    result = run_chatctl("serve", "--port", "0", "--data", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{tmp_path / JOURNAL_NAME} is damaged at byte 0" in result.stderr
+
+
+def test_a_torn_tail_is_reported_with_the_bytes_dropped(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, sync_rows=1000)
+    store.append(message(1))
+    store.flush()
+    store.crash()
+    torn = record(marshal.dumps([("lobby", 2, 2, "ann", "m2", 0, "", "", 0)]))[:-1]
+    with (tmp_path / JOURNAL_NAME).open("ab") as f:
+        f.write(torn)  # a record one byte short
+    again = SqliteStore(tmp_path)
+    assert again.head("lobby") == 1
+    assert again.notes == [
+        f"{tmp_path / JOURNAL_NAME}: dropped {len(torn)} bytes of a write cut short at the end"
+        " (a kill or crash during the write; it was never acknowledged)"
+    ]
+    again.close()
