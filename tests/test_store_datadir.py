@@ -16,7 +16,7 @@ from chatctl.store.base import StoredMessage
 from chatctl.store.errors import StoreError
 from chatctl.store.journal import JOURNAL_NAME
 from chatctl.store.sqlite import DB_NAME, SqliteStore
-from tests.servers import run_chatctl
+from tests.servers import Client, run_chatctl, running_server
 
 
 def message(seq: int) -> StoredMessage:
@@ -130,3 +130,20 @@ def test_a_torn_tail_is_reported_with_the_bytes_dropped(tmp_path: Path) -> None:
         " (a kill or crash during the write; it was never acknowledged)"
     ]
     again.close()
+
+
+def test_a_running_server_never_writes_a_resume_token(tmp_path: Path) -> None:
+    with running_server(data=str(tmp_path)) as (host, port), Client(host, port) as alice:
+        token = alice.hello("alice").token
+        for n in range(3):
+            alice.say("lobby", f"hello {n}")  # acked: durable in the journal
+        assert alice.say("lobby", "again", msg_id="m-1").seq == 4
+        # A resend after a reconnect with the same token is still recognised (by its hash).
+        with Client(host, port) as again:
+            again.hello("alice", token=token)
+            assert again.say("lobby", "again", msg_id="m-1").seq == 4
+        files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert files  # the journal at least
+    files.update({p.name + " (closed)": p.read_bytes() for p in tmp_path.iterdir()})
+    for name, data in files.items():
+        assert token.encode() not in data, name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chatctl.store.base import StoredMessage
+from chatctl.store.base import StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
 from chatctl.store.sqlite import DB_NAME, SqliteStore
 
@@ -24,6 +24,17 @@ PRAGMA user_version = 1;
 """
 
 
+VERSION_3 = (
+    VERSION_1.replace("msg_id TEXT NOT NULL,", "msg_id TEXT NOT NULL, key_hash INTEGER NOT NULL,")
+    .replace(
+        "messages_dedupe ON messages (sender_key, msg_id)",
+        "messages_resend ON messages (key_hash, msg_id)",
+    )
+    .replace("'m1');", "'m1', 7);")
+    .replace("'');", "'', 0);")
+    .replace("user_version = 1", "user_version = 3")
+)
+
 VERSION_2 = (
     VERSION_1.replace("msg_id TEXT NOT NULL,", "msg_id TEXT NOT NULL, id_hash INTEGER NOT NULL,")
     .replace(
@@ -35,15 +46,16 @@ VERSION_2 = (
 )
 
 
-@pytest.mark.parametrize("schema", [VERSION_1, VERSION_2], ids=["v1", "v2"])
+@pytest.mark.parametrize("schema", [VERSION_1, VERSION_2, VERSION_3], ids=["v1", "v2", "v3"])
 def test_older_schemas_are_migrated_and_resends_still_found(tmp_path: Path, schema: str) -> None:
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.executescript(schema)
     db.close()
     store = SqliteStore(tmp_path)
     assert store.head("lobby") == 2
-    assert store.find("key", "m1") == StoredMessage(
-        room="lobby", seq=1, ts=10, sender="ann", text="hi", sender_key="key", msg_id="m1"
+    key = sender_key_of("key")  # the stored token became its hash
+    assert store.find(key, "m1") == StoredMessage(
+        room="lobby", seq=1, ts=10, sender="ann", text="hi", sender_key=key, msg_id="m1"
     )
     store.append(StoredMessage(room="lobby", seq=3, ts=12, sender="bo", text="x", msg_id="z"))
     store.close()
@@ -59,3 +71,14 @@ def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match=r"schema version 99; this chatctl reads \d+$"):
         SqliteStore(tmp_path)
+
+
+def test_the_migration_leaves_no_token_in_the_files(tmp_path: Path) -> None:
+    token = "tok3n-in-clear-0123456789"
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(VERSION_3.replace("'key'", f"'{token}'"))
+    db.close()
+    SqliteStore(tmp_path).close()
+    for path in tmp_path.iterdir():
+        assert token.encode() not in path.read_bytes(), path.name
+    assert SqliteStore(tmp_path).find(sender_key_of(token), "m1") is not None

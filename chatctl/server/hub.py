@@ -3,8 +3,9 @@
 The event loop feeds `Hub.handle(cid, event, now_ms)` with every decoded client frame of a
 connection (`cid`) and `Hub.disconnect` when a connection ends. Both return deliveries: which
 connections get which frame. Each delivered frame is encoded here exactly once, so the loop can
-append the same bytes to every recipient's output queue. Nothing here touches a socket or a
-clock, so the rules are unit-tested without either.
+append the same bytes to every recipient's output queue; a Welcome or a Bye also carries its
+event (`control`), which the loop needs to act on it. Nothing here touches a socket or a clock,
+so the rules are unit-tested without either.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from chatctl.protocol import (
     encode_message,
 )
 from chatctl.server.config import ServerConfig
-from chatctl.store.base import Store, StoredMessage
+from chatctl.store.base import Store, StoredMessage, sender_key_of
 
 GUEST_NICK = "guest"  # what an empty nick in Hello becomes
 
@@ -64,13 +65,16 @@ class Delivery(NamedTuple):
     """`data`, one encoded frame, goes to every connection in `to` except `skip`.
 
     A named tuple rather than a frozen dataclass: two are built for every message on the hot
-    path, and a tuple is several times cheaper to build. `event` decodes `data` again, for
-    tests and for the rare frames the event loop looks into (Welcome, Bye).
+    path, and a tuple is several times cheaper to build. `control` is the event of a Welcome
+    or Bye (these change the connection's state, and the loop logs them), so that the loop
+    needs neither to decode `data` nor to encode the event again. `event` decodes `data`
+    again, for tests.
     """
 
     to: Sequence[int]
     data: bytes
     skip: int = -1
+    control: Welcome | Bye | None = None
 
     @property
     def frame_type(self) -> int:
@@ -85,16 +89,22 @@ def deliver(to: Sequence[int], event: Event, skip: int = -1) -> Delivery:
     return Delivery(to, encode(event), skip)
 
 
+def control(cid: int, event: Welcome | Bye) -> Delivery:
+    """A Welcome or Bye for connection `cid`, encoded once: the loop sends these bytes."""
+    return Delivery((cid,), encode(event), -1, event)
+
+
 class Session:
     """A welcomed connection: its nick, its resume token and its rooms."""
 
-    __slots__ = ("cid", "key", "nick", "rooms", "token")
+    __slots__ = ("cid", "key", "nick", "rooms", "sender_key", "token")
 
     def __init__(self, cid: int, nick: str, token: str) -> None:
         self.cid = cid
         self.nick = nick
         self.key = nick.casefold()
         self.token = token
+        self.sender_key = sender_key_of(token)  # what the store keeps: never the token
         self.rooms: dict[str, None] = {}  # an ordered set
 
 
@@ -212,11 +222,10 @@ class Hub:
     # -- handshake ---------------------------------------------------------------------------
 
     def _hello(self, cid: int, hello: Hello, now_ms: int) -> list[Delivery]:
-        to = (cid,)
         if hello.version < 1:  # the lower of the two versions is spoken; there is none below 1
             return [
-                deliver(
-                    to,
+                control(
+                    cid,
                     Bye(
                         code=ErrorCode.UNSUPPORTED_VERSION,
                         reason=f"this server speaks protocol versions 1 to {PROTOCOL_VERSION}",
@@ -229,10 +238,7 @@ class Hub:
             # A reconnect with the token of a session that is still registered: the new
             # connection takes over its nick and rooms silently; the old one is told why.
             out.append(
-                deliver(
-                    (old.cid,),
-                    Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"),
-                )
+                control(old.cid, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"))
             )
             self._move(old, cid)
             session = old
@@ -240,7 +246,7 @@ class Hub:
             nick = hello.nick or GUEST_NICK
             problem = nick_problem(nick)
             if problem is not None:
-                return [deliver(to, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
+                return [control(cid, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
             if nick.casefold() in self.nicks:
                 nick = self._free_variant(nick)
             token = hello.token if looks_like_token(hello.token) else self._new_token()
@@ -256,7 +262,7 @@ class Hub:
             token=session.token,
             limits=self.limits,
         )
-        out.append(deliver(to, welcome))
+        out.append(control(cid, welcome))
         return out
 
     def _move(self, session: Session, cid: int) -> None:
@@ -335,7 +341,7 @@ class Hub:
         room = self.rooms.get(name)
         store = self.store
         if say.msg_id:
-            earlier = store.find(session.token, say.msg_id)
+            earlier = store.find(session.sender_key, say.msg_id)
             if earlier is not None:
                 # A resend after a reconnect: acknowledge again, deliver nothing.
                 again = encode_ack(
@@ -351,7 +357,7 @@ class Hub:
                 sender=session.nick,
                 text=say.text,
                 action=say.action,
-                sender_key=session.token,
+                sender_key=session.sender_key,
                 msg_id=say.msg_id,
             )
         )

@@ -8,8 +8,15 @@ opens the one a `--data` value names.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def sender_key_of(token: str) -> str:
+    """What a store keeps to recognise a sender's resends: a hash of its resume token, never
+    the token itself (whoever reads the store must not be able to resume a session)."""
+    return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -20,7 +27,7 @@ class StoredMessage:
     sender: str
     text: str
     action: bool = False
-    sender_key: str = ""  # the sender's session token: with msg_id, recognises a resend
+    sender_key: str = ""  # sender_key_of(the sender's resume token): with msg_id, a resend
     msg_id: str = ""
 
 

@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Literal
 
 from chatctl.store import datadir
-from chatctl.store.base import ReadResult, StoredMessage
+from chatctl.store.base import ReadResult, StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
 from chatctl.store.journal import JOURNAL_NAME, Journal, Row
 
-SCHEMA_VERSION = 3  # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: see _SCHEMA
+# 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash (see _SCHEMA);
+# 4: sender_key holds sender_key_of(token), not the token.
+SCHEMA_VERSION = 4
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
 
@@ -74,20 +76,35 @@ _INSERT = (
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
-    """Schemas 1 and 2 differ from 3 only in the resend index: add and fill key_hash (the
-    index itself is created with the schema)."""
+    """Bring schema 1, 2 or 3 to 4, in place. 1 and 2 differ from 3 only in the resend index:
+    add and fill key_hash (the index itself is created with the schema). 4 replaces every
+    stored resume token by its hash; secure_delete and a checkpoint leave no copy of a token
+    in the file's free space or in the WAL."""
     db.create_function("key_hash", 1, key_hash, deterministic=True)
-    old = (
-        "DROP INDEX IF EXISTS messages_dedupe;"
-        if version == 1
-        else "DROP INDEX IF EXISTS messages_resend; ALTER TABLE messages DROP COLUMN id_hash;"
-    )
-    db.executescript(
-        f"BEGIN; {old}"
-        " ALTER TABLE messages ADD COLUMN key_hash INTEGER NOT NULL DEFAULT 0;"
+    db.create_function("sender_key_of", 1, sender_key_of, deterministic=True)
+    steps = []
+    if version == 1:
+        steps.append("DROP INDEX IF EXISTS messages_dedupe;")
+    elif version == 2:
+        steps.append(
+            "DROP INDEX IF EXISTS messages_resend; ALTER TABLE messages DROP COLUMN id_hash;"
+        )
+    if version < 3:
+        steps.append("ALTER TABLE messages ADD COLUMN key_hash INTEGER NOT NULL DEFAULT 0;")
+    steps.append(
+        "UPDATE messages SET sender_key = sender_key_of(sender_key) WHERE sender_key != '';"
         " UPDATE messages SET key_hash = key_hash(sender_key) WHERE msg_id != '';"
-        " COMMIT;"
     )
+    db.execute("PRAGMA secure_delete=ON")
+    db.executescript(f"BEGIN; {' '.join(steps)} COMMIT;")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA secure_delete=OFF")
+
+
+def _rehashed(row: Row) -> Row:
+    room, seq, ts, sender, text, action, token, msg_id, _ = row
+    key = sender_key_of(token) if token else ""
+    return (room, seq, ts, sender, text, action, key, msg_id, key_hash(key) if msg_id else 0)
 
 
 def key_hash(sender_key: str) -> int:
@@ -210,22 +227,25 @@ class SqliteStore:
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA cache_size=-16384")  # KiB: the hot pages of big rooms stay in
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2):
+            if version in (1, 2, 3):
                 _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            self._replay_journal(db)
+            self._replay_journal(db, tokens_in_clear=version in (1, 2, 3))
             self._load(db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open history database {path}: {exc}") from None
 
-    def _replay_journal(self, db: sqlite3.Connection) -> None:
-        """Put what the journal holds (written before a kill) into SQLite, then empty it."""
+    def _replay_journal(self, db: sqlite3.Connection, *, tokens_in_clear: bool) -> None:
+        """Put what the journal holds (written before a kill) into SQLite, then empty it. A
+        journal left by a schema-3 server holds tokens, not their hashes."""
         self._journal = Journal.open(self.directory / JOURNAL_NAME)
         rows, torn = self._journal.replay()
+        if tokens_in_clear:
+            rows = [_rehashed(row) for row in rows]
         if torn:
             self.notes.append(
                 f"{self._journal.path}: dropped {torn} bytes of a write cut short at the end "
