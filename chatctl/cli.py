@@ -13,13 +13,16 @@ from collections.abc import Callable
 import typer
 
 from chatctl import options as o
+from chatctl.bench.params import Params
+from chatctl.bot.config import BotConfig, BrainSettings
 from chatctl.errors import ChatctlError, ExitCode
+from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
 from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
     "4 could not connect or connection lost; 5 rejected by the server; 6 timed out; "
-    "7 bench saw loss; 8 not built yet; 130 interrupted."
+    "7 bench saw loss; 130 interrupted."
 )
 
 app = typer.Typer(
@@ -55,10 +58,10 @@ def run(action: Callable[[], int | None]) -> None:
 @app.command(epilog=EXIT_CODES_HELP)
 def serve(
     host: o.ServeHosts = None,
-    port: o.Port = o.DEFAULT_PORT,
+    port: o.Port = ServerConfig.port,
     name: o.ServerName = ServerConfig.name,
-    log_level: o.LogLevelOpt = o.LogLevel.info,
-    log_format: o.LogFormatOpt = o.LogFormat.rich,
+    log_level: o.LogLevelOpt = ServerConfig.log_level,
+    log_format: o.LogFormatOpt = ServerConfig.log_format,
     max_frame: o.MaxFrame = ServerConfig.max_frame,
     max_text: o.MaxText = ServerConfig.max_text,
     max_output: o.MaxOutput = ServerConfig.max_output,
@@ -81,8 +84,8 @@ def serve(
         hosts=tuple(host or ServerConfig.hosts),
         port=port,
         name=name,
-        log_level=log_level.value,
-        log_format=log_format.value,
+        log_level=log_level,
+        log_format=log_format,
         max_frame=max_frame,
         max_text=max_text,
         max_output=max_output,
@@ -111,8 +114,8 @@ def serve(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def join(
-    host: o.HostArg = o.DEFAULT_HOST,
-    port: o.Port = o.DEFAULT_PORT,
+    host: o.HostArg = DEFAULT_HOST,
+    port: o.Port = DEFAULT_PORT,
     nick: o.Nick = None,
     room: o.Rooms = None,
     fmt: o.Format = o.OutputFormat.text,
@@ -146,7 +149,7 @@ def join(
 @app.command(epilog=EXIT_CODES_HELP)
 def send(
     args: o.SendArgs = None,
-    port: o.Port = o.DEFAULT_PORT,
+    port: o.Port = DEFAULT_PORT,
     room: o.SendRoom = None,
     to: o.SendTo = None,
     nick: o.Nick = None,
@@ -189,94 +192,94 @@ def send(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def bench(
-    scenario: o.Scenario = "fanout",
+    scenario: o.ScenarioArg = Params.scenario,
     target: o.Target = None,
-    pub: o.Publishers = 1,
-    sub: o.Subscribers = 10,
-    clients: o.Clients = 10,
-    rooms: o.BenchRooms = 4,
-    msgs: o.Messages = 10_000,
-    duration: o.Duration = 10.0,
-    size: o.Size = 100,
-    rate: o.Rate = 0.0,
-    warmup: o.Warmup = 0.0,
-    workers: o.Workers = 2,
+    pub: o.Publishers = Params.publishers,
+    sub: o.Subscribers = Params.subscribers,
+    clients: o.Clients = Params.clients,
+    rooms: o.BenchRooms = Params.rooms,
+    msgs: o.Messages = Params.messages,
+    duration: o.Duration = Params.duration,
+    size: o.Size = Params.size,
+    rate: o.Rate = Params.rate,
+    warmup: o.Warmup = Params.warmup,
+    workers: o.Workers = Params.workers,
     json_out: o.Json = False,
     csv: o.Csv = None,
     sweep: o.Sweep = None,
 ) -> None:
     """Load-test a chatctl, Redis or NATS server and verify nothing was lost."""
+    params = Params(
+        scenario=scenario,
+        publishers=pub,
+        subscribers=sub,
+        clients=clients,
+        rooms=rooms,
+        messages=msgs,
+        duration=duration,
+        size=size,
+        rate=rate,
+        warmup=warmup,
+        workers=workers,
+    )
 
     def action() -> int | None:
-        from chatctl.bench import run_bench
+        from chatctl.bench.command import run_bench
 
-        return run_bench(
-            scenario=scenario,
-            target=target,
-            publishers=pub,
-            subscribers=sub,
-            clients=clients,
-            rooms=rooms,
-            messages=msgs,
-            duration=duration,
-            size=size,
-            rate=rate,
-            warmup=warmup,
-            workers=workers,
-            json_out=json_out,
-            csv_path=csv,
-            sweep=sweep,
-        )
+        return run_bench(params, target=target, json_out=json_out, csv_path=csv, sweep=sweep)
 
     run(action)
 
 
 @app.command(epilog=EXIT_CODES_HELP)
 def bot(
-    host: o.HostArg = o.DEFAULT_HOST,
-    port: o.Port = o.DEFAULT_PORT,
-    nick: o.BotNick = "ai",
+    host: o.HostArg = BotConfig.host,
+    port: o.Port = BotConfig.port,
+    nick: o.BotNick = BrainSettings.nick,
     room: o.Rooms = None,
-    backend: o.Backend = "offline",
-    base_url: o.BaseUrl = "http://127.0.0.1:8080/v1",
-    model: o.Model = None,
-    every_lines: o.EveryLines = None,
-    every_seconds: o.EverySeconds = None,
-    system: o.SystemPrompt = None,
-    knowledge: o.Knowledge = None,
-    context: o.ContextMessages = 30,
-    context_chars: o.ContextChars = 4000,
-    reply_rate: o.ReplyRate = 12.0,
-    max_reply: o.MaxReply = 1500,
-    on_failure: o.OnFailure = "notice",
-    reply_timeout: o.ReplyTimeout = 30.0,
+    backend: o.BackendOpt = BotConfig.backend,
+    base_url: o.BaseUrl = BotConfig.base_url,
+    model: o.Model = BotConfig.model,
+    every_lines: o.EveryLines = BrainSettings.every_lines,
+    every_seconds: o.EverySeconds = BrainSettings.every_seconds,
+    system: o.SystemPrompt = BotConfig.system,
+    knowledge: o.Knowledge = BotConfig.knowledge,
+    context: o.ContextMessages = BrainSettings.context_messages,
+    context_chars: o.ContextChars = BrainSettings.context_chars,
+    reply_rate: o.ReplyRate = BrainSettings.reply_rate,
+    max_reply: o.MaxReply = BrainSettings.max_reply,
+    on_failure: o.OnFailureOpt = BotConfig.on_failure,
+    reply_timeout: o.ReplyTimeout = BotConfig.reply_timeout,
     ignore: o.BotIgnore = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
-
-    def action() -> int | None:
-        from chatctl.bot import run_bot
-
-        return run_bot(
-            host=host,
-            port=port,
+    config = BotConfig(
+        host=host,
+        port=port,
+        rooms=tuple(room or BotConfig.rooms),
+        backend=backend,
+        base_url=base_url,
+        model=model,
+        system=system,
+        knowledge=knowledge,
+        on_failure=on_failure,
+        reply_timeout=reply_timeout,
+        brain=BrainSettings(
             nick=nick,
-            rooms=room or [DEFAULT_ROOM],
-            backend=backend,
-            base_url=base_url,
-            model=model,
             every_lines=every_lines,
             every_seconds=every_seconds,
-            system=system,
-            knowledge=knowledge,
-            context=context,
+            context_messages=context,
             context_chars=context_chars,
             reply_rate=reply_rate,
             max_reply=max_reply,
-            on_failure=on_failure,
-            reply_timeout=reply_timeout,
-            ignore=ignore or [],
-        )
+            ignore=tuple(ignore or BrainSettings.ignore),
+        ),
+    )
+
+    def action() -> int | None:
+        from chatctl.bot.runner import run_bot
+
+        return run_bot(config)
 
     run(action)
 

@@ -18,7 +18,6 @@ class ExitCode(enum.IntEnum):
     REJECTED = 5  # the server refused the request (its error code is in the message)
     TIMEOUT = 6  # no answer in time
     LOST = 7  # `bench`: messages were lost, duplicated or reordered
-    NOT_BUILT = 8  # the command exists but is not built yet
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -53,7 +52,3 @@ class TimedOut(ChatctlError):
 
 class NoRecipient(ChatctlError):
     exit_code = ExitCode.NO_RECIPIENT
-
-
-class NotBuilt(ChatctlError):
-    exit_code = ExitCode.NOT_BUILT

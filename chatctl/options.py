@@ -9,12 +9,16 @@ from __future__ import annotations
 import enum
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 1060
+from chatctl.bench.params import Scenario
+from chatctl.bench.payload import MIN_SIZE
+from chatctl.bot.config import BackendName, OnFailure
+from chatctl.protocol import DEFAULT_HOST
+from chatctl.server.config import LogFormat, LogLevel
 
 
 class OutputFormat(enum.StrEnum):
@@ -22,16 +26,20 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
-class LogFormat(enum.StrEnum):
-    rich = "rich"
-    json = "json"
+class _Choice(click.Choice[str]):
+    """An enum's values as an option's type; any other value is a usage error (exit 2) that
+    reads `refusal`, formatted with the value given and the choices."""
 
+    def __init__(self, values: type[enum.StrEnum], refusal: str) -> None:
+        super().__init__([v.value for v in values])
+        self.refusal = refusal
 
-class LogLevel(enum.StrEnum):
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            choices = ", ".join(str(c) for c in self.choices)
+            raise click.UsageError(self.refusal.format(value=value, choices=choices), ctx) from None
 
 
 def _print_version(value: bool | None) -> None:
@@ -345,7 +353,14 @@ Target = Annotated[
         help="HOST:PORT of a chatctl server, redis://HOST:PORT or nats://HOST:PORT. Default: start a local server.",
     ),
 ]
-Scenario = Annotated[str, typer.Argument(help="fanout, room, rooms or connect.")]
+ScenarioArg = Annotated[
+    Scenario,
+    typer.Argument(
+        click_type=_Choice(Scenario, "unknown scenario {value!r}: expected {choices}"),
+        metavar="[SCENARIO]",
+        help="fanout, room, rooms or connect.",
+    ),
+]
 Publishers = Annotated[int, typer.Option("--pub", "-P", min=0, help="Publishers (fanout).")]
 Subscribers = Annotated[int, typer.Option("--sub", "-S", min=0, help="Subscribers (fanout).")]
 Clients = Annotated[
@@ -358,7 +373,7 @@ Messages = Annotated[
 Duration = Annotated[
     float, typer.Option("--duration", "-d", min=0.0, help="Seconds to run when --msgs is 0.")
 ]
-Size = Annotated[int, typer.Option("--size", "-s", min=32, help="Message size in bytes.")]
+Size = Annotated[int, typer.Option("--size", "-s", min=MIN_SIZE, help="Message size in bytes.")]
 Rate = Annotated[
     float,
     typer.Option(
@@ -378,8 +393,14 @@ Sweep = Annotated[
 BotNick = Annotated[
     str, typer.Option("--nick", "-n", envvar=_env("BOT_NICK"), help="The bot's nick.")
 ]
-Backend = Annotated[
-    str, typer.Option("--backend", envvar=_env("BOT_BACKEND"), help="offline, openai or local.")
+BackendOpt = Annotated[
+    BackendName,
+    typer.Option(
+        "--backend",
+        envvar=_env("BOT_BACKEND"),
+        click_type=_Choice(BackendName, "unknown backend {value!r}: choose one of {choices}"),
+        help="offline, openai or local.",
+    ),
 ]
 BaseUrl = Annotated[
     str,
@@ -459,11 +480,12 @@ MaxReply = Annotated[
         "--max-reply", envvar=_env("BOT_MAX_REPLY"), min=20, help="Longest reply, in characters."
     ),
 ]
-OnFailure = Annotated[
-    str,
+OnFailureOpt = Annotated[
+    OnFailure,
     typer.Option(
         "--on-failure",
         envvar=_env("BOT_ON_FAILURE"),
+        click_type=_Choice(OnFailure, "--on-failure must be one of {choices}, not {value!r}"),
         help="notice (say so in the chat) or silent, when the backend fails.",
     ),
 ]

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 PROTOCOL_VERSION = 1
+# The default server address (docs/protocol.md): every command and config uses these two.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1060
 MAGIC = b"CC"
 HEADER = struct.Struct("!2sBBI")
 HEADER_SIZE = HEADER.size  # 8
@@ -96,6 +99,11 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame, or a frame it may not send now."""
+
+
+class TruncatedStream(RemoteProtocolError):
+    """The stream ended inside a frame: the peer closed without finishing it (a server drops
+    a reader that fell too far behind that way, with no Bye)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,7 +650,7 @@ class Connection:
                     raise RemoteProtocolError("bad magic: this is not a chatctl stream")
                 return NEED_DATA
             if available:
-                raise RemoteProtocolError("the stream ended in the middle of a frame")
+                raise TruncatedStream("the stream ended in the middle of a frame")
             if self.state is not State.CLOSED:
                 self.state = State.CLOSED
                 return ConnectionClosed()
@@ -660,7 +668,7 @@ class Connection:
         end = pos + HEADER_SIZE + length
         if len(buf) < end:
             if self._eof:
-                raise RemoteProtocolError("the stream ended in the middle of a frame")
+                raise TruncatedStream("the stream ended in the middle of a frame")
             return NEED_DATA
         if self.state is State.CLOSED:
             raise RemoteProtocolError(
@@ -680,6 +688,12 @@ class Connection:
         data = encode(event)
         self._transition(self.our_role, event, LocalProtocolError)
         return data
+
+    def sent(self, event: Event) -> None:
+        """`event` goes out in bytes the caller encoded itself (`encode(event)`, as the server
+        does once for its Welcome and Bye): advance the state as `send` would, encoding
+        nothing. Raises LocalProtocolError if it may not be sent now."""
+        self._transition(self.our_role, event, LocalProtocolError)
 
     def _transition(self, sender: Role, event: Event, exc: type[ProtocolError]) -> None:
         new_state = TRANSITIONS.get((self.state, sender, type(event)))
@@ -734,6 +748,7 @@ __all__ = [
     "Say",
     "State",
     "Tell",
+    "TruncatedStream",
     "Welcome",
     "Who",
     "decode_body",

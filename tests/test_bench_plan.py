@@ -8,14 +8,8 @@ from hypothesis import strategies as st
 
 from chatctl import protocol as p
 from chatctl.bench.adapters import ADAPTERS, Kind, SetupFailed
-from chatctl.bench.plan import (
-    BadBenchOption,
-    Params,
-    Scenario,
-    Target,
-    make_plan,
-    parse_target,
-)
+from chatctl.bench.params import Params, Scenario
+from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
 from chatctl.errors import ExitCode
 from tests.servers import run_chatctl
 

@@ -7,15 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from chatctl.bot.brain import (
-    REACTION_TIME,
-    Brain,
-    BrainSettings,
-    ChatLine,
-    Turn,
-    TurnKind,
-    parse_summary,
-)
+from chatctl.bot.brain import Brain, ChatLine, Turn, TurnKind, parse_summary
+from chatctl.bot.config import REACTION_TIME, BrainSettings
 
 
 def make(now: float = 0.0, **settings: object) -> Brain:

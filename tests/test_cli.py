@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import enum
+import os
 import subprocess
 
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
 from chatctl import __version__
+from chatctl.bench.params import Params, Scenario
+from chatctl.bot.config import BackendName, BotConfig, OnFailure
+from chatctl.cli import app
 from chatctl.errors import ExitCode
+from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
+from chatctl.server.config import ServerConfig
 from tests.servers import run_chatctl
 
 
@@ -30,3 +41,124 @@ def test_bad_option_is_a_usage_error() -> None:
     result = chatctl("serve", "--port", "99999")
     assert result.returncode == ExitCode.USAGE
     assert "Traceback" not in result.stderr
+
+
+# -- the option layer: defaults come from the config objects, closed choices are enums ----------
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Run commands in-process with the library call replaced: what the CLI would pass to it.
+    No CHATCTL_* variable from the environment may leak into the defaults."""
+    for name in list(os.environ):
+        if name.startswith("CHATCTL_"):
+            monkeypatch.delenv(name)
+    got: dict[str, object] = {}
+
+    def serve(config: ServerConfig) -> int:
+        got["serve"] = config
+        return 0
+
+    def bench(params: Params, **kwargs: object) -> int:
+        got["bench"] = params
+        got["bench_kwargs"] = kwargs
+        return 0
+
+    def bot(config: BotConfig) -> int:
+        got["bot"] = config
+        return 0
+
+    monkeypatch.setattr("chatctl.server.loop.serve", serve)
+    monkeypatch.setattr("chatctl.bench.command.run_bench", bench)
+    monkeypatch.setattr("chatctl.bot.runner.run_bot", bot)
+    return got
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_serve_defaults_are_the_server_config_defaults(captured: dict[str, object]) -> None:
+    assert invoke("serve").exit_code == 0
+    assert captured["serve"] == ServerConfig()
+
+
+def test_bench_defaults_are_the_params_defaults(captured: dict[str, object]) -> None:
+    assert invoke("bench").exit_code == 0
+    assert captured["bench"] == Params()
+    assert captured["bench_kwargs"] == {
+        "target": None,
+        "json_out": False,
+        "csv_path": None,
+        "sweep": None,
+    }
+
+
+def test_bot_defaults_are_the_bot_config_defaults(captured: dict[str, object]) -> None:
+    assert invoke("bot").exit_code == 0
+    assert captured["bot"] == BotConfig()
+    assert BotConfig().port == ServerConfig().port == DEFAULT_PORT
+    assert BotConfig().host == ServerConfig().hosts[0] == DEFAULT_HOST
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field", "value"),
+    [
+        (("--backend", "openai"), {}, "backend", BackendName.openai),
+        ((), {"CHATCTL_BOT_BACKEND": "local"}, "backend", BackendName.local),
+        (("--on-failure", "silent"), {}, "on_failure", OnFailure.silent),
+        ((), {"CHATCTL_BOT_ON_FAILURE": "silent"}, "on_failure", OnFailure.silent),
+    ],
+)
+def test_bot_choices_arrive_as_enums(
+    captured: dict[str, object],
+    args: tuple[str, ...],
+    env: dict[str, str],
+    field: str,
+    value: enum.Enum,
+) -> None:
+    assert invoke("bot", *args, env=env).exit_code == 0
+    assert getattr(captured["bot"], field) is value
+
+
+@pytest.mark.parametrize("scenario", list(Scenario))
+def test_every_scenario_is_accepted(captured: dict[str, object], scenario: Scenario) -> None:
+    assert invoke("bench", scenario.value).exit_code == 0
+    bench = captured["bench"]
+    assert isinstance(bench, Params) and bench.scenario is scenario
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ("bot", "--backend", "gpt"),
+            {},
+            "unknown backend 'gpt': choose one of offline, openai, local",
+        ),
+        (("bot",), {"CHATCTL_BOT_BACKEND": "Offline"}, "unknown backend 'Offline'"),
+        (
+            ("bot", "--on-failure", "shout"),
+            {},
+            "--on-failure must be one of notice, silent, not 'shout'",
+        ),
+        (
+            ("bot",),
+            {"CHATCTL_BOT_ON_FAILURE": "loud"},
+            "--on-failure must be one of notice, silent",
+        ),
+        (
+            ("bench", "sideways"),
+            {},
+            "unknown scenario 'sideways': expected fanout, room, rooms, connect",
+        ),
+        (("serve", "--log-format", "xml"), {}, "'xml' is not one of 'rich', 'json'"),
+    ],
+)
+def test_a_value_outside_a_closed_choice_is_a_usage_error(
+    captured: dict[str, object], args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    result = invoke(*args, env=env)
+    assert result.exit_code == ExitCode.USAGE
+    assert message in " ".join(result.stderr.replace("│", " ").split())
+    assert not captured  # refused before the library was called

@@ -61,17 +61,6 @@ class Summary:
     p99_9: int
     max: int
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "count": self.count,
-            "min": self.min,
-            "p50": self.p50,
-            "p90": self.p90,
-            "p99": self.p99,
-            "p99_9": self.p99_9,
-            "max": self.max,
-        }
-
 
 class Histogram:
     def __init__(self) -> None:

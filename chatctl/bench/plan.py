@@ -1,23 +1,17 @@
-"""What a run does: its parameters, the simulated clients, and how they are shared out among
-the worker processes. Everything here is plain data that pickles to the workers."""
+"""What a run does: its target, the simulated clients (from params.Params), and how they are
+shared out among the worker processes. Everything here is plain data that pickles to the
+workers."""
 
 from __future__ import annotations
 
-import enum
 import functools
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from chatctl.bench.adapters import ADAPTERS, Adapter, Kind
-from chatctl.bench.payload import MAX_PUBLISHERS
+from chatctl.bench.params import Params, Scenario
+from chatctl.bench.payload import MAX_PUBLISHERS, MIN_SIZE
 from chatctl.errors import ChatctlError, ExitCode
-
-
-class Scenario(enum.StrEnum):
-    fanout = "fanout"
-    room = "room"
-    rooms = "rooms"
-    connect = "connect"
 
 
 class BadBenchOption(ChatctlError):
@@ -62,27 +56,6 @@ def parse_target(text: str) -> Target:
             f"--target {original!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
         )
     return Target(kind=kind, host=host, port=int(port_text))
-
-
-@dataclass(frozen=True, kw_only=True)
-class Params:
-    scenario: Scenario
-    publishers: int = 1
-    subscribers: int = 10
-    clients: int = 10
-    rooms: int = 4
-    messages: int = 10_000  # per publisher, after warm-up; 0: run for `duration`
-    duration: float = 10.0
-    size: int = 100
-    rate: float = 0.0  # per publisher; 0: as fast as the window allows
-    warmup: float = 0.0
-    workers: int = 2
-
-    def with_value(self, name: str, value: int | float) -> Params:
-        return replace(self, **{name: type(getattr(self, name))(value)})
-
-
-SWEEPABLE = ("publishers", "subscribers", "clients", "rooms", "size", "rate", "workers", "messages")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,8 +178,8 @@ def make_plan(params: Params, target: Target) -> Plan:
     pubs = [c for c in clients if c.pub >= 0]
     if len(pubs) > MAX_PUBLISHERS:
         raise BadBenchOption(f"at most {MAX_PUBLISHERS} publishers")
-    if params.size < 32:
-        raise BadBenchOption("--size must be at least 32 bytes")
+    if params.size < MIN_SIZE:
+        raise BadBenchOption(f"--size must be at least {MIN_SIZE} bytes")
     return Plan(
         params=params,
         target=target,

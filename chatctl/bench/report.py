@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from chatctl.bench.plan import Params, Scenario
+from chatctl.bench.params import Params, Scenario
 from chatctl.bench.results import SWEEP_SCHEMA, RunResult, flatten
 
 

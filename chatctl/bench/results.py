@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chatctl.bench.histogram import Histogram, Summary
-from chatctl.bench.plan import Params, Plan, WorkerResult
+from chatctl.bench.params import Params
+from chatctl.bench.plan import Plan, WorkerResult
 
 SCHEMA = "chatctl-bench/1"
 SWEEP_SCHEMA = "chatctl-bench-sweep/1"

@@ -26,7 +26,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from chatctl.bench.local import listening_pid, rss_bytes
-from chatctl.bench.plan import Plan, Scenario, WorkerResult
+from chatctl.bench.params import Scenario
+from chatctl.bench.plan import Plan, WorkerResult
 from chatctl.bench.results import RunResult, Server, merge
 from chatctl.bench.worker import CONNECT_TIMEOUT, worker_main
 from chatctl.errors import ChatctlError, ConnectFailed, TimedOut

@@ -13,8 +13,6 @@ from typing import Protocol
 from chatctl.bot.brain import Prompt, TurnKind
 from chatctl.errors import ChatctlError
 
-BACKENDS = ("offline", "openai", "local")
-
 DEFAULT_SYSTEM = (
     "You are {nick}, a friendly participant in a text chat room. Lines of the conversation "
     'are given as "nick: text". Answer briefly, in plain text on one line, without Markdown, '
@@ -84,34 +82,3 @@ def chat_messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
     else:
         messages.append({"role": "user", "content": f"{prompt.asker}: {prompt.question}"})
     return messages
-
-
-def make_backend(
-    name: str,
-    *,
-    system: str | None,
-    knowledge: str | None,
-    base_url: str,
-    model: str | None,
-    timeout: float = 60.0,
-) -> Backend:
-    """Build the backend called `name` (one of BACKENDS)."""
-    if name == "offline":
-        from chatctl.bot.offline import OfflineBackend
-
-        return OfflineBackend.from_file(knowledge)
-    if name == "openai":
-        from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
-
-        return OpenAIBackend(
-            base_url=base_url,
-            model=model,
-            api_key=api_key_from_env(),
-            system=system,
-            timeout=timeout,
-        )
-    if name == "local":
-        from chatctl.bot.local import LocalBackend
-
-        return LocalBackend(model_path=model, system=system)
-    raise ChatctlError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")

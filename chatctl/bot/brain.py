@@ -31,12 +31,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from chatctl.bot.config import BrainSettings
 from chatctl.ratelimit import TokenBucket
 
 LOG_LIMIT = 200  # messages remembered per room, for summaries; the context window is smaller
 DM_PEERS_LIMIT = 100  # direct-message conversations remembered at once (least recent dropped)
 DM_LOG_LIMIT = 20
-REACTION_TIME = 1.5  # seconds: a trigger sooner than this after the bot spoke is machine speed
 SKIPS_LIMIT = 100  # skips kept until the runner drains them (it does after every input)
 PARTNERS_LIMIT = 32  # nicks the loop guard tracks per channel (least recent dropped)
 
@@ -69,7 +69,7 @@ class Prompt:
     asker: str = ""
     context: tuple[ChatLine, ...] = ()  # oldest first; for SUMMARY, the lines to summarise
     room: str | None = None  # the room the conversation is in, if any
-    max_chars: int = 1500
+    max_chars: int = BrainSettings.max_reply
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,23 +87,6 @@ class Turn:
 
 def channel_key(room: str | None, peer: str | None) -> str:
     return f"#{room}" if room is not None else f"@{(peer or '').casefold()}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class BrainSettings:
-    nick: str = "ai"
-    every_lines: int | None = None
-    every_seconds: float | None = None
-    context_messages: int = 30
-    context_chars: int = 4000
-    reply_rate: float = 12.0  # replies per minute; 0 means no limit
-    burst: int = 3
-    max_reply: int = 1500
-    max_streak: int = 2  # the bot's messages in a row in a machine-speed exchange
-    reaction_time: float = REACTION_TIME
-    loop_window: float = 10.0
-    ignore: tuple[str, ...] = ()
-    summary_default: int = 30
 
 
 @dataclass(kw_only=True)
@@ -224,9 +207,6 @@ class Brain:
         while len(self._peers) > DM_PEERS_LIMIT:
             self._peers.popitem(last=False)
         return chan
-
-    def forget_room(self, room: str) -> None:
-        self._rooms.pop(room, None)
 
     def log(self, room: str) -> list[ChatLine]:
         return list(self._room(room).log)
@@ -473,7 +453,6 @@ class Brain:
 
 __all__ = [
     "Brain",
-    "BrainSettings",
     "ChatLine",
     "Prompt",
     "Skip",

@@ -24,34 +24,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from chatctl.bot.backend import BACKENDS, Backend, BackendError, make_backend
-from chatctl.bot.brain import Brain, BrainSettings, ChatLine, Skip, Turn
+from chatctl.bot.backend import Backend, BackendError
+from chatctl.bot.brain import Brain, ChatLine, Skip, Turn
+from chatctl.bot.config import BotConfig, OnFailure
+from chatctl.bot.factory import make_backend
 from chatctl.bot.manners import Framer
-from chatctl.client.connection import Client, Closed, Disconnected, Reconnected, Refused
-from chatctl.errors import ChatctlError, ExitCode
+from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
+from chatctl.errors import ChatctlError
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
 
 log = logging.getLogger("chatctl.bot")
 
-FAILURE_MODES = ("notice", "silent")
 QUEUE_LIMIT = 4  # turns waiting for the backend; more are dropped, never delivered late
 NOTICE_INTERVAL = 60.0  # at most one failure notice per channel per minute
-DEFAULT_REPLY_TIMEOUT = 30.0  # seconds for a whole reply, from the turn to its last frame
-
-
-@dataclass(frozen=True, kw_only=True)
-class BotConfig:
-    host: str = "127.0.0.1"
-    port: int = 1060
-    rooms: tuple[str, ...] = ("lobby",)
-    on_failure: str = "notice"
-    connect_timeout: float = 5.0
-    reply_timeout: float = DEFAULT_REPLY_TIMEOUT
-    brain: BrainSettings = field(default_factory=BrainSettings)
 
 
 def load_system(system: str | None) -> str | None:
@@ -343,7 +331,7 @@ class Bot:
 
     def _failed(self, turn: Turn, reason: str, *, sent_any: bool) -> None:
         log.warning("backend %s failed for %s: %s", self.backend.name, turn.channel, reason)
-        if self.config.on_failure != "notice" or sent_any:
+        if self.config.on_failure is not OnFailure.notice or sent_any:
             return
         now = time.monotonic()
         if now - self._noticed.get(turn.channel, float("-inf")) < NOTICE_INTERVAL:
@@ -371,70 +359,13 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
-def run_bot(
-    *,
-    host: str,
-    port: int,
-    nick: str,
-    rooms: list[str],
-    backend: str = "offline",
-    base_url: str = "http://127.0.0.1:8080/v1",
-    model: str | None = None,
-    every_lines: int | None = None,
-    every_seconds: float | None = None,
-    system: str | None = None,
-    knowledge: Path | None = None,
-    context: int = 30,
-    context_chars: int = 4000,
-    reply_rate: float = 12.0,
-    max_reply: int = 1500,
-    on_failure: str = "notice",
-    ignore: list[str] | None = None,
-    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
-    stop: threading.Event | None = None,
-) -> int:
+def run_bot(config: BotConfig, stop: threading.Event | None = None) -> int:
     """`chatctl bot`: connect, take part, and keep going until SIGINT/SIGTERM (or `stop`)."""
-    if backend not in BACKENDS:
-        raise ChatctlError(
-            f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}", ExitCode.USAGE
-        )
-    if on_failure not in FAILURE_MODES:
-        raise ChatctlError(
-            f"--on-failure must be one of {', '.join(FAILURE_MODES)}, not {on_failure!r}",
-            ExitCode.USAGE,
-        )
     _setup_logging()
-    settings = BrainSettings(
-        nick=nick,
-        every_lines=every_lines,
-        every_seconds=every_seconds,
-        context_messages=context,
-        context_chars=context_chars,
-        reply_rate=reply_rate,
-        max_reply=max_reply,
-        ignore=tuple(ignore or ()),
-    )
     started = time.monotonic()
-    engine = make_backend(
-        backend,
-        system=load_system(system),
-        knowledge=str(knowledge) if knowledge is not None else None,
-        base_url=base_url,
-        model=model,
-        timeout=reply_timeout,
-    )
+    engine = make_backend(config, system=load_system(config.system))
     log.info("backend %s ready in %.2f s", engine.name, time.monotonic() - started)
-    bot = Bot(
-        BotConfig(
-            host=host,
-            port=port,
-            rooms=tuple(rooms),
-            on_failure=on_failure,
-            reply_timeout=reply_timeout,
-            brain=settings,
-        ),
-        engine,
-    )
+    bot = Bot(config, engine)
     stop = stop or threading.Event()
     _stop_on_sigterm(stop)
     return bot.run(stop)

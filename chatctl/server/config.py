@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+from dataclasses import dataclass
 
-from chatctl.protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT
+from chatctl.protocol import DEFAULT_HOST, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_TEXT, DEFAULT_PORT
 
 DEFAULT_ROOM = "lobby"
 
 
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(enum.StrEnum):
+    rich = "rich"
+    json = "json"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    hosts: tuple[str, ...] = ("127.0.0.1",)
-    port: int = 1060
+    hosts: tuple[str, ...] = (DEFAULT_HOST,)
+    port: int = DEFAULT_PORT
     name: str = "chatctl"
-    log_level: str = "info"
-    log_format: str = "rich"
+    log_level: LogLevel = LogLevel.info
+    log_format: LogFormat = LogFormat.rich
     max_frame: int = DEFAULT_MAX_FRAME_SIZE
     max_text: int = DEFAULT_MAX_TEXT
     max_output: int = 1024 * 1024  # high-water mark of one connection's output queue
@@ -36,4 +49,3 @@ class ServerConfig:
     retain_messages: int = 100_000
     retain_age: float = 0.0
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)
-    extra: dict[str, str] = field(default_factory=dict)

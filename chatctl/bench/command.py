@@ -1,0 +1,84 @@
+"""`chatctl bench` as one library call: a run, or a sweep of runs, and its report."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from chatctl.bench.local import local_server
+from chatctl.bench.params import SWEEPABLE, Params, Scenario
+from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
+from chatctl.bench.report import LiveDisplay, describe, print_tables, write_csv, write_json
+from chatctl.bench.results import RunResult
+from chatctl.bench.runner import run_plan
+from chatctl.errors import ChatctlError, ExitCode
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    aliases = {"pub": "publishers", "sub": "subscribers", "msgs": "messages"}
+    name = aliases.get(name, name)
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or name not in SWEEPABLE or not items:
+        raise BadBenchOption(
+            f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}"
+        )
+    for v in items:
+        try:
+            float(v)
+        except ValueError:
+            raise BadBenchOption(f"--sweep {text!r}: {v!r} is not a number") from None
+    return name, items
+
+
+@contextlib.contextmanager
+def _target(target: str | None, size: int) -> Iterator[tuple[Target, int | None]]:
+    if target is None:
+        with local_server(max_text=size) as (t, pid):
+            yield t, pid
+    else:
+        yield parse_target(target), None
+
+
+def run_series(params: list[Params], target: str | None) -> list[RunResult]:
+    """Run each parameter set in turn against one target (a local server is started once)."""
+    runs = []
+    with _target(target, max(p.size for p in params)) as (t, pid):
+        for p in params:
+            plan = make_plan(p, t)
+            total = 0 if not p.messages else plan.n_pubs * p.messages
+            with LiveDisplay(p, total, describe(p)) as live:
+                runs.append(run_plan(plan, server_pid=pid, progress=live.update))
+    return runs
+
+
+def run_bench(
+    base: Params,
+    *,
+    target: str | None,
+    json_out: bool,
+    csv_path: Path | None,
+    sweep: str | None,
+) -> int:
+    """Run `base` (or the series `sweep` makes of it), report it; ExitCode.LOST on any loss."""
+    if csv_path is not None and not csv_path.parent.is_dir():
+        # Say so before the run, not after minutes of load.
+        raise BadBenchOption(f"--csv {str(csv_path)!r}: no such directory {str(csv_path.parent)!r}")
+    series = parse_sweep(sweep) if sweep else None
+    params = [base.with_value(series[0], float(v)) for v in series[1]] if series else [base]
+    runs = run_series(params, target)
+    if json_out:
+        write_json(runs, series, sys.stdout)
+    else:
+        print_tables(runs, series)
+    if csv_path is not None:
+        try:
+            write_csv(runs, csv_path)
+        except OSError as exc:
+            raise ChatctlError(f"cannot write --csv {str(csv_path)!r}: {exc.strerror}") from None
+    if any(not r.verification.ok for r in runs if r.params.scenario is not Scenario.connect):
+        return int(ExitCode.LOST)
+    return 0

@@ -1,0 +1,62 @@
+"""The bot's settings and their defaults: the one source `chatctl bot`'s options, the runner
+and the brain share. Light on purpose (no brain, no backend): the CLI reads these defaults
+at start-up."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
+from chatctl.server.config import DEFAULT_ROOM
+
+REACTION_TIME = 1.5  # seconds: a trigger sooner than this after the bot spoke is machine speed
+
+
+class BackendName(enum.StrEnum):
+    offline = "offline"
+    openai = "openai"
+    local = "local"
+
+
+class OnFailure(enum.StrEnum):
+    notice = "notice"  # say so in the chat (at most once a minute per channel)
+    silent = "silent"  # only the log line
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrainSettings:
+    """When the bot speaks (chatctl.bot.brain)."""
+
+    nick: str = "ai"
+    every_lines: int | None = None
+    every_seconds: float | None = None
+    context_messages: int = 30
+    context_chars: int = 4000
+    reply_rate: float = 12.0  # replies per minute; 0 means no limit
+    burst: int = 3
+    max_reply: int = 1500
+    max_streak: int = 2  # the bot's messages in a row in a machine-speed exchange
+    reaction_time: float = REACTION_TIME
+    loop_window: float = 10.0
+    ignore: tuple[str, ...] = ()
+    summary_default: int = 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class BotConfig:
+    """Everything `chatctl bot` takes; `brain` holds what decides when it speaks."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    rooms: tuple[str, ...] = (DEFAULT_ROOM,)
+    backend: BackendName = BackendName.offline
+    base_url: str = "http://127.0.0.1:8080/v1"  # the openai backend's API root
+    model: str | None = None  # a model name (openai) or a GGUF path (local)
+    system: str | None = None  # the system prompt, or @FILE
+    knowledge: Path | None = None  # the offline backend's knowledge file (None: the guide)
+    on_failure: OnFailure = OnFailure.notice
+    connect_timeout: float = 5.0
+    reply_timeout: float = 30.0  # seconds for a whole reply, from the turn to its last frame
+    brain: BrainSettings = field(default_factory=BrainSettings)
