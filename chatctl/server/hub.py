@@ -238,7 +238,9 @@ class Hub:
             # A reconnect with the token of a session that is still registered: the new
             # connection takes over its nick and rooms silently; the old one is told why.
             out.append(
-                control(old.cid, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"))
+                control(
+                    old.cid, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection")
+                )
             )
             self._move(old, cid)
             session = old

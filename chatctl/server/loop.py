@@ -1,13 +1,15 @@
 """`chatctl serve`: the event loop. One thread, non-blocking sockets, `selectors` (epoll).
 
-The loop only moves bytes, runs timers and manages connections; hub.py decides who receives
-what. Each loop turn:
+The loop moves bytes, runs timers and ends connections. The decisions are elsewhere: hub.py
+decides who receives what, admission.py who may connect and how much they may send;
+transport.py carries a connection's bytes (plain TCP today) and opens the listeners; peer.py
+holds a connection's state and output queue. Each loop turn:
 
-1. read every ready socket (one large `recv`), decode every complete frame, and feed each
+1. read every ready connection (one large read), decode every complete frame, and feed each
    event to the hub, appending the encoded deliveries to the recipients' output queues;
 2. `store.flush()`: everything appended this turn becomes durable before any ack leaves;
-3. write: one `send` per socket with pending output (EVENT_WRITE is registered only while the
-   kernel buffer is full), and disconnect consumers whose queue passed the high-water mark.
+3. write: one `send` per connection with pending output (EVENT_WRITE is registered only while
+   the kernel buffer is full), and disconnect consumers whose queue passed the high-water mark.
 
 `Server` can be driven programmatically (tests run it in a thread): `bind()`, `run()`, and
 `stop()`, which is safe from any thread and from a signal handler.
@@ -15,12 +17,10 @@ what. Each loop turn:
 
 from __future__ import annotations
 
-import errno
 import gc
 import heapq
 import itertools
 import os
-import resource
 import selectors
 import signal
 import socket
@@ -32,11 +32,11 @@ from types import FrameType
 
 from chatctl import __version__
 from chatctl.errors import ChatctlError
+from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
     ConnectionClosed,
-    Error,
     ErrorCode,
     Event,
     Hello,
@@ -51,55 +51,45 @@ from chatctl.protocol import (
     Welcome,
     encode,
 )
+from chatctl.server.admission import (
+    FD_RESERVE,
+    REFUSED_LINGER_MAX,
+    Admission,
+    Refusals,
+    Refused,
+    Verdict,
+    connection_ceiling,
+    raise_fd_limit,
+)
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Delivery, Hub
 from chatctl.server.log import ServerLog
 from chatctl.server.peer import Batch, Peer
+from chatctl.server.transport import Listeners, drain, format_addr
 from chatctl.store.base import Store
 from chatctl.store.memory import MemoryStore
 from chatctl.store.url import MEMORY, open_store
+
+# The limits' names where the tests and the CLI have always found them.
+__all__ = [
+    "FD_RESERVE",
+    "REFUSED_LINGER_MAX",
+    "Server",
+    "connection_ceiling",
+    "raise_fd_limit",
+    "serve",
+]
 
 READ_CHUNK = 256 * 1024
 ACCEPTS_PER_TURN = 256
 CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
 SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
-# A refused connection gets its Bye, a half-close and this long to close first (see _refuse);
-# at most REFUSED_LINGER_MAX linger at once, so a flood of them holds a bounded number of
-# descriptors for a bounded time.
-REFUSED_GRACE = 1.0
-REFUSED_LINGER_MAX = 128
-REFUSAL_LOG_EVERY = 1.0  # seconds between "refused" log lines; the ones between are counted
-# Descriptors the server needs besides its connections: listeners, selector, wake-up pair,
-# the store's files, stdio, and the refused connections lingering.
-FD_RESERVE = 64 + REFUSED_LINGER_MAX
 FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.run)
 _LISTENER = object()
 _WAKEUP = object()
-_WELCOME = Welcome.TYPE
-_BYE = Bye.TYPE
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
-
-
-def connection_ceiling(requested: int, fd_limit: int) -> int:
-    """The connections the server can hold with `fd_limit` descriptors (one each, less its own
-    FD_RESERVE), so that the limit ends in a polite Bye rather than a failed accept."""
-    if fd_limit == resource.RLIM_INFINITY or fd_limit < 0:
-        return requested
-    return max(1, min(requested, fd_limit - FD_RESERVE))
 
 
 def _data_location(store: Store) -> str:
@@ -112,22 +102,6 @@ def _data_location(store: Store) -> str:
     return type(store).__name__
 
 
-class _Refused:
-    """A connection refused by the connection limits: its Bye is sent and it is half-closed;
-    the server reads and discards until the client closes, or until `deadline`."""
-
-    __slots__ = ("deadline", "fd", "sock")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.deadline = deadline
-
-
-def _format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class Server:
     def __init__(
         self, config: ServerConfig, *, journal: ServerLog | None = None, store: Store | None = None
@@ -137,8 +111,8 @@ class Server:
             journal if journal is not None else ServerLog(config.log_level, config.log_format)
         )
         self._store = store
-        self.addresses: list[tuple[str, int]] = []
-        self._listeners: list[socket.socket] = []
+        self._listeners = Listeners()
+        self.addresses = self._listeners.addresses
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -147,73 +121,27 @@ class Server:
         self._stop_requested = False
         self._cids = itertools.count(1)
         self.peers: dict[int, Peer] = {}
-        self._per_ip: dict[str, int] = {}
         self._dirty: list[Peer] = []
         self._batches: dict[int, Batch] = {}  # id(recipients) -> this turn's open batch
         self._open_batches: list[Batch] = []
-        self._timers: list[tuple[float, int, Peer | _Refused | None]] = []
+        self._timers: list[tuple[float, int, Peer | Refused | None]] = []
         self._timer_seq = itertools.count()
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
         self._now = time.monotonic()
         self._now_ms = int(time.time() * 1000)
-        self._accept_paused_until = 0.0
         self._lingering = 0  # peers half-closed, waiting for the client to close
         self._next_full_gc = 0.0
-        self._refused: dict[int, _Refused] = {}  # by descriptor, oldest first
-        self._refusal_log_at = 0.0  # when the next "refused" log line may be written
-        self._refusals_unlogged = 0
-        self.fd_limit = -1  # the soft RLIMIT_NOFILE once bound
-        self.max_connections = config.max_connections  # bounded by fd_limit in bind()
+        self.admission = Admission(config, self.journal)
+        self._refusals = Refusals(self._sel, self._buf)
         self.hub: Hub | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
     def bind(self) -> list[tuple[str, int]]:
         """Open the listening sockets. Raises ChatctlError for a bad address or a port in use."""
-        self.fd_limit = raise_fd_limit()
-        self.max_connections = connection_ceiling(self.config.max_connections, self.fd_limit)
-        port = self.config.port
-        try:
-            for host in self.config.hosts:
-                for sock in self._listen(host, port):
-                    self._listeners.append(sock)
-                    bound = sock.getsockname()
-                    self.addresses.append((bound[0], bound[1]))
-                    port = bound[1]  # with --port 0, every address shares the first one's port
-        except BaseException:
-            self._close_listeners()
-            raise
-        return self.addresses
-
-    def _listen(self, host: str, port: int) -> list[socket.socket]:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except (socket.gaierror, UnicodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ChatctlError(f"cannot listen on {host!r}: bad address ({why})") from None
-        seen: set[tuple[object, ...]] = set()
-        out: list[socket.socket] = []
-        for family, kind, proto, _, sockaddr in infos:
-            if sockaddr in seen:
-                continue
-            seen.add(sockaddr)
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(sockaddr)
-                sock.listen(4096)
-                sock.setblocking(False)
-            except OSError as exc:
-                sock.close()
-                for s in out:
-                    s.close()
-                where = _format_addr(str(sockaddr[0]), int(sockaddr[1]))
-                raise ChatctlError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-            out.append(sock)
-        return out
+        self.admission.reserve_descriptors()
+        return self._listeners.open(self.config.hosts, self.config.port)
 
     def stop(self) -> None:
         """Ask the loop to shut down gracefully. Safe from any thread or a signal handler."""
@@ -225,7 +153,7 @@ class Server:
 
     def run(self) -> None:
         """Serve until `stop()`, then shut down gracefully. `bind()` first."""
-        if not self._listeners:
+        if not self._listeners.socks:
             self.bind()
         config = self.config
         store = self._store
@@ -237,11 +165,10 @@ class Server:
             )
         self.store = store
         self.hub = Hub(config, store)
-        for sock in self._listeners:
-            self._sel.register(sock, _READ, _LISTENER)
+        self._listeners.watch(self._sel, _LISTENER)
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
-            self.journal.listening(host, port, _format_addr(host, port))
+            self.journal.listening(host, port, format_addr(host, port))
         self._schedule(time.monotonic() + config.trim_interval, None)
         thresholds = gc.get_threshold()
         # The history kept in memory is hundreds of thousands of long-lived objects: CPython's
@@ -255,10 +182,10 @@ class Server:
             self._shutdown()
         finally:
             gc.set_threshold(*thresholds)
-            self._close_listeners()
+            self._listeners.close(self._sel)
             for peer in list(self.peers.values()):
                 self._abort(peer)
-            self._close_all_refused()
+            self._refusals.close_all()
             store.close()
             self._sel.close()
             self._wake_r.close()
@@ -267,7 +194,7 @@ class Server:
     @property
     def lingering_refusals(self) -> int:
         """Refused connections the server is still closing (at most REFUSED_LINGER_MAX)."""
-        return len(self._refused)
+        return len(self._refusals)
 
     def limits_in_force(self) -> dict[str, object]:
         """Every limit the running server enforces, as the banner shows it (after `run()`
@@ -281,23 +208,14 @@ class Server:
             "ping_interval": config.ping_interval,
             "idle_timeout": config.idle_timeout,
             "handshake_timeout": config.handshake_timeout,
-            "max_connections": self.max_connections,
+            "max_connections": self.admission.max_connections,
             "max_per_ip": config.max_per_ip,
-            "open_files": self.fd_limit,
+            "open_files": self.admission.fd_limit,
             "data": _data_location(self.store),
             "retain_messages": config.retain_messages,
             "retain_age": config.retain_age,
             "trim_interval": config.trim_interval,
         }
-
-    def _close_listeners(self) -> None:
-        for sock in self._listeners:
-            try:
-                self._sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            sock.close()
-        self._listeners.clear()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -320,8 +238,8 @@ class Server:
                         self._dirty.append(data)
                 elif data is _LISTENER:
                     self._accept(key.fileobj)  # type: ignore[arg-type]
-                elif type(data) is _Refused:
-                    self._discard_refused(data)
+                elif type(data) is Refused:
+                    self._refusals.readable(data)
                 else:
                     self._drain_wakeup()
             if timers and timers[0][0] <= now:
@@ -337,7 +255,7 @@ class Server:
         except OSError:
             pass
 
-    def _schedule(self, when: float, peer: Peer | _Refused | None) -> None:
+    def _schedule(self, when: float, peer: Peer | Refused | None) -> None:
         """Run a check of `peer` (or the housekeeping, for None; the end of a refused
         connection's grace) at `when`. A peer has one live check at a time: scheduling a new
         one makes the older entry stale."""
@@ -351,9 +269,8 @@ class Server:
             when, _, peer = heapq.heappop(timers)
             if peer is None:
                 self._housekeeping(now)
-            elif type(peer) is _Refused:
-                if peer.sock.fileno() >= 0:
-                    self._close_refused(peer)
+            elif type(peer) is Refused:
+                self._refusals.close(peer)
             elif peer.check_at == when and peer.sock.fileno() >= 0:  # type: ignore[union-attr]
                 self._check_peer(peer, now)  # type: ignore[arg-type]
 
@@ -362,8 +279,8 @@ class Server:
         removed = self.store.trim(self._now_ms)
         if removed:
             self.journal.debug("trim", f"retention removed {removed} messages", removed=removed)
-        if self._accept_paused_until and now >= self._accept_paused_until:
-            self._resume_accepting()
+        if self.admission.accepts_resume(now):
+            self._listeners.watch(self._sel, _LISTENER)
         if now >= self._next_full_gc:
             self._next_full_gc = now + FULL_GC_EVERY
             gc.collect()
@@ -372,127 +289,42 @@ class Server:
 
     def _accept(self, lsock: socket.socket) -> None:
         config = self.config
+        admission = self.admission
+        now = self._now
         for _ in range(ACCEPTS_PER_TURN):
             try:
-                sock, address = lsock.accept()
+                transport, ip, port = self._listeners.accept(lsock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: stop accepting for a moment instead of spinning.
-                    self.journal.error(
-                        "accept_paused", f"accept failed ({exc.strerror}); pausing accepts for 1 s"
-                    )
-                    self._pause_accepting()
+                if admission.accept_failed(exc, now):
+                    self._listeners.watch(self._sel, None)  # until the housekeeping resumes
                 return
-            ip, port = str(address[0]), int(address[1])
-            addr = _format_addr(ip, port)
-            refusal = None
-            if len(self.peers) >= self.max_connections:
-                refusal = f"the server holds its maximum of {self.max_connections} connections"
-            elif self._per_ip.get(ip, 0) >= config.max_per_ip:
-                refusal = f"{ip} holds its maximum of {config.max_per_ip} connections"
+            addr = format_addr(ip, port)
+            refusal = admission.admit(ip)
             if refusal is not None:
-                self._refuse(sock, addr, refusal)
+                admission.refused(addr, refusal, now)
+                entry = self._refusals.refuse(transport, refusal, now)
+                if entry is not None:
+                    self._schedule(entry.deadline, entry)
                 continue
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            meter = admission.meter(now)
             peer = Peer(
-                next(self._cids),
-                sock,
-                ip,
-                addr,
-                self._now,
-                max_frame=config.max_frame,
-                burst=config.burst,
+                next(self._cids), transport, ip, addr, now, max_frame=config.max_frame, meter=meter
             )
             self.peers[peer.cid] = peer
-            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-            self._sel.register(sock, _READ, peer)
-            self._schedule(self._now + config.handshake_timeout, peer)
+            admission.connected(ip)
+            self._sel.register(peer.sock, _READ, peer)
+            self._schedule(now + config.handshake_timeout, peer)
             self.journal.debug("connect", f"connection from {addr}", peer=addr, cid=peer.cid)
-
-    def _refuse(self, sock: socket.socket, addr: str, reason: str) -> None:
-        """Bye(TOO_MANY_CONNECTIONS), then the same lingering close as any other: a client
-        that already sent its Hello would otherwise get a reset, which can destroy the Bye.
-        The oldest lingering refusal is closed to make room for a new one past the cap."""
-        self._log_refusal(addr, reason)
-        try:
-            sock.setblocking(False)
-            sock.send(encode(Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason)))
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        if len(self._refused) >= REFUSED_LINGER_MAX:
-            self._close_refused(next(iter(self._refused.values())))
-        entry = _Refused(sock, self._now + REFUSED_GRACE)
-        self._refused[entry.fd] = entry
-        self._sel.register(sock, _READ, entry)
-        self._schedule(entry.deadline, entry)
-
-    def _log_refusal(self, addr: str, reason: str) -> None:
-        """One log line per REFUSAL_LOG_EVERY seconds: a flood of refusals is not a flood of
-        log lines. The line says how many were refused since the last one."""
-        if self._now < self._refusal_log_at:
-            self._refusals_unlogged += 1
-            return
-        more = self._refusals_unlogged
-        self._refusals_unlogged = 0
-        self._refusal_log_at = self._now + REFUSAL_LOG_EVERY
-        also = f" ({more} more refused since the last line)" if more else ""
-        self.journal.warning("refused", f"refused {addr}: {reason}{also}", peer=addr, more=more)
-
-    def _discard_refused(self, entry: _Refused) -> None:
-        if entry.sock.fileno() < 0:
-            return  # closed earlier in this turn (to make room for a newer refusal)
-        if self._discard_read(entry.sock):
-            self._close_refused(entry, drain=False)
-
-    def _close_refused(self, entry: _Refused, *, drain: bool = True) -> None:
-        """Close a refused connection; `drain` first reads what it sent since, so that the
-        close is a FIN rather than a reset whenever it can be. Idempotent."""
-        if entry.sock.fileno() < 0:
-            return
-        del self._refused[entry.fd]
-        if drain:
-            self._discard_read(entry.sock)
-        try:
-            self._sel.unregister(entry.sock)
-        except (KeyError, ValueError):
-            pass
-        entry.sock.close()
-
-    def _close_all_refused(self) -> None:
-        for entry in list(self._refused.values()):
-            self._close_refused(entry)
-
-    def _pause_accepting(self) -> None:
-        self._accept_paused_until = self._now + 1.0
-        for sock in self._listeners:
-            try:
-                self._sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-
-    def _resume_accepting(self) -> None:
-        self._accept_paused_until = 0.0
-        for sock in self._listeners:
-            try:
-                self._sel.register(sock, _READ, _LISTENER)
-            except (KeyError, ValueError):
-                pass
 
     def _read(self, peer: Peer) -> None:
         if peer.closing:
-            if peer.lingering:
-                self._discard_input(peer)
+            if peer.lingering and drain(peer.transport, self._buf):
+                self._abort(peer)
             return
         try:
-            n = peer.sock.recv_into(self._buf, READ_CHUNK)
+            n = peer.transport.recv_into(self._buf, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -518,13 +350,15 @@ class Server:
         conn = peer.conn
         hub = self.hub
         assert hub is not None
+        now = self._now
         now_ms = self._now_ms
+        rate = self.config.rate
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
                 return
             # Only whole frames count as life: a client dribbling bytes still goes idle.
-            peer.last_recv = self._now
+            peer.last_recv = now
             peer.pinged = False
             kind = type(event)
             if kind is Ping:
@@ -533,59 +367,34 @@ class Server:
             if kind is Pong:
                 continue
             if kind is Bye:
-                self._end(peer, None, event.reason[:200] or "quit", clean=True)  # type: ignore[attr-defined]
+                reason = clip_reason(event.reason)  # type: ignore[attr-defined]
+                self._end(peer, None, reason or "quit", clean=True)
                 return
             if kind is ConnectionClosed:
                 self._end(peer, None, "connection lost")
                 return
-            if kind is not Hello and self.config.rate and not self._take_token(peer, event):
-                if peer.ended:
-                    return
-                continue
+            if rate and kind is not Hello:
+                verdict = peer.meter.take(now)
+                if verdict:
+                    self._over_rate(peer, event, verdict)
+                    if peer.ended:
+                        return
+                    continue
             deliveries = hub.handle(peer.cid, event, now_ms)
-            if (kind is History or kind is Join) and len(deliveries) > 100:
-                # A long replay costs a token per hundred messages, paid after the fact (the
-                # bucket may go below zero), so repeated big replays are rate-limited too.
-                peer.tokens -= len(deliveries) / 100
+            if kind is History or kind is Join:
+                peer.meter.replayed(now, len(deliveries))
             self._dispatch(deliveries)
             if peer.ended:
                 return
 
-    def _take_token(self, peer: Peer, event: Event) -> bool:
-        """The token bucket: False (and an Error, or a disconnect) when over the rate."""
-        config = self.config
-        now = self._now
-        elapsed = now - peer.refill_at
-        peer.refill_at = now
-        tokens = peer.tokens + elapsed * config.rate
-        tokens = min(tokens, config.burst)
-        if tokens >= 1.0:
-            peer.tokens = tokens - 1.0
-            return True
-        peer.tokens = tokens
-        # Rejections decay at the allowed rate: only sustained excess builds up to a burst.
-        strikes = max(peer.strikes - elapsed * config.rate, 0.0)
-        if strikes == 0.0:  # one log line per episode, not one per refused frame
-            self.journal.warning(
-                "rate_limited",
-                f"{peer.addr} ({self._nick(peer)}) is over the rate limit of {config.rate:g}/s",
-                peer=peer.addr,
-            )
-        peer.strikes = strikes = strikes + 1.0
-        if strikes > config.burst:
-            self.journal.warning(
-                "flooding", f"{peer.addr} keeps sending over the rate limit: disconnected"
-            )
-            self._end(peer, ErrorCode.FLOODING, "flooding")
-            return False
+    def _over_rate(self, peer: Peer, event: Event, verdict: Verdict) -> None:
+        """A frame the rate meter refused: an Error for it, or the end for a flooder."""
         msg_id = event.msg_id if isinstance(event, (Say, Tell)) else ""
-        error = Error(
-            code=ErrorCode.RATE_LIMITED,
-            message=f"over the rate limit of {config.rate:g} messages a second",
-            msg_id=msg_id[:64],
-        )
-        self._enqueue(peer, encode(error))
-        return False
+        error = self.admission.over_rate(verdict, peer.addr, self._nick(peer), msg_id)
+        if error is None:
+            self._end(peer, ErrorCode.FLOODING, "flooding")
+        else:
+            self._enqueue(peer, error)
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         peers = self.peers
@@ -593,11 +402,10 @@ class Server:
         for d in deliveries:
             to = d.to
             if len(to) == 1:
-                kind = d.data[2]
-                if kind in (_WELCOME, _BYE):
+                if d.control is not None:
                     peer = peers.get(to[0])
                     if peer is not None:
-                        self._control(peer, d)
+                        self._control(peer, d.control, d.data)
                 elif to[0] != d.skip:
                     self._enqueue(peers[to[0]], d.data)
                 continue
@@ -646,11 +454,12 @@ class Server:
         self._open_batches.clear()
         self._batches.clear()
 
-    def _control(self, peer: Peer, d: Delivery) -> None:
-        """A Welcome or Bye from the hub: these change the connection's protocol state."""
-        event = d.event
+    def _control(self, peer: Peer, event: Welcome | Bye, data: bytes) -> None:
+        """A Welcome or Bye from the hub, `data` its frame: these change the connection's
+        protocol state (told without encoding the event again)."""
         if type(event) is Welcome:
-            self._enqueue(peer, peer.conn.send(event))
+            peer.conn.sent(event)
+            self._enqueue(peer, data)
             peer.welcomed = True
             self._schedule_keepalive(peer)
             self.journal.info(
@@ -661,7 +470,7 @@ class Server:
             self.journal.info(
                 "bye", f"{peer.addr}: {bye.reason}", peer=peer.addr, code=int(bye.code)
             )
-            self._end(peer, ErrorCode(bye.code), bye.reason)
+            self._end(peer, ErrorCode(bye.code), bye.reason, bye=(bye, data))
 
     def _enqueue(self, peer: Peer, data: bytes) -> None:
         out = peer.out
@@ -798,11 +607,13 @@ class Server:
         *,
         clean: bool = False,
         forget: bool = True,
+        bye: tuple[Bye, bytes] | None = None,
     ) -> None:
-        """Forget the connection in the hub (its rooms hear why), say Bye when `code` is given,
-        and close it once its output has drained (close flushes). Idempotent. At shutdown
-        (`forget=False`) the hub is left alone: it is about to be thrown away, and forgetting
-        each member of a big room one by one would cost O(members) each."""
+        """Forget the connection in the hub (its rooms hear why), say Bye when `code` is given
+        (`bye`: the hub's, already encoded), and close it once its output has drained (close
+        flushes). Idempotent. At shutdown (`forget=False`) the hub is left alone: it is about
+        to be thrown away, and forgetting each member of a big room one by one would cost
+        O(members) each."""
         if peer.ended:
             return
         peer.ended = True
@@ -810,7 +621,11 @@ class Server:
         if forget and self.hub is not None:
             self._dispatch(self.hub.disconnect(peer.cid, reason, self._now_ms, clean=clean))
         if code is not None and peer.conn.state is not State.CLOSED:
-            self._enqueue(peer, peer.conn.send(Bye(code=code, reason=reason)))
+            if bye is None:
+                self._enqueue(peer, peer.conn.send(Bye(code=code, reason=reason)))
+            else:
+                peer.conn.sent(bye[0])
+                self._enqueue(peer, bye[1])
         self.journal.info(
             "disconnect",
             f"{peer.addr} ({nick}) disconnected: {reason}",
@@ -838,7 +653,7 @@ class Server:
         if peer.lingering:
             return
         try:
-            peer.sock.shutdown(socket.SHUT_WR)
+            peer.transport.shutdown_write()
             self._sel.modify(peer.sock, _READ, peer)
         except (OSError, KeyError, ValueError):
             self._abort(peer)
@@ -847,24 +662,10 @@ class Server:
         peer.lingering = True
         self._lingering += 1
 
-    def _discard_input(self, peer: Peer) -> None:
-        if self._discard_read(peer.sock):
-            self._abort(peer)
-
-    def _discard_read(self, sock: socket.socket) -> bool:
-        """One read of input nobody will look at; True once the client has closed (or the
-        connection failed)."""
-        try:
-            return sock.recv_into(self._buf, READ_CHUNK) == 0
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-
     def _abort(self, peer: Peer) -> None:
         """Close now, dropping any output. Idempotent."""
-        sock = peer.sock
-        if sock.fileno() < 0:
+        transport = peer.transport
+        if transport.fileno() < 0:
             return
         if not peer.ended:
             peer.ended = True
@@ -877,23 +678,19 @@ class Server:
         peer.out.clear()
         peer.out_size = 0
         try:
-            self._sel.unregister(sock)
+            self._sel.unregister(peer.sock)
         except (KeyError, ValueError):
             pass
-        sock.close()
+        transport.close()
         del self.peers[peer.cid]
-        left = self._per_ip[peer.ip] - 1
-        if left:
-            self._per_ip[peer.ip] = left
-        else:
-            del self._per_ip[peer.ip]
+        self.admission.disconnected(peer.ip)
 
     # -- shutdown ----------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         """Stop accepting, say Bye to everyone, flush the store, let the Byes drain."""
-        self._close_listeners()
-        self._close_all_refused()
+        self._listeners.close(self._sel)
+        self._refusals.close_all()
         count = len(self.peers)
         self.journal.info("shutdown", f"shutting down: saying goodbye to {count} connections")
         self._now_ms = int(time.time() * 1000)

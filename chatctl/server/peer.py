@@ -1,4 +1,4 @@
-"""One client connection as the event loop sees it: socket, protocol state, output queue.
+"""One client connection as the event loop sees it: transport, protocol state, output queue.
 
 The output queue is a list of byte strings and Batches that `write_once` coalesces into a
 single `send` per loop turn. A Batch holds one loop turn's frames for one set of recipients (a
@@ -11,10 +11,11 @@ it was sent among the room's frames.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 
 from chatctl.protocol import Connection, Role
+from chatctl.server.admission import RateMeter
+from chatctl.server.transport import Transport
 
 
 class Batch:
@@ -82,14 +83,13 @@ class Peer:
         "ip",
         "last_recv",
         "lingering",
+        "meter",
         "out",
         "out_size",
         "pinged",
-        "refill_at",
         "scheduled",
         "sock",
-        "strikes",
-        "tokens",
+        "transport",
         "want_write",
         "welcomed",
     )
@@ -97,16 +97,17 @@ class Peer:
     def __init__(
         self,
         cid: int,
-        sock: socket.socket,
+        transport: Transport,
         ip: str,
         addr: str,
         now: float,
         *,
         max_frame: int,
-        burst: int,
+        meter: RateMeter,
     ) -> None:
         self.cid = cid
-        self.sock = sock
+        self.transport = transport
+        self.sock = transport.sock  # for the selector; bytes go through the transport
         self.ip = ip
         self.addr = addr  # "host:port" for logs
         self.conn = Connection(Role.SERVER, max_frame_size=max_frame)
@@ -123,9 +124,7 @@ class Peer:
         self.closing = False  # reads stopped; close once the output queue has drained
         self.ended = False  # the hub forgot it; set once, by the server
         self.lingering = False  # half-closed after the last byte; reading until the client closes
-        self.tokens = float(burst)  # rate-limit token bucket
-        self.refill_at = now
-        self.strikes = 0.0  # rate-limited frames, decaying: sustained excess is flooding
+        self.meter = meter  # the rate limit of what it sends
 
     def write_once(self) -> int:
         """One `send` of everything queued; the bytes left. Raises OSError if the peer is gone."""
@@ -137,7 +136,7 @@ class Peer:
         else:
             data = b"".join([x.data_for(cid) if isinstance(x, Batch) else x for x in out])
         try:
-            sent = self.sock.send(data)
+            sent = self.transport.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent == len(data):

@@ -1,0 +1,300 @@
+"""Who may connect, and how much a connection may do.
+
+- The descriptor ceiling: `raise_fd_limit` and `connection_ceiling` (less FD_RESERVE), so that
+  the connection limit ends in a polite Bye rather than a failed accept.
+- `Admission`, sans-IO (time is passed in): connections in total and per address, why a new
+  one is refused, the refusal log line (at most one a second), the pause of accepts when the
+  process runs out of descriptors, and a `RateMeter` per connection.
+- `RateMeter`: the per-connection rate limit, one `chatctl.ratelimit.TokenBucket` plus strikes
+  (refused frames, decaying at the allowed rate; more than a burst of them is flooding).
+- `Refusals`: the short afterlife of refused connections (Bye, half-close, read and discard
+  until the client closes), bounded in number and time. The one part that does I/O.
+
+The loop asks `admit(ip)` before it builds a peer, reports `connected(ip)` and
+`disconnected(ip)`, and gets a meter per peer. Hardening extends this module, not the loop:
+keying `_per_ip` by /32 or /64 network, meters that outlive a connection (kept per address
+here and handed out again by `meter`), a cost per frame type (`RateMeter.take(now, cost)`),
+a per-address connection rate in `admit`.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import resource
+import selectors
+
+from chatctl.names import MSG_ID_MAX
+from chatctl.protocol import Bye, Error, ErrorCode, encode
+from chatctl.ratelimit import TokenBucket
+from chatctl.server.config import ServerConfig
+from chatctl.server.log import ServerLog
+from chatctl.server.transport import Transport, drain
+
+# A refused connection gets its Bye, a half-close and this long to close first (see Refusals);
+# at most REFUSED_LINGER_MAX linger at once, so a flood of them holds a bounded number of
+# descriptors for a bounded time.
+REFUSED_GRACE = 1.0
+REFUSED_LINGER_MAX = 128
+REFUSAL_LOG_EVERY = 1.0  # seconds between "refused" log lines; the ones between are counted
+# Descriptors the server needs besides its connections: listeners, selector, wake-up pair,
+# the store's files, stdio, and the refused connections lingering.
+FD_RESERVE = 64 + REFUSED_LINGER_MAX
+ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
+REPLAY_PER_TOKEN = 100  # a replay of more messages than this costs a token per this many
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_ceiling(requested: int, fd_limit: int) -> int:
+    """The connections the server can hold with `fd_limit` descriptors (one each, less its own
+    FD_RESERVE), so that the limit ends in a polite Bye rather than a failed accept."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit < 0:
+        return requested
+    return max(1, min(requested, fd_limit - FD_RESERVE))
+
+
+class Verdict(enum.IntEnum):
+    """A rate meter's answer; false only for PASS."""
+
+    PASS = 0
+    LIMITED = 1  # refused, in an episode already reported
+    LIMITED_FIRST = 2  # refused, the first of an episode: worth one log line
+    FLOODING = 3  # refused, over a burst of times: close the connection
+
+
+# Module constants: the hot path does not pay an enum class lookup per frame.
+_PASS = Verdict.PASS
+_LIMITED = Verdict.LIMITED
+_LIMITED_FIRST = Verdict.LIMITED_FIRST
+_FLOODING = Verdict.FLOODING
+
+
+class RateMeter:
+    """`rate` frames a second per connection, up to `burst` at once (a rate of 0: no limit).
+
+    Refused frames are strikes. Strikes decay at the allowed rate over the time between one
+    attempt and the next refused one, so only sustained excess builds up to more than a burst
+    of them: flooding.
+    """
+
+    __slots__ = ("_bucket", "_last", "burst", "strikes")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._bucket = TokenBucket(rate=rate, capacity=burst, now=now)
+        self._last = now  # the time of the last attempt, for the strikes' decay
+        self.burst = burst
+        self.strikes = 0.0
+
+    def take(self, now: float, cost: float = 1.0) -> Verdict:
+        """Spend `cost` for a frame, or say how it is refused."""
+        elapsed = now - self._last
+        self._last = now
+        bucket = self._bucket
+        if bucket.take(now, cost):
+            return _PASS
+        strikes = self.strikes - elapsed * bucket.rate
+        first = strikes <= 0.0  # one log line per episode, not one per refused frame
+        self.strikes = strikes = (0.0 if first else strikes) + 1.0
+        if strikes > self.burst:
+            return _FLOODING
+        return _LIMITED_FIRST if first else _LIMITED
+
+    def replayed(self, now: float, messages: int) -> None:
+        """A long replay (a Join or a History answer) costs a token per REPLAY_PER_TOKEN
+        messages, paid after the fact (the bucket may go below zero), so that repeated big
+        replays are rate-limited too."""
+        if messages > REPLAY_PER_TOKEN:
+            self._bucket.charge(now, messages / REPLAY_PER_TOKEN)
+
+    def tokens(self, now: float) -> float:
+        return self._bucket.tokens(now)
+
+
+class Admission:
+    """The limits on connections and on what they send. Sans-IO: time is passed in."""
+
+    def __init__(self, config: ServerConfig, journal: ServerLog) -> None:
+        self.config = config
+        self.journal = journal
+        self.fd_limit = -1  # the soft RLIMIT_NOFILE once `reserve_descriptors` ran
+        self.max_connections = config.max_connections  # bounded by fd_limit then
+        self.connections = 0
+        self._per_ip: dict[str, int] = {}
+        self._refusal_log_at = 0.0  # when the next "refused" log line may be written
+        self._refusals_unlogged = 0
+        self.accepts_paused_until = 0.0  # 0: accepting
+
+    def reserve_descriptors(self) -> None:
+        """Take every descriptor the process may have, and fit max_connections to them."""
+        self.fd_limit = raise_fd_limit()
+        self.max_connections = connection_ceiling(self.config.max_connections, self.fd_limit)
+
+    def limits(self) -> dict[str, object]:
+        """The limits enforced here, as the banner shows them."""
+        config = self.config
+        return {
+            "rate": config.rate,
+            "max_connections": self.max_connections,
+            "max_per_ip": config.max_per_ip,
+            "open_files": self.fd_limit,
+        }
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def admit(self, ip: str) -> str | None:
+        """Why a new connection from `ip` is refused, or None: welcome."""
+        if self.connections >= self.max_connections:
+            return f"the server holds its maximum of {self.max_connections} connections"
+        if self._per_ip.get(ip, 0) >= self.config.max_per_ip:
+            return f"{ip} holds its maximum of {self.config.max_per_ip} connections"
+        return None
+
+    def connected(self, ip: str) -> None:
+        self.connections += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+
+    def disconnected(self, ip: str) -> None:
+        self.connections -= 1
+        left = self._per_ip[ip] - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            del self._per_ip[ip]  # the table holds only addresses with connections
+
+    def connections_from(self, ip: str) -> int:
+        return self._per_ip.get(ip, 0)
+
+    def refused(self, addr: str, reason: str, now: float) -> None:
+        """Log a refusal: one line per REFUSAL_LOG_EVERY seconds, so that a flood of refusals
+        is not a flood of log lines. The line says how many were refused since the last one."""
+        if now < self._refusal_log_at:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        self._refusals_unlogged = 0
+        self._refusal_log_at = now + REFUSAL_LOG_EVERY
+        also = f" ({more} more refused since the last line)" if more else ""
+        self.journal.warning("refused", f"refused {addr}: {reason}{also}", peer=addr, more=more)
+
+    def accept_failed(self, exc: OSError, now: float) -> bool:
+        """True when `accept` failed for want of descriptors or memory: stop accepting for
+        ACCEPT_PAUSE seconds instead of spinning on a listener that stays readable."""
+        if exc.errno not in _OUT_OF_RESOURCES:
+            return False
+        self.journal.error(
+            "accept_paused", f"accept failed ({exc.strerror}); pausing accepts for 1 s"
+        )
+        self.accepts_paused_until = now + ACCEPT_PAUSE
+        return True
+
+    def accepts_resume(self, now: float) -> bool:
+        """True once, when accepts paused by `accept_failed` may go on."""
+        if self.accepts_paused_until and now >= self.accepts_paused_until:
+            self.accepts_paused_until = 0.0
+            return True
+        return False
+
+    # -- what a connection may send -------------------------------------------------------------
+
+    def meter(self, now: float) -> RateMeter:
+        """The rate meter of a new connection."""
+        return RateMeter(self.config.rate, self.config.burst, now)
+
+    def over_rate(self, verdict: Verdict, addr: str, nick: str, msg_id: str) -> bytes | None:
+        """What a frame the meter refused gets: the Error frame to send, or None for
+        flooding (the connection is to be closed). Logged once per episode."""
+        rate = self.config.rate
+        if verdict is _LIMITED_FIRST:
+            self.journal.warning(
+                "rate_limited", f"{addr} ({nick}) is over the rate limit of {rate:g}/s", peer=addr
+            )
+        if verdict is _FLOODING:
+            self.journal.warning(
+                "flooding", f"{addr} keeps sending over the rate limit: disconnected"
+            )
+            return None
+        error = Error(
+            code=ErrorCode.RATE_LIMITED,
+            message=f"over the rate limit of {rate:g} messages a second",
+            msg_id=msg_id[:MSG_ID_MAX],
+        )
+        return encode(error)
+
+
+class Refused:
+    """A refused connection, half-closed after its Bye, until `deadline`."""
+
+    __slots__ = ("deadline", "fd", "transport")
+
+    def __init__(self, transport: Transport, deadline: float) -> None:
+        self.transport = transport
+        self.fd = transport.fileno()
+        self.deadline = deadline
+
+
+class Refusals:
+    """Refused connections on their way out. Each gets Bye(TOO_MANY_CONNECTIONS) and the same
+    lingering close as any other connection: a client that already sent its Hello would
+    otherwise get a reset, which can destroy the Bye. The loop's selector reports them
+    readable (`readable`) and its timers end them at their deadline (`close`)."""
+
+    def __init__(self, selector: selectors.BaseSelector, buf: bytearray) -> None:
+        self._sel = selector
+        self._buf = buf  # the loop's read buffer: what is read here is thrown away
+        self._lingering: dict[int, Refused] = {}  # by descriptor, oldest first
+
+    def __len__(self) -> int:
+        return len(self._lingering)
+
+    def refuse(self, transport: Transport, reason: str, now: float) -> Refused | None:
+        """Say Bye and half-close; the entry to close at its deadline, or None when it is
+        closed already. The oldest lingering refusal makes room for this one past the cap."""
+        try:
+            transport.send(encode(Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason)))
+            transport.shutdown_write()
+        except OSError:
+            transport.close()
+            return None
+        if len(self._lingering) >= REFUSED_LINGER_MAX:
+            self.close(next(iter(self._lingering.values())))
+        entry = Refused(transport, now + REFUSED_GRACE)
+        self._lingering[entry.fd] = entry
+        self._sel.register(transport.sock, selectors.EVENT_READ, entry)
+        return entry
+
+    def readable(self, entry: Refused) -> None:
+        if entry.transport.fileno() < 0:
+            return  # closed earlier in this turn, to make room for a newer refusal
+        if drain(entry.transport, self._buf):
+            self.close(entry, drain_first=False)
+
+    def close(self, entry: Refused, *, drain_first: bool = True) -> None:
+        """Close a refused connection; `drain_first` reads what it sent since, so that the
+        close is a FIN rather than a reset whenever it can be. Idempotent."""
+        transport = entry.transport
+        if transport.fileno() < 0:
+            return
+        del self._lingering[entry.fd]
+        if drain_first:
+            drain(transport, self._buf)
+        try:
+            self._sel.unregister(transport.sock)
+        except (KeyError, ValueError):
+            pass
+        transport.close()
+
+    def close_all(self) -> None:
+        for entry in list(self._lingering.values()):
+            self.close(entry)
