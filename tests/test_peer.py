@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.server.peer import Batch
+from chatctl.server.batch import Batch
 
 MEMBERS = (1, 2, 3, 4)
 # (kind, cid): ("room", skip) adds a room frame that `skip` (or nobody, -1) must not get;

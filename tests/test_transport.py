@@ -13,7 +13,8 @@ import pytest
 
 from chatctl.errors import ChatctlError
 from chatctl.server.admission import RateMeter
-from chatctl.server.peer import Batch, Peer
+from chatctl.server.batch import Batch
+from chatctl.server.peer import Peer
 from chatctl.server.transport import Listeners, TcpTransport, Transport, drain, format_addr
 
 DEADLINE = 5.0

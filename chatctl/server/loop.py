@@ -18,7 +18,6 @@ holds a connection's state and output queue. Each loop turn:
 from __future__ import annotations
 
 import gc
-import heapq
 import itertools
 import os
 import selectors
@@ -26,8 +25,6 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
 from chatctl import __version__
@@ -64,11 +61,12 @@ from chatctl.server.admission import (
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Delivery, Hub
 from chatctl.server.log import ServerLog
-from chatctl.server.peer import Batch, Peer
+from chatctl.server.outbox import Outbox
+from chatctl.server.peer import Peer
+from chatctl.server.timers import Timers
 from chatctl.server.transport import Listeners, drain, format_addr
 from chatctl.store.base import Store
-from chatctl.store.memory import MemoryStore
-from chatctl.store.url import MEMORY, open_store
+from chatctl.store.url import open_store
 
 # The limits' names where the tests and the CLI have always found them.
 __all__ = [
@@ -92,16 +90,6 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
 
-def _data_location(store: Store) -> str:
-    """Where history lives, for the banner: the resolved directory, or :memory:."""
-    if isinstance(store, MemoryStore):
-        return MEMORY
-    directory = getattr(store, "directory", None)
-    if isinstance(directory, Path):
-        return str(directory.resolve())
-    return type(store).__name__
-
-
 class Server:
     def __init__(
         self, config: ServerConfig, *, journal: ServerLog | None = None, store: Store | None = None
@@ -121,11 +109,9 @@ class Server:
         self._stop_requested = False
         self._cids = itertools.count(1)
         self.peers: dict[int, Peer] = {}
-        self._dirty: list[Peer] = []
-        self._batches: dict[int, Batch] = {}  # id(recipients) -> this turn's open batch
-        self._open_batches: list[Batch] = []
-        self._timers: list[tuple[float, int, Peer | Refused | None]] = []
-        self._timer_seq = itertools.count()
+        self._outbox = Outbox(self.peers, config.max_output)
+        self._enqueue = self._outbox.enqueue
+        self._timers: Timers[Peer | Refused | None] = Timers()
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
         self._now = time.monotonic()
@@ -211,7 +197,7 @@ class Server:
             "max_connections": self.admission.max_connections,
             "max_per_ip": config.max_per_ip,
             "open_files": self.admission.fd_limit,
-            "data": _data_location(self.store),
+            "data": self.store.location,
             "retain_messages": config.retain_messages,
             "retain_age": config.retain_age,
             "trim_interval": config.trim_interval,
@@ -222,10 +208,11 @@ class Server:
     def _loop(self) -> None:
         select = self._sel.select
         timers = self._timers
+        outbox = self._outbox
         store = self.store
         while not self._stop_requested:
-            timeout = max(timers[0][0] - time.monotonic(), 0.0) if timers else None
-            ready = select(timeout)
+            due = timers.next_at()
+            ready = select(None if due is None else max(due - time.monotonic(), 0.0))
             self._now = now = time.monotonic()
             self._now_ms = int(time.time() * 1000)
             for key, mask in ready:
@@ -233,20 +220,18 @@ class Server:
                 if type(data) is Peer:
                     if mask & _READ:
                         self._read(data)
-                    if mask & _WRITE and not data.scheduled:
-                        data.scheduled = True
-                        self._dirty.append(data)
+                    if mask & _WRITE:
+                        outbox.schedule(data)
                 elif data is _LISTENER:
                     self._accept(key.fileobj)  # type: ignore[arg-type]
                 elif type(data) is Refused:
                     self._refusals.readable(data)
                 else:
                     self._drain_wakeup()
-            if timers and timers[0][0] <= now:
+            if due is not None and due <= now:
                 self._run_timers(now)
             store.flush()
-            if self._dirty:
-                self._write_all()
+            self._write_all()
 
     def _drain_wakeup(self) -> None:
         try:
@@ -261,12 +246,10 @@ class Server:
         one makes the older entry stale."""
         if type(peer) is Peer:
             peer.check_at = when
-        heapq.heappush(self._timers, (when, next(self._timer_seq), peer))
+        self._timers.schedule(when, peer)
 
     def _run_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            when, _, peer = heapq.heappop(timers)
+        for when, peer in self._timers.due(now):
             if peer is None:
                 self._housekeeping(now)
             elif type(peer) is Refused:
@@ -398,7 +381,7 @@ class Server:
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         peers = self.peers
-        batches = self._batches
+        outbox = self._outbox
         for d in deliveries:
             to = d.to
             if len(to) == 1:
@@ -407,52 +390,9 @@ class Server:
                     if peer is not None:
                         self._control(peer, d.control, d.data)
                 elif to[0] != d.skip:
-                    self._enqueue(peers[to[0]], d.data)
-                continue
-            # A room's frames of this turn share one Batch (see peer.py).
-            batch = batches.get(id(to))
-            if batch is None or batch.targets is not to or not batch.open:
-                batch = self._new_batch(to)
-            batch.add(d.data, d.skip)
-
-    def _new_batch(self, to: Sequence[int]) -> Batch:
-        batch = Batch(to)
-        self._batches[id(to)] = batch
-        self._open_batches.append(batch)
-        peers = self.peers
-        dirty = self._dirty
-        for cid in to:
-            peer = peers[cid]
-            out = peer.out
-            if out:
-                last = out[-1]
-                if type(last) is Batch:
-                    # That batch must not grow any more: its later frames would overtake ours.
-                    last.open = False
-            out.append(batch)
-            if not peer.scheduled and not peer.want_write:
-                peer.scheduled = True
-                dirty.append(peer)
-        return batch
-
-    def _close_batches(self) -> None:
-        """End of the turn's processing: batches stop growing; their members' queue sizes
-        grow by them, and a member over the high-water mark is looked at in the write phase."""
-        peers = self.peers
-        high_water = self.config.max_output
-        for batch in self._open_batches:
-            batch.open = False
-            size = batch.size
-            for cid in batch.targets:
-                peer = peers.get(cid)
-                if peer is None:
-                    continue
-                peer.out_size += size
-                if peer.out_size > high_water and not peer.scheduled:
-                    peer.scheduled = True
-                    self._dirty.append(peer)
-        self._open_batches.clear()
-        self._batches.clear()
+                    outbox.enqueue(peers[to[0]], d.data)
+            else:
+                outbox.to_room(to, d.data, d.skip)
 
     def _control(self, peer: Peer, event: Welcome | Bye, data: bytes) -> None:
         """A Welcome or Bye from the hub, `data` its frame: these change the connection's
@@ -472,24 +412,10 @@ class Server:
             )
             self._end(peer, ErrorCode(bye.code), bye.reason, bye=(bye, data))
 
-    def _enqueue(self, peer: Peer, data: bytes) -> None:
-        out = peer.out
-        if out and type(out[-1]) is Batch and out[-1].open:
-            out[-1].add_private(data, peer.cid)  # keeps its place among the room's frames
-        else:
-            out.append(data)
-        peer.out_size += len(data)
-        if not peer.scheduled and (not peer.want_write or peer.out_size > self.config.max_output):
-            peer.scheduled = True
-            self._dirty.append(peer)
-
     # -- writing -----------------------------------------------------------------------------
 
     def _write_all(self) -> None:
-        if self._open_batches:
-            self._close_batches()
-        dirty = self._dirty
-        self._dirty = []
+        dirty = self._outbox.take_dirty()
         high_water = self.config.max_output
         for peer in dirty:
             peer.scheduled = False
@@ -701,8 +627,7 @@ class Server:
         now = time.monotonic()
         deadline = now + SHUTDOWN_GRACE
         while self.peers and now < deadline:
-            if self._dirty:
-                self._write_all()
+            self._write_all()
             if self._lingering == len(self.peers):
                 # Every Bye is out: give clients a moment to close first, then go.
                 deadline = min(deadline, now + SHUTDOWN_LINGER)
@@ -712,9 +637,8 @@ class Server:
                     continue
                 if mask & _READ:
                     self._read(peer)
-                if mask & _WRITE and not peer.scheduled:
-                    peer.scheduled = True
-                    self._dirty.append(peer)
+                if mask & _WRITE:
+                    self._outbox.schedule(peer)
             now = time.monotonic()
         self.journal.info("stopped", "server stopped")
 

@@ -39,6 +39,9 @@ class ReadResult:
 
 
 class Store(Protocol):
+    # Where the history lives, for the server's banner: ":memory:", a directory, a URL.
+    location: str
+
     def rooms(self) -> list[str]:
         """Every room with stored history."""
 

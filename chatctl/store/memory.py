@@ -11,6 +11,7 @@ class MemoryStore:
     """History in this process only: bounded per room, gone at exit."""
 
     def __init__(self, *, retain_messages: int = 100_000, retain_age: float = 0.0) -> None:
+        self.location = ":memory:"
         self.retain_messages = retain_messages
         self.retain_age = retain_age
         self._rooms: dict[str, deque[StoredMessage]] = {}

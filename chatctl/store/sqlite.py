@@ -157,6 +157,7 @@ class SqliteStore:
         filter_chunk: int = 50_000,
     ) -> None:
         self.directory = Path(directory)
+        self.location = str(self.directory.resolve())
         self.retain_messages = retain_messages
         self.retain_age = retain_age
         self._tail_size = max(tail, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 from chatctl.store.base import Store
 from chatctl.store.memory import MemoryStore
 
-MEMORY = ":memory:"  # `--data :memory:`: history lives and dies with the process
+MEMORY = ":memory:"  # `--data :memory:`: history lives and dies with the process (memory.py)
 
 
 def default_data_dir() -> Path:
