@@ -105,7 +105,7 @@ def serve(
     )
 
     def action() -> int | None:
-        from chatctl.server.loop import serve as serve_forever
+        from chatctl.server.main import serve as serve_forever
 
         return serve_forever(config)
 

@@ -68,7 +68,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
         got["bot"] = config
         return 0
 
-    monkeypatch.setattr("chatctl.server.loop.serve", serve)
+    monkeypatch.setattr("chatctl.server.main.serve", serve)
     monkeypatch.setattr("chatctl.bench.command.run_bench", bench)
     monkeypatch.setattr("chatctl.bot.runner.run_bot", bot)
     return got

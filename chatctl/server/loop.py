@@ -12,23 +12,22 @@ holds a connection's state and output queue. Each loop turn:
    the kernel buffer is full), and disconnect consumers whose queue passed the high-water mark.
 
 `Server` can be driven programmatically (tests run it in a thread): `bind()`, `run()`, and
-`stop()`, which is safe from any thread and from a signal handler.
+`stop()`, which is safe from any thread and from a signal handler; main.py runs it for the CLI.
+
+About 600 lines, kept as one: a connection's life (accept, read, write, timers, the ways it
+ends) is one state machine over the peer's flags, and splitting it would scatter those flags.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
-import os
 import selectors
-import signal
 import socket
 import time
 import traceback
-from types import FrameType
 
 from chatctl import __version__
-from chatctl.errors import ChatctlError
 from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
@@ -75,7 +74,6 @@ __all__ = [
     "Server",
     "connection_ceiling",
     "raise_fd_limit",
-    "serve",
 ]
 
 READ_CHUNK = 256 * 1024
@@ -641,33 +639,3 @@ class Server:
                     self._outbox.schedule(peer)
             now = time.monotonic()
         self.journal.info("stopped", "server stopped")
-
-
-def serve(config: ServerConfig) -> int:
-    """Run the server in this (main) thread until SIGINT or SIGTERM. Exit status 0."""
-    server = Server(config)
-    server.bind()
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        del frame
-        if stopping:
-            os._exit(128 + signum)  # a second signal: exit at once
-        stopping = True
-        server.stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run()
-    except ChatctlError:
-        raise
-    except Exception as exc:  # the store failing (a full disk, say): log it all, exit in one line
-        server.journal.error(
-            "fatal", f"the server stopped: {exc}", traceback=traceback.format_exc()
-        )
-        raise ChatctlError(f"the server stopped on an internal error: {exc}") from None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
