@@ -10,6 +10,7 @@
 - `run_chatctl(*args)`: a command run to completion, its output captured.
 - `start_process(argv)` / `start_chatctl(*args)`: a subprocess with its stderr collected; `.stop()` ends it.
 - `Client`: a blocking test client with a deadline on every wait (no sleeps).
+- `free_port()`: a port of 127.0.0.1 free right now, for a server that must be told its port.
 
 Every subprocess started here dies with the test process, even when that is killed outright
 (SIGKILL, a CI timeout): no orphaned `chatctl serve` keeps a port and a core busy. Other test
@@ -34,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from chatctl.names import room_key
 from chatctl.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -78,6 +80,13 @@ def dies_with_parent(*, nofile: int | None = None) -> Callable[[], None]:
                 os._exit(1)
 
     return setup
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -261,8 +270,13 @@ def _close_clients_since(index: int) -> None:
 class Client:
     """A blocking protocol client for tests. Every wait has a deadline."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, *, timeout: float = 10.0, source: str | None = None
+    ) -> None:
+        """`source`: the local address to connect from (127.0.0.2, say: another client
+        address as the server counts them)."""
+        where = None if source is None else (source, 0)
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=where)
         _open_clients.append(self)
         self.conn = Connection(Role.CLIENT)
         self.timeout = timeout
@@ -275,10 +289,17 @@ class Client:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, nick: str, *rooms: str, token: str = "", timeout: float = 10.0
+        cls,
+        host: str,
+        port: int,
+        nick: str,
+        *rooms: str,
+        token: str = "",
+        timeout: float = 10.0,
+        source: str | None = None,
     ) -> Client:
         """Connected, welcomed, and in `rooms` (each join's replay consumed)."""
-        client = cls(host, port, timeout=timeout)
+        client = cls(host, port, timeout=timeout, source=source)
         client.hello(nick, token=token)
         for room in rooms:
             client.join(room)
@@ -354,7 +375,7 @@ class Client:
     def join(self, room: str, **kwargs: Any) -> HistoryEnd:
         """Join; wait for the replay's end and the Members that close a join."""
         self.send(Join(room=room, **kwargs))
-        name = room.removeprefix("#").lower()
+        name = room_key(room)  # as the server names the room in its answers
         end = self.wait_for(HistoryEnd, lambda e: e.room == name)
         self.wait_for(Members, lambda e: e.room == name)
         return end

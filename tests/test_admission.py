@@ -33,6 +33,7 @@ from chatctl.server.admission import (
     RateMeter,
     Refusals,
     Verdict,
+    client_key,
 )
 from chatctl.server.config import ServerConfig
 from chatctl.server.log import ServerLog
@@ -53,49 +54,132 @@ def records(log: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_per_address_limit_refuses_only_that_address_until_one_leaves() -> None:
-    gate, _ = admission(max_connections=10, max_per_ip=2)
+    gate, _ = admission(max_connections=10, max_per_ip=2, connect_rate=0)
+    one = gate.client("10.0.0.1", 0.0)
     for _ in range(2):
-        assert gate.admit("10.0.0.1") is None
-        gate.connected("10.0.0.1")
-    assert gate.admit("10.0.0.1") == "10.0.0.1 holds its maximum of 2 connections"
-    assert gate.admit("10.0.0.2") is None
-    gate.disconnected("10.0.0.1")
-    assert gate.connections_from("10.0.0.1") == 1
-    assert gate.admit("10.0.0.1") is None
-    gate.disconnected("10.0.0.1")
-    assert gate.connections_from("10.0.0.1") == 0
-    assert gate.connections == 0
+        assert gate.admit(one, 0.0) is None
+        gate.connected(one)
+    assert gate.admit(one, 0.0) == "10.0.0.1 holds its maximum of 2 connections"
+    assert gate.admit(gate.client("10.0.0.2", 0.0), 0.0) is None
+    gate.disconnected(one)
+    assert gate.client("10.0.0.1", 0.0).connections == 1
+    assert gate.admit(one, 0.0) is None
+    gate.disconnected(one)
+    assert one.connections == 0 and gate.connections == 0
 
 
 def test_total_limit_comes_before_the_per_address_one() -> None:
     gate, _ = admission(max_connections=2, max_per_ip=5)
-    gate.connected("10.0.0.1")
-    gate.connected("10.0.0.2")
-    assert gate.admit("10.0.0.3") == "the server holds its maximum of 2 connections"
-    gate.disconnected("10.0.0.2")
-    assert gate.admit("10.0.0.3") is None
+    gate.connected(gate.client("10.0.0.1", 0.0))
+    two = gate.client("10.0.0.2", 0.0)
+    gate.connected(two)
+    three = gate.client("10.0.0.3", 0.0)
+    assert gate.admit(three, 0.0) == "the server holds its maximum of 2 connections"
+    gate.disconnected(two)
+    assert gate.admit(three, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("ip", "v4", "v6", "key"),
+    [
+        ("10.1.2.3", 32, 64, "10.1.2.3"),
+        ("10.1.2.3", 24, 64, "10.1.2.0/24"),
+        ("::ffff:10.1.2.3", 32, 64, "10.1.2.3"),
+        ("2001:db8:1:2:aaaa::1", 32, 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", 32, 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", 32, 128, "2001:db8:1:2:bbbb::9"),
+        ("fe80::1%eth0", 32, 64, "fe80::/64"),
+    ],
+)
+def test_client_keys_group_addresses_by_network(ip: str, v4: int, v6: int, key: str) -> None:
+    assert client_key(ip, v4, v6) == key
+
+
+def test_a_network_shares_its_connection_limit() -> None:
+    gate, _ = admission(max_per_ip=2, ipv4_prefix=24, connect_rate=0)
+    for ip in ("127.0.0.1", "127.0.0.2"):
+        client = gate.client(ip, 0.0)
+        assert gate.admit(client, 0.0) is None
+        gate.connected(client)
+    third = gate.client("127.0.0.8", 0.0)
+    assert gate.admit(third, 0.0) == "127.0.0.0/24 holds its maximum of 2 connections"
+    assert gate.admit(gate.client("127.0.1.1", 0.0), 0.0) is None
+
+
+def test_connection_rate_per_address_survives_disconnects() -> None:
+    gate, _ = admission(connect_rate=2.0, connect_burst=3)
+    verdicts = []
+    for _ in range(5):
+        client = gate.client("10.0.0.1", 0.0)
+        verdicts.append(gate.admit(client, 0.0))
+        if verdicts[-1] is None:
+            gate.connected(client)
+            gate.disconnected(client)
+    assert verdicts[:3] == [None] * 3
+    assert verdicts[3] == "10.0.0.1 connects too often (over 2 a second)"
+    assert gate.admit(gate.client("10.0.0.2", 0.0), 0.0) is None  # others are not affected
+    assert gate.admit(gate.client("10.0.0.1", 0.5), 0.5) is None  # one more each half second
+
+
+def test_the_rate_meter_is_shared_by_an_addresses_connections_and_outlives_them() -> None:
+    gate, _ = admission(rate=10.0, burst=5)
+    first = gate.client("10.0.0.1", 0.0)
+    gate.connected(first)
+    assert [first.meter.take(0.0) for _ in range(5)] == [Verdict.PASS] * 5
+    gate.disconnected(first)
+    again = gate.client("10.0.0.1", 0.0)  # a reconnect: the same meter, no fresh burst
+    assert again.meter is first.meter
+    assert again.meter.take(0.0) is Verdict.LIMITED_FIRST
+    assert gate.client("10.0.0.2", 0.0).meter.take(0.0) is Verdict.PASS
+
+
+def test_idle_clients_are_forgotten_once_their_allowances_are_whole() -> None:
+    gate, _ = admission(rate=10.0, burst=5, connect_rate=2.0, connect_burst=2)
+    busy = gate.client("10.0.0.1", 0.0)
+    gate.connected(busy)
+    spent = gate.client("10.0.0.2", 0.0)
+    assert gate.admit(spent, 0.0) is None
+    spent.meter.take(0.0)
+    assert gate.sweep(0.0) == 0
+    assert gate.sweep(0.4) == 0  # 10.0.0.2's connection token is not back yet
+    assert gate.sweep(0.6) == 1  # now it is: forgotten; 10.0.0.1 holds a connection
+    assert set(gate.clients) == {"10.0.0.1"}
+
+
+def test_the_client_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("chatctl.server.admission.MAX_CLIENTS", 3)
+    gate, _ = admission()
+    held = gate.client("10.0.0.1", 0.0)
+    gate.connected(held)
+    for n in range(2, 10):
+        gate.client(f"10.0.0.{n}", 0.0).meter.take(0.0)  # owing, but without connections
+        assert len(gate.clients) <= 3
+    assert "10.0.0.1" in gate.clients  # a client with a connection is never forgotten
 
 
 @given(st.lists(st.tuples(st.booleans(), st.sampled_from(["a", "b", "c"])), max_size=60))
 def test_property_counts_follow_connects_and_disconnects(ops: list[tuple[bool, str]]) -> None:
-    gate, _ = admission(max_connections=6, max_per_ip=3)
+    gate, _ = admission(max_connections=6, max_per_ip=3, connect_rate=0)
     held: dict[str, int] = {}
     for connect, ip in ops:
+        client = gate.client(ip, 0.0)
         if connect:
-            reason = gate.admit(ip)
+            reason = gate.admit(client, 0.0)
             expected_full = sum(held.values()) >= 6 or held.get(ip, 0) >= 3
             assert (reason is not None) == expected_full
             if reason is None:
-                gate.connected(ip)
+                gate.connected(client)
                 held[ip] = held.get(ip, 0) + 1
         elif held.get(ip):
-            gate.disconnected(ip)
+            gate.disconnected(client)
             held[ip] -= 1
         assert gate.connections == sum(held.values())
-        # Only addresses holding connections stay in the table: it is bounded by them.
-        assert set(gate._per_ip) == {ip for ip, n in held.items() if n}
         for each in ("a", "b", "c"):
-            assert gate.connections_from(each) == held.get(each, 0)
+            assert gate.client(each, 0.0).connections == held.get(each, 0)
+        gate.sweep(0.0)
+        # Clients without connections and with nothing owed are forgotten: the table is
+        # bounded by the connections.
+        assert set(gate.clients) == {ip for ip, n in held.items() if n}
 
 
 def test_refusal_log_is_one_line_a_second_counting_the_others() -> None:

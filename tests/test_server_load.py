@@ -59,7 +59,10 @@ def test_many_clients_in_several_rooms_get_exactly_the_others_messages() -> None
 
 def test_a_thousand_simultaneous_connections() -> None:
     # All from 127.0.0.1: over the default per-address limit, so raised like any load test's.
-    with running_server(rate=0, join_history=0, max_per_ip=100_000) as (host, port):
+    with running_server(rate=0, join_history=0, max_per_ip=100_000, connect_rate=0) as (
+        host,
+        port,
+    ):
         clients = [
             Client.connect(host, port, f"c{i}", f"room{i % 10}", timeout=30) for i in range(1000)
         ]

@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from chatctl.errors import ChatctlError
-from chatctl.server.admission import RateMeter
+from chatctl.server.admission import Client as Address
 from chatctl.server.batch import Batch
+from chatctl.server.config import ServerConfig
 from chatctl.server.peer import Peer
 from chatctl.server.transport import Listeners, TcpTransport, Transport, drain, format_addr
 
@@ -124,7 +125,8 @@ def test_peer_write_once_keeps_the_rest_and_its_alignment(
     pair: tuple[socket.socket, Transport, Listeners],
 ) -> None:
     client, transport, _ = pair
-    peer = Peer(1, transport, "127.0.0.1", "x", 0.0, max_frame=1024, meter=RateMeter(0, 1, 0.0))
+    address = Address("127.0.0.1", ServerConfig(rate=0), 0.0)
+    peer = Peer(1, transport, "127.0.0.1", "x", 0.0, max_frame=1024, client=address)
     batch = Batch((1, 2))
     frames = [bytes([65 + i % 26]) * 100_000 for i in range(60)]  # 6 MB
     for frame in frames:

@@ -1,26 +1,32 @@
-"""Who may connect, and how much a connection may do.
+"""Who may connect, and how much a client may do.
+
+A client is an address, grouped by network (IPv4 /32 and IPv6 /64 by default: one customer
+usually holds a whole /64), not a connection: its allowances are shared by its connections and
+survive reconnects, so reconnecting never buys a fresh burst.
 
 - The descriptor ceiling: `raise_fd_limit` and `connection_ceiling` (less FD_RESERVE), so that
   the connection limit ends in a polite Bye rather than a failed accept.
-- `Admission`, sans-IO (time is passed in): connections in total and per address, why a new
-  one is refused, the refusal log line (at most one a second), the pause of accepts when the
-  process runs out of descriptors, and a `RateMeter` per connection.
-- `RateMeter`: the per-connection rate limit, one `chatctl.ratelimit.TokenBucket` plus strikes
-  (refused frames, decaying at the allowed rate; more than a burst of them is flooding).
+- `Client`: one address's connections, its `RateMeter` (every frame it sends, replays by their
+  size), its connection rate and its room-creation rate.
+- `Admission`, sans-IO (time is passed in): the table of clients (bounded: idle clients whose
+  allowances are whole again are forgotten), connections in total and per client, why a new
+  connection is refused, the refusal log line (at most one a second), and the pause of
+  accepts when the process runs out of descriptors.
+- `RateMeter`: one `chatctl.ratelimit.TokenBucket` plus strikes (refused frames, decaying at
+  the allowed rate; more than a burst of them is flooding).
 - `Refusals`: the short afterlife of refused connections (Bye, half-close, read and discard
   until the client closes), bounded in number and time. The one part that does I/O.
 
-The loop asks `admit(ip)` before it builds a peer, reports `connected(ip)` and
-`disconnected(ip)`, and gets a meter per peer. Hardening extends this module, not the loop:
-keying `_per_ip` by /32 or /64 network, meters that outlive a connection (kept per address
-here and handed out again by `meter`), a cost per frame type (`RateMeter.take(now, cost)`),
-a per-address connection rate in `admit`.
+The loop asks `client(ip)` and `admit(client, now)` before it builds a peer, reports
+`connected` and `disconnected`, and meters each frame with `client.meter`.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
+import itertools
 import resource
 import selectors
 
@@ -42,6 +48,10 @@ REFUSAL_LOG_EVERY = 1.0  # seconds between "refused" log lines; the ones between
 FD_RESERVE = 64 + REFUSED_LINGER_MAX
 ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
 REPLAY_PER_TOKEN = 100  # a replay of more messages than this costs a token per this many
+# Clients remembered at most; past it, the longest idle are forgotten first (an idle client
+# whose allowances are whole again is forgotten at the next sweep anyway). About 400 bytes each.
+MAX_CLIENTS = 100_000
+SWEEP_BATCH = 5_000
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -82,7 +92,7 @@ _FLOODING = Verdict.FLOODING
 
 
 class RateMeter:
-    """`rate` frames a second per connection, up to `burst` at once (a rate of 0: no limit).
+    """`rate` frames a second for one client, up to `burst` at once (a rate of 0: no limit).
 
     Refused frames are strikes. Strikes decay at the allowed rate over the time between one
     attempt and the next refused one, so only sustained excess builds up to more than a burst
@@ -121,9 +131,57 @@ class RateMeter:
     def tokens(self, now: float) -> float:
         return self._bucket.tokens(now)
 
+    def whole(self, now: float) -> bool:
+        """Full again, and its strikes decayed: as if it had never been used."""
+        bucket = self._bucket
+        decayed = self.strikes - (now - self._last) * bucket.rate <= 0.0
+        return decayed and bucket.tokens(now) >= bucket.capacity
+
+
+def client_key(ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    """The network `ip` counts in: "10.1.2.3" at /32, "2001:db8:1:2::/64" for any address of
+    that /64. An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return ip  # not an IP address (a Unix socket, say): itself
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        if ipv4_prefix >= 32:
+            return str(address)
+        return str(ipaddress.IPv4Network((address, ipv4_prefix), strict=False))
+    if ipv6_prefix >= 128:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+
+
+class Client:
+    """One client address (a network, see `client_key`): its connections and allowances."""
+
+    __slots__ = ("connections", "connects", "key", "meter", "rooms")
+
+    def __init__(self, key: str, config: ServerConfig, now: float) -> None:
+        self.key = key
+        self.connections = 0
+        self.meter = RateMeter(config.rate, config.burst, now)
+        self.connects = TokenBucket(
+            rate=config.connect_rate, capacity=config.connect_burst, now=now
+        )
+        self.rooms = TokenBucket(rate=config.room_rate, capacity=config.room_burst, now=now)
+
+    def idle(self, now: float) -> bool:
+        """No connection, and every allowance whole again: nothing worth remembering."""
+        return (
+            self.connections == 0
+            and self.meter.whole(now)
+            and self.connects.tokens(now) >= self.connects.capacity
+            and self.rooms.tokens(now) >= self.rooms.capacity
+        )
+
 
 class Admission:
-    """The limits on connections and on what they send. Sans-IO: time is passed in."""
+    """The limits on connections and on what clients send. Sans-IO: time is passed in."""
 
     def __init__(self, config: ServerConfig, journal: ServerLog) -> None:
         self.config = config
@@ -131,7 +189,7 @@ class Admission:
         self.fd_limit = -1  # the soft RLIMIT_NOFILE once `reserve_descriptors` ran
         self.max_connections = config.max_connections  # bounded by fd_limit then
         self.connections = 0
-        self._per_ip: dict[str, int] = {}
+        self.clients: dict[str, Client] = {}  # least recently connected first
         self._refusal_log_at = 0.0  # when the next "refused" log line may be written
         self._refusals_unlogged = 0
         self.accepts_paused_until = 0.0  # 0: accepting
@@ -146,35 +204,74 @@ class Admission:
         config = self.config
         return {
             "rate": config.rate,
+            "burst": config.burst,
+            "client": f"IPv4 /{config.ipv4_prefix}, IPv6 /{config.ipv6_prefix}",
             "max_connections": self.max_connections,
             "max_per_ip": config.max_per_ip,
+            "connect_rate": config.connect_rate,
+            "connect_burst": config.connect_burst,
+            "room_rate": config.room_rate,
+            "room_burst": config.room_burst,
             "open_files": self.fd_limit,
         }
 
     # -- connections ---------------------------------------------------------------------------
 
-    def admit(self, ip: str) -> str | None:
-        """Why a new connection from `ip` is refused, or None: welcome."""
+    def client(self, ip: str, now: float) -> Client:
+        """The client `ip` belongs to, remembered from before when it is known."""
+        config = self.config
+        key = client_key(ip, config.ipv4_prefix, config.ipv6_prefix)
+        clients = self.clients
+        found = clients.pop(key, None)
+        if found is None:
+            if len(clients) >= MAX_CLIENTS:
+                self._forget_oldest()
+            found = Client(key, config, now)
+        clients[key] = found  # most recently connected last
+        return found
+
+    def admit(self, client: Client, now: float) -> str | None:
+        """Why a new connection of `client` is refused, or None: welcome (and it is counted
+        against the client's connection rate)."""
         if self.connections >= self.max_connections:
             return f"the server holds its maximum of {self.max_connections} connections"
-        if self._per_ip.get(ip, 0) >= self.config.max_per_ip:
-            return f"{ip} holds its maximum of {self.config.max_per_ip} connections"
+        if client.connections >= self.config.max_per_ip:
+            return f"{client.key} holds its maximum of {self.config.max_per_ip} connections"
+        if not client.connects.take(now):
+            return f"{client.key} connects too often (over {self.config.connect_rate:g} a second)"
         return None
 
-    def connected(self, ip: str) -> None:
+    def connected(self, client: Client) -> None:
         self.connections += 1
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        client.connections += 1
 
-    def disconnected(self, ip: str) -> None:
+    def disconnected(self, client: Client) -> None:
         self.connections -= 1
-        left = self._per_ip[ip] - 1
-        if left:
-            self._per_ip[ip] = left
-        else:
-            del self._per_ip[ip]  # the table holds only addresses with connections
+        client.connections -= 1
 
-    def connections_from(self, ip: str) -> int:
-        return self._per_ip.get(ip, 0)
+    def may_create_room(self, client: Client, now: float) -> bool:
+        return client.rooms.take(now)
+
+    def sweep(self, now: float) -> int:
+        """Forget idle clients whose allowances are whole again, looking at no more than
+        SWEEP_BATCH of the least recently connected (the housekeeping timer runs this); how
+        many were forgotten."""
+        gone = [
+            key
+            for key, client in itertools.islice(self.clients.items(), SWEEP_BATCH)
+            if client.idle(now)
+        ]
+        for key in gone:
+            del self.clients[key]
+        return len(gone)
+
+    def _forget_oldest(self) -> None:
+        """The table is full: forget the least recently connected client without connections,
+        whatever it still owes (it must come back through the connection rate)."""
+        for key, client in self.clients.items():
+            if client.connections == 0:
+                del self.clients[key]
+                return
 
     def refused(self, addr: str, reason: str, now: float) -> None:
         """Log a refusal: one line per REFUSAL_LOG_EVERY seconds, so that a flood of refusals
@@ -207,10 +304,6 @@ class Admission:
         return False
 
     # -- what a connection may send -------------------------------------------------------------
-
-    def meter(self, now: float) -> RateMeter:
-        """The rate meter of a new connection."""
-        return RateMeter(self.config.rate, self.config.burst, now)
 
     def over_rate(self, verdict: Verdict, addr: str, nick: str, msg_id: str) -> bytes | None:
         """What a frame the meter refused gets: the Error frame to send, or None for

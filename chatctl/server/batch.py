@@ -46,6 +46,8 @@ class Batch:
     def data_for(self, cid: int) -> bytes:
         """The bytes for member `cid`: the shared join, or for a member with edits, the shared
         join spliced (in time proportional to its own parts, not to the batch)."""
+        # Once a member has its bytes, nothing may be added: that member would never see it.
+        self.open = False
         common = self._common
         if common is None:
             common = self._common = b"".join(self.public)

@@ -35,8 +35,16 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     ping_interval: float = 30.0
     idle_timeout: float = 90.0
-    rate: float = 50.0  # messages per second per connection, 0 = unlimited
+    # Frames a second per client address (every kind of frame; a replay costs by its size),
+    # shared by its connections and kept across reconnects; 0 = unlimited.
+    rate: float = 50.0
     burst: int = 200
+    # A client address: IPv4 addresses grouped by this prefix length, IPv6 by this one (a
+    # /64 is what one customer usually gets).
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    connect_rate: float = 20.0  # new connections a second per client address, 0 = unlimited
+    connect_burst: int = 100
     # In total: bounded at start-up by RLIMIT_NOFILE (see server.connection_ceiling).
     max_connections: int = 100_000
     # One address (or NAT) must not be able to take the whole server; load tests from
@@ -46,6 +54,12 @@ class ServerConfig:
     join_history: int = 20
     replay_limit: int = 1000  # most messages one join or history request replays
     max_rooms: int = 100  # rooms one connection may be in at once
+    total_rooms: int = 10_000  # rooms the server knows (with history or members) in all
+    room_rate: float = 1.0  # new rooms a second per client address, 0 = unlimited
+    room_burst: int = 50
+    # Output queued for all connections together: past it, the biggest queues are dropped
+    # as slow consumers first.
+    total_output: int = 256 * 1024 * 1024
     retain_messages: int = 100_000
     retain_age: float = 0.0
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)

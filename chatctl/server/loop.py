@@ -47,6 +47,7 @@ from chatctl.protocol import (
     Welcome,
     encode,
 )
+from chatctl.server import heap
 from chatctl.server.admission import (
     FD_RESERVE,
     REFUSED_LINGER_MAX,
@@ -82,6 +83,9 @@ CLOSE_GRACE = 2.0  # seconds a closing connection has to take its last bytes
 SHUTDOWN_GRACE = 3.0
 SHUTDOWN_LINGER = 0.5  # once every Bye is sent, how long to wait for clients to close first
 FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.run)
+# Frames one connection may have handled per loop turn: its fair share. The rest of what it
+# sent waits in its buffer (and, meanwhile, in the kernel: it is not read) for the next turn.
+FRAMES_PER_TURN = 1024
 _LISTENER = object()
 _WAKEUP = object()
 _READ = selectors.EVENT_READ
@@ -110,6 +114,9 @@ class Server:
         self._outbox = Outbox(self.peers, config.max_output)
         self._enqueue = self._outbox.enqueue
         self._timers: Timers[Peer | Refused | None] = Timers()
+        self._closed = 0  # connections closed since the last housekeeping
+        self._more_input: list[Peer] = []  # connections with frames left over from this turn
+        self._backlog: set[Peer] = set()  # connections whose kernel buffer is full (want_write)
         self._buf = bytearray(READ_CHUNK)
         self._view = memoryview(self._buf)
         self._now = time.monotonic()
@@ -188,13 +195,11 @@ class Server:
         return {
             "hosts": ", ".join(config.hosts),
             **self.hub.limits,
-            "rate": config.rate,
+            **self.admission.limits(),
+            "total_output": config.total_output,
             "ping_interval": config.ping_interval,
             "idle_timeout": config.idle_timeout,
             "handshake_timeout": config.handshake_timeout,
-            "max_connections": self.admission.max_connections,
-            "max_per_ip": config.max_per_ip,
-            "open_files": self.admission.fd_limit,
             "data": self.store.location,
             "retain_messages": config.retain_messages,
             "retain_age": config.retain_age,
@@ -210,7 +215,11 @@ class Server:
         store = self.store
         while not self._stop_requested:
             due = timers.next_at()
-            ready = select(None if due is None else max(due - time.monotonic(), 0.0))
+            more = self._more_input
+            if more:
+                ready = select(0.0)
+            else:
+                ready = select(None if due is None else max(due - time.monotonic(), 0.0))
             self._now = now = time.monotonic()
             self._now_ms = int(time.time() * 1000)
             for key, mask in ready:
@@ -226,6 +235,12 @@ class Server:
                     self._refusals.readable(data)
                 else:
                     self._drain_wakeup()
+            if more:
+                self._more_input = []
+                for peer in more:
+                    peer.more_input = False
+                    if not peer.closing:
+                        self._frames(peer)
             if due is not None and due <= now:
                 self._run_timers(now)
             store.flush()
@@ -262,6 +277,10 @@ class Server:
             self.journal.debug("trim", f"retention removed {removed} messages", removed=removed)
         if self.admission.accepts_resume(now):
             self._listeners.watch(self._sel, _LISTENER)
+        self.admission.sweep(now)
+        if self._closed:  # what they held is free now: give it back to the system
+            self._closed = 0
+            heap.release()
         if now >= self._next_full_gc:
             self._next_full_gc = now + FULL_GC_EVERY
             gc.collect()
@@ -282,19 +301,25 @@ class Server:
                     self._listeners.watch(self._sel, None)  # until the housekeeping resumes
                 return
             addr = format_addr(ip, port)
-            refusal = admission.admit(ip)
+            client = admission.client(ip, now)
+            refusal = admission.admit(client, now)
             if refusal is not None:
                 admission.refused(addr, refusal, now)
                 entry = self._refusals.refuse(transport, refusal, now)
                 if entry is not None:
                     self._schedule(entry.deadline, entry)
                 continue
-            meter = admission.meter(now)
             peer = Peer(
-                next(self._cids), transport, ip, addr, now, max_frame=config.max_frame, meter=meter
+                next(self._cids),
+                transport,
+                ip,
+                addr,
+                now,
+                max_frame=config.max_frame,
+                client=client,
             )
             self.peers[peer.cid] = peer
-            admission.connected(ip)
+            admission.connected(client)
             self._sel.register(peer.sock, _READ, peer)
             self._schedule(now + config.handshake_timeout, peer)
             self.journal.debug("connect", f"connection from {addr}", peer=addr, cid=peer.cid)
@@ -304,6 +329,8 @@ class Server:
             if peer.lingering and drain(peer.transport, self._buf):
                 self._abort(peer)
             return
+        if peer.more_input:
+            return  # what it sent earlier comes first (see FRAMES_PER_TURN)
         try:
             n = peer.transport.recv_into(self._buf, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -311,8 +338,10 @@ class Server:
         except OSError as exc:
             self._lost(peer, f"connection lost ({exc.strerror or exc})")
             return
-        conn = peer.conn
-        conn.receive_data(bytes(self._view[:n]) if n else b"")
+        peer.conn.receive_data(bytes(self._view[:n]) if n else b"")
+        self._frames(peer)
+
+    def _frames(self, peer: Peer) -> None:
         try:
             self._handle_frames(peer)
         except RemoteProtocolError as exc:
@@ -327,14 +356,15 @@ class Server:
             self._end(peer, ErrorCode.SERVER_ERROR, "internal server error")
 
     def _handle_frames(self, peer: Peer) -> None:
-        """Every complete frame buffered, through the hub. Raises RemoteProtocolError."""
+        """The complete frames buffered, through the hub, up to the connection's share of the
+        turn. Every frame is metered but a Hello and the Bye. Raises RemoteProtocolError."""
         conn = peer.conn
         hub = self.hub
         assert hub is not None
         now = self._now
         now_ms = self._now_ms
-        rate = self.config.rate
-        while True:
+        meter = peer.meter if self.config.rate else None
+        for _ in range(FRAMES_PER_TURN):
             event = conn.next_event()
             if event is NEED_DATA:
                 return
@@ -342,11 +372,6 @@ class Server:
             peer.last_recv = now
             peer.pinged = False
             kind = type(event)
-            if kind is Ping:
-                self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]
-                continue
-            if kind is Pong:
-                continue
             if kind is Bye:
                 reason = clip_reason(event.reason)  # type: ignore[attr-defined]
                 self._end(peer, None, reason or "quit", clean=True)
@@ -354,22 +379,32 @@ class Server:
             if kind is ConnectionClosed:
                 self._end(peer, None, "connection lost")
                 return
-            if rate and kind is not Hello:
-                verdict = peer.meter.take(now)
+            if meter is not None and kind is not Hello:
+                verdict = meter.take(now)
                 if verdict:
                     self._over_rate(peer, event, verdict)
                     if peer.ended:
                         return
                     continue
+            if kind is Ping:
+                self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]
+                continue
+            if kind is Pong:
+                continue
             deliveries = hub.handle(peer.cid, event, now_ms)
-            if kind is History or kind is Join:
-                peer.meter.replayed(now, len(deliveries))
+            if meter is not None and (kind is History or kind is Join):
+                meter.replayed(now, len(deliveries))
             self._dispatch(deliveries)
             if peer.ended:
                 return
+        peer.more_input = True  # its share of this turn is used: the rest in the next one
+        self._more_input.append(peer)
 
     def _over_rate(self, peer: Peer, event: Event, verdict: Verdict) -> None:
-        """A frame the rate meter refused: an Error for it, or the end for a flooder."""
+        """A frame the rate meter refused: an Error for a request (a Ping or a Pong is just
+        dropped: an Error would be an amplification), or the end for a flooder."""
+        if verdict is not Verdict.FLOODING and type(event) in (Ping, Pong):
+            return
         msg_id = event.msg_id if isinstance(event, (Say, Tell)) else ""
         error = self.admission.over_rate(verdict, peer.addr, self._nick(peer), msg_id)
         if error is None:
@@ -413,7 +448,15 @@ class Server:
     # -- writing -----------------------------------------------------------------------------
 
     def _write_all(self) -> None:
-        dirty = self._outbox.take_dirty()
+        # Writing can end connections, and their rooms then hear of it: those notices are
+        # written in this turn too, in another round.
+        while True:
+            while dirty := self._outbox.take_dirty():
+                self._write(dirty)
+            if not (self._backlog and self._limit_total_output()):
+                return
+
+    def _write(self, dirty: list[Peer]) -> None:
         high_water = self.config.max_output
         for peer in dirty:
             peer.scheduled = False
@@ -429,18 +472,43 @@ class Server:
                     self._linger(peer)
                 elif peer.want_write:
                     peer.want_write = False
+                    self._backlog.discard(peer)
                     self._sel.modify(peer.sock, _READ, peer)
             elif left > high_water and not peer.closing:
                 self._slow_consumer(peer)
             elif not peer.want_write:
                 peer.want_write = True
+                self._backlog.add(peer)
                 self._sel.modify(peer.sock, _WRITE if peer.closing else _READ | _WRITE, peer)
 
-    def _slow_consumer(self, peer: Peer) -> None:
+    def _limit_total_output(self) -> bool:
+        """Past `total_output` queued for all connections together, the biggest queues go
+        first, as slow consumers: whoever reads slowest holds the most. True when some
+        went (their rooms have notices to write)."""
+        cap = self.config.total_output
+        total = sum(peer.out_size for peer in self._backlog)
+        if total <= cap:
+            return False
+        for peer in sorted(self._backlog, key=lambda p: p.out_size, reverse=True):
+            if total <= cap:
+                break
+            total -= peer.out_size
+            if not peer.closing:
+                self._slow_consumer(peer, shed=True)
+            else:
+                self._abort(peer)
+        return True
+
+    def _slow_consumer(self, peer: Peer, *, shed: bool = False) -> None:
+        limit = (
+            f"the server's output is over its limit of {self.config.total_output} bytes"
+            if shed
+            else f"over the limit of {self.config.max_output}"
+        )
         self.journal.warning(
             "slow_consumer",
             f"{peer.addr} ({self._nick(peer)}) reads too slowly: {peer.out_size} bytes queued, "
-            f"over the limit of {self.config.max_output}; disconnected",
+            f"{limit}; disconnected",
             peer=peer.addr,
             queued=peer.out_size,
         )
@@ -583,6 +651,7 @@ class Server:
             self._abort(peer)
             return
         peer.want_write = False
+        self._backlog.discard(peer)
         peer.lingering = True
         self._lingering += 1
 
@@ -596,6 +665,7 @@ class Server:
             if self.hub is not None:
                 self._dispatch(self.hub.disconnect(peer.cid, "connection closed", self._now_ms))
         peer.closing = True
+        self._backlog.discard(peer)
         if peer.lingering:
             peer.lingering = False
             self._lingering -= 1
@@ -606,8 +676,9 @@ class Server:
         except (KeyError, ValueError):
             pass
         transport.close()
+        self._closed += 1
         del self.peers[peer.cid]
-        self.admission.disconnected(peer.ip)
+        self.admission.disconnected(peer.client)
 
     # -- shutdown ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ into a single `send` per loop turn; outbox.py fills it.
 from __future__ import annotations
 
 from chatctl.protocol import Connection, Role
-from chatctl.server.admission import RateMeter
+from chatctl.server.admission import Client
 from chatctl.server.batch import Batch
 from chatctl.server.transport import Transport
 
@@ -19,6 +19,7 @@ class Peer:
         "born",
         "check_at",
         "cid",
+        "client",
         "closing",
         "conn",
         "ended",
@@ -26,6 +27,7 @@ class Peer:
         "last_recv",
         "lingering",
         "meter",
+        "more_input",
         "out",
         "out_size",
         "pinged",
@@ -45,7 +47,7 @@ class Peer:
         now: float,
         *,
         max_frame: int,
-        meter: RateMeter,
+        client: Client,
     ) -> None:
         self.cid = cid
         self.transport = transport
@@ -66,7 +68,9 @@ class Peer:
         self.closing = False  # reads stopped; close once the output queue has drained
         self.ended = False  # the hub forgot it; set once, by the server
         self.lingering = False  # half-closed after the last byte; reading until the client closes
-        self.meter = meter  # the rate limit of what it sends
+        self.more_input = False  # used its share of a turn with frames left: not read meanwhile
+        self.client = client  # its address's connections and allowances
+        self.meter = client.meter  # the rate limit of what it sends, shared by its address
 
     def write_once(self) -> int:
         """One `send` of everything queued; the bytes left. Raises OSError if the peer is gone."""
