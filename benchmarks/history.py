@@ -54,7 +54,19 @@ def server(data: str, log: Path) -> Iterator[Server]:
     with log.open("w") as sink:
         proc = subprocess.Popen(
             # As the bench suite runs it: no rate limit, room for a briefly slow consumer.
-            [*CHATCTL, "serve", "--port", str(port), "--data", data, "--rate", "0", *MAX_OUTPUT],
+            [
+                *CHATCTL,
+                "serve",
+                "--port",
+                str(port),
+                "--data",
+                data,
+                "--rate",
+                "0",
+                "--connect-rate",
+                "0",
+                *MAX_OUTPUT,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=sink,
         )

@@ -58,7 +58,7 @@ def main() -> None:
             sys.executable, "-m", "chatctl", "serve", "--port", "0", "--data", ":memory:",
             "--log-level", "warning", "--log-format", "json", "--join-history", "0",
             # Every connection comes from 127.0.0.1: lift the per-address limit.
-            "--max-per-ip", str(args.connections + 1000),
+            "--max-per-ip", str(args.connections + 1000), "--connect-rate", "0",
         ],
         stderr=subprocess.PIPE,
         text=True,

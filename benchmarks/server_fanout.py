@@ -93,7 +93,7 @@ def chatctl_server(extra: list[str]) -> Iterator[tuple[int, int]]:
     # The output limit mirrors Redis's pub/sub client-output-buffer-limit (32 MiB hard).
     args = [sys.executable, "-m", "chatctl", "serve", "--port", "0", "--rate", "0"]
     args += ["--max-output", str(32 * 1024 * 1024)]
-    args += ["--max-per-ip", "100000"]  # every connection comes from 127.0.0.1
+    args += ["--max-per-ip", "100000", "--connect-rate", "0"]  # every connection: 127.0.0.1
     args += ["--log-level", "warning", "--log-format", "json", *extra]
     if "--data" not in extra:
         args += ["--data", ":memory:"]

@@ -200,7 +200,8 @@ RateLimit = Annotated[
         "--rate",
         envvar=_env("RATE"),
         min=0.0,
-        help="Messages per second each connection may send on average (0: no limit).",
+        help="Frames a second each client address may send on average, all its connections "
+        "together (0: no limit).",
     ),
 ]
 Burst = Annotated[
@@ -209,7 +210,82 @@ Burst = Annotated[
         "--burst",
         envvar=_env("BURST"),
         min=1,
-        help="Messages a connection may send at once before the rate applies.",
+        help="Frames a client address may send at once before the rate applies.",
+    ),
+]
+Ipv4Prefix = Annotated[
+    int,
+    typer.Option(
+        "--ipv4-prefix",
+        envvar=_env("IPV4_PREFIX"),
+        min=8,
+        max=32,
+        help="IPv4 addresses counted as one client: those sharing this many leading bits.",
+    ),
+]
+Ipv6Prefix = Annotated[
+    int,
+    typer.Option(
+        "--ipv6-prefix",
+        envvar=_env("IPV6_PREFIX"),
+        min=16,
+        max=128,
+        help="IPv6 addresses counted as one client: those sharing this many leading bits.",
+    ),
+]
+ConnectRate = Annotated[
+    float,
+    typer.Option(
+        "--connect-rate",
+        envvar=_env("CONNECT_RATE"),
+        min=0.0,
+        help="New connections a second per client address (0: no limit).",
+    ),
+]
+ConnectBurst = Annotated[
+    int,
+    typer.Option(
+        "--connect-burst",
+        envvar=_env("CONNECT_BURST"),
+        min=1,
+        help="New connections a client address may open at once before --connect-rate applies.",
+    ),
+]
+TotalRooms = Annotated[
+    int,
+    typer.Option(
+        "--total-rooms",
+        envvar=_env("TOTAL_ROOMS"),
+        min=1,
+        help="Rooms the server holds in all (with history or members).",
+    ),
+]
+RoomRate = Annotated[
+    float,
+    typer.Option(
+        "--room-rate",
+        envvar=_env("ROOM_RATE"),
+        min=0.0,
+        help="New rooms a second a client address may create (0: no limit).",
+    ),
+]
+RoomBurst = Annotated[
+    int,
+    typer.Option(
+        "--room-burst",
+        envvar=_env("ROOM_BURST"),
+        min=1,
+        help="New rooms a client address may create at once before --room-rate applies.",
+    ),
+]
+TotalOutput = Annotated[
+    int,
+    typer.Option(
+        "--total-output",
+        envvar=_env("TOTAL_OUTPUT"),
+        min=1024,
+        help="Bytes queued for all connections together; past it the biggest queues are "
+        "dropped first.",
     ),
 ]
 MaxConnections = Annotated[
@@ -227,7 +303,8 @@ MaxPerIp = Annotated[
         "--max-per-ip",
         envvar=_env("MAX_PER_IP"),
         min=1,
-        help="Connections held at once from one IP address (raise it for load tests from loopback).",
+        help="Connections held at once by one client address (raise it for load tests from "
+        "loopback).",
     ),
 ]
 DataDir = Annotated[

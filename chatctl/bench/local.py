@@ -39,6 +39,10 @@ SERVER_ARGS = (
     "1000000",
     "--max-per-ip",
     "1000000",
+    "--connect-rate",
+    "0",
+    "--total-output",
+    str(1 << 40),
     "--log-format",
     "json",
 )
