@@ -256,8 +256,8 @@ TotalRooms = Annotated[
     typer.Option(
         "--total-rooms",
         envvar=_env("TOTAL_ROOMS"),
-        min=1,
-        help="Rooms the server holds in all (with history or members).",
+        min=0,
+        help="Rooms the server holds in all, with history or members (0: no limit).",
     ),
 ]
 RoomRate = Annotated[

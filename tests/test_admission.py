@@ -28,7 +28,6 @@ from chatctl.server.admission import (
     ACCEPT_PAUSE,
     REFUSAL_LOG_EVERY,
     REFUSED_GRACE,
-    REPLAY_PER_TOKEN,
     Admission,
     RateMeter,
     Refusals,
@@ -234,7 +233,7 @@ def test_meter_calls_more_than_a_burst_of_refusals_flooding() -> None:
 def test_strikes_decay_at_the_rate_so_a_new_episode_is_reported_again() -> None:
     meter = RateMeter(10.0, 3, now=0.0)
     assert meter.take(0.0) is Verdict.PASS
-    meter.replayed(0.0, 800)  # 2 - 8: six tokens in debt
+    meter.charge(0.0, 8)  # 2 - 8: six tokens in debt
     assert meter.take(0.0) is Verdict.LIMITED_FIRST
     assert meter.take(0.0) is Verdict.LIMITED
     assert meter.strikes == 2
@@ -243,11 +242,9 @@ def test_strikes_decay_at_the_rate_so_a_new_episode_is_reported_again() -> None:
     assert meter.strikes == 1
 
 
-def test_long_replays_cost_a_token_per_hundred_messages() -> None:
+def test_expensive_requests_are_charged_after_the_fact() -> None:
     meter = RateMeter(10.0, 5, now=0.0)
-    meter.replayed(0.0, REPLAY_PER_TOKEN)  # up to a hundred is free
-    assert meter.tokens(0.0) == 5
-    meter.replayed(0.0, 8 * REPLAY_PER_TOKEN)
+    meter.charge(0.0, 8)
     assert meter.tokens(0.0) == -3  # in debt: the next frames wait for it
     assert meter.take(0.25) is Verdict.LIMITED_FIRST
     assert meter.take(0.5) is Verdict.PASS
@@ -292,29 +289,28 @@ _SAME["flooding"] = Verdict.FLOODING
 @given(
     rate=st.sampled_from([1.0, 10.0, 50.0, 333.0]),
     burst=st.integers(min_value=1, max_value=20),
-    # (seconds since the last frame, messages its answer replayed)
+    # (seconds since the last frame, tokens its answer cost beyond the frame: hub.last_cost - 1)
     frames=st.lists(
         st.tuples(
             st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 2.0]),
-            st.sampled_from([0, 0, 0, 5, 100, 101, 250, 1000]),
+            st.sampled_from([0.0, 0.0, 0.0, 0.05, 1.0, 1.01, 2.5, 10.0]),
         ),
         max_size=80,
     ),
 )
 def test_property_meter_matches_the_old_inline_bucket(
-    rate: float, burst: int, frames: list[tuple[float, int]]
+    rate: float, burst: int, frames: list[tuple[float, float]]
 ) -> None:
     now = 1000.0
     meter = RateMeter(rate, burst, now)
     old = OldBucket(rate, burst, float(burst), now)
-    for gap, replayed in frames:
+    for gap, extra in frames:
         now += gap
         verdict = meter.take(now)
         assert verdict is _SAME[old.take(now)]
-        if verdict is Verdict.PASS:  # the loop replays only for a frame that got through
-            meter.replayed(now, replayed)
-            if replayed > 100:
-                old.tokens -= replayed / 100
+        if verdict is Verdict.PASS and extra:  # only a frame that got through costs more
+            meter.charge(now, extra)
+            old.tokens -= extra
         assert meter.tokens(now) == pytest.approx(old.tokens)
         assert meter.strikes == pytest.approx(old.strikes)
         assert meter.tokens(now) <= burst

@@ -590,3 +590,58 @@ def test_past_the_total_output_limit_the_biggest_queues_go_first() -> None:
         assert_logged(server, r"the server's output is over its limit of 1000000 bytes")
         for sock in sleepers:
             sock.close()
+
+
+def test_a_pipeline_of_big_history_requests_is_cut_to_what_the_reader_can_take() -> None:
+    text = "h" * 8000
+    with running_server(rate=50, burst=200, max_output=200_000) as (host, port):
+        alice, bob = witnesses(host, port)
+        filler = Client.connect(host, port, "filler", source="127.0.0.3")
+        for i in range(60):
+            filler.say(ROOM, f"{i} {text}")
+        greedy = Client.connect(host, port, "greedy", source=ELSEWHERE)
+        greedy.send_raw(encode(History(room=ROOM, after=0, limit=1000)) * 200)
+        still_served(alice, bob, count=5)  # served meanwhile, nothing lost
+        replayed = refused = 0
+        while refused + replayed < 200:
+            event = greedy.recv()
+            if type(event) is HistoryEnd:
+                replayed += 1
+            elif type(event) is Error:
+                assert event.code == ErrorCode.RATE_LIMITED, event
+                refused += 1
+            elif type(event) in (Bye, ConnectionClosed):
+                break
+        # Each History was cut to the queue's room (half of max_output) before it was read,
+        # and refused once nothing fit: far from 200 x 60 x 8 KB.
+        messages = [e for e in greedy.seen if type(e) is Message]
+        assert len(messages) * len(text) <= 2 * 200_000
+        assert refused > 0
+
+
+def test_room_creation_is_rate_limited_per_address_and_capped_in_total() -> None:
+    with running_server(room_rate=0.01, room_burst=3, total_rooms=5) as (host, port):
+        spammer = Client.connect(host, port, "spammer", source=ELSEWHERE)
+        for n in range(5):
+            spammer.send(Say(msg_id=str(n), room=f"spam{n}", text="x"))
+        answers: list[Ack | Error] = []
+        while len(answers) < 5:
+            event = spammer.recv()
+            if isinstance(event, (Ack, Error)):
+                answers.append(event)
+        assert [(type(a), a.msg_id) for a in answers] == [
+            *((Ack, str(n)) for n in range(3)),
+            *((Error, str(n)) for n in range(3, 5)),
+        ]
+        errors = [a for a in answers if isinstance(a, Error)]
+        assert all(e.code == ErrorCode.RATE_LIMITED for e in errors)
+        assert "creating rooms too fast" in errors[0].message
+        assert spammer.say("spam0", "an existing room is fine").seq == 2
+        # Another address may create rooms, up to the server's total.
+        other = Client.connect(host, port, "other", ROOM)  # lobby: the 4th room
+        assert other.say("fifth", "x").seq == 1
+        msg_id = other.next_msg_id()
+        other.send(Say(msg_id=msg_id, room="sixth", text="x"))
+        refused = other.wait_for(Error)
+        assert refused.code == ErrorCode.TOO_MANY_ROOMS and refused.msg_id == msg_id
+        assert refused.message == "the server holds its maximum of 5 rooms"

@@ -1,8 +1,10 @@
-"""The history stores against a plain in-memory model: random appends, flushes, trims, reads,
-resends, clean restarts and crashes (a crash loses exactly the appends not yet flushed)."""
+"""The history stores against a plain in-memory model: random appends, flushes, trims, reads
+(with and without a byte budget), resends, clean restarts and crashes (a crash loses exactly
+the appends not yet flushed); for SQLite, the in-memory tails under a tiny byte budget."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -19,10 +21,22 @@ from hypothesis.stateful import (
 
 from chatctl.store.base import ReadResult, Store, StoredMessage
 from chatctl.store.memory import MemoryStore
-from chatctl.store.sqlite import SqliteStore
+from chatctl.store.sqlite import TAIL_BYTES, SqliteStore, _tail_cost
 
 ROOMS = st.sampled_from(["lobby", "dev", "ops"])
 KEYS = st.sampled_from(["key-a", "key-b"])
+# What makes texts differ in size, and in bytes per character.
+PADDING = st.sampled_from(["", "é", "x" * 30, "ü" * 9, "🙂" * 4])
+BUDGETS = st.none() | st.integers(0, 80)
+
+
+def within(messages: list[StoredMessage], max_bytes: int | None) -> list[StoredMessage]:
+    """The model of a byte budget: the longest prefix whose texts (UTF-8) fit in it, and
+    never nothing when there is something."""
+    if max_bytes is None:
+        return messages
+    totals = itertools.accumulate(len(m.text.encode()) for m in messages)
+    return messages[: max(sum(1 for total in totals if total <= max_bytes), 1)]
 
 
 @dataclass
@@ -85,14 +99,20 @@ class Model:
             removed += first - before
         return removed
 
-    def read(self, room: str, after: int, limit: int) -> ReadResult:
+    def read(self, room: str, after: int, limit: int, max_bytes: int | None) -> ReadResult:
         head = self.head(room)
         if after >= head:
             return ReadResult([])
         first = self.first(room)
         gap = (after + 1, first - 1) if after + 1 < first else None
         start = max(after + 1, first)
-        return ReadResult(self.log[room][start - 1 : start - 1 + max(limit, 0)], gap)
+        found = self.log[room][start - 1 : start - 1 + max(limit, 0)]
+        return ReadResult(within(found, max_bytes), gap)
+
+    def latest(self, room: str, limit: int, max_bytes: int | None) -> list[StoredMessage]:
+        stored = self.stored(room)
+        newest_first = stored[::-1][: max(limit, 0)]
+        return within(newest_first, max_bytes)[::-1]
 
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         for room in self.log:
@@ -127,13 +147,16 @@ class StoreMachine(RuleBasedStateMachine):
         with_id=st.booleans(),
         action=st.booleans(),
         jitter=st.integers(-5, 0),
+        padding=PADDING,
     )
-    def append(self, room: str, key: str, with_id: bool, action: bool, jitter: int) -> None:
+    def append(
+        self, room: str, key: str, with_id: bool, action: bool, jitter: int, padding: str
+    ) -> None:
         msg_id = ""
         if with_id:
             self.next_id += 1
             msg_id = f"m{self.next_id}"
-        self._append(room, key, msg_id, action, self.now + jitter)
+        self._append(room, key, msg_id, action, self.now + jitter, padding)
 
     @precondition(lambda self: bool(self.lost_ids))
     @rule(data=st.data(), room=ROOMS)
@@ -144,14 +167,16 @@ class StoreMachine(RuleBasedStateMachine):
         self.lost_ids.remove((key, msg_id))
         self._append(room, key, msg_id, False, self.now)
 
-    def _append(self, room: str, key: str, msg_id: str, action: bool, ts: int) -> None:
+    def _append(
+        self, room: str, key: str, msg_id: str, action: bool, ts: int, padding: str = ""
+    ) -> None:
         assert self.store.head(room) == self.model.head(room)
         message = StoredMessage(
             room=room,
             seq=self.model.head(room) + 1,
             ts=ts,
             sender=key.upper(),
-            text=f"text {room} {self.model.head(room) + 1}",
+            text=f"text {room} {self.model.head(room) + 1}{padding}",
             action=action,
             sender_key=key,
             msg_id=msg_id,
@@ -182,16 +207,20 @@ class StoreMachine(RuleBasedStateMachine):
         """`removed`: what the store's trim() calls reported; `expired`: what aged out."""
         raise NotImplementedError
 
-    @rule(room=ROOMS, data=st.data(), limit=st.integers(0, 9))
-    def read(self, room: str, data: st.DataObject, limit: int) -> None:
+    @rule(room=ROOMS, data=st.data(), limit=st.integers(0, 9), max_bytes=BUDGETS)
+    def read(self, room: str, data: st.DataObject, limit: int, max_bytes: int | None) -> None:
         after = data.draw(st.integers(0, self.model.head(room) + 2), label="after")
-        assert self.store.read(room, after, limit) == self.model.read(room, after, limit)
+        expected = self.model.read(room, after, limit, max_bytes)
+        assert self.store.read(room, after, limit, max_bytes) == expected
+        if max_bytes is None:
+            assert self.store.read(room, after, limit) == expected
 
-    @rule(room=ROOMS, limit=st.integers(-1, 12))
-    def latest(self, room: str, limit: int) -> None:
-        stored = self.model.stored(room)
-        expected = stored[max(len(stored) - limit, 0) :] if limit > 0 else []
-        assert self.store.latest(room, limit) == expected
+    @rule(room=ROOMS, limit=st.integers(-1, 12), max_bytes=BUDGETS)
+    def latest(self, room: str, limit: int, max_bytes: int | None) -> None:
+        expected = self.model.latest(room, limit, max_bytes)
+        assert self.store.latest(room, limit, max_bytes) == expected
+        if max_bytes is None:
+            assert self.store.latest(room, limit) == expected
 
     @rule(key=KEYS, data=st.data())
     def find(self, key: str, data: st.DataObject) -> None:
@@ -220,6 +249,22 @@ class StoreMachine(RuleBasedStateMachine):
         for room in ("lobby", "dev", "ops"):
             assert self.store.head(room) == self.model.head(room)
 
+    @invariant()
+    def tails(self) -> None:
+        """SQLite's tails: each a run of the newest stored messages (possibly empty), their
+        cost counted exactly and within the budget, kept in one order of appends."""
+        store = self.store
+        if not isinstance(store, SqliteStore):
+            return
+        assert set(store._tails) == set(store._tail_order)
+        assert store.tail_used == sum(_tail_cost(tail) for tail in store._tails.values())
+        assert store.tail_used <= store._tail_budget
+        for room, tail in store._tails.items():
+            stored = self.model.stored(room)
+            assert list(tail) == (stored[len(stored) - len(tail) :] if tail else [])
+        if store._tail_last in store._tails:
+            assert next(reversed(store._tail_order)) == store._tail_last
+
     def teardown(self) -> None:
         self.store.close()
 
@@ -237,6 +282,7 @@ class MemoryStoreMachine(StoreMachine):
 class SqliteStoreMachine(StoreMachine):
     persistent = True
     sync_rows = 3  # rows journaled before they go into SQLite
+    tail_bytes = 4000  # room for a tail or two: tails are dropped and rebuilt all the time
 
     def __init__(self) -> None:
         # tmpfs when there is one: this test checks semantics; fsync speed is not its business.
@@ -253,6 +299,7 @@ class SqliteStoreMachine(StoreMachine):
             retain_messages=self.model.retain_messages,
             retain_age=self.model.retain_age,
             tail=3,
+            tail_bytes=self.tail_bytes,
             sync_rows=self.sync_rows,
             trim_batch=2,
             filter_floor=4,  # rebuild the resend filter early and often, in chunks of 2
@@ -278,6 +325,7 @@ class SqliteStoreMachine(StoreMachine):
 
 class SqliteStoreNoJournalMachine(SqliteStoreMachine):
     sync_rows = 1  # every flush goes straight into SQLite
+    tail_bytes = TAIL_BYTES  # the default: no tail is ever dropped
 
 
 TestMemoryStoreStateful = MemoryStoreMachine.TestCase

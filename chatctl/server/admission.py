@@ -47,7 +47,6 @@ REFUSAL_LOG_EVERY = 1.0  # seconds between "refused" log lines; the ones between
 # the store's files, stdio, and the refused connections lingering.
 FD_RESERVE = 64 + REFUSED_LINGER_MAX
 ACCEPT_PAUSE = 1.0  # seconds without accepting once the process is out of descriptors
-REPLAY_PER_TOKEN = 100  # a replay of more messages than this costs a token per this many
 # Clients remembered at most; past it, the longest idle are forgotten first (an idle client
 # whose allowances are whole again is forgotten at the next sweep anyway). About 400 bytes each.
 MAX_CLIENTS = 100_000
@@ -121,12 +120,11 @@ class RateMeter:
             return _FLOODING
         return _LIMITED_FIRST if first else _LIMITED
 
-    def replayed(self, now: float, messages: int) -> None:
-        """A long replay (a Join or a History answer) costs a token per REPLAY_PER_TOKEN
-        messages, paid after the fact (the bucket may go below zero), so that repeated big
-        replays are rate-limited too."""
-        if messages > REPLAY_PER_TOKEN:
-            self._bucket.charge(now, messages / REPLAY_PER_TOKEN)
+    def charge(self, now: float, tokens: float) -> None:
+        """Work beyond its frame that a request caused (a replay, a long list: the hub's
+        `last_cost`), paid after the fact: the bucket may go below zero, so that repeated
+        expensive requests are rate-limited too."""
+        self._bucket.charge(now, tokens)
 
     def tokens(self, now: float) -> float:
         return self._bucket.tokens(now)

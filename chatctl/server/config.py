@@ -54,7 +54,7 @@ class ServerConfig:
     join_history: int = 20
     replay_limit: int = 1000  # most messages one join or history request replays
     max_rooms: int = 100  # rooms one connection may be in at once
-    total_rooms: int = 10_000  # rooms the server knows (with history or members) in all
+    total_rooms: int = 10_000  # rooms the server knows (with history or members); 0 = no cap
     room_rate: float = 1.0  # new rooms a second per client address, 0 = unlimited
     room_burst: int = 50
     # Output queued for all connections together: past it, the biggest queues are dropped

@@ -1,18 +1,23 @@
 """The chat rules, sans-IO: rooms, nicks, membership and who receives what.
 
-The event loop feeds `Hub.handle(cid, event, now_ms)` with every decoded client frame of a
-connection (`cid`) and `Hub.disconnect` when a connection ends. Both return deliveries: which
-connections get which frame. Each delivered frame is encoded here exactly once, so the loop can
-append the same bytes to every recipient's output queue; a Welcome or a Bye also carries its
-event (`control`), which the loop needs to act on it. Nothing here touches a socket or a clock,
-so the rules are unit-tested without either.
+The event loop feeds `Hub.handle(cid, event, now_ms, replay_room=...)` with every decoded
+client frame of a connection (`cid`) and `Hub.disconnect` when a connection ends. Both return
+deliveries: which connections get which frame. Each delivered frame is encoded here exactly
+once, so the loop can append the same bytes to every recipient's output queue; a Welcome or a
+Bye also carries its event (`control`), which the loop needs to act on it. Nothing here touches
+a socket or a clock, so the rules are unit-tested without either.
+
+What a hostile client can make the hub do is bounded (issue #11): a replay never reads or
+queues more than the connection's output queue can take (`replay_room`) and reports its cost
+(`Hub.last_cost`) for the loop's rate meter; the rooms the server knows are capped
+(`total_rooms`) and creating one asks the loop's per-address allowance (`may_create_room`).
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from chatctl import __version__
@@ -127,7 +132,27 @@ class Room:
         self.targets = tuple(self.members)
 
 
+def _any_cid_may(cid: int) -> bool:
+    del cid
+    return True
+
+
 class Hub:
+    """The chat rules. Besides the deliveries, after every `handle` call:
+
+    - `last_cost` (float, in rate-meter tokens) is what the request just handled cost, for
+      the loop to charge to the client's rate meter: 1.0 for any request (set without
+      allocating, so a Say pays nothing for it); for a `Join` or `History` that replayed
+      messages `1 + max(rows / 100, bytes / 65536)` (rows: Message frames replayed, bytes:
+      their size); for a `ListRooms` or `Who`, `1 + entries / 1000` (rooms known, members),
+      the work of sorting them.
+    - `may_create_room(cid) -> bool`, set by the loop (default: always yes), is asked only
+      when a request would create a room the server does not know yet (a first `Say` or
+      `Join` to a new name), after the `total_rooms` cap; no gives `208 RATE_LIMITED`.
+    - `room_count`: the rooms the server knows (stored history or members), kept as a
+      counter: nothing per message is proportional to the number of rooms.
+    """
+
     def __init__(
         self,
         config: ServerConfig,
@@ -148,6 +173,15 @@ class Hub:
         # every character is escaped (\u0001 is 6 bytes) and with the other fields around it.
         self.max_text = min(config.max_text, max((config.max_frame - 512) // 6, 1))
         self.replay_budget = max(config.max_output // 2, 4096)
+        self.last_cost = 1.0
+        self.may_create_room: Callable[[int], bool] = _any_cid_may
+        self.room_count = len(store.rooms())
+        # Rooms the server may know, 0: no cap.
+        self.total_rooms = config.total_rooms if config.total_rooms > 0 else 1 << 62
+        # The current request's replay_room (see handle), None outside a Join or History.
+        self._replay_room: int | None = None
+        # For the cheap test of Say's text: only a text longer than this may be too long.
+        self._text_check_from = self.max_text // 4
         self.frame_budget = config.max_frame - 256  # for lists: room for the other fields
         self.limits = {
             "max_frame": config.max_frame,
@@ -162,6 +196,7 @@ class Hub:
             "idle_timeout": math.ceil(config.idle_timeout),
             "join_history": config.join_history,
             "replay_limit": config.replay_limit,
+            "total_rooms": config.total_rooms,
         }
         self._handlers: dict[type[Event], Callable[[Session, Event, int], list[Delivery]]] = {
             Say: self._say,  # type: ignore[dict-item]
@@ -176,11 +211,19 @@ class Hub:
 
     # -- the two entry points ------------------------------------------------------------------
 
-    def handle(self, cid: int, event: Event, now_ms: int) -> list[Delivery]:
-        """The deliveries that follow from `event`, sent by connection `cid`.
+    def handle(
+        self, cid: int, event: Event, now_ms: int, *, replay_room: int | None = None
+    ) -> list[Delivery]:
+        """The deliveries that follow from `event`, sent by connection `cid`; `last_cost`
+        says what it cost.
 
-        A Bye among them means: send it, then close that connection.
+        A Bye among them means: send it, then close that connection. `replay_room`, for a
+        Join or History: how many more bytes the connection's output queue may take. The
+        replay is cut to it (as well as to `replay_limit` and half of `max_output`); a
+        History for which not even one message fits is refused with `208 RATE_LIMITED`,
+        while a Join still joins, with the replay that fits. None: no such cut.
         """
+        self.last_cost = 1.0
         if type(event) is Hello:
             return self._hello(cid, event, now_ms)
         session = self.sessions.get(cid)
@@ -189,7 +232,13 @@ class Hub:
         handler = self._handlers.get(type(event))
         if handler is None:
             return []  # Ping, Pong and Bye belong to the event loop
-        return handler(session, event, now_ms)
+        if replay_room is None:
+            return handler(session, event, now_ms)
+        self._replay_room = replay_room
+        try:
+            return handler(session, event, now_ms)
+        finally:
+            self._replay_room = None
 
     def disconnect(
         self, cid: int, reason: str, now_ms: int, *, clean: bool = False
@@ -207,7 +256,7 @@ class Hub:
             room = self.rooms[name]
             room.remove(cid)
             if not room.members:
-                del self.rooms[name]
+                self._vacate(name)
             else:
                 notice = Notice(
                     kind=kind, nick=session.nick, ts=now_ms, room=name, reason=clip_reason(reason)
@@ -337,39 +386,79 @@ class Hub:
             if len(self._room_names) >= 4096:
                 self._room_names.clear()
             self._room_names[say.room] = name
-        refused = self._check_text(cid, say.text, say.msg_id)
-        if refused is not None:
-            return refused
+        text = say.text
+        msg_id = say.msg_id
+        # The common case in one test; _check_text says what is wrong with any other.
+        if (
+            not text
+            or len(text) > self._text_check_from
+            or len(msg_id) > MSG_ID_MAX
+            or text.isspace()
+        ):
+            refused = self._check_text(cid, text, msg_id)
+            if refused is not None:
+                return refused
         room = self.rooms.get(name)
         store = self.store
-        if say.msg_id:
-            earlier = store.find(session.sender_key, say.msg_id)
+        if msg_id:
+            earlier = store.find(session.sender_key, msg_id)
             if earlier is not None:
                 # A resend after a reconnect: acknowledge again, deliver nothing.
                 again = encode_ack(
-                    say.msg_id, earlier.ts, self._recipients(room, cid), earlier.room, earlier.seq
+                    msg_id, earlier.ts, self._recipients(room, cid), earlier.room, earlier.seq
                 )
                 return [Delivery((cid,), again)]
-        seq = store.head(name) + 1
+        head = store.head(name)
+        if room is None:
+            if not head:
+                refused_room = self._create_room(cid, msg_id)
+                if refused_room is not None:
+                    return [refused_room]
+            recipients = 0
+        else:
+            members = room.members
+            recipients = len(members) - (cid in members)
         store.append(
             StoredMessage(
                 room=name,
-                seq=seq,
+                seq=head + 1,
                 ts=now_ms,
                 sender=session.nick,
-                text=say.text,
+                text=text,
                 action=say.action,
                 sender_key=session.sender_key,
-                msg_id=say.msg_id,
+                msg_id=msg_id,
             )
         )
-        ack = Delivery(
-            (cid,), encode_ack(say.msg_id, now_ms, self._recipients(room, cid), name, seq)
-        )
+        ack = Delivery((cid,), encode_ack(msg_id, now_ms, recipients, name, head + 1))
         if room is None:
             return [ack]
-        message = encode_message(name, seq, now_ms, session.nick, say.text, say.action)
+        message = encode_message(name, head + 1, now_ms, session.nick, text, say.action)
         return [Delivery(room.targets, message, cid), ack]
+
+    def _create_room(self, cid: int, msg_id: str = "") -> Delivery | None:
+        """Count a room the server does not know yet, or say why it may not be created."""
+        if self.room_count >= self.total_rooms:
+            error = Error(
+                code=ErrorCode.TOO_MANY_ROOMS,
+                message=f"the server holds its maximum of {self.total_rooms} rooms",
+                msg_id=msg_id,
+            )
+        elif not self.may_create_room(cid):
+            error = Error(
+                code=ErrorCode.RATE_LIMITED, message="creating rooms too fast", msg_id=msg_id
+            )
+        else:
+            self.room_count += 1
+            return None
+        return deliver((cid,), error)
+
+    def _vacate(self, name: str) -> None:
+        """The last member left room `name`: forget it, and stop counting it unless it
+        has history."""
+        del self.rooms[name]
+        if not self.store.head(name):
+            self.room_count -= 1
 
     @staticmethod
     def _recipients(room: Room | None, cid: int) -> int:
@@ -424,6 +513,10 @@ class Hub:
                     )
                 ]
             if room is None:
+                if not self.store.head(name):
+                    refused = self._create_room(cid)
+                    if refused is not None:
+                        return [refused]
                 room = self.rooms[name] = Room(name)
             room.add(cid)
             session.rooms[name] = None
@@ -433,10 +526,13 @@ class Hub:
                 )
             )
         if join.after is not None:
-            out += self._replay_after(cid, name, join.after, self.config.replay_limit)
+            limit = self.config.replay_limit
         else:
             count = self.config.join_history if join.history is None else join.history
-            out += self._replay_latest(cid, name, min(count, self.config.replay_limit))
+            limit = min(count, self.config.replay_limit)
+        replay = self._replay(cid, name, join.after, limit, refuse=False)
+        assert replay is not None  # a Join is never refused for want of room
+        out += replay
         out.append(self._members(cid, name))
         return out
 
@@ -461,7 +557,7 @@ class Hub:
         room.remove(cid)
         del session.rooms[name]
         if not room.members:
-            del self.rooms[name]
+            self._vacate(name)
         return out
 
     def _change_nick(self, session: Session, change: ChangeNick, now_ms: int) -> list[Delivery]:
@@ -497,6 +593,9 @@ class Hub:
         name = normalise_room(who.room)
         if name is None:
             return [_bad_room(session.cid, who.room)]
+        room = self.rooms.get(name)
+        if room is not None:
+            self.last_cost = 1.0 + len(room.members) / 1000
         return [self._members(session.cid, name)]
 
     def _members(self, cid: int, name: str) -> Delivery:
@@ -519,6 +618,7 @@ class Hub:
         rooms = dict.fromkeys(self.store.rooms(), 0)
         for name, room in self.rooms.items():
             rooms[name] = len(room.members)
+        self.last_cost = 1.0 + len(rooms) / 1000
         # Cut to one frame like Members: the busiest rooms are kept.
         kept: dict[str, int] = {}
         budget = self.frame_budget
@@ -536,46 +636,74 @@ class Hub:
         if name is None:
             return [_bad_room(cid, request.room)]
         limit = min(request.limit, self.config.replay_limit)
-        if request.after is not None:
-            return self._replay_after(cid, name, request.after, limit)
-        return self._replay_latest(cid, name, limit)
+        replay = self._replay(cid, name, request.after, limit, refuse=True)
+        if replay is not None:
+            return replay
+        asked = f"the latest {limit}" if request.after is None else f"after {request.after}"
+        refusal = Error(
+            code=ErrorCode.RATE_LIMITED,
+            message=f"History of #{name} ({asked}) refused: read what is queued first",
+        )
+        return [deliver((cid,), refusal)]
 
     # -- history replay ----------------------------------------------------------------------
 
-    def _replay_after(self, cid: int, room: str, after: int, limit: int) -> list[Delivery]:
-        """Messages after `after`, oldest first, the gap before them and a HistoryEnd. The
-        replay stops at `limit` messages or the byte budget; HistoryEnd.head tells the client
-        whether to ask for more."""
-        result = self.store.read(room, after, limit)
+    def _replay(
+        self, cid: int, room: str, after: int | None, limit: int, *, refuse: bool
+    ) -> list[Delivery] | None:
+        """The replay for a Join or History: with `after`, the messages after it, oldest
+        first, and the gap before them; otherwise the latest `limit` messages, oldest first
+        (the newest kept); then a HistoryEnd, whose head tells the client whether to ask for
+        more. It stops at `limit` messages, at the byte budget (half of max_output) and at
+        the request's `replay_room`; the store is asked for no more than that. None (only
+        when `refuse`): the replay_room is too small for even one of the messages asked for.
+        Sets `last_cost`."""
+        budget = self.replay_budget
+        room_left = self._replay_room
+        squeezed = False
+        if room_left is not None and room_left < budget:
+            budget = room_left
+            squeezed = True
         to = (cid,)
         out: list[Delivery] = []
-        if result.gap is not None:
-            out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
-        budget = self.replay_budget
-        for stored in result.messages:
-            d = Delivery(to, _replayed(stored))
-            budget -= len(d.data)
-            if budget < 0:
-                break
-            out.append(d)
+        kept: list[Delivery] = []
+        found = False
+        if budget <= 0:  # nothing read: is there anything it would have replayed?
+            head = self.store.head(room)
+            if refuse and limit > 0 and head > (after or 0):
+                return None
+        elif after is not None:
+            result = self.store.read(room, after, limit, budget)
+            if result.gap is not None:
+                out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
+            found = bool(result.messages)
+            kept = _fit(to, result.messages, budget)
+        elif limit > 0:
+            latest = self.store.latest(room, limit, budget)
+            found = bool(latest)
+            kept = _fit(to, reversed(latest), budget)
+            kept.reverse()
+        if found and not kept and squeezed and refuse:
+            return None
+        if kept:
+            size = sum(len(d.data) for d in kept)
+            self.last_cost = 1.0 + max(len(kept) / 100, size / 65536)
+            out += kept
         out.append(deliver(to, HistoryEnd(room=room, head=self.store.head(room))))
         return out
 
-    def _replay_latest(self, cid: int, room: str, limit: int) -> list[Delivery]:
-        """The latest `limit` messages, oldest first, within the byte budget (newest kept)."""
-        to = (cid,)
-        kept: list[Delivery] = []
-        if limit > 0:
-            budget = self.replay_budget
-            for stored in reversed(self.store.latest(room, limit)):
-                d = Delivery(to, _replayed(stored))
-                budget -= len(d.data)
-                if budget < 0:
-                    break
-                kept.append(d)
-            kept.reverse()
-        kept.append(deliver(to, HistoryEnd(room=room, head=self.store.head(room))))
-        return kept
+
+def _fit(to: tuple[int], messages: Iterable[StoredMessage], budget: int) -> list[Delivery]:
+    """Replayed Message frames for `messages`, in their order, as many as fit in `budget`
+    bytes."""
+    out: list[Delivery] = []
+    for stored in messages:
+        d = Delivery(to, _replayed(stored))
+        budget -= len(d.data)
+        if budget < 0:
+            break
+        out.append(d)
+    return out
 
 
 def _replayed(stored: StoredMessage) -> bytes:

@@ -156,6 +156,7 @@ class Server:
             )
         self.store = store
         self.hub = Hub(config, store)
+        self.hub.may_create_room = self._may_create_room
         self._listeners.watch(self._sel, _LISTENER)
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
@@ -364,6 +365,7 @@ class Server:
         now = self._now
         now_ms = self._now_ms
         meter = peer.meter if self.config.rate else None
+        replay_room = self.config.max_output // 2
         for _ in range(FRAMES_PER_TURN):
             event = conn.next_event()
             if event is NEED_DATA:
@@ -391,14 +393,24 @@ class Server:
                 continue
             if kind is Pong:
                 continue
-            deliveries = hub.handle(peer.cid, event, now_ms)
-            if meter is not None and (kind is History or kind is Join):
-                meter.replayed(now, len(deliveries))
+            if kind is History or kind is Join:
+                # A replay is cut to what the connection's queue can still take, before any
+                # of it is read: a pipeline of big requests cannot make its own reader huge.
+                room = max(replay_room - peer.out_size, 0)
+                deliveries = hub.handle(peer.cid, event, now_ms, replay_room=room)
+            else:
+                deliveries = hub.handle(peer.cid, event, now_ms)
+            if meter is not None and hub.last_cost > 1.0:
+                meter.charge(now, hub.last_cost - 1.0)
             self._dispatch(deliveries)
             if peer.ended:
                 return
         peer.more_input = True  # its share of this turn is used: the rest in the next one
         self._more_input.append(peer)
+
+    def _may_create_room(self, cid: int) -> bool:
+        peer = self.peers.get(cid)
+        return peer is None or self.admission.may_create_room(peer.client, self._now)
 
     def _over_rate(self, peer: Peer, event: Event, verdict: Verdict) -> None:
         """A frame the rate meter refused: an Error for a request (a Ping or a Pong is just

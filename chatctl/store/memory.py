@@ -1,10 +1,15 @@
-"""History in this process only (`--data :memory:`): bounded per room, gone at exit."""
+"""History in this process only (`--data :memory:`): bounded per room, gone at exit.
+
+Memory: per room with history, for ever, a head, and a log (a deque, ~600 bytes empty) until
+retention empties it; per stored message a few hundred bytes plus its text and msg_id, at
+most `retain_messages` of them per room. The hub caps the rooms at `total_rooms`.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 
-from chatctl.store.base import ReadResult, StoredMessage
+from chatctl.store.base import ReadResult, StoredMessage, take
 
 
 class MemoryStore:
@@ -41,7 +46,7 @@ class MemoryStore:
     def flush(self) -> None:
         pass
 
-    def read(self, room: str, after: int, limit: int) -> ReadResult:
+    def read(self, room: str, after: int, limit: int, max_bytes: int | None = None) -> ReadResult:
         log = self._rooms.get(room)
         head = self._heads.get(room, 0)
         if not log or after >= head:
@@ -50,13 +55,17 @@ class MemoryStore:
         first = log[0].seq
         gap = (after + 1, first - 1) if after + 1 < first else None
         start = max(after + 1 - first, 0)
-        return ReadResult([log[i] for i in range(start, min(start + limit, len(log)))], gap)
+        span = range(start, min(start + limit, len(log)))
+        return ReadResult(take((log[i] for i in span), max_bytes), gap)
 
-    def latest(self, room: str, limit: int) -> list[StoredMessage]:
+    def latest(self, room: str, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
         log = self._rooms.get(room)
         if not log or limit <= 0:
             return []
-        return [log[i] for i in range(max(len(log) - limit, 0), len(log))]
+        newest_first = (log[i] for i in range(len(log) - 1, max(len(log) - limit, 0) - 1, -1))
+        found = take(newest_first, max_bytes)
+        found.reverse()
+        return found
 
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         return self._by_id.get((sender_key, msg_id))
@@ -66,10 +75,15 @@ class MemoryStore:
             return 0
         cutoff = now_ms - int(self.retain_age * 1000)
         removed = 0
-        for log in self._rooms.values():
+        emptied = []
+        for room, log in self._rooms.items():
             while log and log[0].ts < cutoff:
                 self._forget(log.popleft())
                 removed += 1
+            if not log:
+                emptied.append(room)
+        for room in emptied:  # the head stays: sequence numbers go on
+            del self._rooms[room]
         return removed
 
     def close(self) -> None:

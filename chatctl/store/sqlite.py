@@ -13,8 +13,26 @@ acknowledged (its write had not returned) and is dropped. An OS crash or power c
 the last writes (no fsync), as with synchronous=NORMAL; synchronous="FULL" fsyncs the journal
 at every flush (about 3.6 ms on the development machine). docs/history.md explains the choice.
 
-Reads: every room keeps a bounded in-memory tail, a contiguous run of its newest messages,
-so joins and short resumes never touch SQL. Older reads go to the (room, seq) primary key.
+Reads: a room keeps a bounded in-memory tail, a contiguous run of its newest messages
+(possibly empty), so joins and short resumes never touch SQL. Older reads go to the (room,
+seq) primary key, row by row from the cursor, and stop as soon as `max_bytes` of text is
+spent: a history request reads about what it may send, not `limit` rows.
+
+Memory. Per room with history, for ever (like its row in the rooms table; the hub caps the
+rooms at `total_rooms`): its name and three dict entries (head, first visible, first kept),
+~160 bytes with a 16-character name (tracemalloc). For all the tails together: at most
+`tail_bytes` (TAIL_BYTES, 32 MiB, by default), counted as
+
+    tail cost = TAIL_ROOM_COST (1024) per tail
+              + per message: TAIL_MESSAGE_COST (384) + text chars * (1 if ASCII else 8)
+                             + msg_id chars * 8
+
+an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_message_cost` says
+why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
+their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
+cache holds at most OLDEST_TS_MAX rooms, the resend dict at most `sync_rows` messages, the
+resend filter ~10 bits per stored id, and SQLite's page cache 16 MiB. So 10,000 rooms cost
+~2 MiB plus at most 32 MiB of tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
 MemoryStore does), the age limit when `trim` runs; either way rows leave the database only in
@@ -33,12 +51,13 @@ import fcntl
 import os
 import sqlite3
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from chatctl.store import datadir
-from chatctl.store.base import ReadResult, StoredMessage, sender_key_of
+from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
 from chatctl.store.journal import JOURNAL_NAME, Journal, Row
@@ -48,6 +67,13 @@ from chatctl.store.journal import JOURNAL_NAME, Journal, Row
 SCHEMA_VERSION = 4
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
+# The in-memory tails: their budget, and what each costs against it (see the module's
+# docstring): a deque with its first block and two dict entries; a message's tuple, its seq
+# and ts, its slot in the deque, and the headers of its text and msg_id strings.
+TAIL_BYTES = 32 * 1024 * 1024
+TAIL_ROOM_COST = 1024
+TAIL_MESSAGE_COST = 384
+OLDEST_TS_MAX = 65_536
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -112,32 +138,44 @@ def key_hash(sender_key: str) -> int:
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
-def _row(m: StoredMessage) -> Row:
+def _message_cost(message: StoredMessage) -> int:
+    """What a message in a tail counts against the tails' budget: an upper bound of the
+    memory it holds alone. A character of a CPython string takes 1 byte when every one is
+    ASCII, else up to 8: up to 4 in the string and 4 in the UTF-8 copy the string keeps
+    once sqlite3 has bound it. Room, sender and sender key are shared with other messages.
+    SqliteStore.append inlines this."""
+    text = message.text
     return (
-        m.room,
-        m.seq,
-        m.ts,
-        m.sender,
-        m.text,
-        int(m.action),
-        m.sender_key,
-        m.msg_id,
-        key_hash(m.sender_key) if m.msg_id else 0,
+        TAIL_MESSAGE_COST
+        + (len(text) if text.isascii() else 8 * len(text))
+        + 8 * len(message.msg_id)
     )
 
 
-def _message(row: tuple[str, int, int, str, str, int, str, str]) -> StoredMessage:
-    room, seq, ts, sender, text, action, sender_key, msg_id = row
-    return StoredMessage(
-        room=room,
-        seq=seq,
-        ts=ts,
-        sender=sender,
-        text=text,
-        action=bool(action),
-        sender_key=sender_key,
-        msg_id=msg_id,
-    )
+def _tail_cost(tail: deque[StoredMessage]) -> int:
+    return TAIL_ROOM_COST + sum(map(_message_cost, tail))
+
+
+def _messages(
+    rows: Iterable[tuple[str, int, int, str, str, int, str, str]],
+) -> Iterator[StoredMessage]:
+    """Messages of `rows`, in their order, sharing one string object for each room, sender
+    and sender key among them (as messages from the hub do: a tail holds many)."""
+    shared: dict[str, str] = {}
+    share = shared.setdefault
+    for room, seq, ts, sender, text, action, sender_key, msg_id in rows:
+        if len(shared) > 4096:
+            shared.clear()
+        yield StoredMessage(
+            share(room, room),
+            seq,
+            ts,
+            share(sender, sender),
+            text,
+            bool(action),
+            share(sender_key, sender_key),
+            msg_id,
+        )
 
 
 class SqliteStore:
@@ -151,6 +189,7 @@ class SqliteStore:
         retain_age: float = 0.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         tail: int = 256,
+        tail_bytes: int = TAIL_BYTES,
         sync_rows: int = 2048,
         trim_batch: int = 20_000,
         filter_floor: int = 1 << 20,
@@ -161,6 +200,7 @@ class SqliteStore:
         self.retain_messages = retain_messages
         self.retain_age = retain_age
         self._tail_size = max(tail, 1)
+        self._tail_budget = tail_bytes
         self._sync_rows = max(sync_rows, 1)
         self._fsync = synchronous == "FULL"
         self._trim_batch = max(trim_batch, 1)
@@ -171,8 +211,14 @@ class SqliteStore:
         # that may still have a row: rows in between wait for trim() to delete them.
         self._first: dict[str, int] = {}
         self._kept: dict[str, int] = {}
-        # Contiguous newest messages of a room (possibly empty, never with a hole).
+        # Contiguous newest messages of a room (possibly empty, never with a hole; no entry
+        # means an empty tail); the rooms with an entry, least recently appended to first
+        # (kept apart: a plain dict looks up faster); the cost of all tails (_tail_cost);
+        # and the room appended to last (when it has a tail, it is last in _tail_order).
         self._tails: dict[str, deque[StoredMessage]] = {}
+        self._tail_order: OrderedDict[str, None] = OrderedDict()
+        self.tail_used = 0
+        self._tail_last = ""
         # ts of the message at _first, when known: lets trim skip rooms with nothing expired.
         self._oldest_ts: dict[str, int] = {}
         self._pending: list[Row] = []  # appended, not yet durable
@@ -286,29 +332,59 @@ class SqliteStore:
         return self._heads.get(room, 0)
 
     def append(self, message: StoredMessage) -> None:
+        # The path of every message: the row, _count_floor and _message_cost are inlined.
         room = message.room
+        seq = message.seq
         head = self._heads.get(room)
-        expected = (head or 0) + 1
-        if message.seq != expected:
-            raise ValueError(f"seq {message.seq} appended to {room!r}, expected {expected}")
+        if seq != (head or 0) + 1:
+            raise ValueError(f"seq {seq} appended to {room!r}, expected {(head or 0) + 1}")
         if head is None:
             self._new_rooms.append(room)
             self._first[room] = self._kept[room] = 1
-        self._heads[room] = message.seq
-        self._pending.append(_row(message))
-        self._appended_since_trim += 1
+        self._heads[room] = seq
+        text = message.text
+        key = message.sender_key
+        msg_id = message.msg_id
+        self._pending.append(
+            (
+                room,
+                seq,
+                message.ts,
+                message.sender,
+                text,
+                int(message.action),
+                key,
+                msg_id,
+                key_hash(key) if msg_id else 0,
+            )
+        )
+        # The tail, its cost counted and its place in the order of appends kept.
+        cost = (len(text) if text.isascii() else 8 * len(text)) + 8 * len(msg_id)
         tail = self._tails.get(room)
         if tail is None:
-            tail = self._tails[room] = deque(maxlen=self._tail_size)
+            tail = self._new_tail(room)
+            cost += TAIL_ROOM_COST
+        elif room != self._tail_last:
+            self._tail_order.move_to_end(room)
+            self._tail_last = room
+        if len(tail) == self._tail_size:
+            old = tail[0]  # pushed out by this append
+            text = old.text
+            cost -= (len(text) if text.isascii() else 8 * len(text)) + 8 * len(old.msg_id)
+        else:
+            cost += TAIL_MESSAGE_COST
         tail.append(message)
-        floor = self._count_floor(message.seq)
-        if floor > self._first[room]:
-            self._forget_below(room, floor)
-        if message.msg_id:
-            self._recent_ids[(message.sender_key, message.msg_id)] = message
-            self._stored_ids.add(message.sender_key, message.msg_id)
+        self.tail_used += cost
+        if self.tail_used > self._tail_budget:
+            self._evict_tails()
+        retain = self.retain_messages
+        if retain and seq - retain >= self._first[room]:
+            self._forget_below(room, seq - retain + 1)
+        if msg_id:
+            self._recent_ids[(key, msg_id)] = message
+            self._stored_ids.add(key, msg_id)
             if self._next_ids is not None:
-                self._next_ids.add(message.sender_key, message.msg_id)
+                self._next_ids.add(key, msg_id)
 
     def flush(self) -> None:
         if not self._pending:
@@ -316,6 +392,7 @@ class SqliteStore:
         # Nothing of this batch may be acknowledged if this raises: the server must stop.
         self._journal_or_closed().append(self._pending, fsync=self._fsync)
         self._journaled += self._pending
+        self._appended_since_trim += len(self._pending)
         self._pending.clear()
         if len(self._journaled) >= self._sync_rows:
             self._sync()
@@ -342,7 +419,7 @@ class SqliteStore:
         self._new_rooms.clear()
         self._recent_ids.clear()
 
-    def read(self, room: str, after: int, limit: int) -> ReadResult:
+    def read(self, room: str, after: int, limit: int, max_bytes: int | None = None) -> ReadResult:
         head = self._heads.get(room, 0)
         if after >= head:
             return ReadResult([])
@@ -354,43 +431,66 @@ class SqliteStore:
         tail = self._tails.get(room)
         if tail and start >= tail[0].seq:
             i = start - tail[0].seq
-            return ReadResult([tail[j] for j in range(i, min(i + limit, len(tail)))], gap)
-        self.flush()  # the range may reach into rows not in SQLite yet
-        self._sync()
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
-                (room, start, limit),
-            )
-            .fetchall()
+            span = range(i, min(i + limit, len(tail)))
+            return ReadResult(take((tail[j] for j in span), max_bytes), gap)
+        found = self._select(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (room, start, limit),
+            max_bytes,
         )
-        return ReadResult([_message(r) for r in rows], gap)
+        return ReadResult(found, gap)
 
-    def latest(self, room: str, limit: int) -> list[StoredMessage]:
+    def latest(self, room: str, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
         head = self._heads.get(room, 0)
         stored = head - self._first.get(room, 1) + 1
         limit = min(limit, stored)
         if limit <= 0:
             return []
         tail = self._tails.get(room)
-        if tail is not None and len(tail) >= limit:
-            return [tail[j] for j in range(len(tail) - limit, len(tail))]
-        self.flush()
-        self._sync()
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-                (room, limit),
-            )
-            .fetchall()
+        have = len(tail) if tail else 0
+        if tail:
+            newest_first = (tail[j] for j in range(have - 1, max(have - limit, 0) - 1, -1))
+            found = take(newest_first, max_bytes)
+            if have >= limit or len(found) < have:  # the tail held enough, or the budget ended
+                found.reverse()
+                return found
+        found = self._select(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+            (room, limit),
+            max_bytes,
         )
-        found = [_message(r) for r in reversed(rows)]
-        # Warm the tail after a restart: these are the room's newest messages, without a hole.
-        refill = self._tails[room] = deque(maxlen=self._tail_size)
-        refill.extend(found)
+        found.reverse()
+        if len(found) > have:
+            self._refill_tail(room, found[-self._tail_size :])
         return found
+
+    def _refill_tail(self, room: str, newest: list[StoredMessage]) -> None:
+        """Warm the tail after a restart or an eviction with `newest`, the room's newest
+        messages, without a hole: if they fit in the budget as it is (a read must not push
+        out the tail of a room being written to), first in line to be dropped (the room
+        was not appended to)."""
+        tail = self._tails.get(room)
+        cost = TAIL_ROOM_COST + sum(map(_message_cost, newest))
+        if self.tail_used - (_tail_cost(tail) if tail else 0) + cost > self._tail_budget:
+            return
+        self._drop_tail(room)
+        last = self._tail_last
+        self._new_tail(room, newest)
+        self._tail_order.move_to_end(room, last=False)
+        self._tail_last = "" if last == room else last
+        self.tail_used += cost
+
+    def _select(
+        self, sql: str, parameters: tuple[str, int] | tuple[str, int, int], max_bytes: int | None
+    ) -> list[StoredMessage]:
+        """The messages `sql` selects, read row by row only as far as `take` needs them."""
+        self.flush()  # the range may reach into rows not in SQLite yet
+        self._sync()
+        cursor = self._connection().execute(sql, parameters)
+        try:
+            return take(_messages(cursor), max_bytes)
+        finally:
+            cursor.close()
 
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         if not msg_id:
@@ -412,7 +512,7 @@ class SqliteStore:
         )
         if row is None:
             return None
-        found = _message(row)
+        [found] = _messages((row,))
         return found if found.seq >= self._first[found.room] else None
 
     def trim(self, now_ms: int) -> int:
@@ -519,7 +619,29 @@ class SqliteStore:
         self._oldest_ts.pop(room, None)
         tail = self._tails.get(room)
         while tail and tail[0].seq < first:
-            tail.popleft()
+            self.tail_used -= _message_cost(tail.popleft())
+
+    def _new_tail(
+        self, room: str, messages: list[StoredMessage] | None = None
+    ) -> deque[StoredMessage]:
+        """A tail for `room` (which has none), last in the order of appends."""
+        tail = self._tails[room] = deque(messages or (), maxlen=self._tail_size)
+        self._tail_order[room] = None
+        self._tail_last = room
+        return tail
+
+    def _evict_tails(self) -> None:
+        """Drop whole tails, least recently appended to first, until they fit the budget."""
+        order = self._tail_order
+        while self.tail_used > self._tail_budget and order:
+            room, _ = order.popitem(last=False)
+            self.tail_used -= _tail_cost(self._tails.pop(room))
+
+    def _drop_tail(self, room: str) -> None:
+        tail = self._tails.pop(room, None)
+        if tail is not None:
+            del self._tail_order[room]
+            self.tail_used -= _tail_cost(tail)
 
     def _first_unexpired(
         self, db: sqlite3.Connection, room: str, first: int, head: int, cutoff: int
@@ -538,6 +660,8 @@ class SqliteStore:
             return head + 1
         seq, ts = row
         if seq == first:
+            if len(self._oldest_ts) >= OLDEST_TS_MAX:
+                self._oldest_ts.clear()
             self._oldest_ts[room] = ts
         return int(seq)
 
