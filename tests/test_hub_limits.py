@@ -103,20 +103,17 @@ def test_history_is_cut_to_the_room_left_in_the_output_queue() -> None:
 
 
 @pytest.mark.parametrize("replay_room", [0, -5, 50])
-def test_history_without_room_for_one_message_is_refused_and_named(replay_room: int) -> None:
-    store = MemoryStore() if replay_room > 0 else ReadsForbidden()
-    hub = hub_with(["x" * 100] * 3, store)
-    for request, asked in (
-        (History(room=ROOM, after=0), "after 0"),
-        (History(room="#Lobby", limit=7), "the latest 7"),
-    ):
+def test_without_room_for_one_message_a_replay_still_has_one(replay_room: int) -> None:
+    # Paging always progresses; a client that does not read what it asked for becomes a slow
+    # consumer, one message per request, each cheap to read.
+    hub = hub_with([f"{i} " + "x" * 100 for i in range(1, 4)])
+    for request, seq in ((History(room=ROOM, after=0), 1), (History(room="#Lobby", limit=7), 3)):
         out = hub.handle(1, request, NOW, replay_room=replay_room)
-        [(to, error)] = received(out)
-        assert to == 1 and isinstance(error, Error)
-        assert error.code == ErrorCode.RATE_LIMITED
-        assert "History of #lobby" in error.message and asked in error.message
-        assert "read what is queued first" in error.message
-        assert hub.last_cost == 1.0
+        assert [m.seq for _, m in received(replayed(out))] == [seq]  # type: ignore[attr-defined]
+        assert received(out)[-1] == (1, HistoryEnd(room=ROOM, head=3))
+    out = hub.handle(1, Join(room=ROOM, after=1), NOW, replay_room=replay_room)
+    assert [m.seq for _, m in received(replayed(out))] == [2]  # type: ignore[attr-defined]
+    assert kinds(out)[-2:] == [HistoryEnd, Members]
 
 
 @pytest.mark.parametrize("replay_room", [0, 1])
@@ -127,22 +124,13 @@ def test_history_with_nothing_to_replay_is_answered_even_when_squeezed(replay_ro
         assert received(out) == [(1, HistoryEnd(room=ROOM, head=3))]
 
 
-def test_join_without_room_still_joins_and_the_client_pages_later() -> None:
-    hub = hub_with(["x" * 100] * 5, ReadsForbidden())
-    for join in (Join(room=ROOM), Join(room=ROOM, after=2)):
-        out = hub.handle(1, join, NOW, replay_room=0)
-        assert [k for k in kinds(out) if k is not Notice] == [HistoryEnd, Members]
-        assert (1, HistoryEnd(room=ROOM, head=5)) in received(out)
-    assert 1 in hub.rooms[ROOM].members
-
-
 def test_join_replays_what_fits() -> None:
     hub = hub_with([f"{i:03d}" + "x" * 97 for i in range(10)])
     frame = len(replayed(hub.handle(1, History(room=ROOM, after=0, limit=1), NOW))[0].data)
     out = hub.handle(1, Join(room=ROOM, history=5), NOW, replay_room=2 * frame + frame // 2)
     assert [m.seq for _, m in received(replayed(out))] == [9, 10]  # type: ignore[attr-defined]
     out = hub.handle(1, Join(room=ROOM, after=4), NOW, replay_room=frame - 1)
-    assert kinds(out) == [HistoryEnd, Members]  # nothing fits; a Join is not refused
+    assert [m.seq for _, m in received(replayed(out))] == [5]  # type: ignore[attr-defined]
 
 
 @settings(max_examples=150, deadline=None)
@@ -156,20 +144,16 @@ def test_property_a_history_replay_is_the_longest_that_fits_the_room(
     sizes: list[int], after: int | None, limit: int, replay_room: int
 ) -> None:
     """With `replay_room`, a History replays exactly what it replays without it, cut to the
-    longest run that fits (oldest first with `after`, else the newest); it is refused only
-    when not even one of the messages it asks for fits."""
+    longest run that fits (oldest first with `after`, else the newest), and one message at
+    least."""
     hub = hub_with(["é" * (n // 2) + "x" * (n % 2) for n in sizes])
     request = History(room=ROOM, after=after, limit=limit)
     unbounded = replayed(hub.handle(1, request, NOW))
     out = hub.handle(1, request, NOW, replay_room=replay_room)
-    if kinds(out) == [Error]:
-        assert unbounded
-        nearest = unbounded[0] if after is not None else unbounded[-1]
-        assert len(nearest.data) > replay_room
-        return
     got = replayed(out)
     assert bool(got) == bool(unbounded)
-    assert sum(len(d.data) for d in got) <= max(replay_room, 0)
+    if len(got) > 1:
+        assert sum(len(d.data) for d in got) <= max(replay_room, 0)
     if after is not None:
         assert got == unbounded[: len(got)]
         rest = unbounded[len(got) :]
@@ -236,13 +220,13 @@ def test_a_request_costs_one_and_a_replay_by_its_rows_or_bytes() -> None:
     hub.handle(1, Join(room=ROOM, history=3), NOW)
     assert hub.last_cost == pytest.approx(1 + 3 * len(replayed(out)[0].data) / 65536)
 
-    # Every request starts again from 1: nothing replayed, a refusal, a Say.
+    # Every request starts again from 1: nothing replayed, one message when squeezed, a Say.
     for request in (History(room="empty"), Join(room="quiet", history=0)):
         hub.handle(1, request, NOW)
         assert hub.last_cost == 1.0
     hub.handle(1, History(room=ROOM, limit=20), NOW)
-    hub.handle(1, History(room=ROOM, limit=20), NOW, replay_room=0)
-    assert hub.last_cost == 1.0
+    out = hub.handle(1, History(room=ROOM, limit=20), NOW, replay_room=0)
+    assert hub.last_cost == pytest.approx(1 + len(replayed(out)[0].data) / 65536)
     hub.handle(1, History(room=ROOM, limit=20), NOW)
     assert say(hub, 1, ROOM) and hub.last_cost == 1.0
 

@@ -530,9 +530,7 @@ class Hub:
         else:
             count = self.config.join_history if join.history is None else join.history
             limit = min(count, self.config.replay_limit)
-        replay = self._replay(cid, name, join.after, limit, refuse=False)
-        assert replay is not None  # a Join is never refused for want of room
-        out += replay
+        out += self._replay(cid, name, join.after, limit)
         out.append(self._members(cid, name))
         return out
 
@@ -636,55 +634,35 @@ class Hub:
         if name is None:
             return [_bad_room(cid, request.room)]
         limit = min(request.limit, self.config.replay_limit)
-        replay = self._replay(cid, name, request.after, limit, refuse=True)
-        if replay is not None:
-            return replay
-        asked = f"the latest {limit}" if request.after is None else f"after {request.after}"
-        refusal = Error(
-            code=ErrorCode.RATE_LIMITED,
-            message=f"History of #{name} ({asked}) refused: read what is queued first",
-        )
-        return [deliver((cid,), refusal)]
+        return self._replay(cid, name, request.after, limit)
 
     # -- history replay ----------------------------------------------------------------------
 
-    def _replay(
-        self, cid: int, room: str, after: int | None, limit: int, *, refuse: bool
-    ) -> list[Delivery] | None:
+    def _replay(self, cid: int, room: str, after: int | None, limit: int) -> list[Delivery]:
         """The replay for a Join or History: with `after`, the messages after it, oldest
         first, and the gap before them; otherwise the latest `limit` messages, oldest first
         (the newest kept); then a HistoryEnd, whose head tells the client whether to ask for
         more. It stops at `limit` messages, at the byte budget (half of max_output) and at
-        the request's `replay_room`; the store is asked for no more than that. None (only
-        when `refuse`): the replay_room is too small for even one of the messages asked for.
-        Sets `last_cost`."""
+        the request's `replay_room`, but replays one message at least, so that paging always
+        progresses (a client that pipelines requests it does not read becomes a slow
+        consumer: one message each costs little to read). The store is asked for no more
+        than that. Sets `last_cost`."""
         budget = self.replay_budget
         room_left = self._replay_room
-        squeezed = False
         if room_left is not None and room_left < budget:
-            budget = room_left
-            squeezed = True
+            budget = max(room_left, 1)
         to = (cid,)
         out: list[Delivery] = []
         kept: list[Delivery] = []
-        found = False
-        if budget <= 0:  # nothing read: is there anything it would have replayed?
-            head = self.store.head(room)
-            if refuse and limit > 0 and head > (after or 0):
-                return None
-        elif after is not None:
+        if after is not None:
             result = self.store.read(room, after, limit, budget)
             if result.gap is not None:
                 out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
-            found = bool(result.messages)
             kept = _fit(to, result.messages, budget)
         elif limit > 0:
             latest = self.store.latest(room, limit, budget)
-            found = bool(latest)
             kept = _fit(to, reversed(latest), budget)
             kept.reverse()
-        if found and not kept and squeezed and refuse:
-            return None
         if kept:
             size = sum(len(d.data) for d in kept)
             self.last_cost = 1.0 + max(len(kept) / 100, size / 65536)
@@ -695,12 +673,12 @@ class Hub:
 
 def _fit(to: tuple[int], messages: Iterable[StoredMessage], budget: int) -> list[Delivery]:
     """Replayed Message frames for `messages`, in their order, as many as fit in `budget`
-    bytes."""
+    bytes, and one at least."""
     out: list[Delivery] = []
     for stored in messages:
         d = Delivery(to, _replayed(stored))
         budget -= len(d.data)
-        if budget < 0:
+        if budget < 0 and out:
             break
         out.append(d)
     return out
