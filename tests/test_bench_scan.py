@@ -43,6 +43,9 @@ records = st.tuples(
 )
 
 
+MAX_READ = 4096  # the most one read takes, as RoundBuffer(max_read=) is told
+
+
 @st.composite
 def streams(draw: st.DrawFn) -> tuple[list[list[Record]], list[list[bytes]]]:
     """A few connections' byte streams, each cut into reads at arbitrary points."""
@@ -59,6 +62,9 @@ def streams(draw: st.DrawFn) -> tuple[list[list[Record]], list[list[bytes]]]:
         cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=12)))
         bounds = [0, *cuts, len(data)]
         reads = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+        # A read takes at most MAX_READ bytes (the worker's recv size): longer pieces arrive
+        # in several reads.
+        reads = [r[i : i + MAX_READ] for r in reads for i in range(0, len(r), MAX_READ)]
         recs_by_conn.append(recs)
         reads_by_conn.append(reads)
     return recs_by_conn, reads_by_conn
@@ -72,7 +78,7 @@ def test_property_every_payload_is_found_once_whatever_the_reads(
     tails = [b""] * len(reads_by_conn)
     found: list[list[Record]] = [[] for _ in reads_by_conn]
     pending = [list(r) for r in reads_by_conn]
-    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    rb = RoundBuffer(size=1 << 16, max_read=MAX_READ)
     while any(pending):
         rb.clear()
         owners = []
@@ -94,7 +100,7 @@ def test_corrupted_payload_is_not_found() -> None:
     good = make_payload(1, 2, 3, 40)
     assert parse_payload(good) == (1, 2, 3)
     bad = good[:5] + b"Z" + good[6:]
-    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    rb = RoundBuffer(size=1 << 16, max_read=MAX_READ)
     chunk = redis_message(good, 0) + redis_message(bad, 1)
     rb.slot(b"")[: len(chunk)] = chunk
     rb.commit(len(chunk), 0)
@@ -202,7 +208,7 @@ def test_a_huge_gap_costs_nothing() -> None:
 def test_property_segments_with_a_pattern(reads: list[bytes], data: st.DataObject) -> None:
     """segments_with finds exactly the segments whose new bytes complete a PING."""
     ping = b"PING\r\n"
-    rb = RoundBuffer(size=1 << 16, max_read=4096)
+    rb = RoundBuffer(size=1 << 16, max_read=MAX_READ)
     tails = [data.draw(st.sampled_from([b"", b"PI", b"xPING\r", b"PING\r\n"])) for _ in reads]
     for tail, chunk in zip(tails, reads, strict=True):
         rb.slot(tail)[: len(chunk)] = chunk
