@@ -524,20 +524,17 @@ class Server:
             peer=peer.addr,
             queued=peer.out_size,
         )
-        peer.out.clear()
+        peer.out.clear()  # what it held is freed now
         peer.out_size = 0
         if peer.aligned:
+            # The Bye alone stays queued: it goes out if the client reads within the close
+            # grace, and the connection is aborted at its end otherwise.
             self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
-            # Its kernel buffer is full, so the Bye may not get through; try once, then drop.
-            try:
-                peer.write_once()
-            except OSError:
-                pass
         else:
             # Part of a frame is already in the kernel: a Bye after it would arrive as garbage
             # inside that frame, so the client only sees the stream end (mid-frame).
             self._end(peer, None, "slow consumer")
-        self._abort(peer)
+            self._abort(peer)
 
     # -- timers: handshake, keepalive, closing -------------------------------------------------
 
