@@ -43,6 +43,7 @@ from chatctl.protocol import (
     Role,
     Say,
     Tell,
+    TruncatedStream,
     Who,
     encode,
 )
@@ -604,7 +605,10 @@ def test_a_pipeline_of_big_history_requests_is_cut_to_what_the_reader_can_take()
         still_served(alice, bob, count=5)  # served meanwhile, nothing lost
         replayed = refused = 0
         while refused + replayed < 200:
-            event = greedy.recv()
+            try:
+                event = greedy.recv()
+            except (TruncatedStream, ConnectionResetError):
+                break  # dropped as a slow consumer in the middle of a frame
             if type(event) is HistoryEnd:
                 replayed += 1
             elif type(event) is Error:
@@ -616,7 +620,9 @@ def test_a_pipeline_of_big_history_requests_is_cut_to_what_the_reader_can_take()
         # and refused once nothing fit: far from 200 x 60 x 8 KB.
         messages = [e for e in greedy.seen if type(e) is Message]
         assert len(messages) * len(text) <= 2 * 200_000
-        assert refused > 0
+        # Cut off well before its 200 requests were answered: refused over the rate, or
+        # dropped as the slow consumer it is.
+        assert refused > 0 or replayed < 200
 
 
 def test_room_creation_is_rate_limited_per_address_and_capped_in_total() -> None:

@@ -11,6 +11,8 @@ from chatctl.server.admission import Client
 from chatctl.server.batch import Batch
 from chatctl.server.transport import Transport
 
+WRITE_CHUNK = 256 * 1024  # bytes joined for one send, at most (and one item more)
+
 
 class Peer:
     __slots__ = (
@@ -73,27 +75,47 @@ class Peer:
         self.meter = client.meter  # the rate limit of what it sends, shared by its address
 
     def write_once(self) -> int:
-        """One `send` of everything queued; the bytes left. Raises OSError if the peer is gone."""
+        """Send what is queued, about WRITE_CHUNK bytes at a time, until the kernel takes less
+        than it is given (its buffer is full) or nothing is left; the bytes left. Usually one
+        `send`: joining a whole backlog for every attempt would copy it over and over, while
+        a chunk at a time copies no more than the kernel can take. Raises OSError if the
+        peer is gone."""
         out = self.out
         cid = self.cid
-        if len(out) == 1:
-            item = out[0]
-            data = item.data_for(cid) if isinstance(item, Batch) else item
-        else:
-            data = b"".join([x.data_for(cid) if isinstance(x, Batch) else x for x in out])
-        try:
-            sent = self.transport.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent == len(data):
-            out.clear()
-            self.out_size = 0
+        while True:
+            taken = 1
+            if len(out) == 1:
+                item = out[0]
+                data = item.data_for(cid) if isinstance(item, Batch) else item
+            else:
+                parts: list[bytes | memoryview] = []
+                size = 0
+                for item in out:
+                    part = item.data_for(cid) if isinstance(item, Batch) else item
+                    parts.append(part)
+                    size += len(part)
+                    if size >= WRITE_CHUNK:
+                        break
+                taken = len(parts)
+                data = b"".join(parts)
+            try:
+                sent = self.transport.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent < len(data):
+                break
             self.aligned = True
-            return 0
+            if taken == len(out):
+                out.clear()
+                self.out_size = 0
+                return 0
+            del out[:taken]
+            self.out_size = max(self.out_size - sent, 1)
         # The kernel may have taken part of a frame: from here on nothing may be put in front
         # of what is queued (see Server._slow_consumer), until it has all been sent.
-        self.aligned = False
+        if sent:
+            self.aligned = False
         rest = memoryview(data)[sent:]
-        out[:] = [rest]
-        self.out_size = len(rest)
+        out[:taken] = [rest]
+        self.out_size = max(self.out_size - sent, len(rest))
         return self.out_size

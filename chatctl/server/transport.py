@@ -64,6 +64,9 @@ class Transport(Protocol):
         """Everything is sent: say so to the client (a FIN), keep reading."""
 
 
+SEND_BUFFER = 256 * 1024  # bytes; the kernel doubles it for its bookkeeping
+
+
 class TcpTransport:
     """Plain TCP over a non-blocking socket."""
 
@@ -74,6 +77,12 @@ class TcpTransport:
         try:
             # Frames are whole when sent: Nagle would only delay replies and small fan-outs.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A fixed kernel buffer instead of autotuning (which grows a reader's to 4 MB):
+            # what a client does not read waits in the server's queue, counted against
+            # --max-output and --total-output, not in kernel memory nobody limits (100
+            # readers that never read held 268 MB there, and the kernel's memory pressure
+            # then slowed every connection).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except OSError:
             pass
         self.sock = sock
