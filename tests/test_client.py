@@ -5,16 +5,14 @@ from __future__ import annotations
 import random
 import signal
 import socket
-import time
-from collections.abc import Callable
+import threading
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.client.connection import (
+from chatctl.client import (
     AnyEvent,
     Backoff,
     Client,
@@ -23,45 +21,30 @@ from chatctl.client.connection import (
     Disconnected,
     Reconnected,
     Refused,
-    room_name,
 )
+from chatctl.client.link import Pacer
 from chatctl.errors import ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
+    NEED_DATA,
     Ack,
+    Connection,
     DirectMessage,
     ErrorCode,
     HistoryEnd,
     Members,
     Message,
     Notice,
+    Role,
     RoomList,
     Say,
+    Welcome,
+    encode,
 )
+from tests.clients import WAIT, joined, wait_for
 from tests.servers import Client as RawClient
 from tests.servers import running_server, serve_process
 
-E = TypeVar("E")
-WAIT = 10.0
-
-
-def wait_for(
-    client: Client,
-    kind: type[E],
-    where: Callable[[E], bool] = lambda e: True,
-    timeout: float = WAIT,
-    seen: list[AnyEvent] | None = None,
-) -> E:
-    """The next event of `kind` matching `where`; the ones passed over go to `seen`."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        event = client.next_event(left)
-        if isinstance(event, kind) and where(event):
-            return event
-        if event is not None and seen is not None:
-            seen.append(event)
-        if isinstance(event, Closed) and kind is not Closed:
-            raise AssertionError(f"closed while waiting for {kind.__name__}: {event}")
-    raise AssertionError(f"no {kind.__name__} within {timeout} s")
+CUT = Message(room="lobby", seq=1, ts=1, sender="bob", text="whole")
 
 
 def drain(client: Client) -> list[AnyEvent]:
@@ -69,14 +52,6 @@ def drain(client: Client) -> list[AnyEvent]:
     while (event := client.next_event(0)) is not None:
         events.append(event)
     return events
-
-
-def joined(addr: tuple[str, int], nick: str, *rooms: str, **kwargs: object) -> Client:
-    client = Client(addr[0], addr[1], nick=nick, rooms=rooms, **kwargs)  # type: ignore[arg-type]
-    client.connect()
-    for room in map(room_name, rooms):
-        wait_for(client, HistoryEnd, lambda e, r=room: e.room == r)  # type: ignore[misc]
-    return client
 
 
 def test_say_is_acknowledged_and_delivered_to_others_only(server: tuple[str, int]) -> None:
@@ -275,8 +250,11 @@ def test_a_stuck_application_makes_a_slow_consumer_not_a_growing_client() -> Non
         text = "x" * 1000
         for i in range(30_000):
             flood.send(Say(msg_id=f"f{i}", room="lobby", text=text))
+            if i % 500 == 499:  # read the acks as it goes: the flood is no slow consumer
+                last = f"f{i}"
+                flood.wait_for(Ack, lambda a: a.msg_id == last, timeout=60)  # noqa: B023
+                flood.seen.clear()
         # The flood's last ack comes after the server has handled every message.
-        flood.wait_for(Ack, lambda a: a.msg_id == "f29999", timeout=60)
         assert stuck._queue.qsize() <= stuck.max_backlog
         # What the kernel buffered still comes first; then the end, with the server's reason.
         seen: list[AnyEvent] = []
@@ -284,3 +262,49 @@ def test_a_stuck_application_makes_a_slow_consumer_not_a_growing_client() -> Non
         # With a frame half-sent the server cannot append its Bye (docs/architecture.md).
         assert "slow consumer" in end.reason or "middle of a frame" in end.reason
         assert sum(isinstance(e, Message) for e in seen) < 30_000
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        (encode(CUT)[:-1], "the server closed the connection in the middle of a frame"),
+        (b"XX garbage", "protocol error from the server: bad magic: this is not a chatctl stream"),
+    ],
+    ids=["cut inside a frame", "garbage"],
+)
+def test_a_broken_stream_delivers_the_frames_before_the_break_and_says_why(
+    tail: bytes, reason: str
+) -> None:
+    """A server drops a reader that fell behind mid-frame, with no Bye (the protocol says so
+    with TruncatedStream, not in words to match): the frames before it still arrive."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            sock, _ = listener.accept()
+            with sock:
+                conn = Connection(Role.SERVER)
+                while conn.next_event() is NEED_DATA:  # alice's Hello
+                    conn.receive_data(sock.recv(65536))
+                welcome = Welcome(protocol=1, server="s", version="0", nick="alice", token="")
+                sock.sendall(conn.send(welcome) + conn.send(CUT) + tail)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        with Client(*listener.getsockname()[:2], nick="alice") as alice:
+            alice.connect()
+            seen: list[AnyEvent] = []
+            closed = wait_for(alice, Closed, seen=seen)
+        server.join(WAIT)
+    assert seen == [CUT]
+    assert closed.reason == reason
+    assert isinstance(closed.error, ConnectFailed)
+
+
+def test_the_pacer_mirrors_the_server_bucket_at_90_percent_and_half_the_burst() -> None:
+    pacer = Pacer()
+    assert pacer.wait_time() == 0  # no limit before a Welcome
+    pacer.reset({"rate": 1, "burst": 4})  # paced: 0.9 a second, 2 at once
+    pacer.spend()
+    assert pacer.wait_time() == 0
+    pacer.spend()
+    assert 1.0 < pacer.wait_time() <= 1 / 0.9

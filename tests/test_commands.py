@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chatctl.names import room_key
 from chatctl.ui.commands import (
     COMMANDS,
     MAX_HISTORY,
@@ -33,17 +34,19 @@ words = st.text(
     min_size=1,
     max_size=12,
 ).filter(lambda w: w[0] not in "#/" and not any(c.isspace() for c in w))
+# A room as a parsed command names it: canonical ("Rust" -> "rust"), or as typed when invalid.
+rooms = words.map(room_key)
 # Free text: anything but surrounding whitespace, non-empty.
 texts = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(
     lambda t: t == t.strip() and t != ""
 )
 commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(Text, text=st.text(st.characters(codec="utf-8"), max_size=40)),
-    st.builds(JoinRoom, room=words),
+    st.builds(JoinRoom, room=rooms),
     st.just(PartRoom()),
-    st.builds(PartRoom, room=words, reason=texts | st.just("")),
+    st.builds(PartRoom, room=rooms, reason=texts | st.just("")),
     st.just(ListRooms()),
-    st.builds(WhoIs, room=words | st.none()),
+    st.builds(WhoIs, room=rooms | st.none()),
     st.builds(NewNick, nick=words),
     st.builds(DirectMsg, nick=words, text=texts),
     st.builds(Action, text=texts),

@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.client.connection import AnyEvent, Closed, Delivered, Disconnected, Refused
+from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Refused
 from chatctl.errors import ConnectFailed
 from chatctl.protocol import (
     Ack,

@@ -199,7 +199,7 @@ def test_eof_mid_frame_is_an_error() -> None:
     server.receive_data(client.send(p.Who(room="lobby"))[:-1])
     assert server.next_event() is p.NEED_DATA
     server.receive_data(b"")
-    with pytest.raises(p.RemoteProtocolError, match="middle of a frame"):
+    with pytest.raises(p.TruncatedStream, match="middle of a frame"):
         server.next_event()
 
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from chatctl.client.connection import room_name
 from chatctl.errors import ChatctlError, ExitCode
+from chatctl.names import room_key
 
 if TYPE_CHECKING:
     from chatctl.client.connection import Client, Outgoing
@@ -120,11 +120,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 _COMMAND = re.compile(r"/(\S*)(?:\s+(.*))?", re.DOTALL)
 
 
-def _room(word: str) -> str:
-    # People type IRC-style "#room"; rooms are shown that way but named without it.
-    return word[1:] if word.startswith("#") and len(word) > 1 else word
-
-
 def _usage(name: str) -> CommandError:
     return CommandError(f"usage: {COMMANDS[name][0]}")
 
@@ -146,11 +141,11 @@ def parse(line: str) -> Command:
     if name == "join":
         if len(args) != 1:
             raise _usage(name)
-        return JoinRoom(room=_room(args[0]))
+        return JoinRoom(room=room_key(args[0]))
     if name == "part":
         if not args:
             return PartRoom()
-        return PartRoom(room=_room(args[0]), reason=rest[len(args[0]) :].strip())
+        return PartRoom(room=room_key(args[0]), reason=rest[len(args[0]) :].strip())
     if name == "rooms":
         if args:
             raise _usage(name)
@@ -158,7 +153,7 @@ def parse(line: str) -> Command:
     if name == "who":
         if len(args) > 1:
             raise _usage(name)
-        return WhoIs(room=_room(args[0]) if args else None)
+        return WhoIs(room=room_key(args[0]) if args else None)
     if name == "nick":
         if len(args) != 1:
             raise _usage(name)
@@ -271,10 +266,10 @@ class Chat:
                 return Outcome(sent=client.tell(nick, text))
             case JoinRoom(room=room):
                 client.join(room)
-                self.room = room_name(room)
+                self.room = room_key(room)
                 return Outcome()
             case PartRoom(room=room, reason=reason):
-                room = room_name(self._need_room(room))
+                room = room_key(self._need_room(room))
                 client.part(room, reason)
                 if room == self.room:
                     self.room = client.rooms[-1] if client.rooms else None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from chatctl.client.connection import Backoff, Client, default_nick, room_name
+from chatctl.client.connection import Backoff, Client, default_nick
+from chatctl.names import room_key
 
 
 def run_join(
@@ -24,7 +25,7 @@ def run_join(
     history: int | None = None,
     connect_timeout: float = 5.0,
 ) -> int:
-    rooms = [room_name(r) for r in rooms]
+    rooms = [room_key(r) for r in rooms]
     # --format json, --count and --timeout are for scripts: they select line mode anywhere.
     scripted = fmt != "text" or count is not None or timeout is not None
     interactive = not scripted and sys.stdin.isatty() and sys.stdout.isatty()

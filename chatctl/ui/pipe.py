@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from chatctl.client.connection import AnyEvent, Client, Closed, Refused
+from chatctl.client import AnyEvent, Client, Closed, Refused
 from chatctl.errors import ChatctlError, ExitCode, TimedOut
 from chatctl.protocol import DirectMessage, Message
 from chatctl.ui.commands import Chat, Outcome

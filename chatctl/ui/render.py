@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from chatctl.client.connection import (
+from chatctl.client.events import (
     AnyEvent,
     Closed,
     Delivered,

@@ -11,8 +11,9 @@ import json
 import sys
 import time
 
-from chatctl.client.connection import Client, Outgoing, default_nick, room_name
+from chatctl.client.connection import Client, Outgoing, default_nick
 from chatctl.errors import ChatctlError, ExitCode, NoRecipient
+from chatctl.names import room_key
 from chatctl.protocol import Ack
 
 
@@ -66,7 +67,7 @@ def run_send(
 ) -> int:
     text = _read_message(message)
     deadline = None if timeout is None else time.monotonic() + timeout
-    room = room_name(room)
+    room = room_key(room)
     client = Client(
         host,
         port,

@@ -22,7 +22,7 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import confirm
 
-from chatctl.client.connection import (
+from chatctl.client import (
     AnyEvent,
     Backoff,
     Client,

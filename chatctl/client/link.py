@@ -1,0 +1,167 @@
+"""One TCP connection to a chatctl server, blocking: connect with a timeout, the handshake,
+frames out, events in, and the pace the server's rate limit allows.
+
+No threads here: Client's reader thread is the only one that reads a Link, writers send
+under Client's lock, and `Link.lock` guards the protocol Connection that both use (the
+reader decodes while a writer encodes).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from chatctl.errors import ConnectFailed, Rejected, TimedOut
+from chatctl.protocol import (
+    NEED_DATA,
+    Bye,
+    Connection,
+    ConnectionClosed,
+    Event,
+    Hello,
+    ProtocolError,
+    Role,
+    Welcome,
+)
+from chatctl.ratelimit import TokenBucket
+
+RECV_SIZE = 256 * 1024
+POLL = 0.5  # a socket read times out this often, so the reader can check for silence
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Link:
+    """One TCP connection and its protocol state."""
+
+    def __init__(self, sock: socket.socket, conn: Connection) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.bye: Bye | None = None  # the server's, once it said goodbye
+        self.dead = False
+
+    def send(self, event: Event) -> None:
+        """Encode `event` (ProtocolError when it may not be sent) and write it. A broken
+        socket marks the link dead and wakes the reader, which reconnects or closes."""
+        with self.lock:
+            data = self.conn.send(event)
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.dead = True
+            self.shutdown()
+
+    def receive(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.receive_data(data)
+
+    def drain(self) -> tuple[list[Event], ProtocolError | None]:
+        """The events buffered, and the error that stopped them, if any: the frames before a
+        broken one are still delivered."""
+        events: list[Event] = []
+        with self.lock:
+            try:
+                while (event := self.conn.next_event()) is not NEED_DATA:
+                    events.append(event)
+                    if isinstance(event, ConnectionClosed):
+                        break
+            except ProtocolError as exc:
+                return events, exc
+        return events, None
+
+    def shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.shutdown()
+        self.sock.close()
+
+
+def open_link(host: str, port: int, hello: Hello, timeout: float) -> tuple[Link, Welcome]:
+    """A TCP connection and a completed handshake, or ConnectFailed/Rejected/TimedOut."""
+    addr = format_addr(host, port)
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise ConnectFailed(f"could not connect to {addr}: no answer in {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectFailed(f"could not connect to {addr}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    link = Link(sock, Connection(Role.CLIENT))
+    try:
+        welcome = _handshake(link, hello, deadline, addr)
+    except TimeoutError:
+        link.close()
+        raise TimedOut(f"{addr} did not answer the handshake within {timeout:g} s") from None
+    except BaseException:
+        link.close()
+        raise
+    sock.settimeout(POLL)
+    return link, welcome
+
+
+def _handshake(link: Link, hello: Hello, deadline: float, addr: str) -> Welcome:
+    conn = link.conn
+    try:
+        link.sock.sendall(conn.send(hello))
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                link.sock.settimeout(left)
+                conn.receive_data(link.sock.recv(RECV_SIZE))
+                continue
+            if isinstance(event, Welcome):
+                return event
+            if isinstance(event, Bye):
+                raise Rejected(event.reason or "the server refused the connection", event.code)
+            raise ConnectFailed(f"{addr} closed the connection during the handshake")
+    except TimeoutError:
+        raise  # open_link says how long it waited
+    except ProtocolError as exc:
+        raise ConnectFailed(f"{addr} does not speak the chatctl protocol: {exc}") from None
+    except OSError as exc:
+        raise ConnectFailed(f"connection to {addr} failed: {exc.strerror or exc}") from None
+
+
+class Pacer:
+    """The server's token bucket (Welcome.limits rate and burst), mirrored with margins, so
+    that a fast sender waits instead of being refused with RATE_LIMITED: 90 % of the rate,
+    and half the burst left unused, so that the server's bucket still has room when it reads
+    a backlog of our frames at once after a stall (burst / 2 / rate seconds of it: 2 s with
+    the defaults). Thread-safe: writers spend while others wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bucket = TokenBucket(rate=0.0, capacity=1.0, now=0.0)  # no limit before a Welcome
+
+    def reset(self, limits: dict[str, int]) -> None:
+        """A new connection starts with a full bucket on the server too."""
+        bucket = TokenBucket(
+            rate=0.9 * limits.get("rate", 0),
+            capacity=limits.get("burst", 1) / 2,
+            now=time.monotonic(),
+        )
+        with self._lock:
+            self._bucket = bucket
+
+    def wait_time(self) -> float:
+        with self._lock:
+            return self._bucket.wait_time(time.monotonic())
+
+    def spend(self) -> None:
+        with self._lock:
+            self._bucket.charge(time.monotonic(), 1.0)
+
+
+__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "format_addr", "open_link"]
