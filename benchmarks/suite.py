@@ -24,15 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.server_fanout import free_port
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 SUBSCRIBERS = (1, 10, 100, 1000)
 TARGETS = {"chatctl": "", "redis": "redis://127.0.0.1:6379", "nats": "nats://127.0.0.1:4222"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -41,7 +37,7 @@ def _external(binary: str, args: list[str]) -> Iterator[int | None]:
     if shutil.which(binary) is None:
         yield None
         return
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, *(a.replace("PORT", str(port)) for a in args)],
         stdout=subprocess.DEVNULL,

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from chatctl.client.connection import Client
-from chatctl.protocol import HistoryEnd
+from tests.clients import joined
 from tests.servers import running_server
-from tests.test_client import wait_for
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -33,7 +32,5 @@ def server() -> Iterator[tuple[str, int]]:
 @pytest.fixture
 def watcher(server: tuple[str, int]) -> Iterator[Client]:
     """A client in #lobby of `server`, its join replay consumed."""
-    with Client(*server, nick="watcher", rooms=["lobby"]) as client:
-        client.connect()
-        wait_for(client, HistoryEnd)
+    with joined(server, "watcher", "lobby") as client:
         yield client

@@ -21,7 +21,7 @@ import pytest
 
 from chatctl import protocol as p
 from chatctl.errors import ExitCode
-from tests.servers import dies_with_parent, run_chatctl, running_server
+from tests.servers import dies_with_parent, free_port, run_chatctl, running_server
 
 BENCH_TIMEOUT = 120
 
@@ -32,12 +32,6 @@ def bench(*args: str) -> tuple[int, dict[str, Any], str]:
     assert "Traceback" not in proc.stderr, proc.stderr
     data = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, data, proc.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

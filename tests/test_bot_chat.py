@@ -4,60 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from chatctl.bot.runner import load_system
-from chatctl.protocol import DirectMessage, Message, Notice, Tell
-from tests.servers import (
-    Client,
-    ServeProcess,
-    run_chatctl,
-    running_server,
-    serve_process,
-    start_chatctl,
-)
-
-
-@contextmanager
-def bot_process(host: str, port: int, *args: str) -> Iterator[ServeProcess]:
-    """`python -m chatctl bot HOST --port PORT ...`; its stderr log is collected; stopped with
-    SIGTERM (it must exit 0) and killed if it does not."""
-    handle = start_chatctl("bot", host, "--port", str(port), *args)
-    try:
-        handle.wait_for_line(r"connected to .* as ")
-        yield handle
-        handle.proc.terminate()
-        assert handle.proc.wait(timeout=10) == 0, "".join(handle.lines)
-    finally:
-        handle.stop()
-
-
-@contextmanager
-def bot_in_lobby(*args: str, **server: Any) -> Iterator[tuple[Client, ServeProcess]]:
-    """A real server (`server` overrides its settings), alice in #lobby, and `chatctl bot
-    ARGS` there, its arrival seen by alice."""
-    with (
-        running_server(**server) as (host, port),
-        Client.connect(host, port, "alice", "lobby") as alice,
-        bot_process(host, port, *args) as bot,
-    ):
-        wait_joined(alice, bot_nick(args))
-        yield alice, bot
-
-
-def bot_nick(args: tuple[str, ...]) -> str:
-    return args[args.index("--nick") + 1] if "--nick" in args else "ai"
-
-
-def wait_joined(client: Client, nick: str = "ai") -> None:
-    client.wait_for(Notice, lambda n: n.kind == "joined" and n.nick == nick)
-
-
-def from_bot(client: Client, timeout: float = 10.0) -> Message:
-    return client.wait_for(Message, lambda m: m.sender == "ai", timeout=timeout)
+from chatctl.protocol import DirectMessage, Tell
+from tests.bots import bot_in_lobby, bot_process, from_bot, wait_joined
+from tests.servers import Client, run_chatctl, running_server, serve_process
 
 
 def test_offline_bot_answers_mentions_direct_messages_and_summaries() -> None:

@@ -11,7 +11,6 @@ structure (a reply arrives, streamed, non-empty, within limits), never wording.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -21,17 +20,10 @@ import pytest
 
 from chatctl.bot.brain import Prompt, TurnKind
 from chatctl.bot.local import MAX_TOKENS, LocalBackend, max_tokens, smollm2_gguf
-from tests.servers import start_process
-from tests.test_bot_chat import bot_in_lobby, from_bot
+from tests.bots import bot_in_lobby, from_bot
+from tests.servers import free_port, start_process
 
 MAX_REPLY = 160  # about 53 tokens: keeps a CPU-only reply to a few seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

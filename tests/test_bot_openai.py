@@ -19,8 +19,8 @@ import pytest
 from chatctl.bot.backend import BackendError, chat_messages, system_text
 from chatctl.bot.brain import ChatLine, Prompt, TurnKind
 from chatctl.bot.openai_compat import OpenAIBackend, api_key_from_env
+from tests.bots import bot_in_lobby, bot_process, from_bot, wait_joined
 from tests.servers import Client, ServeProcess, running_server
-from tests.test_bot_chat import bot_in_lobby, bot_process, from_bot, wait_joined
 
 Step = Callable[[BaseHTTPRequestHandler], None]
 

@@ -17,9 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from chatctl.client.connection import Backoff, Client, Outgoing
 from chatctl.errors import ConnectFailed
 from chatctl.protocol import HistoryEnd, Members, Message, RoomList
+from tests.clients import WAIT, wait_for
+from tests.proxy import Proxy
 from tests.servers import running_server
-from tests.test_client import WAIT, wait_for
-from tests.test_client_resume import Proxy
 
 ROOMS = ("r0", "r1", "r2")
 

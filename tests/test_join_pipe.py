@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 
-from chatctl.client.connection import AnyEvent, Client
+from chatctl.client import AnyEvent, Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, Gap, HistoryEnd, Members, Message, Notice
-from tests.servers import running_server, serve_process
-from tests.test_client import wait_for
-from tests.test_client_resume import proxy_to
-
-WAIT = 10.0
+from tests.clients import WAIT, joined, wait_for
+from tests.proxy import proxy_to
+from tests.servers import free_port, run_chatctl, running_server, serve_process
 
 
 class Join:
@@ -90,14 +88,7 @@ class Join:
 
 
 def run_join(port: int, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chatctl", "join", "-p", str(port), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_chatctl("join", "-p", str(port), *args, stdin=stdin)
 
 
 def test_stdin_lines_are_sent_and_acked_before_exit(
@@ -260,9 +251,7 @@ def test_answers_to_the_last_requests_are_printed_before_exit(server: tuple[str,
 
 
 def test_reconnect_also_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a free port, released for the server to take
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # released for the server to take
     join = Join(port, "--format", "json", "--reconnect", "--count", "1", "--history", "0")
     try:
         with serve_process("--port", str(port)):
@@ -278,6 +267,8 @@ def test_reconnect_also_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) ->
                         and event.nick != "first"
                     ):
                         break
+                else:
+                    raise AssertionError("the joiner never came into #lobby")
                 first.say("lobby", "you made it").wait(WAIT)
             records = join.records(3 * WAIT)
             assert join.proc.returncode == 0
@@ -289,24 +280,8 @@ def test_reconnect_also_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) ->
 def test_without_a_server_reconnect_gives_up_at_the_timeout() -> None:
     with socket.socket() as reserved:
         reserved.bind(("127.0.0.1", 0))  # bound, never listening
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "chatctl",
-                "join",
-                "-p",
-                str(reserved.getsockname()[1]),
-                "--reconnect",
-                "--timeout",
-                "0.5",
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        port = reserved.getsockname()[1]
+        result = run_chatctl("join", "-p", str(port), "--reconnect", "--timeout", "0.5")
     assert result.returncode == ExitCode.CONNECT
     assert "could not connect" in result.stderr and "Traceback" not in result.stderr
 
@@ -329,10 +304,8 @@ def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
     with (
         running_server(retain_messages=3) as addr,
         proxy_to(addr) as proxy,
-        Client(*addr, nick="bob", rooms=["lobby"]) as bob,
+        joined(addr, "bob", "lobby") as bob,
     ):
-        bob.connect()
-        wait_for(bob, HistoryEnd)
         join = Join(proxy.port, "-n", "al", "--reconnect", "--history", "0", stdin=True)
         try:
             wait_for(bob, Notice, lambda n: n.kind == "joined" and n.nick == "al")
@@ -351,6 +324,8 @@ def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
                 wait_for(bob, HistoryEnd, seen=seen)
                 if any(isinstance(e, Gap) for e in seen):
                     break
+            else:
+                raise AssertionError("the server never trimmed #lobby's history")
             proxy.blocked.clear()
             join.expect("reconnected")
             bob.say("lobby", "live")

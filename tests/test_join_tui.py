@@ -14,9 +14,9 @@ import pyte
 import pytest
 
 from chatctl.client.connection import Client
-from chatctl.protocol import DirectMessage, HistoryEnd, Message, Notice
+from chatctl.protocol import DirectMessage, Message, Notice
+from tests.clients import joined, wait_for
 from tests.servers import serve_process
-from tests.test_client import wait_for
 
 ROWS, COLS = 24, 100
 WAIT = 15.0
@@ -93,9 +93,7 @@ class Terminal:
 
 @pytest.fixture
 def bob(server: tuple[str, int]) -> Iterator[Client]:
-    with Client(*server, nick="bob", rooms=["lobby"]) as client:
-        client.connect()
-        wait_for(client, HistoryEnd)
+    with joined(server, "bob", "lobby") as client:
         yield client
 
 
@@ -213,9 +211,7 @@ def test_reconnects_without_losing_the_typed_line(tmp_path: Path) -> None:
                 term.wait_text("reconnected as alice", timeout=3 * WAIT)  # a loaded CI is slow
                 term.wait(lambda: "reconnecting" not in term.lines[-1], "the status cleared")
                 term.wait(lambda: term.input_line() == "#lobby alice> a draft", "the draft kept")
-                with Client("127.0.0.1", port, nick="bob", rooms=["lobby"]) as bob:
-                    bob.connect()
-                    wait_for(bob, HistoryEnd)
+                with joined(("127.0.0.1", port), "bob", "lobby") as bob:
                     term.send("\r")
                     assert wait_for(bob, Message).text == "a draft"
         finally:

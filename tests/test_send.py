@@ -13,8 +13,8 @@ import pytest
 from chatctl.client.connection import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, Message
+from tests.clients import WAIT, wait_for
 from tests.servers import run_chatctl, running_server, serve_process
-from tests.test_client import WAIT, wait_for
 
 
 def send(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -132,6 +133,9 @@ def test_a_spawned_server_dies_with_the_test_process() -> None:
     server_pid = 0
     try:
         assert parent.stdout is not None
+        # Its server's pid, waited for with a deadline: a readline alone could block forever.
+        ready, _, _ = select.select([parent.stdout], [], [], 30)
+        assert ready, "the parent never reported its server's pid"
         server_pid = int(parent.stdout.readline())
         assert not _gone(server_pid)
         parent.kill()
