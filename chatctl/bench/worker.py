@@ -5,6 +5,8 @@ The parent talks to a worker over a pipe (see runner.py). A worker connects and 
 share of the connections, reports ready, and then runs one loop: publishers write batches
 while their window allows, and every readable socket is read into one round buffer that
 scan.py checks in a single pass.
+
+About 600 lines, kept as one: the worker's loop and the per-connection state it drives.
 """
 
 from __future__ import annotations

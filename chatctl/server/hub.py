@@ -11,6 +11,9 @@ What a hostile client can make the hub do is bounded (issue #11): a replay never
 queues more than the connection's output queue can take (`replay_room`) and reports its cost
 (`Hub.last_cost`) for the loop's rate meter; the rooms the server knows are capped
 (`total_rooms`) and creating one asks the loop's per-address allowance (`may_create_room`).
+
+About 700 lines, kept as one: it is the rule book of docs/protocol.md §6, one request kind a
+method, over one shared state (sessions, rooms, the store); a split would only scatter it.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ never stalls the loop. The `rooms` table keeps each room's head so that sequence
 continue after everything was trimmed or the server restarted.
 
 The journal's format is in journal.py and the resend filter in idfilter.py; what stays here is
-one cohesive thing, the SQLite side of the Store interface (about 500 lines).
+one cohesive thing, the SQLite side of the Store interface (about 700 lines).
 """
 
 from __future__ import annotations
