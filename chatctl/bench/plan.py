@@ -51,7 +51,8 @@ def parse_target(text: str) -> Target:
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    digits = port_text.isascii() and port_text.isdigit()  # str.isdigit alone takes "²"
+    if not sep or not host or not digits or not 0 < int(port_text) < 65536:
         raise BadBenchOption(
             f"--target {original!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
         )
