@@ -16,7 +16,7 @@ from chatctl.store.base import StoredMessage
 from chatctl.store.errors import StoreError
 from chatctl.store.journal import JOURNAL_NAME
 from chatctl.store.sqlite import DB_NAME, SqliteStore
-from tests.servers import Client, run_chatctl, running_server
+from tests.servers import Client, run_chatctl, running_server, serve_process
 
 
 def message(seq: int) -> StoredMessage:
@@ -147,3 +147,16 @@ def test_a_running_server_never_writes_a_resume_token(tmp_path: Path) -> None:
     files.update({p.name + " (closed)": p.read_bytes() for p in tmp_path.iterdir()})
     for name, data in files.items():
         assert token.encode() not in data, name
+
+
+def test_the_server_logs_what_opening_the_store_repaired(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path, sync_rows=1000)
+    store.append(message(1))
+    store.flush()
+    store.crash()
+    torn = record(marshal.dumps([("lobby", 2, 2, "ann", "m2", 0, "", "", 0)]))[:-3]
+    with (tmp_path / JOURNAL_NAME).open("ab") as f:
+        f.write(torn)
+    with serve_process("--data", str(tmp_path), "--log-format", "json") as server:
+        line = server.wait_for_line(r'"event": "store_repaired"')
+    assert f"dropped {len(torn)} bytes of a write cut short" in line.string

@@ -161,6 +161,8 @@ class Server:
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
             self.journal.listening(host, port, format_addr(host, port))
+        for note in store.notes:
+            self.journal.warning("store_repaired", note)
         self._schedule(time.monotonic() + config.trim_interval, None)
         thresholds = gc.get_threshold()
         # The history kept in memory is hundreds of thousands of long-lived objects: CPython's

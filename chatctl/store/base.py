@@ -68,6 +68,8 @@ def take(messages: Iterable[StoredMessage], max_bytes: int | None) -> list[Store
 class Store(Protocol):
     # Where the history lives, for the server's banner: ":memory:", a directory, a URL.
     location: str
+    # What opening it found and repaired (a torn journal write, say), for the server's log.
+    notes: list[str]
 
     def rooms(self) -> list[str]:
         """Every room with stored history."""

@@ -17,6 +17,7 @@ class MemoryStore:
 
     def __init__(self, *, retain_messages: int = 100_000, retain_age: float = 0.0) -> None:
         self.location = ":memory:"
+        self.notes: list[str] = []
         self.retain_messages = retain_messages
         self.retain_age = retain_age
         self._rooms: dict[str, deque[StoredMessage]] = {}
