@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -53,12 +54,31 @@ class Transport(Protocol):
 
     sock: socket.socket  # what the selector registers; I/O goes through the methods below
 
-    # Attributes rather than methods in the protocol, so that an implementation may bind them
-    # straight to its socket's methods (TcpTransport does: no Python frame per call).
-    recv_into: Callable[[bytearray, int], int]  # into the buffer; 0 at the end of the stream
-    send: Callable[[Buffer], int]  # bytes taken, 0 when full (or BlockingIOError)
-    fileno: Callable[[], int]  # -1 once closed
-    close: Callable[[], None]
+    # Read-only attributes rather than methods in the protocol, so that an implementation may
+    # bind them straight to its socket's methods (TcpTransport does: no Python frame per
+    # call) or define them as methods (TlsTransport).
+    @property
+    def recv_into(self) -> Callable[[bytearray, int], int]:
+        """Into the buffer; 0 at the end of the stream."""
+        ...
+
+    @property
+    def send(self) -> Callable[[Buffer], int]:
+        """Bytes taken, 0 when full (or BlockingIOError)."""
+        ...
+
+    @property
+    def fileno(self) -> Callable[[], int]:
+        """-1 once closed."""
+        ...
+
+    @property
+    def close(self) -> Callable[[], None]: ...
+
+    @property
+    def backlog(self) -> int:
+        """Bytes taken by `send` but not yet given to the kernel (TLS ciphertext); 0 for TCP."""
+        ...
 
     def shutdown_write(self) -> None:
         """Everything is sent: say so to the client (a FIN), keep reading."""
@@ -71,6 +91,7 @@ class TcpTransport:
     """Plain TCP over a non-blocking socket."""
 
     __slots__ = ("close", "fileno", "recv_into", "send", "sock")
+    backlog = 0  # the kernel has everything `send` took
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -115,6 +136,7 @@ class Listeners:
     """The listening sockets of every configured address, and what they accept."""
 
     def __init__(self) -> None:
+        self.tls: ssl.SSLContext | None = None  # set: every connection accepted speaks TLS
         self.socks: list[socket.socket] = []
         self.addresses: list[tuple[str, int]] = []  # (host, port) as bound
 
@@ -145,11 +167,14 @@ class Listeners:
             except (KeyError, ValueError):
                 pass
 
-    @staticmethod
-    def accept(sock: socket.socket) -> tuple[Transport, str, int]:
+    def accept(self, sock: socket.socket) -> tuple[Transport, str, int]:
         """One new connection: its transport, address and port. Raises BlockingIOError when
         there is none, OSError when accepting fails (out of descriptors, say)."""
         conn, address = sock.accept()
+        if self.tls is not None:
+            from chatctl.server.tls import TlsTransport
+
+            return TlsTransport(conn, self.tls), str(address[0]), int(address[1])
         return TcpTransport(conn), str(address[0]), int(address[1])
 
     def close(self, selector: selectors.BaseSelector | None) -> None:
