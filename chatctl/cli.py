@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,6 +19,11 @@ from chatctl.bot.config import BotConfig, BrainSettings
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
 from chatctl.server.config import DEFAULT_ROOM, ServerConfig
+
+if TYPE_CHECKING:
+    import ssl
+
+    from chatctl.address import Address
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
@@ -41,6 +47,18 @@ def root(
     version: o.Version = None,
 ) -> None:
     """chatctl: serve, join, send, bench and bot."""
+
+
+def _server(text: str, port: int, tls_ca: str | None) -> tuple[Address, ssl.SSLContext | None]:
+    """A client command's server address (address.py) and, for tls://, what it trusts."""
+    from chatctl.address import parse_address
+
+    address = parse_address(text, port)
+    if not address.tls:
+        return address, None
+    from chatctl.client.link import client_context
+
+    return address, client_context(tls_ca)
 
 
 def run(action: Callable[[], int | None]) -> None:
@@ -86,6 +104,9 @@ def serve(
     room_burst: o.RoomBurst = ServerConfig.room_burst,
     retain_messages: o.RetainMessages = ServerConfig.retain_messages,
     retain_age: o.RetainAge = ServerConfig.retain_age,
+    tls_cert: o.TlsCert = None,
+    tls_key: o.TlsKey = None,
+    tls_self_signed: o.TlsSelfSigned = False,
 ) -> None:
     """Run the chat server (one thread, an epoll event loop)."""
     config = ServerConfig(
@@ -118,6 +139,9 @@ def serve(
         room_burst=room_burst,
         retain_messages=retain_messages,
         retain_age=retain_age,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_self_signed=tls_self_signed,
     )
 
     def action() -> int | None:
@@ -140,15 +164,18 @@ def join(
     reconnect: o.Reconnect = False,
     history: o.HistoryCount = None,
     connect_timeout: o.ConnectTimeout = 5.0,
+    tls_ca: o.TlsCa = None,
 ) -> None:
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
 
     def action() -> int | None:
         from chatctl.ui.join import run_join
 
+        address, tls = _server(host, port, tls_ca)
         return run_join(
-            host=host,
-            port=port,
+            host=address.host,
+            port=address.port,
+            tls=tls,
             nick=nick,
             rooms=room or [DEFAULT_ROOM],
             fmt=fmt.value,
@@ -175,6 +202,7 @@ def send(
     action_: o.Action = False,
     timeout: o.Timeout = 10.0,
     connect_timeout: o.ConnectTimeout = 5.0,
+    tls_ca: o.TlsCa = None,
 ) -> None:
     """Send one message, wait for the server's ack and print a receipt."""
     positional = args or []
@@ -188,10 +216,12 @@ def send(
     def action() -> int | None:
         from chatctl.ui.send import run_send
 
+        address, tls = _server(host, port, tls_ca)
         return run_send(
             message=message,
-            host=host,
-            port=port,
+            host=address.host,
+            port=address.port,
+            tls=tls,
             room=room or DEFAULT_ROOM,
             to=to,
             nick=nick,
@@ -267,11 +297,20 @@ def bot(
     on_failure: o.OnFailureOpt = BotConfig.on_failure,
     reply_timeout: o.ReplyTimeout = BotConfig.reply_timeout,
     ignore: o.BotIgnore = None,
+    tls_ca: o.TlsCa = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
+    from chatctl.address import parse_address
+
+    try:
+        address = parse_address(host, port)
+    except ChatctlError as exc:
+        raise typer.BadParameter(str(exc)) from None
     config = BotConfig(
-        host=host,
-        port=port,
+        host=address.host,
+        port=address.port,
+        tls=address.tls,
+        tls_ca=tls_ca,
         rooms=tuple(room or BotConfig.rooms),
         backend=backend,
         base_url=base_url,

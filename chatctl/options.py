@@ -58,7 +58,9 @@ def _env(name: str) -> str:
 HostArg = Annotated[
     str,
     typer.Argument(
-        envvar=_env("HOST"), help="Server address (name, IPv4 or IPv6).", show_default=True
+        envvar=_env("HOST"),
+        help="Server: HOST, HOST:PORT, [IPV6]:PORT, chat://HOST:PORT or tls://HOST:PORT.",
+        show_default=True,
     ),
 ]
 Port = Annotated[
@@ -359,6 +361,39 @@ RetainAge = Annotated[
     ),
 ]
 
+TlsCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        envvar=_env("TLS_CERT"),
+        help="Speak TLS with this certificate (PEM, the chain after it); needs --tls-key.",
+    ),
+]
+TlsKey = Annotated[
+    str | None,
+    typer.Option("--tls-key", envvar=_env("TLS_KEY"), help="The private key of --tls-cert (PEM)."),
+]
+TlsSelfSigned = Annotated[
+    bool,
+    typer.Option(
+        "--tls-self-signed",
+        envvar=_env("TLS_SELF_SIGNED"),
+        help="Speak TLS with a self-signed certificate made once in the data directory "
+        "(tls-cert.pem, tls-key.pem; in memory for this run with --data :memory:). The banner "
+        "shows its SHA-256 fingerprint; clients trust it with --tls-ca tls-cert.pem.",
+    ),
+]
+
+# clients (join, send, bot) -------------------------------------------------------------------
+TlsCa = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca",
+        envvar=_env("TLS_CA"),
+        help="With a tls:// address: trust this CA (PEM file) instead of the system's.",
+    ),
+]
+
 # join ----------------------------------------------------------------------------------------
 Count = Annotated[
     int | None,
@@ -389,7 +424,7 @@ SendArgs = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="[HOST] [MESSAGE]",
-        help="Server address (default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads stdin.",
+        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads stdin.",
         show_default=False,
     ),
 ]

@@ -104,6 +104,18 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that are not a valid frame, or a frame it may not send now."""
 
 
+class SpeaksTls(RemoteProtocolError):
+    """The peer's first bytes are a TLS record (a handshake 0x16 or an alert 0x15, then
+    version 3): it speaks TLS where plaintext chatctl was expected (docs/protocol.md,
+    "Transport security")."""
+
+
+def _bad_magic(start: bytes) -> RemoteProtocolError:
+    if len(start) >= 2 and start[0] in (0x15, 0x16) and start[1] == 0x03:
+        return SpeaksTls("this is TLS, not a plaintext chatctl stream")
+    return RemoteProtocolError("bad magic: this is not a chatctl stream")
+
+
 class TruncatedStream(RemoteProtocolError):
     """The stream ended inside a frame: the peer closed without finishing it (a server drops
     a reader that fell too far behind that way, with no Bye)."""
@@ -650,7 +662,7 @@ class Connection:
             if not self._eof:
                 # Catch a wrong magic early: an HTTP request or other garbage fails at once.
                 if available and not MAGIC.startswith(bytes(buf[pos : pos + 2])):
-                    raise RemoteProtocolError("bad magic: this is not a chatctl stream")
+                    raise _bad_magic(bytes(buf[pos : pos + 2]))
                 return NEED_DATA
             if available:
                 raise TruncatedStream("the stream ended in the middle of a frame")
@@ -660,7 +672,7 @@ class Connection:
             return NEED_DATA
         magic, frame_type, flags, length = HEADER.unpack_from(buf, pos)
         if magic != MAGIC:
-            raise RemoteProtocolError("bad magic: this is not a chatctl stream")
+            raise _bad_magic(magic)
         if flags:
             raise RemoteProtocolError(f"flags must be 0 in protocol version 1, not {flags}")
         if length > self.max_frame_size:
@@ -749,6 +761,7 @@ __all__ = [
     "Role",
     "RoomList",
     "Say",
+    "SpeaksTls",
     "State",
     "Tell",
     "TruncatedStream",

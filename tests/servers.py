@@ -27,6 +27,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -271,12 +272,32 @@ class Client:
     """A blocking protocol client for tests. Every wait has a deadline."""
 
     def __init__(
-        self, host: str, port: int, *, timeout: float = 10.0, source: str | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        source: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        rcvbuf: int | None = None,
     ) -> None:
         """`source`: the local address to connect from (127.0.0.2, say: another client
-        address as the server counts them)."""
+        address as the server counts them); `tls`: a client context, to speak TLS; `rcvbuf`:
+        a small kernel receive buffer, to make the server's writes partial."""
         where = None if source is None else (source, 0)
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=where)
+        if rcvbuf is None:
+            self.sock = socket.create_connection(
+                (host, port), timeout=timeout, source_address=where
+            )
+        else:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            if where is not None:
+                self.sock.bind(where)
+            self.sock.connect((host, port))
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         _open_clients.append(self)
         self.conn = Connection(Role.CLIENT)
         self.timeout = timeout
@@ -297,9 +318,10 @@ class Client:
         token: str = "",
         timeout: float = 10.0,
         source: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> Client:
         """Connected, welcomed, and in `rooms` (each join's replay consumed)."""
-        client = cls(host, port, timeout=timeout, source=source)
+        client = cls(host, port, timeout=timeout, source=source, tls=tls)
         client.hello(nick, token=token)
         for room in rooms:
             client.join(room)

@@ -42,6 +42,13 @@ class Target:
 def parse_target(text: str) -> Target:
     original, kind = text, Kind.chatctl
     scheme, sep, rest = text.partition("://")
+    if sep and scheme.lower() == "tls":
+        raise BadBenchOption(
+            f"--target {original!r}: bench does not speak TLS yet (benchmarks/tls.py compares "
+            "TLS with plaintext)"
+        )
+    if sep and scheme.lower() == "chat":
+        scheme = Kind.chatctl.value
     if sep:
         if scheme not in {k.value for k in Kind}:
             raise BadBenchOption(

@@ -50,6 +50,8 @@ class BotConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    tls: bool = False  # a tls:// address
+    tls_ca: str | None = None  # the CA file to trust instead of the system's
     rooms: tuple[str, ...] = (DEFAULT_ROOM,)
     backend: BackendName = BackendName.offline
     base_url: str = "http://127.0.0.1:8080/v1"  # the openai backend's API root

@@ -43,12 +43,12 @@ import itertools
 import os
 import queue
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Reconnected, Refused
 from chatctl.client.link import RECV_SIZE, Link, Pacer, format_addr, open_link
@@ -76,6 +76,9 @@ from chatctl.protocol import (
 )
 
 # Frames the server's rate limit does not count.
+if TYPE_CHECKING:
+    import ssl
+
 _UNMETERED = (Hello, Ping, Pong, Bye)
 # Bye codes after which reconnecting is pointless or unwanted.
 _FINAL_BYE = frozenset({ErrorCode.REPLACED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.INVALID_NICK})
@@ -156,8 +159,10 @@ class Client:
         keepalive: float = 30.0,
         on_event: Callable[[AnyEvent], None] | None = None,
         max_backlog: int = 10_000,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self.tls = tls  # a client context (link.client_context): the connection speaks TLS
         self.port = port
         self.connect_timeout = connect_timeout
         self.reconnect = reconnect
@@ -269,7 +274,7 @@ class Client:
             if link is not None and not link.dead:
                 try:
                     self._write(Bye(code=ErrorCode.NORMAL, reason=reason))
-                    link.sock.shutdown(socket.SHUT_WR)
+                    link.half_close()
                 except (OSError, ProtocolError):
                     link.shutdown()
         reader = self._reader
@@ -455,7 +460,7 @@ class Client:
     def _open(self) -> tuple[Link, Welcome]:
         with self._lock:
             hello = self._session.hello()
-        return open_link(self.host, self.port, hello, self.connect_timeout)
+        return open_link(self.host, self.port, hello, self.connect_timeout, self.tls)
 
     def _adopt(self, link: Link, welcome: Welcome) -> None:
         """Make `link` the connection (under _lock) and send what the session starts it with:

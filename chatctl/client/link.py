@@ -1,4 +1,4 @@
-"""One TCP connection to a chatctl server, blocking: connect with a timeout, the handshake,
+"""One TCP connection (plain or TLS) to a chatctl server, blocking: connect with a timeout, the handshake,
 frames out, events in, and the pace the server's rate limit allows.
 
 No threads here: Client's reader thread is the only one that reads a Link, writers send
@@ -11,8 +11,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from chatctl.errors import ConnectFailed, Rejected, TimedOut
+from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
@@ -22,9 +23,13 @@ from chatctl.protocol import (
     Hello,
     ProtocolError,
     Role,
+    SpeaksTls,
     Welcome,
 )
 from chatctl.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    import ssl
 
 RECV_SIZE = 256 * 1024
 POLL = 0.5  # a socket read times out this often, so the reader can check for silence
@@ -37,8 +42,9 @@ def format_addr(host: str, port: int) -> str:
 class Link:
     """One TCP connection and its protocol state."""
 
-    def __init__(self, sock: socket.socket, conn: Connection) -> None:
+    def __init__(self, sock: socket.socket, conn: Connection, *, tls: bool = False) -> None:
         self.sock = sock
+        self.tls = tls  # sock is an ssl.SSLSocket
         self.conn = conn
         self.lock = threading.Lock()
         self.bye: Bye | None = None  # the server's, once it said goodbye
@@ -73,9 +79,17 @@ class Link:
                 return events, exc
         return events, None
 
+    def half_close(self) -> None:
+        """Everything is sent. Plain TCP says so with a FIN; TLS says nothing (a FIN under
+        TLS would end the session for both directions), the server closes after our Bye."""
+        if not self.tls:
+            self.sock.shutdown(socket.SHUT_WR)
+
     def shutdown(self) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            # The socket's own shutdown, also under TLS: SSLSocket.shutdown would drop the TLS
+            # layer and let the reader see raw ciphertext.
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -84,8 +98,58 @@ class Link:
         self.sock.close()
 
 
-def open_link(host: str, port: int, hello: Hello, timeout: float) -> tuple[Link, Welcome]:
-    """A TCP connection and a completed handshake, or ConnectFailed/Rejected/TimedOut."""
+def client_context(ca: str | None = None) -> ssl.SSLContext:
+    """What a TLS client trusts: the system's CAs, or the CA file `ca` (PEM) alone; the
+    server's name is checked against its certificate. Raises ChatctlError."""
+    import ssl  # here: `chatctl send` over plain TCP does not pay for it
+
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ChatctlError(f"cannot use the CA file {ca}: {why}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+# OpenSSL's reasons when what answered a ClientHello was not TLS (or closed at once).
+_NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
+
+
+def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str, addr: str) -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket (its timeout applies). Raises ConnectFailed."""
+    import ssl
+
+    not_tls = ConnectFailed(f"{addr} does not speak TLS (use chat://{addr})")
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ConnectFailed(
+            f"cannot trust {addr}: {exc.verify_message or exc.reason} "
+            "(--tls-ca FILE trusts a CA, or the server's own self-signed certificate)"
+        ) from None
+    except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+        sock.close()
+        raise not_tls from None
+    except ssl.SSLError as exc:
+        sock.close()
+        if exc.reason in _NOT_TLS:
+            raise not_tls from None
+        raise ConnectFailed(f"TLS handshake with {addr} failed: {exc.reason or exc}") from None
+    except TimeoutError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        raise ConnectFailed(f"connection to {addr} failed: {exc.strerror or exc}") from None
+
+
+def open_link(
+    host: str, port: int, hello: Hello, timeout: float, tls: ssl.SSLContext | None = None
+) -> tuple[Link, Welcome]:
+    """A TCP connection (TLS with a `tls` context) and a completed handshake, or
+    ConnectFailed/Rejected/TimedOut."""
     addr = format_addr(host, port)
     deadline = time.monotonic() + timeout
     try:
@@ -95,7 +159,14 @@ def open_link(host: str, port: int, hello: Hello, timeout: float) -> tuple[Link,
     except OSError as exc:
         raise ConnectFailed(f"could not connect to {addr}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    link = Link(sock, Connection(Role.CLIENT))
+    if tls is not None:
+        try:
+            sock = _start_tls(sock, tls, host, addr)
+        except TimeoutError:
+            raise TimedOut(
+                f"{addr} did not finish the TLS handshake within {timeout:g} s"
+            ) from None
+    link = Link(sock, Connection(Role.CLIENT), tls=tls is not None)
     try:
         welcome = _handshake(link, hello, deadline, addr)
     except TimeoutError:
@@ -128,6 +199,8 @@ def _handshake(link: Link, hello: Hello, deadline: float, addr: str) -> Welcome:
             raise ConnectFailed(f"{addr} closed the connection during the handshake")
     except TimeoutError:
         raise  # open_link says how long it waited
+    except SpeaksTls:
+        raise ConnectFailed(f"{addr} speaks TLS: use tls://{addr}") from None
     except ProtocolError as exc:
         raise ConnectFailed(f"{addr} does not speak the chatctl protocol: {exc}") from None
     except OSError as exc:
@@ -164,4 +237,4 @@ class Pacer:
             self._bucket.charge(time.monotonic(), 1.0)
 
 
-__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "format_addr", "open_link"]
+__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "client_context", "format_addr", "open_link"]

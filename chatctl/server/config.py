@@ -51,6 +51,11 @@ class ServerConfig:
     # loopback pass a higher --max-per-ip.
     max_per_ip: int = 1000
     data: str | None = None  # None: XDG state dir; ":memory:": no persistence
+    # TLS on every listener: a certificate and its key (PEM files), or a self-signed one made
+    # once in the data directory (in memory for this run with data=":memory:").
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_self_signed: bool = False
     join_history: int = 20
     replay_limit: int = 1000  # most messages one join or history request replays
     max_rooms: int = 100  # rooms one connection may be in at once

@@ -20,6 +20,7 @@ ends) is one state machine over the peer's flags, and splitting it would scatter
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import selectors
@@ -42,6 +43,7 @@ from chatctl.protocol import (
     Pong,
     RemoteProtocolError,
     Say,
+    SpeaksTls,
     State,
     Tell,
     Welcome,
@@ -64,6 +66,7 @@ from chatctl.server.log import ServerLog
 from chatctl.server.outbox import Outbox
 from chatctl.server.peer import Peer
 from chatctl.server.timers import Timers
+from chatctl.server.tls import TlsSetup, TlsTransport, TransportFailed
 from chatctl.server.transport import Listeners, drain, format_addr
 from chatctl.store.base import Store
 from chatctl.store.url import open_store
@@ -126,13 +129,26 @@ class Server:
         self.admission = Admission(config, self.journal)
         self._refusals = Refusals(self._sel, self._buf)
         self.hub: Hub | None = None
+        self.tls: TlsSetup | None = None  # from the configuration, at bind()
 
     # -- life cycle --------------------------------------------------------------------------
 
     def bind(self) -> list[tuple[str, int]]:
         """Open the listening sockets. Raises ChatctlError for a bad address or a port in use."""
+        config = self.config
+        if self.tls is None:
+            from chatctl.server import tls
+
+            self.tls = tls.setup(
+                cert=config.tls_cert,
+                key=config.tls_key,
+                self_signed=config.tls_self_signed,
+                data=config.data,
+                hosts=config.hosts,
+            )
+        self._listeners.tls = None if self.tls is None else self.tls.context
         self.admission.reserve_descriptors()
-        return self._listeners.open(self.config.hosts, self.config.port)
+        return self._listeners.open(config.hosts, config.port)
 
     def stop(self) -> None:
         """Ask the loop to shut down gracefully. Safe from any thread or a signal handler."""
@@ -163,6 +179,8 @@ class Server:
             self.journal.listening(host, port, format_addr(host, port))
         for note in store.notes:
             self.journal.warning("store_repaired", note)
+        if self.tls is not None:
+            self.journal.info("tls", f"speaking TLS only: {self.tls.description}")
         self._schedule(time.monotonic() + config.trim_interval, None)
         thresholds = gc.get_threshold()
         # The history kept in memory is hundreds of thousands of long-lived objects: CPython's
@@ -197,6 +215,7 @@ class Server:
         assert self.hub is not None
         return {
             "hosts": ", ".join(config.hosts),
+            "tls": "off" if self.tls is None else self.tls.description,
             **self.hub.limits,
             **self.admission.limits(),
             "total_output": config.total_output,
@@ -322,10 +341,22 @@ class Server:
                 client=client,
             )
             self.peers[peer.cid] = peer
+            if isinstance(transport, TlsTransport):
+                transport.on_backlog = functools.partial(self._tls_backlog, peer)
             admission.connected(client)
             self._sel.register(peer.sock, _READ, peer)
             self._schedule(now + config.handshake_timeout, peer)
             self.journal.debug("connect", f"connection from {addr}", peer=addr, cid=peer.cid)
+
+    def _tls_backlog(self, peer: Peer) -> None:
+        """A TLS read made ciphertext the kernel did not take (a handshake step): a write turn
+        with an empty item, which flushes it and keeps EVENT_WRITE until it has gone."""
+        if peer.lingering or peer.sock.fileno() < 0:
+            return
+        if not peer.out:
+            peer.out.append(b"")
+            peer.out_size = max(peer.out_size, 1)
+        self._outbox.schedule(peer)
 
     def _read(self, peer: Peer) -> None:
         if peer.closing:
@@ -337,6 +368,10 @@ class Server:
         try:
             n = peer.transport.recv_into(self._buf, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
+            return
+        except TransportFailed as exc:  # a TLS handshake failed: one line, nobody else hears
+            self.journal.warning("tls", f"{peer.addr}: {exc}", peer=peer.addr)
+            self._abort(peer)
             return
         except OSError as exc:
             self._lost(peer, f"connection lost ({exc.strerror or exc})")
@@ -590,6 +625,14 @@ class Server:
         return (self.hub.nick_of(peer.cid) if self.hub else "") or "-"
 
     def _protocol_error(self, peer: Peer, exc: RemoteProtocolError) -> None:
+        if isinstance(exc, SpeaksTls):  # one line, and the close: it cannot read a Bye
+            self.journal.warning(
+                "tls",
+                f"{peer.addr}: a TLS client on a plaintext port (it should use chat://)",
+                peer=peer.addr,
+            )
+            self._abort(peer)
+            return
         self.journal.warning(
             "protocol_error",
             f"{peer.addr} ({self._nick(peer)}) broke the protocol: {exc}",

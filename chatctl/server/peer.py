@@ -108,7 +108,11 @@ class Peer:
             if taken == len(out):
                 out.clear()
                 self.out_size = 0
-                return 0
+                backlog = self.transport.backlog
+                if backlog:  # TLS: ciphertext the kernel has not taken yet
+                    out.append(b"")  # the next write flushes it
+                    self.out_size = backlog
+                return backlog
             del out[:taken]
             self.out_size = max(self.out_size - sent, 1)
         # The kernel may have taken part of a frame: from here on nothing may be put in front

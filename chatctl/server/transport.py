@@ -3,43 +3,36 @@
 The loop registers `transport.sock` with its selector and moves every byte of a connection
 through its `Transport`: `recv_into` the loop's one shared read buffer (the protocol's stream,
 0 at its end, BlockingIOError for nothing yet), `send` (how much of `data` was taken, possibly
-0), `shutdown_write` once the last byte is out, `close`. Today's one implementation is plain
-TCP, `TcpTransport`, whose methods *are* the socket's bound methods: the hot path pays no extra
-call for the seam. The listening side, `Listeners`, lives here too: what a listener accepts
-comes out as a transport, so a TLS listener will hand out TLS transports to the same loop.
+0), `shutdown_write` once the last byte is out, `close`. Plain TCP is `TcpTransport`, whose
+methods *are* the socket's bound methods: the hot path pays no extra call for the seam. The
+listening side, `Listeners`, lives here too: what a listener accepts comes out as a
+transport, so a TLS listener hands out TLS transports to the same loop.
 
-How TLS will plug in (`ssl.MemoryBIO` + `SSLObject`, sans-IO, in the same loop, no thread):
-`TlsTransport(sock, context)` keeps an incoming and an outgoing MemoryBIO and a server-side
-SSLObject; `sock` is still what the selector watches.
+TLS plugs in beside it as `TlsTransport` (server/tls.py: `ssl.MemoryBIO` + `SSLObject`,
+sans-IO, in the same loop, no thread); `Listeners.accept` hands it out when `Listeners.tls`
+holds a context. What the interface gained for it:
 
-- `recv_into`: `sock.recv` ciphertext into the incoming BIO, then `SSLObject.read(n, buffer)`.
-  A handshake step or a partial record yields no plaintext: raise BlockingIOError, exactly as
-  an empty socket does; a close_notify or EOF returns 0.
-- A handshake step (or an alert, a key update) also produces ciphertext nobody queued. The
-  transport will say so with a `wants_write` flag that the loop checks after a read, to put the
-  peer on its write list (and register EVENT_WRITE while the kernel is full), even with an
-  empty output queue.
-- After a read the SSLObject may still hold decrypted bytes (`SSLObject.pending()`) that the
-  socket will never signal again: a `pending` count the loop checks after a read, reading again
-  in the next turn without waiting on the selector.
-- `send`: `SSLObject.write` what fits a record budget, then flush the outgoing BIO to the
-  socket; return the plaintext taken. Ciphertext the kernel refused stays in the outgoing BIO
-  as a `backlog` that `Peer.write_once` adds to its bytes left, so the loop keeps EVENT_WRITE
-  and does not half-close before it has gone.
-- `shutdown_write`: `SSLObject.unwrap()` for the close_notify, flushed, then SHUT_WR.
-- A refused connection (admission.Refusals) only sends, half-closes and drains through its
-  transport; before a TLS handshake has finished there is nothing to say Bye over, so a TLS
-  refusal will be a plain close, or wait for the handshake like a peer does.
+- `backlog`: bytes `send` took but the kernel has not (TLS ciphertext). `Peer.write_once`
+  counts it as bytes left and keeps an empty item queued meanwhile, so the loop keeps
+  EVENT_WRITE and does not half-close before it has gone. TcpTransport has it as a class
+  constant 0: one attribute read per emptied queue, never per message.
+- A TLS read never leaves decrypted bytes inside the SSLObject (it reads no more ciphertext
+  than the buffer holds), so no `pending` check is needed after a read; ciphertext a read
+  makes (a handshake step) that the kernel refuses asks the loop for a write turn through
+  `TlsTransport.on_backlog`, which only TLS transports have.
+- `TransportFailed` (an OSError) from `recv_into`: the connection cannot go on (a failed
+  handshake, a plaintext client on a TLS port); the loop logs it once and closes.
+- A refused connection (admission.Refusals) gets its Bye dropped before a TLS handshake is
+  done: there is nothing to say it over yet, so a TLS refusal is a plain close.
 
-The interface gains those three members with TLS; TcpTransport will have them as class
-constants (False, 0, 0), which costs the plain path one attribute read per read or write turn,
-never per message. WebSocket framing would sit the same way, over TCP or over TLS.
+WebSocket framing would sit the same way, over TCP or over TLS.
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -53,12 +46,31 @@ class Transport(Protocol):
 
     sock: socket.socket  # what the selector registers; I/O goes through the methods below
 
-    # Attributes rather than methods in the protocol, so that an implementation may bind them
-    # straight to its socket's methods (TcpTransport does: no Python frame per call).
-    recv_into: Callable[[bytearray, int], int]  # into the buffer; 0 at the end of the stream
-    send: Callable[[Buffer], int]  # bytes taken, 0 when full (or BlockingIOError)
-    fileno: Callable[[], int]  # -1 once closed
-    close: Callable[[], None]
+    # Read-only attributes rather than methods in the protocol, so that an implementation may
+    # bind them straight to its socket's methods (TcpTransport does: no Python frame per
+    # call) or define them as methods (TlsTransport).
+    @property
+    def recv_into(self) -> Callable[[bytearray, int], int]:
+        """Into the buffer; 0 at the end of the stream."""
+        ...
+
+    @property
+    def send(self) -> Callable[[Buffer], int]:
+        """Bytes taken, 0 when full (or BlockingIOError)."""
+        ...
+
+    @property
+    def fileno(self) -> Callable[[], int]:
+        """-1 once closed."""
+        ...
+
+    @property
+    def close(self) -> Callable[[], None]: ...
+
+    @property
+    def backlog(self) -> int:
+        """Bytes taken by `send` but not yet given to the kernel (TLS ciphertext); 0 for TCP."""
+        ...
 
     def shutdown_write(self) -> None:
         """Everything is sent: say so to the client (a FIN), keep reading."""
@@ -71,6 +83,7 @@ class TcpTransport:
     """Plain TCP over a non-blocking socket."""
 
     __slots__ = ("close", "fileno", "recv_into", "send", "sock")
+    backlog = 0  # the kernel has everything `send` took
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -115,6 +128,7 @@ class Listeners:
     """The listening sockets of every configured address, and what they accept."""
 
     def __init__(self) -> None:
+        self.tls: ssl.SSLContext | None = None  # set: every connection accepted speaks TLS
         self.socks: list[socket.socket] = []
         self.addresses: list[tuple[str, int]] = []  # (host, port) as bound
 
@@ -145,11 +159,14 @@ class Listeners:
             except (KeyError, ValueError):
                 pass
 
-    @staticmethod
-    def accept(sock: socket.socket) -> tuple[Transport, str, int]:
+    def accept(self, sock: socket.socket) -> tuple[Transport, str, int]:
         """One new connection: its transport, address and port. Raises BlockingIOError when
         there is none, OSError when accepting fails (out of descriptors, say)."""
         conn, address = sock.accept()
+        if self.tls is not None:
+            from chatctl.server.tls import TlsTransport
+
+            return TlsTransport(conn, self.tls), str(address[0]), int(address[1])
         return TcpTransport(conn), str(address[0]), int(address[1])
 
     def close(self, selector: selectors.BaseSelector | None) -> None:

@@ -7,9 +7,13 @@ anything else is chatctl.pipe. prompt_toolkit is imported only for the terminal.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from chatctl.client.connection import Backoff, Client, default_nick
 from chatctl.names import room_key
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def run_join(
@@ -24,6 +28,7 @@ def run_join(
     reconnect: bool = False,
     history: int | None = None,
     connect_timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     rooms = [room_key(r) for r in rooms]
     # --format json, --count and --timeout are for scripts: they select line mode anywhere.
@@ -39,6 +44,7 @@ def run_join(
             rooms=rooms,
             history=history,
             connect_timeout=connect_timeout,
+            tls=tls,
         )
 
     from chatctl.ui.pipe import run_pipe
@@ -50,6 +56,7 @@ def run_join(
         rooms=rooms,
         history=history,
         connect_timeout=connect_timeout,
+        tls=tls,
         reconnect=reconnect,
         backoff=Backoff(cap=2.0),
     )

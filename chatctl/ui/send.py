@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from chatctl.client.connection import Client, Outgoing, default_nick
 from chatctl.errors import ChatctlError, ExitCode, NoRecipient
 from chatctl.names import room_key
 from chatctl.protocol import Ack
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def _read_message(message: str | None) -> str:
@@ -64,6 +68,7 @@ def run_send(
     action: bool = False,
     timeout: float | None = 10.0,
     connect_timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     text = _read_message(message)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -74,6 +79,7 @@ def run_send(
         nick=nick or default_nick(),
         rooms=(),  # the server takes a Say from a non-member: no join/leave noise
         connect_timeout=connect_timeout,
+        tls=tls,
     )
     try:
         client.connect()

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
@@ -35,6 +36,9 @@ from chatctl.errors import Rejected
 from chatctl.protocol import DirectMessage, ErrorCode, Members, Message, Notice, RoomList
 from chatctl.ui.commands import COMMANDS, Chat
 from chatctl.ui.render import TextRenderer
+
+if TYPE_CHECKING:
+    import ssl
 
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
 _MAX_NICKS = 5000  # completion candidates remembered
@@ -211,6 +215,7 @@ def run_tui(
     rooms: list[str],
     history: int | None,
     connect_timeout: float,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     asked = nick is None
     if nick is None:
@@ -224,6 +229,7 @@ def run_tui(
         rooms=rooms,
         history=history,
         connect_timeout=connect_timeout,
+        tls=tls,
         reconnect=True,
         backoff=Backoff(cap=5.0),
     )

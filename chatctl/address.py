@@ -1,0 +1,86 @@
+"""Server addresses as the client commands take them: one parser for join, send, bot and bench.
+
+    tls://HOST:PORT     TLS (certificate checked against the system CAs, or --tls-ca)
+    chat://HOST:PORT    plaintext chatctl
+    HOST:PORT           plaintext
+    [::1]:PORT          an IPv6 address, in brackets when a port follows
+    HOST                plaintext on the default port (or --port); a bare IPv6 address too
+
+The scheme is case-insensitive; the port is 1 to 65535. A URL names its port or takes the
+default one. Sans-IO: no name is resolved here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatctl.errors import ChatctlError, ExitCode
+
+SCHEMES = {"tls": True, "chat": False}  # scheme -> TLS
+
+
+class BadAddress(ChatctlError):
+    exit_code = ExitCode.USAGE
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str  # without brackets
+    port: int
+    tls: bool = False
+
+    @property
+    def hostport(self) -> str:
+        """HOST:PORT, with brackets around an IPv6 address."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{'tls' if self.tls else 'chat'}://{self.hostport}"
+
+
+def parse_address(text: str, default_port: int) -> Address:
+    """The address `text` names; `default_port` when it names none. Raises BadAddress."""
+    original = text
+    tls = False
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme.lower() not in SCHEMES:
+            raise BadAddress(
+                f"{original!r}: unknown scheme {scheme!r} (tls://HOST:PORT or chat://HOST:PORT)"
+            )
+        tls = SCHEMES[scheme.lower()]
+        text = rest
+    if text.endswith("/"):
+        text = text[:-1]
+    port_text = ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BadAddress(f"{original!r}: an IPv6 address needs its closing ']'")
+        host, after = text[1:end], text[end + 1 :]
+        if after:
+            if not after.startswith(":"):
+                raise BadAddress(f"{original!r}: expected [IPV6]:PORT")
+            port_text = after[1:]
+            if not port_text:
+                raise BadAddress(f"{original!r}: the port is missing after ':'")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text:
+            raise BadAddress(f"{original!r}: the port is missing after ':'")
+    else:
+        host = text  # a name, an IPv4 address, or a bare IPv6 address (two colons or more)
+    if not host:
+        raise BadAddress(f"{original!r}: the host is missing")
+    if any(c.isspace() or c in "/?#@[]" for c in host):
+        raise BadAddress(f"{original!r}: {host!r} is not a host name or address")
+    port = default_port
+    if port_text:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+            raise BadAddress(f"{original!r}: the port must be a number from 1 to 65535")
+        port = int(port_text)
+    return Address(host, port, tls)
+
+
+__all__ = ["Address", "BadAddress", "parse_address"]

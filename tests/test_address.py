@@ -1,0 +1,97 @@
+"""The one parser of server addresses (chatctl/address.py), held to properties."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatctl.address import Address, BadAddress, parse_address
+
+label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+names = st.lists(label, min_size=1, max_size=4).map(".".join)
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+hosts = st.one_of(names, ipv4, ipv6)
+ports = st.integers(1, 65535)
+
+
+def bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@given(hosts, ports, st.booleans())
+def test_a_url_round_trips(host: str, port: int, tls: bool) -> None:
+    address = Address(host, port, tls)
+    assert parse_address(str(address), 1) == address
+    assert str(address).startswith("tls://" if tls else "chat://")
+
+
+@given(hosts, ports, ports)
+def test_host_port_is_plaintext_and_names_its_port(host: str, port: int, default: int) -> None:
+    assert parse_address(f"{bracketed(host)}:{port}", default) == Address(host, port, False)
+
+
+@given(hosts, ports)
+def test_a_bare_host_takes_the_default_port(host: str, default: int) -> None:
+    assert parse_address(host, default) == Address(host, default, False)
+    assert parse_address(bracketed(host), default) == Address(host, default, False)
+    assert parse_address(f"tls://{bracketed(host)}", default) == Address(host, default, True)
+
+
+@given(hosts, ports, st.sampled_from(["TLS", "Tls", "CHAT", "Chat"]))
+def test_schemes_are_case_insensitive(host: str, port: int, scheme: str) -> None:
+    address = parse_address(f"{scheme}://{bracketed(host)}:{port}", 1)
+    assert address == Address(host, port, scheme.lower() == "tls")
+
+
+@given(hosts, st.one_of(st.integers(max_value=0), st.integers(min_value=65536)))
+def test_ports_out_of_range_are_refused(host: str, port: int) -> None:
+    with pytest.raises(BadAddress, match="port must be a number from 1 to 65535"):
+        parse_address(f"{bracketed(host)}:{port}", 1)
+
+
+@given(st.text(max_size=40), ports)
+def test_anything_parses_or_is_a_bad_address(text: str, default: int) -> None:
+    try:
+        address = parse_address(text, default)
+    except BadAddress as exc:
+        assert "\n" not in str(exc)
+        return
+    assert address.host and 0 < address.port < 65536
+    assert parse_address(str(address), default) == address
+
+
+@given(ipv6, ports)
+def test_hostport_brackets_ipv6(host: str, port: int) -> None:
+    assert Address(host, port).hostport == f"[{host}]:{port}"
+    assert ipaddress.ip_address(parse_address(f"[{host}]:{port}", 1).host)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("http://h:1", "unknown scheme 'http'"),
+        ("tls://", "the host is missing"),
+        (":80", "the host is missing"),
+        ("h:", "the port is missing"),
+        ("[::1", "closing ']'"),
+        ("[::1]x", "expected [IPV6]:PORT"),
+        ("h:port", "port must be a number"),
+        ("a b:1", "is not a host name"),
+    ],
+)
+def test_bad_addresses_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(BadAddress, match=re.escape(message)):
+        parse_address(text, 7777)
+
+
+def test_bench_takes_chat_urls_and_says_tls_is_not_there_yet() -> None:
+    from chatctl.bench.plan import BadBenchOption, parse_target
+
+    assert parse_target("chat://127.0.0.1:5").port == 5
+    with pytest.raises(BadBenchOption, match="bench does not speak TLS yet"):
+        parse_target("tls://127.0.0.1:5")
