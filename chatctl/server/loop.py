@@ -33,6 +33,7 @@ from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
+    Connection,
     ConnectionClosed,
     ErrorCode,
     Event,
@@ -42,6 +43,7 @@ from chatctl.protocol import (
     Ping,
     Pong,
     RemoteProtocolError,
+    Role,
     Say,
     SpeaksTls,
     State,
@@ -730,6 +732,9 @@ class Server:
         except (KeyError, ValueError):
             pass
         transport.close()
+        # Its timers still hold the peer for up to --idle-timeout: drop what it had buffered
+        # (a flooder's unread input is up to a read's worth) now, not when they go off.
+        peer.conn = Connection(Role.SERVER)
         self._closed += 1
         del self.peers[peer.cid]
         self.admission.disconnected(peer.client)
