@@ -148,7 +148,8 @@ class Server:
                 data=config.data,
                 hosts=config.hosts,
             )
-        self._listeners.tls = None if self.tls is None else self.tls.context
+        if self.tls is not None:
+            self._listeners.wrap = functools.partial(TlsTransport, context=self.tls.context)
         self.admission.reserve_descriptors()
         return self._listeners.open(config.hosts, config.port)
 

@@ -9,8 +9,8 @@ listening side, `Listeners`, lives here too: what a listener accepts comes out a
 transport, so a TLS listener hands out TLS transports to the same loop.
 
 TLS plugs in beside it as `TlsTransport` (server/tls.py: `ssl.MemoryBIO` + `SSLObject`,
-sans-IO, in the same loop, no thread); `Listeners.accept` hands it out when `Listeners.tls`
-holds a context. What the interface gained for it:
+sans-IO, in the same loop, no thread); `Listeners.accept` hands it out once the loop
+sets `Listeners.wrap` to build one. What the interface gained for it:
 
 - `backlog`: bytes `send` took but the kernel has not (TLS ciphertext). `Peer.write_once`
   counts it as bytes left and keeps an empty item queued meanwhile, so the loop keeps
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import selectors
 import socket
-import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -128,7 +127,9 @@ class Listeners:
     """The listening sockets of every configured address, and what they accept."""
 
     def __init__(self) -> None:
-        self.tls: ssl.SSLContext | None = None  # set: every connection accepted speaks TLS
+        # What an accepted socket becomes: TcpTransport, or a TlsTransport (the loop sets it;
+        # this module does not know TLS, so tls.py can build on it).
+        self.wrap: Callable[[socket.socket], Transport] = TcpTransport
         self.socks: list[socket.socket] = []
         self.addresses: list[tuple[str, int]] = []  # (host, port) as bound
 
@@ -163,11 +164,7 @@ class Listeners:
         """One new connection: its transport, address and port. Raises BlockingIOError when
         there is none, OSError when accepting fails (out of descriptors, say)."""
         conn, address = sock.accept()
-        if self.tls is not None:
-            from chatctl.server.tls import TlsTransport
-
-            return TlsTransport(conn, self.tls), str(address[0]), int(address[1])
-        return TcpTransport(conn), str(address[0]), int(address[1])
+        return self.wrap(conn), str(address[0]), int(address[1])
 
     def close(self, selector: selectors.BaseSelector | None) -> None:
         if selector is not None:
