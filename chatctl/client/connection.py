@@ -602,7 +602,7 @@ class Client:
             if link.dead:
                 return "the connection broke"
             try:
-                data = link.sock.recv(RECV_SIZE)
+                data = link.recv(RECV_SIZE)
             except TimeoutError:
                 silent = time.monotonic() - heard
                 if silent > 2 * self.keepalive:

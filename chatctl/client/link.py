@@ -3,11 +3,15 @@ frames out, events in, and the pace the server's rate limit allows.
 
 No threads here: Client's reader thread is the only one that reads a Link, writers send
 under Client's lock, and `Link.lock` guards the protocol Connection that both use (the
-reader decodes while a writer encodes).
+reader decodes while a writer encodes). Under TLS, `Link.io` also keeps the reader's read
+and a writer's write apart: an OpenSSL connection must not be used by two threads at once
+(the reader waits for data in `select`, outside the lock, so a writer is never held up by
+a reader that has nothing to read).
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -47,6 +51,7 @@ class Link:
         self.tls = tls  # sock is an ssl.SSLSocket
         self.conn = conn
         self.lock = threading.Lock()
+        self.io = threading.Lock()  # TLS: one thread in the SSL connection at a time
         self.bye: Bye | None = None  # the server's, once it said goodbye
         self.dead = False
 
@@ -56,10 +61,26 @@ class Link:
         with self.lock:
             data = self.conn.send(event)
         try:
-            self.sock.sendall(data)
+            if self.tls:
+                with self.io:
+                    self.sock.sendall(data)
+            else:
+                self.sock.sendall(data)
         except OSError:
             self.dead = True
             self.shutdown()
+
+    def recv(self, size: int) -> bytes:
+        """What the server sent next (b"" at its end). Raises TimeoutError when nothing came
+        within the socket's timeout, OSError when the connection broke."""
+        if not self.tls:
+            return self.sock.recv(size)
+        if not self.sock.pending():  # type: ignore[attr-defined]
+            ready, _, _ = select.select([self.sock], [], [], self.sock.gettimeout())
+            if not ready:
+                raise TimeoutError
+        with self.io:
+            return self.sock.recv(size)
 
     def receive(self, data: bytes) -> None:
         with self.lock:
