@@ -52,6 +52,7 @@ from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from typing import Any
 
+from chatctl.address import BadAddress, parse_address
 from chatctl.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -310,18 +311,21 @@ def parse_args(argv: list[str] | None) -> Settings:
 
 def parse_target(text: str) -> tuple[str, int]:
     """HOST:PORT or [V6]:PORT, resolved to a loopback address. Raises ValueError."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"--target must be HOST:PORT, not {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
     try:
-        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+        address = parse_address(text, 0)
+    except BadAddress as exc:
+        raise ValueError(f"--target must be HOST:PORT: {exc}") from None
+    if address.port == 0 or address.tls:
+        raise ValueError(f"--target must be HOST:PORT, not {text!r}")
+    host, port = address.host, address.port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ValueError(f"cannot resolve {host!r}: {exc}") from None
-    addresses = [str(info[4][0]) for info in infos]
-    for address in addresses:
-        if ipaddress.ip_address(address.split("%")[0]).is_loopback:
-            return address, int(port_text)
+    for info in infos:
+        resolved = str(info[4][0])
+        if ipaddress.ip_address(resolved.split("%", maxsplit=1)[0]).is_loopback:
+            return resolved, port
     raise ValueError(f"{host} is not a loopback address (127.0.0.0/8 or ::1): refused")
 
 

@@ -23,6 +23,11 @@ class BadAddress(ChatctlError):
     exit_code = ExitCode.USAGE
 
 
+def format_addr(host: str, port: int) -> str:
+    """HOST:PORT, with brackets around an IPv6 address (for URLs and logs alike)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Address:
     host: str  # without brackets
@@ -32,8 +37,7 @@ class Address:
     @property
     def hostport(self) -> str:
         """HOST:PORT, with brackets around an IPv6 address."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_addr(self.host, self.port)
 
     def __str__(self) -> str:
         return f"{'tls' if self.tls else 'chat'}://{self.hostport}"
@@ -83,4 +87,4 @@ def parse_address(text: str, default_port: int) -> Address:
     return Address(host, port, tls)
 
 
-__all__ = ["Address", "BadAddress", "parse_address"]
+__all__ = ["Address", "BadAddress", "format_addr", "parse_address"]

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
 from chatctl.server.admission import Client as Address
 from chatctl.server.batch import Batch
 from chatctl.server.config import ServerConfig
 from chatctl.server.peer import Peer
-from chatctl.server.transport import Listeners, TcpTransport, Transport, drain, format_addr
+from chatctl.server.transport import Listeners, TcpTransport, Transport, drain
 
 DEADLINE = 5.0
 

@@ -8,6 +8,7 @@ import functools
 import secrets
 from dataclasses import dataclass, field
 
+from chatctl.address import BadAddress, format_addr, parse_address
 from chatctl.bench.adapters import ADAPTERS, Adapter, Kind
 from chatctl.bench.params import Params, Scenario
 from chatctl.bench.payload import MAX_PUBLISHERS, MIN_SIZE
@@ -27,8 +28,7 @@ class Target:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_addr(self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -55,15 +55,15 @@ def parse_target(text: str) -> Target:
                 f"--target {original!r}: unknown scheme {scheme!r} (chatctl, redis or nats)"
             )
         kind, text = Kind(scheme), rest
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    digits = port_text.isascii() and port_text.isdigit()  # str.isdigit alone takes "²"
-    if not sep or not host or not digits or not 0 < int(port_text) < 65536:
+    try:
+        address = parse_address(text, 0) if "://" not in text else None
+    except BadAddress:
+        address = None
+    if address is None or address.port == 0:  # a bench target names its port
         raise BadBenchOption(
             f"--target {original!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
         )
-    return Target(kind=kind, host=host, port=int(port_text))
+    return Target(kind=kind, host=address.host, port=address.port)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from chatctl.address import format_addr
 from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Reconnected, Refused
-from chatctl.client.link import RECV_SIZE, Link, Pacer, format_addr, open_link
+from chatctl.client.link import RECV_SIZE, Link, Pacer, open_link
 from chatctl.client.session import ClientSession
 from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (

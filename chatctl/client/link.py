@@ -17,6 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from chatctl.address import format_addr
 from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
     NEED_DATA,
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
 
 RECV_SIZE = 256 * 1024
 POLL = 0.5  # a socket read times out this often, so the reader can check for silence
-
-
-def format_addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Link:
@@ -258,4 +255,4 @@ class Pacer:
             self._bucket.charge(time.monotonic(), 1.0)
 
 
-__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "client_context", "format_addr", "open_link"]
+__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "client_context", "open_link"]

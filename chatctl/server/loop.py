@@ -29,6 +29,7 @@ import time
 import traceback
 
 from chatctl import __version__
+from chatctl.address import format_addr
 from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
@@ -69,7 +70,7 @@ from chatctl.server.outbox import Outbox
 from chatctl.server.peer import Peer
 from chatctl.server.timers import Timers
 from chatctl.server.tls import TlsSetup, TlsTransport, TransportFailed
-from chatctl.server.transport import Listeners, drain, format_addr
+from chatctl.server.transport import Listeners, drain
 from chatctl.store.base import Store
 from chatctl.store.url import open_store
 

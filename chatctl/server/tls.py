@@ -38,9 +38,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
 from chatctl.protocol import Bye, ErrorCode, encode
-from chatctl.server.transport import SEND_BUFFER, Buffer, format_addr
+from chatctl.server.transport import SEND_BUFFER, Buffer
 
 TLS_HANDSHAKE = 0x16  # the content type of the first record a TLS client sends
 SEND_CHUNK = 64 * 1024  # plaintext encrypted per send at most (a few records)

@@ -35,6 +35,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
 
 Buffer = bytes | bytearray | memoryview
@@ -116,11 +117,6 @@ def drain(transport: Transport, buf: bytearray) -> bool:
         return False
     except OSError:
         return True
-
-
-def format_addr(host: str, port: int) -> str:
-    """ "host:port" for logs, with brackets around an IPv6 address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Listeners:
