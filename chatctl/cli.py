@@ -107,6 +107,8 @@ def serve(
     tls_cert: o.TlsCert = None,
     tls_key: o.TlsKey = None,
     tls_self_signed: o.TlsSelfSigned = False,
+    auth: o.AuthOpt = ServerConfig.auth,
+    registration: o.RegistrationOpt = ServerConfig.registration,
 ) -> None:
     """Run the chat server (one thread, an epoll event loop)."""
     config = ServerConfig(
@@ -142,6 +144,8 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_self_signed=tls_self_signed,
+        auth=auth,
+        registration=registration,
     )
 
     def action() -> int | None:

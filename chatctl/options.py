@@ -18,7 +18,7 @@ from chatctl.bench.params import Scenario
 from chatctl.bench.payload import MIN_SIZE
 from chatctl.bot.config import BackendName, OnFailure
 from chatctl.protocol import DEFAULT_HOST
-from chatctl.server.config import LogFormat, LogLevel
+from chatctl.server.config import AuthMode, LogFormat, LogLevel, Registration
 
 
 class OutputFormat(enum.StrEnum):
@@ -381,6 +381,25 @@ TlsSelfSigned = Annotated[
         help="Speak TLS with a self-signed certificate made once in the data directory "
         "(tls-cert.pem, tls-key.pem; in memory for this run with --data :memory:). The banner "
         "shows its SHA-256 fingerprint; clients trust it with --tls-ca tls-cert.pem.",
+    ),
+]
+
+AuthOpt = Annotated[
+    AuthMode,
+    typer.Option(
+        "--auth",
+        envvar=_env("AUTH"),
+        help="Accounts: off (none), optional (guests welcome; an account's nick is reserved "
+        "for it), required (only logged-in accounts). Passwords only over TLS or loopback.",
+    ),
+]
+RegistrationOpt = Annotated[
+    Registration,
+    typer.Option(
+        "--registration",
+        envvar=_env("REGISTRATION"),
+        help="closed: accounts come from `chatctl accounts add`; open: anyone may /register "
+        "their nick.",
     ),
 ]
 

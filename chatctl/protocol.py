@@ -77,6 +77,9 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_ROOMS = 207
     RATE_LIMITED = 208
     INVALID_REQUEST = 209
+    NOT_PERMITTED = 210  # a private room, a ban, or a moderation right one lacks
+    NICK_RESERVED = 211  # the nick is an account's, and this session is not logged in to it
+    REGISTRATION_REFUSED = 212
     # 3xx: why the server is ending the connection.
     HANDSHAKE_TIMEOUT = 300
     IDLE_TIMEOUT = 301
@@ -86,6 +89,8 @@ class ErrorCode(enum.IntEnum):
     REPLACED = 305
     FLOODING = 306
     SERVER_ERROR = 307
+    AUTH_REQUIRED = 308  # the server admits logged-in accounts only
+    LOGIN_FAILED = 309  # wrong account or password, too many failures, or an insecure link
 
 
 class ProtocolError(Exception):
@@ -137,13 +142,16 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Hello(Event):
-    """First frame of a client: the protocol version it speaks, the nick it wants, and the
-    resume token of an earlier session (empty when new)."""
+    """First frame of a client: the protocol version it speaks, the nick it wants, the
+    resume token of an earlier session (empty when new), and to log in, an account and its
+    password (sent only over TLS or loopback; never shown in a repr)."""
 
     TYPE: ClassVar[int] = 0x01
     version: int
     nick: str
     token: str = ""
+    account: str = ""
+    password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -192,6 +200,41 @@ class Tell(Event):
 class ChangeNick(Event):
     TYPE: ClassVar[int] = 0x14
     nick: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Register(Event):
+    """Make the current nick an account with this password, and log this session in to it
+    (servers with open registration; answered by a `registered` Notice or an Error 212)."""
+
+    TYPE: ClassVar[int] = 0x18
+    password: str = field(repr=False)
+
+
+MODERATE_ACTIONS = (
+    "topic",  # text: the new topic ("" clears it)
+    "private",  # invite-only from now on
+    "public",
+    "invite",  # target: an account, or a guest's nick
+    "uninvite",
+    "kick",  # target: a nick in the room; text: the reason
+    "ban",  # target: an account or a nick; those in the room are kicked; text: the reason
+    "unban",
+    "op",  # target: an account, which may then moderate the room (owner only)
+    "deop",
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Moderate(Event):
+    """A room owner's or operator's change to a room: `action` is one of MODERATE_ACTIONS.
+    Answered by a Notice to the room's members (the actor included), or an Error."""
+
+    TYPE: ClassVar[int] = 0x19
+    room: str
+    action: str
+    target: str = ""
+    text: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -261,6 +304,7 @@ class Welcome(Event):
     nick: str
     token: str
     limits: dict[str, int] = field(default_factory=dict)
+    account: str = ""  # the account this session is logged in to; empty for a guest
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -291,7 +335,8 @@ class DirectMessage(Event):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Notice(Event):
     """A system notice: `kind` is one of NOTICE_KINDS. `room` is empty for a rename, which
-    every member of a shared room receives once."""
+    every member of a shared room receives once, and for `registered`. For a moderation
+    notice `nick` is who acted and `target` whom it concerns; `reason` carries a topic."""
 
     TYPE: ClassVar[int] = 0x92
     kind: str
@@ -300,9 +345,26 @@ class Notice(Event):
     room: str = ""
     new_nick: str = ""
     reason: str = ""
+    target: str = ""
 
 
-NOTICE_KINDS = ("joined", "left", "renamed", "dropped")
+NOTICE_KINDS = (
+    "joined",
+    "left",
+    "renamed",
+    "dropped",
+    "registered",  # to the registrant alone: `nick` is now an account, and it is logged in
+    "topic",
+    "private",
+    "public",
+    "invited",  # also sent to the invitee, wherever it is
+    "uninvited",
+    "kicked",  # the kicked member hears it too, and is out of the room
+    "banned",
+    "unbanned",
+    "op",
+    "deop",
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -320,9 +382,16 @@ class Ack(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Members(Event):
+    """A room's members, and its settings where it has any: its owner account, operators,
+    topic, and whether it is private (invite-only)."""
+
     TYPE: ClassVar[int] = 0x94
     room: str
     nicks: list[str] = field(default_factory=list)
+    topic: str = ""
+    private: bool = False
+    owner: str = ""
+    ops: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -385,6 +454,8 @@ CLIENT_EVENTS: tuple[type[Event], ...] = (
     Who,
     ListRooms,
     History,
+    Register,
+    Moderate,
 )
 SERVER_EVENTS: tuple[type[Event], ...] = (
     Welcome,
@@ -727,6 +798,7 @@ __all__ = [
     "FRAME_TYPES",
     "HEADER_SIZE",
     "MAX_FRAME_SIZE_CEILING",
+    "MODERATE_ACTIONS",
     "NEED_DATA",
     "NOTICE_KINDS",
     "PROTOCOL_VERSION",
@@ -751,12 +823,14 @@ __all__ = [
     "LocalProtocolError",
     "Members",
     "Message",
+    "Moderate",
     "NeedData",
     "Notice",
     "Part",
     "Ping",
     "Pong",
     "ProtocolError",
+    "Register",
     "RemoteProtocolError",
     "Role",
     "RoomList",

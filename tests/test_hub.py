@@ -79,7 +79,7 @@ def hello(hub: Hub, cid: int, nick: str, token: str = "") -> Welcome:
 def test_welcome_carries_nick_token_and_limits() -> None:
     hub, _ = make_hub(max_frame=1000, rate=2.5)
     welcome = hello(hub, 1, "alice")
-    assert welcome.nick == "alice" and len(welcome.token) == 32
+    assert welcome.nick == "alice" and len(welcome.token) == 38
     assert welcome.limits["max_frame"] == 1000 and welcome.limits["rate"] == 2
     assert hello(hub, 2, "").nick == GUEST_NICK
     assert hello(hub, 3, "").nick == GUEST_NICK + "2"
@@ -159,16 +159,23 @@ def test_token_takeover_moves_nick_and_rooms() -> None:
     token = hello(hub, 1, "alice").token
     hub.handle(1, Join(room="r"), NOW)
     out = flatten(hub.handle(7, Hello(version=1, nick="other", token=token), NOW))
-    assert out[0] == (1, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection"))
+    assert out[0] == (
+        1,
+        Bye(code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -"),
+    )
     assert type(out[1][1]) is Welcome and out[1][1].nick == "alice" and out[1][0] == 7
     assert hub.rooms["r"].targets == (7,)
     assert hub.disconnect(1, "gone", NOW) == []  # the old connection is already forgotten
 
 
-def test_client_token_is_kept_when_well_formed() -> None:
+def test_only_the_server_makes_tokens_and_its_own_resume_after_the_session_ended() -> None:
     hub, _ = make_hub()
-    assert hello(hub, 1, "a", token="T" * 20).token == "T" * 20
+    made_up = "T" * 38
+    assert hello(hub, 1, "a", token=made_up).token != made_up
     assert hello(hub, 2, "b", token="short").token != "short"
+    token = hello(hub, 3, "c").token
+    hub.disconnect(3, "gone", NOW)
+    assert hello(hub, 4, "c", token=token).token == token  # resends stay recognised
 
 
 def test_rename_reaches_everyone_sharing_a_room_once() -> None:

@@ -14,6 +14,7 @@ survive reconnects, so reconnecting never buys a fresh burst.
   accepts when the process runs out of descriptors.
 - `RateMeter`: one `chatctl.ratelimit.TokenBucket` plus strikes (refused frames, decaying at
   the allowed rate; more than a burst of them is flooding).
+- `LoginThrottle`: failed logins per address and per account, with growing delays.
 - `Refusals`: the short afterlife of refused connections (Bye, half-close, read and discard
   until the client closes), bounded in number and time. The one part that does I/O.
 
@@ -322,6 +323,63 @@ class Admission:
             msg_id=msg_id[:MSG_ID_MAX],
         )
         return encode(error)
+
+
+class LoginThrottle:
+    """Failed logins, per key (a client address, an account), with growing delays, sans-IO.
+
+    The first FREE failures of a key cost nothing; after the k-th failure beyond them, the
+    key must wait BASE * 2**(k-1) seconds (at most CAP) before its next attempt is even
+    checked. A success clears its keys. Entries are forgotten once their delay has passed
+    and FORGET seconds more have gone by without a failure; the table holds at most MAX keys
+    (the oldest go first), so a flood of made-up account names cannot grow it."""
+
+    FREE = 3
+    BASE = 1.0
+    CAP = 300.0
+    FORGET = 900.0
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float, float]] = {}  # key -> (count, until, last)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def wait(self, keys: tuple[str, ...], now: float) -> float:
+        """Seconds before the next attempt for `keys` may be checked; 0 when it may now."""
+        longest = 0.0
+        for key in keys:
+            entry = self._failures.get(key)
+            if entry is not None:
+                longest = max(longest, entry[1] - now)
+        return longest
+
+    def failed(self, keys: tuple[str, ...], now: float) -> None:
+        failures = self._failures
+        for key in keys:
+            count, _, last = failures.pop(key, (0, 0.0, 0.0))
+            if now - last > self.FORGET + self.CAP:
+                count = 0
+            count += 1
+            beyond = count - self.FREE
+            until = now + min(self.CAP, self.BASE * 2 ** (beyond - 1)) if beyond > 0 else now
+            failures[key] = (count, until, now)  # re-inserted: the dict stays oldest first
+        while len(failures) > self.MAX:
+            del failures[next(iter(failures))]
+
+    def succeeded(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self._failures.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        """Forget the keys whose last failure is long enough ago (oldest first)."""
+        failures = self._failures
+        while failures:
+            key = next(iter(failures))
+            if now - failures[key][2] <= self.FORGET + self.CAP:
+                return
+            del failures[key]
 
 
 class Refused:

@@ -22,6 +22,17 @@ class LogFormat(enum.StrEnum):
     json = "json"
 
 
+class AuthMode(enum.StrEnum):
+    off = "off"  # no accounts: nicks belong to whoever connects first, rooms to nobody
+    optional = "optional"  # guests chat under free nicks; an account's nick is its own
+    required = "required"  # only logged-in accounts are admitted
+
+
+class Registration(enum.StrEnum):
+    closed = "closed"  # accounts are made by the operator (`chatctl accounts add`)
+    open = "open"  # anyone may make their nick an account in the chat (`/register`)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     hosts: tuple[str, ...] = (DEFAULT_HOST,)
@@ -56,6 +67,8 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_self_signed: bool = False
+    auth: AuthMode = AuthMode.optional
+    registration: Registration = Registration.closed
     join_history: int = 20
     replay_limit: int = 1000  # most messages one join or history request replays
     max_rooms: int = 100  # rooms one connection may be in at once

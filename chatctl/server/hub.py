@@ -18,6 +18,9 @@ method, over one shared state (sessions, rooms, the store); a split would only s
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -29,11 +32,11 @@ from chatctl.names import (
     NICK_MAX,
     ROOM_MAX,
     clip_reason,
-    looks_like_token,
     nick_problem,
     normalise_room,
     quote,
 )
+from chatctl.passwords import dummy_hash, hash_password, password_problem, verify_password
 from chatctl.protocol import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -51,8 +54,10 @@ from chatctl.protocol import (
     Join,
     ListRooms,
     Members,
+    Moderate,
     Notice,
     Part,
+    Register,
     RoomList,
     Say,
     Tell,
@@ -63,10 +68,54 @@ from chatctl.protocol import (
     encode_ack,
     encode_message,
 )
-from chatctl.server.config import ServerConfig
+from chatctl.server.admission import LoginThrottle
+from chatctl.server.config import AuthMode, Registration, ServerConfig
+from chatctl.server.moderation import NOTICE_OF, Refusal, RoomRules
 from chatctl.store.base import Store, StoredMessage, sender_key_of
+from chatctl.store.registry import MemoryRegistry, Registry, account_key
 
 GUEST_NICK = "guest"  # what an empty nick in Hello becomes
+INSECURE = "passwords are accepted only over TLS or from this machine (loopback)"
+NONCE_LENGTH = 22  # secrets.token_urlsafe(16)
+TOKEN_LENGTH = NONCE_LENGTH + 16  # and 12 bytes of MAC in base64
+REGISTER_COST = 10.0  # rate-meter tokens: it hashes a password and writes the registry
+MODERATE_COST = 5.0  # a durable write of the room's settings
+
+
+class Origin(NamedTuple):
+    """Where a connection comes from, as the loop tells the hub with a Hello."""
+
+    address: str = "-"  # "203.0.113.7:50312": named to a session taken over
+    secure: bool = True  # TLS, or loopback: a password may be sent on it
+    client: str = ""  # its client address (admission.client_key): failed logins count there
+
+
+class Check(NamedTuple):
+    """A password to check against a stored hash, or to hash (`stored` ""): key derivation,
+    which the loop runs off its thread (verifier.py)."""
+
+    cid: int
+    password: str
+    stored: str
+
+
+class Pending(NamedTuple):
+    """A Hello or Register waiting for its Check."""
+
+    event: Hello | Register
+    origin: Origin
+    account: str  # the account's name: to log in to ("" if none has it), or to register
+
+
+class Busy(Exception):
+    """`offload` has no room for another Check now; the message says so."""
+
+
+def check_now(check: Check) -> bool | str:
+    """A Check done on the spot: what `Hub.offload` does unless the loop says otherwise."""
+    if check.stored:
+        return verify_password(check.password, check.stored)
+    return hash_password(check.password)
 
 
 class Delivery(NamedTuple):
@@ -103,17 +152,25 @@ def control(cid: int, event: Welcome | Bye) -> Delivery:
 
 
 class Session:
-    """A welcomed connection: its nick, its resume token and its rooms."""
+    """A welcomed connection: its nick, its account ("" for a guest), where it connected
+    from, its resume token and its rooms."""
 
-    __slots__ = ("cid", "key", "nick", "rooms", "sender_key", "token")
+    __slots__ = ("account", "cid", "key", "nick", "origin", "rooms", "sender_key", "token")
 
     def __init__(self, cid: int, nick: str, token: str) -> None:
         self.cid = cid
+        self.account = ""
+        self.origin = Origin()
         self.nick = nick
         self.key = nick.casefold()
         self.token = token
         self.sender_key = sender_key_of(token)  # what the store keeps: never the token
         self.rooms: dict[str, None] = {}  # an ordered set
+
+    @property
+    def identity(self) -> str:
+        """What room settings name it by: its account, or a guest's nick (moderation.py)."""
+        return account_key(self.account or self.nick)
 
 
 class Room:
@@ -160,12 +217,25 @@ class Hub:
         self,
         config: ServerConfig,
         store: Store,
+        registry: Registry | None = None,
         *,
-        new_token: Callable[[], str] = lambda: secrets.token_hex(16),
+        new_token: Callable[[], str] = lambda: secrets.token_urlsafe(16),
     ) -> None:
         self.config = config
         self.store = store
+        self.registry: Registry = registry if registry is not None else MemoryRegistry()
+        self.auth = config.auth
+        self.rules = RoomRules(self.registry)
+        self.logins = LoginThrottle()
+        self._secret = self.registry.secret()
         self._new_token = new_token
+        # Key derivation: done on the spot unless the loop offloads it (a result now, or None
+        # and `checked` later; Busy when it cannot take more). Logins and registrations
+        # waiting for theirs, by connection: the loop reads none of their frames meanwhile.
+        self.offload: Callable[[Check], bool | str | None] = check_now
+        self.pending: dict[int, Pending] = {}
+        self.may_register: Callable[[int], bool] = _any_cid_may
+        self._origin: Origin | None = None
         self.sessions: dict[int, Session] = {}
         self.nicks: dict[str, Session] = {}  # casefolded nick -> session
         self.tokens: dict[str, Session] = {}
@@ -210,12 +280,20 @@ class Hub:
             Who: self._who,  # type: ignore[dict-item]
             ListRooms: self._list_rooms,
             History: self._history,  # type: ignore[dict-item]
+            Register: self._register,  # type: ignore[dict-item]
+            Moderate: self._moderate,  # type: ignore[dict-item]
         }
 
     # -- the two entry points ------------------------------------------------------------------
 
     def handle(
-        self, cid: int, event: Event, now_ms: int, *, replay_room: int | None = None
+        self,
+        cid: int,
+        event: Event,
+        now_ms: int,
+        *,
+        replay_room: int | None = None,
+        origin: Origin | None = None,
     ) -> list[Delivery]:
         """The deliveries that follow from `event`, sent by connection `cid`; `last_cost`
         says what it cost.
@@ -247,6 +325,7 @@ class Hub:
         self, cid: int, reason: str, now_ms: int, *, clean: bool = False
     ) -> list[Delivery]:
         """Forget connection `cid`. Its rooms hear that it left (`clean`) or dropped."""
+        self.pending.pop(cid, None)
         session = self.sessions.pop(cid, None)
         if session is None:
             return []
@@ -271,7 +350,7 @@ class Hub:
         session = self.sessions.get(cid)
         return session.nick if session else ""
 
-    # -- handshake ---------------------------------------------------------------------------
+    # -- handshake and login -----------------------------------------------------------------
 
     def _hello(self, cid: int, hello: Hello, now_ms: int) -> list[Delivery]:
         if hello.version < 1:  # the lower of the two versions is spoken; there is none below 1
@@ -284,29 +363,121 @@ class Hub:
                     ),
                 )
             ]
+        origin = self._origin or Origin()
+        if not hello.account:
+            if self.auth is AuthMode.required:
+                return [
+                    _bye(cid, ErrorCode.AUTH_REQUIRED, "this server admits accounts only: log in")
+                ]
+            return self._welcome(cid, hello, origin, "", now_ms)
+        # A login. Everything that can refuse it without the password comes first: a refused
+        # attempt costs no key derivation.
+        if self.auth is AuthMode.off:
+            return [_bye(cid, ErrorCode.LOGIN_FAILED, "this server has no accounts (--auth off)")]
+        if not origin.secure:
+            return [_bye(cid, ErrorCode.LOGIN_FAILED, INSECURE)]
+        keys = (f"address {origin.client}", f"account {account_key(hello.account)}")
+        wait = self.logins.wait(keys, now_ms / 1000)
+        if wait > 0:
+            return [
+                _bye(
+                    cid,
+                    ErrorCode.LOGIN_FAILED,
+                    f"too many failed logins; try again in {math.ceil(wait)} s",
+                )
+            ]
+        account = self.registry.account(hello.account)
+        stored = account.password_hash if account is not None else dummy_hash()
+        name = account.name if account is not None else ""
+        return self._check(Check(cid, hello.password, stored), Pending(hello, origin, name), now_ms)
+
+    def _check(self, check: Check, pending: Pending, now_ms: int) -> list[Delivery]:
+        """Run `check` (through `offload`): its outcome now, or later through `checked`."""
+        try:
+            result = self.offload(check)
+        except Busy as exc:
+            if type(pending.event) is Hello:
+                return [_bye(check.cid, ErrorCode.LOGIN_FAILED, str(exc))]
+            return [_refuse(check.cid, ErrorCode.REGISTRATION_REFUSED, str(exc))]
+        if result is None:
+            self.pending[check.cid] = pending
+            return []
+        return self._finish(check.cid, pending, result, now_ms)
+
+    def checked(self, cid: int, result: bool | str, now_ms: int) -> list[Delivery]:
+        """The outcome of a Check that `offload` queued: True/False for a password checked,
+        the new hash for a password hashed. Nothing when the connection has gone since."""
+        pending = self.pending.pop(cid, None)
+        if pending is None:
+            return []
+        return self._finish(cid, pending, result, now_ms)
+
+    def _finish(
+        self, cid: int, pending: Pending, result: bool | str, now_ms: int
+    ) -> list[Delivery]:
+        event = pending.event
+        if type(event) is Register:
+            return self._registered(cid, pending, str(result), now_ms)
+        hello: Hello = event  # type: ignore[assignment]
+        keys = (f"address {pending.origin.client}", f"account {account_key(hello.account)}")
+        if result is not True or not pending.account:
+            self.logins.failed(keys, now_ms / 1000)
+            return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
+        self.logins.succeeded(keys)
+        return self._welcome(cid, hello, pending.origin, pending.account, now_ms)
+
+    def _welcome(
+        self, cid: int, hello: Hello, origin: Origin, account: str, now_ms: int
+    ) -> list[Delivery]:
+        """Admit a guest (`account` "") or a logged-in account: resume its session when the
+        token is one this server gave to that account, else open a new one."""
         out: list[Delivery] = []
-        old = self.tokens.get(hello.token) if hello.token else None
+        token = hello.token
+        valid = bool(token) and self._token_valid(token, account)
+        old = self.tokens.get(token) if valid else None
+        if old is not None and account_key(old.account) != account_key(account):
+            old, valid = None, False  # a guest's token, and the guest has registered since
         if old is not None and old.cid != cid:
-            # A reconnect with the token of a session that is still registered: the new
-            # connection takes over its nick and rooms silently; the old one is told why.
+            # The session is still registered to another connection: this one takes over its
+            # nick and rooms; the old one is told why, and by whom.
+            who = f" (logged in as {account})" if account else ""
             out.append(
                 control(
-                    old.cid, Bye(code=ErrorCode.REPLACED, reason="replaced by a new connection")
+                    old.cid,
+                    Bye(
+                        code=ErrorCode.REPLACED,
+                        reason=clip_reason(
+                            f"your session was taken over by a new connection from "
+                            f"{origin.address}{who}"
+                        ),
+                    ),
                 )
             )
             self._move(old, cid)
+            old.origin = origin
             session = old
         else:
-            nick = hello.nick or GUEST_NICK
+            nick = hello.nick or account or GUEST_NICK
             problem = nick_problem(nick)
             if problem is not None:
                 return [control(cid, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
-            if nick.casefold() in self.nicks:
+            if self._reserved_for_other(nick, account):
+                nick = account or nick
+            holder = self.nicks.get(nick.casefold())
+            if (
+                holder is not None
+                and account
+                and not holder.account
+                and (account_key(account) == nick.casefold())
+            ):
+                out += self._rename(holder, self._free_variant(holder.nick), now_ms)
+            elif holder is not None or (not account and self._reserved_for_other(nick, "")):
                 nick = self._free_variant(nick)
-            token = hello.token if looks_like_token(hello.token) else self._new_token()
-            session = Session(cid, nick, token)
+            session = Session(cid, nick, token if valid else self._token_for(account))
+            session.account = account
+            session.origin = origin
             self.nicks[session.key] = session
-            self.tokens[token] = session
+            self.tokens[session.token] = session
         self.sessions[cid] = session
         welcome = Welcome(
             protocol=min(hello.version, PROTOCOL_VERSION),
@@ -315,9 +486,77 @@ class Hub:
             nick=session.nick,
             token=session.token,
             limits=self.limits,
+            account=session.account,
         )
         out.append(control(cid, welcome))
         return out
+
+    def _reserved_for_other(self, nick: str, account: str) -> bool:
+        """Whether `nick` is an account's name other than `account`'s."""
+        if self.auth is AuthMode.off:
+            return False
+        if account and account_key(account) == account_key(nick):
+            return False
+        return self.registry.account(nick) is not None
+
+    def _token_for(self, account: str) -> str:
+        """A new resume token: a random nonce and a MAC binding it to `account`, so that
+        only the server makes tokens, and a token resumes nothing without its login."""
+        nonce = self._new_token()
+        return nonce + self._mac(nonce, account)
+
+    def _mac(self, nonce: str, account: str) -> str:
+        digest = hmac.new(
+            self._secret, f"{nonce}\0{account_key(account)}".encode(), hashlib.sha256
+        ).digest()
+        return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
+
+    def _token_valid(self, token: str, account: str) -> bool:
+        if len(token) != TOKEN_LENGTH or not token.isascii():
+            return False
+        return hmac.compare_digest(token[NONCE_LENGTH:], self._mac(token[:NONCE_LENGTH], account))
+
+    # -- registration ------------------------------------------------------------------------
+
+    def _register(self, session: Session, register: Register, now_ms: int) -> list[Delivery]:
+        cid = session.cid
+        self.last_cost = REGISTER_COST
+        if self.auth is AuthMode.off:
+            problem: str | None = "this server has no accounts (--auth off)"
+        elif self.config.registration is not Registration.open:
+            problem = "registration is closed on this server: its operator makes accounts"
+        elif session.account:
+            problem = f"you are already logged in as {session.account}"
+        elif not session.origin.secure:
+            problem = INSECURE
+        elif self.registry.account(session.nick) is not None:
+            problem = f"{quote(session.nick)} is already an account"
+        else:
+            problem = password_problem(register.password)
+        if problem is None and not self.may_register(cid):
+            problem = "registering accounts too fast"
+        if problem is not None:
+            return [_refuse(cid, ErrorCode.REGISTRATION_REFUSED, problem)]
+        pending = Pending(register, session.origin, session.nick)
+        return self._check(Check(cid, register.password, ""), pending, now_ms)
+
+    def _registered(self, cid: int, pending: Pending, hashed: str, now_ms: int) -> list[Delivery]:
+        session = self.sessions.get(cid)
+        if session is None:
+            return []
+        name = pending.account
+        if not hashed:
+            return [
+                _refuse(cid, ErrorCode.REGISTRATION_REFUSED, "the password could not be hashed")
+            ]
+        if session.nick != name or not self.registry.add_account(name, hashed, now_ms):
+            return [
+                _refuse(cid, ErrorCode.REGISTRATION_REFUSED, f"{quote(name)} is already an account")
+            ]
+        # The session keeps its token for now, but resuming it takes the account's login
+        # from here on (see _welcome), which a reconnect then gets a new token with.
+        session.account = name
+        return [deliver((cid,), Notice(kind="registered", nick=name, ts=now_ms))]
 
     def _move(self, session: Session, cid: int) -> None:
         old = session.cid
@@ -337,7 +576,9 @@ class Hub:
         while True:
             suffix = str(n)
             candidate = nick[: NICK_MAX - len(suffix)] + suffix
-            if candidate.casefold() not in self.nicks:
+            if candidate.casefold() not in self.nicks and not self._reserved_for_other(
+                candidate, ""
+            ):
                 if n >= 10:
                     if len(self._next_suffix) >= 10_000:
                         self._next_suffix.clear()
@@ -402,6 +643,10 @@ class Hub:
             if refused is not None:
                 return refused
         room = self.rooms.get(name)
+        if name in self.rules.restricted and name not in session.rooms:
+            problem = self.rules.entry_problem(name, session.identity, session.account)
+            if problem is not None:
+                return [_refuse(cid, ErrorCode.NOT_PERMITTED, problem, msg_id)]
         store = self.store
         if msg_id:
             earlier = store.find(session.sender_key, msg_id)
@@ -414,7 +659,7 @@ class Hub:
         head = store.head(name)
         if room is None:
             if not head:
-                refused_room = self._create_room(cid, msg_id)
+                refused_room = self._create_room(session, name, msg_id)
                 if refused_room is not None:
                     return [refused_room]
             recipients = 0
@@ -439,8 +684,10 @@ class Hub:
         message = encode_message(name, head + 1, now_ms, session.nick, text, say.action)
         return [Delivery(room.targets, message, cid), ack]
 
-    def _create_room(self, cid: int, msg_id: str = "") -> Delivery | None:
-        """Count a room the server does not know yet, or say why it may not be created."""
+    def _create_room(self, session: Session, name: str, msg_id: str = "") -> Delivery | None:
+        """Count a room the server does not know yet (a logged-in creator owns it), or say
+        why it may not be created."""
+        cid = session.cid
         if self.room_count >= self.total_rooms:
             error = Error(
                 code=ErrorCode.TOO_MANY_ROOMS,
@@ -453,6 +700,8 @@ class Hub:
             )
         else:
             self.room_count += 1
+            if session.account:
+                self.rules.created(name, session.account)
             return None
         return deliver((cid,), error)
 
@@ -515,9 +764,12 @@ class Hub:
                         ),
                     )
                 ]
+            problem = self.rules.entry_problem(name, session.identity, session.account)
+            if problem is not None:
+                return [_refuse(cid, ErrorCode.NOT_PERMITTED, problem)]
             if room is None:
                 if not self.store.head(name):
-                    refused = self._create_room(cid)
+                    refused = self._create_room(session, name)
                     if refused is not None:
                         return [refused]
                 room = self.rooms[name] = Room(name)
@@ -575,18 +827,30 @@ class Hub:
                     Error(code=ErrorCode.NICK_IN_USE, message=f"{change.nick!r} is taken"),
                 )
             ]
-        old = session.nick
-        if change.nick == old:
+        if change.nick == session.nick:
             return []
+        if key != session.key and self._reserved_for_other(change.nick, session.account):
+            return [
+                _refuse(
+                    cid,
+                    ErrorCode.NICK_RESERVED,
+                    f"{quote(change.nick)} belongs to an account: log in to it to use it",
+                )
+            ]
+        return self._rename(session, change.nick, now_ms)
+
+    def _rename(self, session: Session, nick: str, now_ms: int) -> list[Delivery]:
+        """Give `session` the free nick `nick`; everyone who shares a room with it hears it
+        once, and so does the session."""
+        old = session.nick
         del self.nicks[session.key]
-        session.nick = change.nick
-        session.key = key
-        self.nicks[key] = session
-        # Everyone who shares a room with the member hears it once, and so does the member.
-        audience: dict[int, None] = {cid: None}
+        session.nick = nick
+        session.key = nick.casefold()
+        self.nicks[session.key] = session
+        audience: dict[int, None] = {session.cid: None}
         for name in session.rooms:
             audience.update(self.rooms[name].members)
-        notice = Notice(kind="renamed", nick=old, ts=now_ms, new_nick=change.nick)
+        notice = Notice(kind="renamed", nick=old, ts=now_ms, new_nick=nick)
         return [deliver(tuple(audience), notice)]
 
     def _who(self, session: Session, who: Who, now_ms: int) -> list[Delivery]:
@@ -594,10 +858,20 @@ class Hub:
         name = normalise_room(who.room)
         if name is None:
             return [_bad_room(session.cid, who.room)]
+        refused = self._private(session, name)
+        if refused is not None:
+            return [refused]
         room = self.rooms.get(name)
         if room is not None:
             self.last_cost = 1.0 + len(room.members) / 1000
         return [self._members(session.cid, name)]
+
+    def _private(self, session: Session, name: str) -> Delivery | None:
+        """The refusal of a look into private room `name` by a session that does not
+        belong there, or None."""
+        if name in session.rooms or self.rules.may_look(name, session.identity, session.account):
+            return None
+        return _refuse(session.cid, ErrorCode.NOT_PERMITTED, f"#{name} is private")
 
     def _members(self, cid: int, name: str) -> Delivery:
         """The member list, cut (alphabetically) to what fits in one frame of `max_frame`:
@@ -611,7 +885,18 @@ class Hub:
             if budget < 0:
                 del nicks[i:]
                 break
-        return deliver((cid,), Members(room=name, nicks=nicks))
+        settings = self.rules.settings.get(name)
+        if settings is None:
+            return deliver((cid,), Members(room=name, nicks=nicks))
+        members = Members(
+            room=name,
+            nicks=nicks,
+            topic=settings.topic,
+            private=settings.private,
+            owner=settings.owner,
+            ops=sorted(settings.ops),
+        )
+        return deliver((cid,), members)
 
     def _list_rooms(self, session: Session, event: Event, now_ms: int) -> list[Delivery]:
         del event, now_ms
@@ -619,6 +904,9 @@ class Hub:
         rooms = dict.fromkeys(self.store.rooms(), 0)
         for name, room in self.rooms.items():
             rooms[name] = len(room.members)
+        for name, settings in self.rules.settings.items():
+            if settings.private and name in rooms and self._private(session, name) is not None:
+                del rooms[name]
         self.last_cost = 1.0 + len(rooms) / 1000
         # Cut to one frame like Members: the busiest rooms are kept.
         kept: dict[str, int] = {}
@@ -636,8 +924,68 @@ class Hub:
         name = normalise_room(request.room)
         if name is None:
             return [_bad_room(cid, request.room)]
+        refused = self._private(session, name)
+        if refused is not None:
+            return [refused]
         limit = min(request.limit, self.config.replay_limit)
         return self._replay(cid, name, request.after, limit)
+
+    # -- moderation --------------------------------------------------------------------------
+
+    def _moderate(self, session: Session, request: Moderate, now_ms: int) -> list[Delivery]:
+        """docs/protocol.md §6.6: the change, announced to the room's members (the actor
+        included, whether or not it is in the room); a kicked or banned member hears it and
+        is out; an invitee hears of its invitation wherever it is."""
+        cid = session.cid
+        self.last_cost = MODERATE_COST
+        name = normalise_room(request.room)
+        if name is None:
+            return [_bad_room(cid, request.room)]
+        action, target = request.action, request.target
+        try:
+            if action == "kick":
+                victim = self.nicks.get(target.casefold())
+                if victim is None or name not in victim.rooms:
+                    raise Refusal(f"{quote(target)} is not in #{name}", ErrorCode.NO_SUCH_NICK)
+                target = victim.nick
+            self.rules.moderate(name, session.account, action, target, request.text)
+        except Refusal as refusal:
+            return [_refuse(cid, refusal.code, str(refusal))]
+        notice = Notice(
+            kind=NOTICE_OF[action],
+            nick=session.nick,
+            ts=now_ms,
+            room=name,
+            target=target,
+            reason=clip_reason(request.text) if action != "topic" else request.text,
+        )
+        room = self.rooms.get(name)
+        audience: dict[int, None] = dict.fromkeys(room.targets if room else ())
+        audience[cid] = None
+        out: list[Delivery] = []
+        if action in ("kick", "ban"):
+            key = account_key(target)
+            out_of_room = [
+                self.sessions[c]
+                for c in (room.targets if room else ())
+                if self.sessions[c].key == key or self.sessions[c].identity == key
+            ]
+            out.append(deliver(tuple(audience), notice))
+            for victim in out_of_room:
+                self._leave(victim, name)
+            return out
+        if action == "invite":
+            invitee = self.nicks.get(account_key(target))
+            if invitee is not None and invitee.identity == account_key(target):
+                audience[invitee.cid] = None
+        return [deliver(tuple(audience), notice)]
+
+    def _leave(self, session: Session, name: str) -> None:
+        room = self.rooms[name]
+        room.remove(session.cid)
+        del session.rooms[name]
+        if not room.members:
+            self._vacate(name)
 
     # -- history replay ----------------------------------------------------------------------
 
@@ -692,6 +1040,14 @@ def _replayed(stored: StoredMessage) -> bytes:
     return encode_message(
         stored.room, stored.seq, stored.ts, stored.sender, stored.text, stored.action, True
     )
+
+
+def _bye(cid: int, code: ErrorCode, reason: str) -> Delivery:
+    return control(cid, Bye(code=code, reason=reason))
+
+
+def _refuse(cid: int, code: ErrorCode, message: str, msg_id: str = "") -> Delivery:
+    return deliver((cid,), Error(code=code, message=message, msg_id=msg_id[:MSG_ID_MAX]))
 
 
 def _bad_room(cid: int, room: str, msg_id: str = "") -> Delivery:

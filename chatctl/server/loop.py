@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import ipaddress
 import itertools
 import selectors
 import socket
@@ -64,15 +65,17 @@ from chatctl.server.admission import (
     raise_fd_limit,
 )
 from chatctl.server.config import ServerConfig
-from chatctl.server.hub import Delivery, Hub
+from chatctl.server.hub import Delivery, Hub, Origin
 from chatctl.server.log import ServerLog
 from chatctl.server.outbox import Outbox
 from chatctl.server.peer import Peer
 from chatctl.server.timers import Timers
 from chatctl.server.tls import TlsSetup, TlsTransport, TransportFailed
 from chatctl.server.transport import Listeners, drain
+from chatctl.server.verifier import Verifier
 from chatctl.store.base import Store
-from chatctl.store.url import open_store
+from chatctl.store.registry import Registry
+from chatctl.store.url import open_registry, open_store
 
 # The limits' names where the tests and the CLI have always found them.
 __all__ = [
@@ -92,6 +95,9 @@ FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.ru
 # Frames one connection may have handled per loop turn: its fair share. The rest of what it
 # sent waits in its buffer (and, meanwhile, in the kernel: it is not read) for the next turn.
 FRAMES_PER_TURN = 1024
+# What a client may send while its password is checked (a Hello and what it pipelined after
+# it): past this, it is flooding.
+PAUSED_INPUT_MAX = 64 * 1024
 _LISTENER = object()
 _WAKEUP = object()
 _READ = selectors.EVENT_READ
@@ -100,9 +106,15 @@ _WRITE = selectors.EVENT_WRITE
 
 class Server:
     def __init__(
-        self, config: ServerConfig, *, journal: ServerLog | None = None, store: Store | None = None
+        self,
+        config: ServerConfig,
+        *,
+        journal: ServerLog | None = None,
+        store: Store | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.config = config
+        self._registry = registry
         self.journal = (
             journal if journal is not None else ServerLog(config.log_level, config.log_format)
         )
@@ -175,8 +187,15 @@ class Server:
                 retain_age=config.retain_age,
             )
         self.store = store
-        self.hub = Hub(config, store)
+        registry = self._registry
+        if registry is None:
+            registry = open_registry(config.data)
+        self.registry = registry
+        self.hub = Hub(config, store, registry)
         self.hub.may_create_room = self._may_create_room
+        self.hub.may_register = self._may_create_room  # the same allowance: what persists
+        self._verifier = Verifier(self._wake_w, self._client_of)
+        self.hub.offload = self._verifier.submit
         self._listeners.watch(self._sel, _LISTENER)
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
@@ -202,6 +221,8 @@ class Server:
             for peer in list(self.peers.values()):
                 self._abort(peer)
             self._refusals.close_all()
+            self._verifier.close()
+            registry.close()
             store.close()
             self._sel.close()
             self._wake_r.close()
@@ -278,6 +299,19 @@ class Server:
                 pass
         except OSError:
             pass
+        hub = self.hub
+        assert hub is not None
+        for cid, result in self._verifier.done():
+            self._dispatch(hub.checked(cid, result, self._now_ms))
+            peer = self.peers.get(cid)
+            if peer is not None and peer.paused and cid not in hub.pending:
+                peer.paused = False
+                if not peer.closing:
+                    self._frames(peer)  # what it pipelined after the Hello or Register
+
+    def _client_of(self, cid: int) -> str:
+        peer = self.peers.get(cid)
+        return peer.client.key if peer is not None else ""
 
     def _schedule(self, when: float, peer: Peer | Refused | None) -> None:
         """Run a check of `peer` (or the housekeeping, for None; the end of a refused
@@ -304,6 +338,8 @@ class Server:
         if self.admission.accepts_resume(now):
             self._listeners.watch(self._sel, _LISTENER)
         self.admission.sweep(now)
+        if self.hub is not None:
+            self.hub.logins.sweep(self._now_ms / 1000)
         if self._closed:  # what they held is free now: give it back to the system
             self._closed = 0
             heap.release()
@@ -381,6 +417,10 @@ class Server:
             self._lost(peer, f"connection lost ({exc.strerror or exc})")
             return
         peer.conn.receive_data(bytes(self._view[:n]) if n else b"")
+        if peer.paused:
+            if peer.conn.buffered > PAUSED_INPUT_MAX:
+                self._end(peer, ErrorCode.FLOODING, "flooding while its login was checked")
+            return
         self._frames(peer)
 
     def _frames(self, peer: Peer) -> None:
@@ -434,7 +474,10 @@ class Server:
                 continue
             if kind is Pong:
                 continue
-            if kind is History or kind is Join:
+            if kind is Hello:
+                origin = Origin(peer.addr, self._secure(peer), peer.client.key)
+                deliveries = hub.handle(peer.cid, event, now_ms, origin=origin)
+            elif kind is History or kind is Join:
                 # A replay is cut to what the connection's queue can still take, before any
                 # of it is read: a pipeline of big requests cannot make its own reader huge.
                 room = max(replay_room - peer.out_size, 0)
@@ -446,8 +489,21 @@ class Server:
             self._dispatch(deliveries)
             if peer.ended:
                 return
+            if hub.pending and peer.cid in hub.pending:
+                peer.paused = True  # until its password is checked (_drain_wakeup)
+                return
         peer.more_input = True  # its share of this turn is used: the rest in the next one
         self._more_input.append(peer)
+
+    @staticmethod
+    def _secure(peer: Peer) -> bool:
+        """Whether a password may travel on this connection: TLS, or loopback."""
+        if isinstance(peer.transport, TlsTransport):
+            return True
+        try:
+            return ipaddress.ip_address(peer.ip.partition("%")[0]).is_loopback
+        except ValueError:
+            return False
 
     def _may_create_room(self, cid: int) -> bool:
         peer = self.peers.get(cid)
@@ -493,9 +549,12 @@ class Server:
             )
         else:
             bye: Bye = event  # type: ignore[assignment]
-            self.journal.info(
-                "bye", f"{peer.addr}: {bye.reason}", peer=peer.addr, code=int(bye.code)
-            )
+            if bye.code == ErrorCode.LOGIN_FAILED:
+                self.journal.warning("login_failed", f"{peer.addr}: {bye.reason}", peer=peer.addr)
+            else:
+                self.journal.info(
+                    "bye", f"{peer.addr}: {bye.reason}", peer=peer.addr, code=int(bye.code)
+                )
             self._end(peer, ErrorCode(bye.code), bye.reason, bye=(bye, data))
 
     # -- writing -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Peer:
         "more_input",
         "out",
         "out_size",
+        "paused",
         "pinged",
         "scheduled",
         "sock",
@@ -70,6 +71,7 @@ class Peer:
         self.closing = False  # reads stopped; close once the output queue has drained
         self.ended = False  # the hub forgot it; set once, by the server
         self.lingering = False  # half-closed after the last byte; reading until the client closes
+        self.paused = False  # its password is being checked: its frames wait in `conn`
         self.more_input = False  # used its share of a turn with frames left: not read meanwhile
         self.client = client  # its address's connections and allowances
         self.meter = client.meter  # the rate limit of what it sends, shared by its address

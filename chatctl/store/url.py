@@ -8,6 +8,7 @@ from pathlib import Path
 
 from chatctl.store.base import Store
 from chatctl.store.memory import MemoryStore
+from chatctl.store.registry import MemoryRegistry, Registry
 
 MEMORY = ":memory:"  # `--data :memory:`: history lives and dies with the process (memory.py)
 
@@ -30,3 +31,9 @@ def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> 
 
     directory = Path(data).expanduser() if data else default_data_dir()
     return SqliteStore(directory, retain_messages=retain_messages, retain_age=retain_age)
+
+
+def open_registry(data: str | None) -> Registry:
+    """The accounts and room settings for `--data` (registry.py)."""
+    del data
+    return MemoryRegistry()

@@ -1,0 +1,119 @@
+"""Password key derivation off the event loop: a fixed pool of threads, never one per client.
+
+scrypt takes ~40 ms of CPU and 16 MiB (passwords.py); run in the loop, one login would stall
+every connection that long. `hashlib.scrypt` releases the GIL, so a few threads derive keys
+while the loop goes on serving. The loop hands the hub's `Check`s to `submit` and, when woken
+(the loop's wake-up socket), takes the outcomes from `done()` back to `Hub.checked`.
+
+Bounds: at most QUEUE_MAX checks wait in all, and PER_CLIENT_MAX per client address (past
+them `Busy`, which the client hears as a refused login); memory is POOL threads x 16 MiB.
+
+A password verified recently is remembered, as Dovecot's auth cache does: an HMAC of it under
+a key that lives only in this process, per stored hash, for CACHE_TTL seconds. A client that
+reconnects (or a fleet of bots sharing an account) logs in again in microseconds; a wrong
+password is never cached and always pays the full derivation. Changing the password changes
+the stored hash, which the cache is keyed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from chatctl.server.hub import Busy, Check, check_now
+
+POOL = max(1, min(2, os.cpu_count() or 1))
+QUEUE_MAX = 256
+PER_CLIENT_MAX = 4
+CACHE_TTL = 600.0
+CACHE_MAX = 10_000
+
+
+class Verifier:
+    def __init__(self, wake: socket.socket, client_of: Callable[[int], str]) -> None:
+        self._wake = wake
+        self._client_of = client_of
+        self._jobs: queue.SimpleQueue[tuple[Check, str] | None] = queue.SimpleQueue()
+        self._done: deque[tuple[Check, str, bool | str]] = deque()
+        self._waiting: dict[str, int] = {}  # client address -> checks queued or running
+        self._queued = 0
+        self._key = os.urandom(32)
+        self._cache: dict[str, tuple[bytes, float]] = {}  # stored hash -> (HMAC, expiry)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"chatctl-kdf-{i}", daemon=True)
+            for i in range(POOL)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, check: Check) -> bool | str | None:
+        """The hub's `offload`: True at once for a password verified recently, else None
+        (queued; its outcome comes from `done`). Raises Busy past the bounds."""
+        if check.stored:
+            cached = self._cache.get(check.stored)
+            fresh = cached is not None and cached[1] > time.monotonic()
+            if fresh and hmac.compare_digest(cached[0], self._mac(check.password)):  # type: ignore[index]
+                return True
+        client = self._client_of(check.cid)
+        if self._queued >= QUEUE_MAX:
+            raise Busy("the server is busy checking passwords; try again in a few seconds")
+        if self._waiting.get(client, 0) >= PER_CLIENT_MAX:
+            raise Busy("too many logins at once from your address; try again in a few seconds")
+        self._waiting[client] = self._waiting.get(client, 0) + 1
+        self._queued += 1
+        self._jobs.put((check, client))
+        return None
+
+    def done(self) -> list[tuple[int, bool | str]]:
+        """The outcomes finished since the last call: (connection, result)."""
+        out = []
+        while self._done:
+            check, client, result = self._done.popleft()
+            self._queued -= 1
+            left = self._waiting.pop(client, 1) - 1
+            if left:
+                self._waiting[client] = left
+            if result is True:
+                self._remember(check)
+            out.append((check.cid, result))
+        return out
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def _remember(self, check: Check) -> None:
+        cache = self._cache
+        now = time.monotonic()
+        if len(cache) >= CACHE_MAX:
+            for stored in [s for s, (_, expiry) in cache.items() if expiry <= now]:
+                del cache[stored]
+            while len(cache) >= CACHE_MAX:
+                del cache[next(iter(cache))]
+        cache.pop(check.stored, None)
+        cache[check.stored] = (self._mac(check.password), now + CACHE_TTL)
+
+    def _mac(self, password: str) -> bytes:
+        return hmac.new(
+            self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            check, client = job
+            try:
+                result = check_now(check)
+            except Exception:  # a malformed hash is a failed check, never a dead thread
+                result = False if check.stored else ""
+            self._done.append((check, client, result))
+            try:
+                self._wake.send(b"\1")
+            except OSError:
+                pass  # the wake-up buffer is full: a wake-up is pending anyway
