@@ -57,6 +57,7 @@ from chatctl.server.config import ServerConfig
 from chatctl.server.log import ServerLog, find_listening
 from chatctl.server.loop import Server
 from chatctl.store.base import Store
+from chatctl.store.registry import Registry
 
 E = TypeVar("E", bound=Event)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -92,7 +93,7 @@ def free_port() -> int:
 
 @contextmanager
 def server_instance(
-    *, store: Store | None = None, **overrides: Any
+    *, store: Store | None = None, registry: Registry | None = None, **overrides: Any
 ) -> Iterator[tuple[Server, str, int]]:
     """The real server, in-process in a background thread, on port 0 of 127.0.0.1 with
     in-memory history (or `store`). Keyword arguments override ServerConfig fields. Yields the Server (to
@@ -106,7 +107,7 @@ def server_instance(
     settings.update(overrides)
     config = ServerConfig(**settings)
     journal = ServerLog(config.log_level, config.log_format, io.StringIO())
-    server = Server(config, journal=journal, store=store)
+    server = Server(config, journal=journal, store=store, registry=registry)
     host, port = server.bind()[0]
     failure: list[BaseException] = []
 
@@ -386,8 +387,18 @@ class Client:
                 raise ConnectionError(f"closed while waiting for {kind.__name__}: {self.seen}")
             self.seen.append(event)
 
-    def hello(self, nick: str, *, token: str = "") -> Welcome:
-        self.send(Hello(version=PROTOCOL_VERSION, nick=nick, token=token))
+    def hello(
+        self, nick: str, *, token: str = "", account: str = "", password: str = ""
+    ) -> Welcome:
+        self.send(
+            Hello(
+                version=PROTOCOL_VERSION,
+                nick=nick,
+                token=token,
+                account=account,
+                password=password,
+            )
+        )
         event = self.recv()
         if type(event) is not Welcome:
             raise AssertionError(f"expected Welcome, got {event}")

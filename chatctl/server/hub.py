@@ -235,7 +235,6 @@ class Hub:
         self.offload: Callable[[Check], bool | str | None] = check_now
         self.pending: dict[int, Pending] = {}
         self.may_register: Callable[[int], bool] = _any_cid_may
-        self._origin: Origin | None = None
         self.sessions: dict[int, Session] = {}
         self.nicks: dict[str, Session] = {}  # casefolded nick -> session
         self.tokens: dict[str, Session] = {}
@@ -302,11 +301,16 @@ class Hub:
         Join or History: how many more bytes the connection's output queue may take. The
         replay is cut to it (as well as to `replay_limit` and half of `max_output`); a
         History for which not even one message fits is refused with `208 RATE_LIMITED`,
-        while a Join still joins, with the replay that fits. None: no such cut.
+        while a Join still joins, with the replay that fits. None: no such cut. `origin`,
+        with a Hello: where the connection comes from (default: a secure connection of
+        unknown address).
+
+        A login or registration may leave its connection in `pending` (its password is
+        being checked off the loop): feed it nothing more until `checked` has answered.
         """
         self.last_cost = 1.0
         if type(event) is Hello:
-            return self._hello(cid, event, now_ms)
+            return self._hello(cid, event, origin or Origin(), now_ms)
         session = self.sessions.get(cid)
         if session is None:
             return []  # a connection that was replaced or never welcomed
@@ -352,7 +356,7 @@ class Hub:
 
     # -- handshake and login -----------------------------------------------------------------
 
-    def _hello(self, cid: int, hello: Hello, now_ms: int) -> list[Delivery]:
+    def _hello(self, cid: int, hello: Hello, origin: Origin, now_ms: int) -> list[Delivery]:
         if hello.version < 1:  # the lower of the two versions is spoken; there is none below 1
             return [
                 control(
@@ -363,7 +367,6 @@ class Hub:
                     ),
                 )
             ]
-        origin = self._origin or Origin()
         if not hello.account:
             if self.auth is AuthMode.required:
                 return [

@@ -7,6 +7,8 @@ while the loop goes on serving. The loop hands the hub's `Check`s to `submit` an
 
 Bounds: at most QUEUE_MAX checks wait in all, and PER_CLIENT_MAX per client address (past
 them `Busy`, which the client hears as a refused login); memory is POOL threads x 16 MiB.
+Logins with the same password for the same account while one is being checked wait for that
+check instead of queueing their own.
 
 A password verified recently is remembered, as Dovecot's auth cache does: an HMAC of it under
 a key that lives only in this process, per stored hash, for CACHE_TTL seconds. A client that
@@ -31,7 +33,7 @@ from chatctl.server.hub import Busy, Check, check_now
 
 POOL = max(1, min(2, os.cpu_count() or 1))
 QUEUE_MAX = 256
-PER_CLIENT_MAX = 4
+PER_CLIENT_MAX = 8
 CACHE_TTL = 600.0
 CACHE_MAX = 10_000
 
@@ -42,6 +44,9 @@ class Verifier:
         self._client_of = client_of
         self._jobs: queue.SimpleQueue[tuple[Check, str] | None] = queue.SimpleQueue()
         self._done: deque[tuple[Check, str, bool | str]] = deque()
+        # Checks of one password against one hash in flight, with the other connections
+        # waiting for the same answer (many clients of one account logging in at once).
+        self._inflight: dict[tuple[str, bytes], list[int]] = {}
         self._waiting: dict[str, int] = {}  # client address -> checks queued or running
         self._queued = 0
         self._key = os.urandom(32)
@@ -57,14 +62,24 @@ class Verifier:
         """The hub's `offload`: True at once for a password verified recently, else None
         (queued; its outcome comes from `done`). Raises Busy past the bounds."""
         if check.stored:
+            mac = self._mac(check.password)
             cached = self._cache.get(check.stored)
             fresh = cached is not None and cached[1] > time.monotonic()
-            if fresh and hmac.compare_digest(cached[0], self._mac(check.password)):  # type: ignore[index]
+            if fresh and hmac.compare_digest(cached[0], mac):  # type: ignore[index]
                 return True
+            waiting = self._inflight.get((check.stored, mac))
+            if waiting is not None:
+                waiting.append(check.cid)
+                return None
+            self._inflight[(check.stored, mac)] = []
         client = self._client_of(check.cid)
         if self._queued >= QUEUE_MAX:
+            if check.stored:
+                del self._inflight[(check.stored, mac)]
             raise Busy("the server is busy checking passwords; try again in a few seconds")
         if self._waiting.get(client, 0) >= PER_CLIENT_MAX:
+            if check.stored:
+                del self._inflight[(check.stored, mac)]
             raise Busy("too many logins at once from your address; try again in a few seconds")
         self._waiting[client] = self._waiting.get(client, 0) + 1
         self._queued += 1
@@ -80,25 +95,28 @@ class Verifier:
             left = self._waiting.pop(client, 1) - 1
             if left:
                 self._waiting[client] = left
-            if result is True:
-                self._remember(check)
             out.append((check.cid, result))
+            if check.stored:
+                mac = self._mac(check.password)
+                out.extend((cid, result) for cid in self._inflight.pop((check.stored, mac), ()))
+                if result is True:
+                    self._remember(check.stored, mac)
         return out
 
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
 
-    def _remember(self, check: Check) -> None:
+    def _remember(self, stored: str, mac: bytes) -> None:
         cache = self._cache
         now = time.monotonic()
         if len(cache) >= CACHE_MAX:
-            for stored in [s for s, (_, expiry) in cache.items() if expiry <= now]:
-                del cache[stored]
+            for old in [s for s, (_, expiry) in cache.items() if expiry <= now]:
+                del cache[old]
             while len(cache) >= CACHE_MAX:
                 del cache[next(iter(cache))]
-        cache.pop(check.stored, None)
-        cache[check.stored] = (self._mac(check.password), now + CACHE_TTL)
+        cache.pop(stored, None)
+        cache[stored] = (mac, now + CACHE_TTL)
 
     def _mac(self, password: str) -> bytes:
         return hmac.new(
