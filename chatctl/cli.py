@@ -7,6 +7,7 @@ modules are imported inside the commands so that `chatctl --help` and `chatctl s
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -59,6 +60,15 @@ def _server(text: str, port: int, tls_ca: str | None) -> tuple[Address, ssl.SSLC
     from chatctl.client.link import client_context
 
     return address, client_context(tls_ca)
+
+
+def _password(account: str | None, host: str) -> str:
+    """The password for --account: $CHATCTL_PASSWORD, or asked for on a terminal."""
+    if not account:
+        return ""
+    from chatctl.ui.login import account_password
+
+    return account_password(account, host)
 
 
 def run(action: Callable[[], int | None]) -> None:
@@ -169,6 +179,7 @@ def join(
     history: o.HistoryCount = None,
     connect_timeout: o.ConnectTimeout = 5.0,
     tls_ca: o.TlsCa = None,
+    account: o.Account = None,
 ) -> None:
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
 
@@ -180,6 +191,8 @@ def join(
             host=address.host,
             port=address.port,
             tls=tls,
+            account=account or "",
+            password=_password(account, address.host),
             nick=nick,
             rooms=room or [DEFAULT_ROOM],
             fmt=fmt.value,
@@ -207,6 +220,7 @@ def send(
     timeout: o.Timeout = 10.0,
     connect_timeout: o.ConnectTimeout = 5.0,
     tls_ca: o.TlsCa = None,
+    account: o.Account = None,
 ) -> None:
     """Send one message, wait for the server's ack and print a receipt."""
     positional = args or []
@@ -226,6 +240,8 @@ def send(
             host=address.host,
             port=address.port,
             tls=tls,
+            account=account or "",
+            password=_password(account, address.host),
             room=room or DEFAULT_ROOM,
             to=to,
             nick=nick,
@@ -283,6 +299,7 @@ def bench(
 
 @app.command(epilog=EXIT_CODES_HELP)
 def bot(
+    ctx: typer.Context,
     host: o.HostArg = BotConfig.host,
     port: o.Port = BotConfig.port,
     nick: o.BotNick = BrainSettings.nick,
@@ -302,14 +319,19 @@ def bot(
     reply_timeout: o.ReplyTimeout = BotConfig.reply_timeout,
     ignore: o.BotIgnore = None,
     tls_ca: o.TlsCa = None,
+    account: o.Account = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
+    from click.core import ParameterSource
+
     from chatctl.address import parse_address
 
     try:
         address = parse_address(host, port)
     except ChatctlError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if account and ctx.get_parameter_source("nick") is ParameterSource.DEFAULT:
+        nick = account  # logged in, the bot is called by its account's name
     config = BotConfig(
         host=address.host,
         port=address.port,
@@ -323,6 +345,7 @@ def bot(
         knowledge=knowledge,
         on_failure=on_failure,
         reply_timeout=reply_timeout,
+        account=account or "",
         brain=BrainSettings(
             nick=nick,
             every_lines=every_lines,
@@ -338,7 +361,7 @@ def bot(
     def action() -> int | None:
         from chatctl.bot.runner import run_bot
 
-        return run_bot(config)
+        return run_bot(dataclasses.replace(config, password=_password(account, address.host)))
 
     run(action)
 

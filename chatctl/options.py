@@ -412,6 +412,17 @@ TlsCa = Annotated[
         help="With a tls:// address: trust this CA (PEM file) instead of the system's.",
     ),
 ]
+Account = Annotated[
+    str | None,
+    typer.Option(
+        "--account",
+        "-a",
+        envvar=_env("ACCOUNT"),
+        help="Log in to this account (default nick: its name). The password comes from "
+        "$CHATCTL_PASSWORD, or is asked for on a terminal; never from the command line.",
+        show_default=False,
+    ),
+]
 
 # join ----------------------------------------------------------------------------------------
 Count = Annotated[

@@ -61,4 +61,6 @@ class BotConfig:
     on_failure: OnFailure = OnFailure.notice
     connect_timeout: float = 5.0
     reply_timeout: float = 30.0  # seconds for a whole reply, from the turn to its last frame
+    account: str = ""  # the account to log in to; "" for a guest
+    password: str = field(default="", repr=False)  # never shown in a repr or a log
     brain: BrainSettings = field(default_factory=BrainSettings)

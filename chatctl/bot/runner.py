@@ -121,6 +121,8 @@ class Bot:
             connect_timeout=config.connect_timeout,
             reconnect=True,
             tls=client_context(config.tls_ca) if config.tls else None,
+            account=config.account,
+            password=config.password,
         )
         self.replies = 0  # replies sent, for the log and tests
 
@@ -136,9 +138,10 @@ class Bot:
         with self._brain_lock:
             self.brain.rename(welcome.nick)
         log.info(
-            "connected to %s as %s (backend %s), rooms: %s",
+            "connected to %s as %s%s (backend %s), rooms: %s",
             self.client.addr,
             welcome.nick,
+            f", logged in as {welcome.account}" if welcome.account else "",
             self.backend.name,
             ", ".join(self.config.rooms),
         )

@@ -25,9 +25,14 @@ connection, its handshake and the pacer are link.py's). Every rule about what to
 acknowledgements, the resume after a reconnect: exactly once, in order) is the sans-IO
 `ClientSession`'s (session.py), which this module runs under one lock.
 
-Requests (`who`, `list_rooms`, `history`, `change_nick`) are answered by events; `sync()`
-waits until everything sent so far is answered, `wait_acked()` until every message is
-acknowledged. `connect(retry_for=...)` also retries a first connection that fails.
+To log in, give `account` and `password`: every Hello carries them, a reconnect's too (a
+password goes only over TLS or to a loopback address: link.InsecureLink otherwise).
+`register(password)` makes the current nick an account in the chat, and logs in with it
+from then on.
+
+Requests (`who`, `list_rooms`, `history`, `change_nick`, `register`, `moderate`) are
+answered by events; `sync()` waits until everything sent so far is answered, `wait_acked()`
+until every message is acknowledged. `connect(retry_for=...)` also retries a first connection that fails.
 
 Thread safety: every public method may be called from any thread.
 
@@ -52,7 +57,7 @@ from typing import TYPE_CHECKING
 
 from chatctl.address import format_addr
 from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Reconnected, Refused
-from chatctl.client.link import RECV_SIZE, Link, Pacer, open_link
+from chatctl.client.link import RECV_SIZE, InsecureLink, Link, Pacer, open_link
 from chatctl.client.session import ClientSession
 from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
@@ -65,6 +70,7 @@ from chatctl.protocol import (
     Hello,
     History,
     ListRooms,
+    Moderate,
     Ping,
     Pong,
     ProtocolError,
@@ -82,7 +88,17 @@ if TYPE_CHECKING:
 
 _UNMETERED = (Hello, Ping, Pong, Bye)
 # Bye codes after which reconnecting is pointless or unwanted.
-_FINAL_BYE = frozenset({ErrorCode.REPLACED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.INVALID_NICK})
+_FINAL_BYE = frozenset(
+    {
+        ErrorCode.REPLACED,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.INVALID_NICK,
+        ErrorCode.AUTH_REQUIRED,
+        ErrorCode.LOGIN_FAILED,
+    }
+)
+# Bye codes that refuse the login: the application's error is Rejected, not a lost connection.
+_LOGIN_BYE = frozenset({ErrorCode.AUTH_REQUIRED, ErrorCode.LOGIN_FAILED})
 # Refusals of a Hello that may pass on a later attempt.
 _RETRYABLE_REFUSAL = frozenset(
     {ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SERVER_SHUTDOWN, ErrorCode.SERVER_ERROR}
@@ -161,6 +177,8 @@ class Client:
         on_event: Callable[[AnyEvent], None] | None = None,
         max_backlog: int = 10_000,
         tls: ssl.SSLContext | None = None,
+        account: str = "",
+        password: str = "",
     ) -> None:
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self.tls = tls  # a client context (link.client_context): the connection speaks TLS
@@ -169,7 +187,9 @@ class Client:
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.keepalive = keepalive
-        self._session = ClientSession(nick, rooms=rooms, history=history)
+        self._session = ClientSession(
+            nick, rooms=rooms, history=history, account=account, password=password
+        )
         self._waiters: dict[str, Outgoing] = {}  # the session's pending messages, by msg_id
         self._ids = itertools.count(1)
         self._sync_tokens = itertools.count(1 << 40)  # apart from keepalive ping tokens
@@ -214,6 +234,11 @@ class Client:
     def token(self, token: str) -> None:
         with self._lock:
             self._session.token = token
+
+    @property
+    def account(self) -> str:
+        """The account logged in to (or asked for, before the Welcome); "" for a guest."""
+        return self._session.account
 
     @property
     def welcome(self) -> Welcome | None:
@@ -330,6 +355,27 @@ class Client:
     def change_nick(self, nick: str) -> None:
         """Ask for a new nick; the Notice(kind="renamed") that follows updates `self.nick`."""
         self._request(ChangeNick(nick=nick))
+
+    def register(self, password: str) -> None:
+        """Make the current nick an account with `password` (servers with open
+        registration). A Notice(kind="registered") confirms it, and the client logs in with
+        it from then on; an Error (REGISTRATION_REFUSED) says why not."""
+        self._pace()
+        with self._lock:
+            link = self._link
+            if link is None or link.dead:
+                raise ConnectFailed(f"not connected to {self.addr}")
+            if not link.secure:
+                raise InsecureLink(
+                    f"not sending a password to {self.addr} in clear: connect with "
+                    f"tls://{self.addr} to register"
+                )
+            self._write_all(self._session.register(password))
+
+    def moderate(self, room: str, action: str, *, target: str = "", text: str = "") -> None:
+        """A room owner's or operator's change (`action` one of protocol.MODERATE_ACTIONS):
+        a Notice to the room answers it, or an Error."""
+        self._request(Moderate(room=room, action=action, target=target, text=text))
 
     def who(self, room: str) -> None:
         """Ask for the members of `room`; a Members event answers."""
@@ -492,6 +538,8 @@ class Client:
                 error = exc
                 if exc.code not in _RETRYABLE_REFUSAL:
                     break
+            except InsecureLink:
+                raise  # the same next time
             except ChatctlError as exc:
                 error = exc
         raise error
@@ -560,6 +608,8 @@ class Client:
         # A session the server ends (shutdown, idle, slow consumer...) is a lost connection,
         # not a refused request: ExitCode.CONNECT, with the server's code for the curious.
         link = self._link
+        if link is not None and link.bye is not None and link.bye.code in _LOGIN_BYE:
+            return Rejected(f"{self.addr} ended the session: {reason}", link.bye.code)
         if link is not None and link.bye is not None and link.bye.code != ErrorCode.NORMAL:
             return ConnectFailed(
                 f"{self.addr} ended the session: {reason} (server code {link.bye.code})"

@@ -11,6 +11,7 @@ a reader that has nothing to read).
 
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import threading
@@ -18,12 +19,13 @@ import time
 from typing import TYPE_CHECKING
 
 from chatctl.address import format_addr
-from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
+from chatctl.errors import ChatctlError, ConnectFailed, ExitCode, Rejected, TimedOut
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
     Connection,
     ConnectionClosed,
+    ErrorCode,
     Event,
     Hello,
     ProtocolError,
@@ -40,6 +42,13 @@ RECV_SIZE = 256 * 1024
 POLL = 0.5  # a socket read times out this often, so the reader can check for silence
 
 
+class InsecureLink(ChatctlError):
+    """A password would cross the network in clear: not sent. The server would refuse it
+    anyway (it takes passwords only over TLS or loopback), but by then it would be out."""
+
+    exit_code = ExitCode.USAGE
+
+
 class Link:
     """One TCP connection and its protocol state."""
 
@@ -51,6 +60,12 @@ class Link:
         self.io = threading.Lock()  # TLS: one thread in the SSL connection at a time
         self.bye: Bye | None = None  # the server's, once it said goodbye
         self.dead = False
+
+    @property
+    def secure(self) -> bool:
+        """Whether a password may be sent on this connection: TLS, or a loopback peer (the
+        server's own rule, docs/protocol.md)."""
+        return self.tls or _loopback(self.sock)
 
     def send(self, event: Event) -> None:
         """Encode `event` (ProtocolError when it may not be sent) and write it. A broken
@@ -114,6 +129,17 @@ class Link:
     def close(self) -> None:
         self.shutdown()
         self.sock.close()
+
+
+def _loopback(sock: socket.socket) -> bool:
+    try:
+        peer = sock.getpeername()
+        ip = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except (OSError, ValueError, IndexError, TypeError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def client_context(ca: str | None = None) -> ssl.SSLContext:
@@ -185,6 +211,12 @@ def open_link(
                 f"{addr} did not finish the TLS handshake within {timeout:g} s"
             ) from None
     link = Link(sock, Connection(Role.CLIENT), tls=tls is not None)
+    if hello.password and not link.secure:
+        link.close()
+        raise InsecureLink(
+            f"not sending the password for {hello.account} to {addr} in clear: "
+            f"use tls://{addr} (passwords go only over TLS, or to this machine)"
+        )
     try:
         welcome = _handshake(link, hello, deadline, addr)
     except TimeoutError:
@@ -213,7 +245,7 @@ def _handshake(link: Link, hello: Hello, deadline: float, addr: str) -> Welcome:
             if isinstance(event, Welcome):
                 return event
             if isinstance(event, Bye):
-                raise Rejected(event.reason or "the server refused the connection", event.code)
+                raise _refusal(event, hello, addr)
             raise ConnectFailed(f"{addr} closed the connection during the handshake")
     except TimeoutError:
         raise  # open_link says how long it waited
@@ -223,6 +255,17 @@ def _handshake(link: Link, hello: Hello, deadline: float, addr: str) -> Welcome:
         raise ConnectFailed(f"{addr} does not speak the chatctl protocol: {exc}") from None
     except OSError as exc:
         raise ConnectFailed(f"connection to {addr} failed: {exc.strerror or exc}") from None
+
+
+def _refusal(bye: Bye, hello: Hello, addr: str) -> Rejected:
+    """The error for a Bye in answer to our Hello, saying what the user can do about it."""
+    reason = bye.reason or "the server refused the connection"
+    if bye.code == ErrorCode.LOGIN_FAILED:
+        who = f" as {hello.account}" if hello.account else ""
+        return Rejected(f"{addr} refused the login{who}: {reason}", bye.code)
+    if bye.code == ErrorCode.AUTH_REQUIRED:
+        return Rejected(f"{addr} admits accounts only: log in with --account NAME", bye.code)
+    return Rejected(reason, bye.code)
 
 
 class Pacer:
@@ -255,4 +298,12 @@ class Pacer:
             self._bucket.charge(time.monotonic(), 1.0)
 
 
-__all__ = ["POLL", "RECV_SIZE", "Link", "Pacer", "client_context", "open_link"]
+__all__ = [
+    "POLL",
+    "RECV_SIZE",
+    "InsecureLink",
+    "Link",
+    "Pacer",
+    "client_context",
+    "open_link",
+]

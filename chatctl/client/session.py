@@ -1,7 +1,7 @@
 """The client's rules, sans-IO: rooms, acknowledgements and the resume after a reconnect.
 
 `ClientSession` is to the client what the hub is to the server: inputs are the application's
-requests (`join`, `part`, `send_message`), the server's events (`receive`) and the life of
+requests (`join`, `part`, `send_message`, `register`), the server's events (`receive`) and the life of
 the connection (`hello`, `welcomed`, `connection_lost`, `abandon`); outputs are frames to
 send, in order, and events for the application, each exactly once. No socket, thread or clock
 is involved, so tests drive it against a model server; `Client` (connection.py) runs it
@@ -23,6 +23,10 @@ The rules:
   application sees every room in order; what the resume recovers is delivered unmarked
   (history=False: the stream simply goes on), and our own messages in it are left out, since
   their Delivered stand for them.
+- Login: the account and password go in every Hello, the first and each reconnect's. A
+  `register` that the server confirms (Notice "registered") makes this session's nick its
+  account, with that password, for the Hellos that follow. A Notice that we were kicked or
+  banned from a room drops the room: a reconnect must not rejoin it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from chatctl.protocol import (
     Part,
     Ping,
     Pong,
+    Register,
     Say,
     Tell,
     Welcome,
@@ -131,10 +136,21 @@ class ClientSession:
     """One client's rules across any number of connections. See the module docstring."""
 
     def __init__(
-        self, nick: str, *, rooms: Iterable[str] = (), history: int | None = None, token: str = ""
+        self,
+        nick: str,
+        *,
+        rooms: Iterable[str] = (),
+        history: int | None = None,
+        token: str = "",
+        account: str = "",
+        password: str = "",
     ) -> None:
         self.nick = nick  # asked for in the Hello; then the server's, renames included
         self.token = token  # resume token, from the last Welcome
+        # The login every Hello carries ("" for a guest); a confirmed `register` sets both.
+        self.account = account
+        self.password = password
+        self._registering: str | None = None  # the password of a Register in flight
         self.welcome: Welcome | None = None
         self.online = False  # between a Welcome and the loss of that connection
         self._history = history  # for Join(history=) where there is nothing to resume
@@ -173,13 +189,21 @@ class ClientSession:
     # -- the connection's life ---------------------------------------------------------------
 
     def hello(self) -> Hello:
-        return Hello(version=PROTOCOL_VERSION, nick=self.nick, token=self.token)
+        return Hello(
+            version=PROTOCOL_VERSION,
+            nick=self.nick,
+            token=self.token,
+            account=self.account,
+            password=self.password if self.account else "",
+        )
 
     def welcomed(self, welcome: Welcome) -> list[Event]:
         """The frames that start a connection: part again the rooms whose Part was not
         answered, rejoin every room (asking for what was missed where there is a sequence number to
         resume from), then re-send every message not yet acknowledged."""
         self.welcome, self.nick, self.token = welcome, welcome.nick, welcome.token
+        if welcome.account:
+            self.account = welcome.account  # as the server spells it
         self.online = True
         self._parts = deque((room, False) for room in self._parted)
         out: list[Event] = [Part(room=room) for room in self._parted]
@@ -229,6 +253,17 @@ class ClientSession:
         self._parts.append((room, True))
         return [frame]
 
+    def register(self, password: str) -> list[Event]:
+        """Make the current nick an account with `password`. Once the server confirms it,
+        the session logs in with them on every reconnect."""
+        if self.account:
+            raise ChatctlError(f"you are already logged in as {self.account}")
+        frame = _checked(Register(password=password))
+        if not self.online:
+            raise ChatctlError("not connected: register once the connection is back")
+        self._registering = password
+        return [frame]
+
     def send_message(self, request: Say | Tell) -> list[Event]:
         """Send a message; it stays pending (and is re-sent after a reconnect) until the
         server answers it. While offline it only waits for the next Welcome."""
@@ -258,12 +293,34 @@ class ClientSession:
                 news = catchup.gap(event)
                 self._last_seq[event.room] = catchup.cursor
                 return Actions(emit=[] if news is None else [news])
+        elif isinstance(event, Notice) and event.kind in ("kicked", "banned"):
+            if self._is_me(event.target):
+                self._drop_room(event.room)
+        elif isinstance(event, Notice) and event.kind == "registered":
+            # To the registrant alone: `nick` is now our account.
+            if self._registering is not None:
+                self.account, self.password = event.nick, self._registering
+                self._registering = None
         elif isinstance(event, Notice) and event.nick.casefold() == self.nick.casefold():
             if event.kind == "renamed":
                 self.nick = event.new_nick
             elif event.kind == "left":
                 self._part_answered(event.room)
         return Actions(emit=[event])
+
+    def _is_me(self, name: str) -> bool:
+        """Whether a moderation target names us: our nick, or our account."""
+        key = name.casefold()
+        return bool(key) and key in (self.nick.casefold(), self.account.casefold())
+
+    def _drop_room(self, room: str) -> None:
+        """The server put us out of `room` (a kick or a ban): forget it, as a Part would,
+        with no Part to send."""
+        room = room_key(room)
+        self._rooms.pop(room, None)
+        self._last_seq.pop(room, None)
+        if self._catchup.pop(room, None) is not None:
+            self._leaving.add(room)  # the rest of its resume is not news
 
     def _seen(self, room: str, seq: int) -> None:
         """Advance a room's sequence number. Only from the one its join's HistoryEnd set: what
@@ -330,6 +387,8 @@ class ClientSession:
         return [Delivered(request=request, ack=ack, nick=self.nick)]
 
     def _on_error(self, error: Error) -> list[AnyEvent]:
+        if error.code == ErrorCode.REGISTRATION_REFUSED:
+            self._registering = None
         if error.msg_id:
             request = self._pending.pop(error.msg_id, None)
             if request is not None:

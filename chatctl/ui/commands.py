@@ -3,16 +3,22 @@
 `parse(line)` turns a line into a Command (plain text is `Text`; `//x` sends the literal
 "/x"); a malformed command raises CommandError with its usage. `Chat.run(command)` carries
 a command out on a Client and says what to show the user.
+
+Passwords are never typed on a command line: `/register` takes no argument, and asks for the
+password through the `ask_password` the terminal UI gives Chat. A pipe has none (its stdin
+carries messages), so there `/register` is refused with what to do instead.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.names import room_key
+from chatctl.passwords import password_problem
 
 if TYPE_CHECKING:
     from chatctl.client.connection import Client, Outgoing
@@ -86,6 +92,22 @@ class ShowHistory:
     count: int = DEFAULT_HISTORY
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RegisterNick:
+    """Make the current nick an account; the password is asked for, never typed inline."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModerateRoom:
+    """A room owner's or operator's change: `action` is one of protocol.MODERATE_ACTIONS,
+    `target` a nick or account, `text` a topic ("" clears it) or a kick's or ban's reason."""
+
+    action: str
+    room: str | None = None  # None: the current room
+    target: str = ""
+    text: str = ""
+
+
 Command = (
     Text
     | JoinRoom
@@ -98,6 +120,8 @@ Command = (
     | Quit
     | Help
     | ShowHistory
+    | RegisterNick
+    | ModerateRoom
 )
 
 # name -> (usage, what it does); the order is the order /help shows.
@@ -113,6 +137,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "/history [N]",
         f"show the last N messages of the room (default {DEFAULT_HISTORY})",
     ),
+    "register": ("/register", "make your nick an account (asks for a password)"),
+    "topic": (
+        "/topic [#ROOM] [TEXT]",
+        "set a room's topic (- clears it; no TEXT shows it)",
+    ),
+    "private": ("/private [ROOM]", "make a room invite-only"),
+    "public": ("/public [ROOM]", "open a private room to everyone"),
+    "invite": ("/invite NICK [ROOM]", "let a nick or account into a private room"),
+    "uninvite": ("/uninvite NICK [ROOM]", "withdraw an invitation"),
+    "kick": ("/kick NICK [REASON]", "put someone out of the current room"),
+    "ban": ("/ban NICK [REASON]", "keep a nick or account out of the current room"),
+    "unban": ("/unban NICK", "lift a ban from the current room"),
+    "op": ("/op ACCOUNT", "make an account an operator of the current room (owner only)"),
+    "deop": ("/deop ACCOUNT", "take an operator's rights in the current room (owner only)"),
     "quit": ("/quit [REASON]", "leave the chat"),
     "help": ("/help [COMMAND]", "show this help"),
 }
@@ -177,10 +215,70 @@ def parse(line: str) -> Command:
         return ShowHistory(count=count)
     if name == "quit":
         return Quit(reason=rest)
+    if name in _MODERATION or name == "register":
+        return _parse_moderation(name, rest, args)
     # help
     if len(args) > 1:
         raise _usage(name)
     return Help(topic=args[0].lstrip("/").lower() if args else None)
+
+
+# Moderation commands by the shape of their arguments.
+_TARGET_ROOM = ("invite", "uninvite")  # NICK [ROOM]
+_TARGET_REASON = ("kick", "ban")  # NICK [REASON], in the current room
+_TARGET_ONLY = ("unban", "op", "deop")  # NICK, in the current room
+_ROOM_ONLY = ("private", "public")  # [ROOM]
+_MODERATION = ("topic", *_TARGET_ROOM, *_TARGET_REASON, *_TARGET_ONLY, *_ROOM_ONLY)
+CLEAR_TOPIC = "-"  # `/topic -` clears the topic
+
+
+def _parse_moderation(name: str, rest: str, args: list[str]) -> Command:
+    if name == "register":
+        if args:
+            raise CommandError("usage: /register (it asks for the password: never type it here)")
+        return RegisterNick()
+    if name == "topic":
+        room: str | None = None
+        text = rest
+        if args and args[0].startswith("#"):
+            if args[0] == "#":
+                raise _usage(name)
+            room = room_key(args[0][1:])
+            text = rest[len(args[0]) :].strip()
+        if not text:
+            return WhoIs(room=room)  # the topic is shown with the members
+        return ModerateRoom(action=name, room=room, text="" if text == CLEAR_TOPIC else text)
+    if name in _TARGET_ROOM:
+        if len(args) not in (1, 2):
+            raise _usage(name)
+        room = room_key(args[1]) if len(args) == 2 else None
+        return ModerateRoom(action=name, room=room, target=args[0])
+    if name in _TARGET_REASON:
+        if not args:
+            raise _usage(name)
+        return ModerateRoom(action=name, target=args[0], text=rest[len(args[0]) :].strip())
+    if name in _TARGET_ONLY:
+        if len(args) != 1:
+            raise _usage(name)
+        return ModerateRoom(action=name, target=args[0])
+    # private, public
+    if len(args) > 1:
+        raise _usage(name)
+    return ModerateRoom(action=name, room=room_key(args[0]) if args else None)
+
+
+def _format_moderation(command: ModerateRoom) -> str:
+    action, room, target, text = command.action, command.room, command.target, command.text
+    if action == "topic":
+        where = f" #{room}" if room else ""
+        return f"/topic{where} {text or CLEAR_TOPIC}"
+    if action in _TARGET_ROOM:
+        return f"/{action} {target} {room}" if room else f"/{action} {target}"
+    if action in _TARGET_REASON:
+        return f"/{action} {target} {text}".rstrip()
+    if action in _TARGET_ONLY:
+        return f"/{action} {target}"
+    return f"/{action} {room}" if room else f"/{action}"
 
 
 def format_command(command: Command) -> str:
@@ -210,6 +308,10 @@ def format_command(command: Command) -> str:
             return f"/help {topic}" if topic else "/help"
         case ShowHistory(count=count):
             return f"/history {count}"
+        case RegisterNick():
+            return "/register"
+        case ModerateRoom():
+            return _format_moderation(command)
     raise AssertionError(command)
 
 
@@ -235,12 +337,27 @@ class Outcome:
     quit_reason: str = ""
 
 
-class Chat:
-    """The state the two join modes share: the client and the current room."""
+PIPE_REGISTER = (
+    "/register asks for a password, which a pipe cannot do (its input is messages): "
+    "register with chatctl join on a terminal, or ask the operator (chatctl accounts add)"
+)
 
-    def __init__(self, client: Client, room: str | None) -> None:
+
+class Chat:
+    """The state the two join modes share: the client and the current room. `ask_password`
+    (the terminal's) asks for a new password twice and returns it, or raises CommandError;
+    without it, `/register` is refused."""
+
+    def __init__(
+        self,
+        client: Client,
+        room: str | None,
+        *,
+        ask_password: Callable[[], str] | None = None,
+    ) -> None:
         self.client = client
         self.room = room
+        self.ask_password = ask_password
 
     def run_line(self, line: str) -> Outcome:
         """Parse and run one line; an error becomes an info line."""
@@ -250,10 +367,13 @@ class Chat:
             return Outcome(info=[str(exc)])
 
     def _need_room(self, room: str | None = None) -> str:
-        room = room or self.room
-        if room is None:
+        if room:
+            return room
+        if self.room is None:
             raise CommandError("you are in no room: /join ROOM first")
-        return room
+        if self.room not in self.client.rooms:  # kicked or banned from it
+            raise CommandError(f"you are not in #{self.room} any more: /join ROOM")
+        return self.room
 
     def run(self, command: Command) -> Outcome:
         client = self.client
@@ -291,15 +411,37 @@ class Chat:
                 return Outcome(quit=True, quit_reason=reason)
             case Help(topic=topic):
                 return Outcome(info=help_lines(topic))
+            case RegisterNick():
+                return self._register()
+            case ModerateRoom(action=action, room=room, target=target, text=text):
+                room = room_key(self._need_room(room))
+                client.moderate(room, action, target=target, text=text)
+                return Outcome()
         raise AssertionError(command)
+
+    def _register(self) -> Outcome:
+        if self.ask_password is None:
+            raise CommandError(PIPE_REGISTER)
+        if self.client.account:
+            raise CommandError(f"you are already logged in as {self.client.account}")
+        password = self.ask_password()
+        problem = password_problem(password)
+        if problem is not None:
+            raise CommandError(f"not registered: {problem}")
+        self.client.register(password)
+        return Outcome()
 
 
 __all__ = [
+    "CLEAR_TOPIC",
     "COMMANDS",
+    "PIPE_REGISTER",
     "Chat",
     "Command",
     "CommandError",
+    "ModerateRoom",
     "Outcome",
+    "RegisterNick",
     "format_command",
     "help_lines",
     "parse",

@@ -29,7 +29,11 @@ def run_join(
     history: int | None = None,
     connect_timeout: float = 5.0,
     tls: ssl.SSLContext | None = None,
+    account: str = "",
+    password: str = "",
 ) -> int:
+    """`account` and `password` log in (the password is the caller's to ask for); without
+    --nick, an account's nick is its name."""
     rooms = [room_key(r) for r in rooms]
     # --format json, --count and --timeout are for scripts: they select line mode anywhere.
     scripted = fmt != "text" or count is not None or timeout is not None
@@ -45,6 +49,8 @@ def run_join(
             history=history,
             connect_timeout=connect_timeout,
             tls=tls,
+            account=account,
+            password=password,
         )
 
     from chatctl.ui.pipe import run_pipe
@@ -52,11 +58,13 @@ def run_join(
     client = Client(
         host,
         port,
-        nick=nick or default_nick(),
+        nick=nick or account or default_nick(),
         rooms=rooms,
         history=history,
         connect_timeout=connect_timeout,
         tls=tls,
+        account=account,
+        password=password,
         reconnect=reconnect,
         backoff=Backoff(cap=2.0),
     )

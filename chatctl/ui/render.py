@@ -35,6 +35,7 @@ from chatctl.protocol import (
     RoomList,
     Say,
     Tell,
+    Welcome,
 )
 
 # C0 controls but tab/newline, DEL, C1 controls (U+009B is a one-character CSI), and the
@@ -166,8 +167,7 @@ class TextRenderer:
             case Gap():
                 return self.system(f"#{event.room}: {gap_text(event)}")
             case Members():
-                nicks = ", ".join(event.nicks) or "nobody"
-                return self.system(f"#{event.room}: {len(event.nicks)} here: {nicks}")
+                return self._members(event)
             case RoomList():
                 rooms = ", ".join(f"#{r} ({n})" for r, n in sorted(event.rooms.items()))
                 return self.system(f"rooms: {rooms or 'none'}")
@@ -181,13 +181,67 @@ class TextRenderer:
                 more = "; reconnecting" if event.retrying else ""
                 return self.error(f"connection lost: {event.reason}{more}")
             case Reconnected():
-                return self.system(f"reconnected as {event.welcome.nick}")
+                return self.system(f"reconnected as {welcome_text(event.welcome)}")
             case Closed():
                 return None if event.error is None else self.error(str(event.error))
         return None
 
+    def _members(self, event: Members) -> str:
+        """Who is in a room, and its topic on a line of its own (a join shows both)."""
+        nicks = ", ".join(sanitize(n, newline=" ") for n in event.nicks) or "nobody"
+        private = " (private)" if event.private else ""
+        line = self.system(f"#{event.room}{private}: {len(event.nicks)} here: {nicks}")
+        if event.topic:
+            line += "\n" + self.system(f"topic of #{event.room}: {self._one_line(event.topic)}")
+        return line
+
+    def _one_line(self, text: str) -> str:
+        return sanitize(text, newline=" ")
+
+    def _someone(self, name: str) -> str:
+        """A moderation target as the user reads it: "you" when it is us."""
+        me = self.own_nick()
+        if me and name.casefold() == me.casefold():
+            return "you"
+        return self._one_line(name)
+
+    def _moderation(self, n: Notice, who: str) -> str | None:
+        """The line for a moderation notice (protocol.NOTICE_KINDS), or None for another."""
+        room = f"#{n.room}"
+        target = self._someone(n.target)
+        reason = f" ({self._one_line(n.reason)})" if n.reason else ""
+        match n.kind:
+            case "topic" if n.reason:
+                return f"{who} set the topic of {room}: {self._one_line(n.reason)}"
+            case "topic":
+                return f"{who} cleared the topic of {room}"
+            case "private":
+                return f"{who} made {room} private (invite only)"
+            case "public":
+                return f"{who} made {room} public"
+            case "invited":
+                return f"{who} invited {target} to {room}"
+            case "uninvited":
+                return f"{who} withdrew the invitation of {target} to {room}"
+            case "kicked":
+                return f"{who} kicked {target} from {room}{reason}"
+            case "banned":
+                return f"{who} banned {target} from {room}{reason}"
+            case "unbanned":
+                return f"{who} lifted the ban on {target} in {room}"
+            case "op":
+                return f"{who} made {target} an operator of {room}"
+            case "deop":
+                return f"{who} took operator rights in {room} from {target}"
+        return None
+
     def _notice(self, n: Notice) -> str:
         who = sanitize(n.nick, newline=" ")
+        if n.kind == "registered":
+            return f"you are now registered as {who}, and logged in"
+        moderation = self._moderation(n, who)
+        if moderation is not None:
+            return moderation
         room = f"#{n.room} " if n.room else ""
         reason = f" ({n.reason})" if n.reason else ""
         if n.kind == "joined":
@@ -199,6 +253,14 @@ class TextRenderer:
         if n.kind == "dropped":
             return f"{room}{who} dropped{reason}"
         return f"{room}{who} {n.kind}{reason}"
+
+
+def welcome_text(welcome: Welcome) -> str:
+    """Who the server says we are: "alice", or "alice, logged in as alice"."""
+    nick = sanitize(welcome.nick, newline=" ")
+    if welcome.account:
+        return f"{nick}, logged in as {sanitize(welcome.account, newline=' ')}"
+    return nick
 
 
 def event_record(event: AnyEvent) -> dict[str, Any] | None:
@@ -260,10 +322,19 @@ def event_record(event: AnyEvent) -> dict[str, Any] | None:
                 "nick": event.nick,
                 "new_nick": event.new_nick,
                 "reason": event.reason,
+                "target": event.target,
                 "ts": event.ts,
             }
         case Members():
-            return {"type": "members", "room": event.room, "nicks": event.nicks}
+            return {
+                "type": "members",
+                "room": event.room,
+                "nicks": event.nicks,
+                "topic": event.topic,
+                "private": event.private,
+                "owner": event.owner,
+                "ops": event.ops,
+            }
         case RoomList():
             return {"type": "rooms", "rooms": event.rooms}
         case Gap():
@@ -282,6 +353,7 @@ def event_record(event: AnyEvent) -> dict[str, Any] | None:
                 "state": "reconnected",
                 "reason": "",
                 "nick": event.welcome.nick,
+                "account": event.welcome.account,
             }
         case Closed():
             return {"type": "status", "state": "closed", "reason": event.reason}
@@ -316,4 +388,5 @@ __all__ = [
     "json_line",
     "nick_colour",
     "sanitize",
+    "welcome_text",
 ]

@@ -1,7 +1,8 @@
 """`chatctl send`: deliver one message, wait for the server's ack, print a receipt.
 
 Exit codes (errors.ExitCode): 0 delivered; 3 nobody else received it (--require-recipient);
-4 could not connect; 5 rejected by the server (its error code in the message); 6 timed out.
+4 could not connect; 5 rejected by the server (its error code in the message; a refused
+login with --account too); 6 timed out.
 Kept light: no typer, rich or prompt_toolkit here, so the command starts fast.
 """
 
@@ -69,6 +70,8 @@ def run_send(
     timeout: float | None = 10.0,
     connect_timeout: float = 5.0,
     tls: ssl.SSLContext | None = None,
+    account: str = "",
+    password: str = "",
 ) -> int:
     text = _read_message(message)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -76,10 +79,12 @@ def run_send(
     client = Client(
         host,
         port,
-        nick=nick or default_nick(),
+        nick=nick or account or default_nick(),
         rooms=(),  # the server takes a Say from a non-member: no join/leave noise
         connect_timeout=connect_timeout,
         tls=tls,
+        account=account,
+        password=password,
     )
     try:
         client.connect()

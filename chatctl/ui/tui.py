@@ -34,15 +34,15 @@ from chatctl.client import (
 )
 from chatctl.errors import Rejected
 from chatctl.protocol import DirectMessage, ErrorCode, Members, Message, Notice, RoomList
-from chatctl.ui.commands import COMMANDS, Chat
-from chatctl.ui.render import TextRenderer
+from chatctl.ui.commands import COMMANDS, Chat, CommandError
+from chatctl.ui.render import TextRenderer, welcome_text
 
 if TYPE_CHECKING:
     import ssl
 
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
 _MAX_NICKS = 5000  # completion candidates remembered
-_ROOM_COMMANDS = ("/join", "/part", "/who")
+_ROOM_COMMANDS = ("/join", "/part", "/who", "/private", "/public")
 
 
 class ChatUI:
@@ -50,7 +50,7 @@ class ChatUI:
 
     def __init__(self, client: Client, room: str | None) -> None:
         self.client = client
-        self.chat = Chat(client, room)
+        self.chat = Chat(client, room, ask_password=self.ask_new_password)
         colour = "NO_COLOR" not in os.environ
         self.render = TextRenderer(lambda: client.nick, colour=colour, single_line=False)
         self.nicks: dict[str, str] = {}
@@ -75,6 +75,22 @@ class ChatUI:
             self.closed = event
             self._stop_prompt()
         self._redraw()
+
+    def ask_new_password(self) -> str:
+        """A new password for /register, typed twice without echo (CommandError if the two
+        differ or the user gives up). Asked on the main thread, between two input lines."""
+        who = f"{self.client.nick}@{self.client.host}"
+        asker: PromptSession[str] = PromptSession()  # no history: the password is not kept
+        try:
+            first = asker.prompt(f"New password for {who}: ", is_password=True)
+            if not first:
+                raise CommandError("not registered: no password given")
+            second = asker.prompt("Same password again: ", is_password=True)
+        except (KeyboardInterrupt, EOFError):
+            raise CommandError("not registered") from None
+        if first != second:
+            raise CommandError("not registered: the two passwords differ")
+        return first
 
     def show(self, lines: list[str]) -> None:
         for line in lines:
@@ -216,7 +232,11 @@ def run_tui(
     history: int | None,
     connect_timeout: float,
     tls: ssl.SSLContext | None = None,
+    account: str = "",
+    password: str = "",
 ) -> int:
+    if nick is None and account:
+        nick = account  # an account's nick is its name: nothing to ask
     asked = nick is None
     if nick is None:
         nick = _ask_nick(default_nick())
@@ -230,6 +250,8 @@ def run_tui(
         history=history,
         connect_timeout=connect_timeout,
         tls=tls,
+        account=account,
+        password=password,
         reconnect=True,
         backoff=Backoff(cap=5.0),
     )
@@ -248,7 +270,9 @@ def run_tui(
     ui.session = session
     reason = ""
     with patch_stdout(raw=True):
-        ui.show([f"connected to {client.addr} as {client.nick}; /help lists the commands"])
+        welcome = client.welcome
+        who = welcome_text(welcome) if welcome is not None else client.nick
+        ui.show([f"connected to {client.addr} as {who}; /help lists the commands"])
         while ui.closed is None:
             line = _read_line(ui, session)
             if line is None:
