@@ -43,7 +43,9 @@ def test_the_hub_hands_welcome_and_bye_over_with_their_event() -> None:
     # A reconnect with alice's token: the old connection is told why, the new one welcomed.
     replaced, again = hub.handle(2, hello("alice", welcome.control.token), 0)
     assert replaced.to == (1,)
-    assert replaced.control == Bye(code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -")
+    assert replaced.control == Bye(
+        code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -"
+    )
     assert replaced.data == encode(replaced.control)
     assert type(again.control) is Welcome and again.to == (2,)
     for refused in (hub.handle(3, hello("1nick"), 0), hub.handle(4, hello("bob", version=0), 0)):
@@ -105,7 +107,7 @@ def test_the_server_sends_the_hubs_bytes_without_encoding_again(
             with Client(host, port) as again:
                 again.hello("alice", token=welcome.token)
                 frame = read_frame(alice, time.monotonic() + 10)
-                assert frame == encode(
-                    Bye(code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -")
-                )
+                source = f"127.0.0.1:{again.sock.getsockname()[1]}"
+                reason = f"your session was taken over by a new connection from {source}"
+                assert frame == encode(Bye(code=ErrorCode.REPLACED, reason=reason))
         assert encoded_again == []  # two Welcomes and a Bye went out, none encoded twice
