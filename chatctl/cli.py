@@ -32,6 +32,12 @@ EXIT_CODES_HELP = (
     "7 bench saw loss; 130 interrupted."
 )
 
+ACCOUNTS_HELP = (
+    "The password is never an argument: it comes from $CHATCTL_PASSWORD if set; on a "
+    "terminal it is asked twice; otherwise it is the first line of stdin "
+    "(printf 'secret\\n' | chatctl accounts add alice). " + EXIT_CODES_HELP
+)
+
 app = typer.Typer(
     name="chatctl",
     help="A chat server, its clients, a load generator and a bot, over one wire protocol.",
@@ -362,6 +368,69 @@ def bot(
         from chatctl.bot.runner import run_bot
 
         return run_bot(dataclasses.replace(config, password=_password(account, address.host)))
+
+    run(action)
+
+
+accounts_app = typer.Typer(
+    name="accounts",
+    help="Add, change and remove a server's accounts (safe while it runs).",
+    epilog=ACCOUNTS_HELP,
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(accounts_app, name="accounts")
+
+
+@accounts_app.command("add", epilog=ACCOUNTS_HELP)
+def accounts_add(name: o.AccountName, data: o.DataDir = None) -> None:
+    """Create an account (the name may not exist in any case)."""
+
+    def action() -> int | None:
+        from chatctl.server import accounts
+
+        accounts.add(data, name, lambda: accounts.read_password(name))
+        return 0
+
+    run(action)
+
+
+@accounts_app.command("passwd", epilog=ACCOUNTS_HELP)
+def accounts_passwd(name: o.AccountName, data: o.DataDir = None) -> None:
+    """Set an existing account's password."""
+
+    def action() -> int | None:
+        from chatctl.server import accounts
+
+        accounts.passwd(data, name, lambda: accounts.read_password(name))
+        return 0
+
+    run(action)
+
+
+@accounts_app.command("remove", epilog=ACCOUNTS_HELP)
+def accounts_remove(name: o.AccountName, data: o.DataDir = None) -> None:
+    """Delete an account."""
+
+    def action() -> int | None:
+        from chatctl.server import accounts
+
+        accounts.remove(data, name)
+        return 0
+
+    run(action)
+
+
+@accounts_app.command("list", epilog=ACCOUNTS_HELP)
+def accounts_list(data: o.DataDir = None, json_out: o.Json = False) -> None:
+    """Print each account's name and creation time (UTC), one a line, by name."""
+
+    def action() -> int | None:
+        from chatctl.server import accounts
+
+        accounts.list_accounts(data, json_out=json_out)
+        return 0
 
     run(action)
 

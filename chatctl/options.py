@@ -314,8 +314,8 @@ DataDir = Annotated[
     typer.Option(
         "--data",
         envvar=_env("DATA"),
-        help="History directory (default: XDG state dir). :memory: keeps nothing: after a "
-        "restart every room starts again at sequence number 1.",
+        help="Data directory: history and accounts (default: XDG state dir). For serve, "
+        ":memory: keeps nothing: after a restart every room starts again at sequence number 1.",
     ),
 ]
 JoinHistory = Annotated[
@@ -647,5 +647,14 @@ BotIgnore = Annotated[
         envvar=_env("BOT_IGNORE"),
         help="Nick whose messages never trigger the bot (repeat for several); nicks ending "
         "in 'bot' are always ignored.",
+    ),
+]
+
+# accounts --------------------------------------------------------------------------------------
+AccountName = Annotated[
+    str,
+    typer.Argument(
+        help="The account's name; it follows the nick rules and reserves that nick (any case).",
+        show_default=False,
     ),
 ]

@@ -33,7 +33,7 @@ def test_version() -> None:
 def test_help_lists_every_command() -> None:
     result = chatctl("--help")
     assert result.returncode == 0
-    for command in ("serve", "join", "send", "bench", "bot"):
+    for command in ("serve", "join", "send", "bench", "bot", "accounts"):
         assert command in result.stdout
 
 

@@ -95,6 +95,7 @@ FULL_GC_EVERY = 300.0  # seconds between full garbage collections (see Server.ru
 # Frames one connection may have handled per loop turn: its fair share. The rest of what it
 # sent waits in its buffer (and, meanwhile, in the kernel: it is not read) for the next turn.
 FRAMES_PER_TURN = 1024
+REGISTRY_WAIT_MS = 200
 # What a client may send while its password is checked (a Hello and what it pipelined after
 # it): past this, it is flooding.
 PAUSED_INPUT_MAX = 64 * 1024
@@ -189,7 +190,9 @@ class Server:
         self.store = store
         registry = self._registry
         if registry is None:
-            registry = open_registry(config.data)
+            # A short wait for `chatctl accounts` holding the file's write lock: the loop
+            # must not stall long behind it.
+            registry = open_registry(config.data, busy_timeout_ms=REGISTRY_WAIT_MS)
         self.registry = registry
         self.hub = Hub(config, store, registry)
         self.hub.may_create_room = self._may_create_room

@@ -1,5 +1,6 @@
-"""Open the store a `--data` value names: `:memory:`, or a directory (default: the XDG state
-directory) holding the durable SQLite store. New engines (a `redis://` URL) plug in here."""
+"""Open the store, and the registry of accounts, that a `--data` value names: `:memory:`, or a
+directory (default: the XDG state directory) holding the durable SQLite store and
+accounts.sqlite3. New engines (a `redis://` URL) plug in here."""
 
 from __future__ import annotations
 
@@ -33,7 +34,15 @@ def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> 
     return SqliteStore(directory, retain_messages=retain_messages, retain_age=retain_age)
 
 
-def open_registry(data: str | None) -> Registry:
-    """The accounts and room settings for `--data` (registry.py)."""
-    del data
-    return MemoryRegistry()
+def open_registry(data: str | None, *, busy_timeout_ms: int = 2000) -> Registry:
+    """The registry of accounts and rooms' settings for `--data`: ':memory:' keeps them in the
+    process; a directory (default: the XDG state directory, created if needed) holds
+    accounts.sqlite3, which other processes may use at the same time (a writer waits up to
+    `busy_timeout_ms` for another). Raises StoreError with a one-line message when the
+    directory or the file cannot be used."""
+    if data == MEMORY:
+        return MemoryRegistry()
+    from chatctl.store.registry_sqlite import SqliteRegistry
+
+    directory = Path(data).expanduser() if data else default_data_dir()
+    return SqliteRegistry(directory, busy_timeout_ms=busy_timeout_ms)

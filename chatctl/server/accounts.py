@@ -1,0 +1,133 @@
+"""The operator's administration of a server's accounts: `chatctl accounts add|passwd|remove|list`.
+
+The accounts live in the data directory's accounts.sqlite3 (store/registry_sqlite.py), which a
+running server shares: these functions may run while it serves. `--data :memory:` is refused,
+since such a server's accounts exist only inside its process.
+
+A name follows the nick rules (names.py), because an account reserves the nick of the same
+name. A password is never a command-line argument (other users see those in `ps`): it comes
+from $CHATCTL_PASSWORD when that is set; else, on a terminal, it is asked twice; else it is the
+first line of stdin (`printf 'secret\\n' | chatctl accounts add alice`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TextIO
+
+from chatctl.errors import ChatctlError, ExitCode
+from chatctl.names import nick_problem, quote
+from chatctl.passwords import hash_password, password_problem
+from chatctl.store.registry import Account, Registry
+from chatctl.store.url import MEMORY, open_registry
+
+PASSWORD_ENV = "CHATCTL_PASSWORD"
+
+# A password, or how to get one: asked only once the name is known to be acceptable.
+PasswordSource = str | Callable[[], str]
+
+
+def read_password(name: str, *, stdin: TextIO | None = None) -> str:
+    """The password for account `name`: $CHATCTL_PASSWORD when set; on a terminal, asked
+    twice (the two must match); otherwise the first line of stdin, without its newline."""
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env is not None:
+        return from_env
+    stream = sys.stdin if stdin is None else stdin
+    try:
+        if stream.isatty():
+            first = getpass.getpass(f"Password for {name}: ")
+            if getpass.getpass("Again: ") != first:
+                raise ChatctlError("the two passwords differ; nothing was changed")
+            return first
+        line = stream.readline()
+    except EOFError:
+        raise ChatctlError("no password given; nothing was changed") from None
+    except UnicodeDecodeError as exc:
+        raise ChatctlError(f"the password is not valid text: {exc.reason}") from None
+    if not line:
+        raise ChatctlError(
+            f"no password: give it as the first line of stdin, or in ${PASSWORD_ENV}"
+        )
+    return line.removesuffix("\n")
+
+
+def add(data: str | None, name: str, password: PasswordSource) -> None:
+    """Create account `name`; an error when one of that name (any case) exists."""
+    with _registry(data, name) as registry:
+        existing = registry.account(name)
+        if existing is not None:
+            raise ChatctlError(f"account {quote(existing.name)} exists already")
+        if not registry.add_account(name, _hash(password), int(time.time() * 1000)):
+            raise ChatctlError(f"account {quote(name)} exists already")
+
+
+def passwd(data: str | None, name: str, password: PasswordSource) -> None:
+    """Give account `name` a new password; an error when there is no such account."""
+    with _registry(data, name) as registry:
+        if registry.account(name) is None or not registry.set_password(name, _hash(password)):
+            raise ChatctlError(f"no account {quote(name)}")
+
+
+def remove(data: str | None, name: str) -> None:
+    """Delete account `name`; an error when there is no such account."""
+    with _registry(data, name) as registry:
+        if not registry.remove_account(name):
+            raise ChatctlError(f"no account {quote(name)}")
+
+
+def list_accounts(data: str | None, *, json_out: bool = False, out: TextIO | None = None) -> None:
+    """Print every account, by name: its name and creation time (ISO 8601, UTC), one a line;
+    with `json_out`, one JSON array of {"name", "created", "created_ms"}."""
+    with _registry(data, None) as registry:
+        accounts = registry.accounts()
+    stream = sys.stdout if out is None else out
+    if json_out:
+        rows = [{"name": a.name, "created": _iso(a), "created_ms": a.created_ms} for a in accounts]
+        print(json.dumps(rows), file=stream)
+        return
+    width = max((len(a.name) for a in accounts), default=0)
+    for account in accounts:
+        print(f"{account.name:<{width}}  {_iso(account)}", file=stream)
+
+
+# -- internals -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _registry(data: str | None, name: str | None) -> Iterator[Registry]:
+    """The registry `data` names, closed after. Refuses ':memory:' and, when `name` is given,
+    a name that is not a valid nick, before anything is opened."""
+    if data == MEMORY:
+        raise ChatctlError(
+            "--data :memory: holds no accounts to administer (a server's in-memory accounts "
+            "exist only inside its process); give the server's data directory",
+            ExitCode.USAGE,
+        )
+    problem = None if name is None else nick_problem(name)
+    if name is not None and problem is not None:
+        raise ChatctlError(f"invalid account name {quote(name)}: {problem}", ExitCode.USAGE)
+    registry = open_registry(data)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _hash(password: PasswordSource) -> str:
+    text = password if isinstance(password, str) else password()
+    problem = password_problem(text)
+    if problem is not None:
+        raise ChatctlError(problem)
+    return hash_password(text)
+
+
+def _iso(account: Account) -> str:
+    return datetime.fromtimestamp(account.created_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
