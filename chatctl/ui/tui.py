@@ -40,6 +40,8 @@ from chatctl.ui.render import TextRenderer
 if TYPE_CHECKING:
     import ssl
 
+    from chatctl.client.trust import ServerTrust
+
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
 _MAX_NICKS = 5000  # completion candidates remembered
 _ROOM_COMMANDS = ("/join", "/part", "/who")
@@ -215,7 +217,7 @@ def run_tui(
     rooms: list[str],
     history: int | None,
     connect_timeout: float,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | ServerTrust | None = None,
 ) -> int:
     asked = nick is None
     if nick is None:
