@@ -229,9 +229,9 @@ class ServerTrust:
     def _read(self) -> str:
         try:
             return self.known_servers.read_text(encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return ""
-        except OSError as exc:
+        except OSError as exc:  # there may be a line against this certificate: no guessing
             raise Untrusted(f"cannot read {self.known_servers}: {exc.strerror or exc}") from None
 
     def _remember(self, key: str, fingerprint: str) -> None:
@@ -242,7 +242,7 @@ class ServerTrust:
         try:
             write_atomically(path, add_entry(self._read(), key, fingerprint))
         except OSError as exc:
-            log.warning("chatctl: could not remember %s in %s: %s", key, path, exc.strerror or exc)
+            log.warning("could not remember %s in %s: %s", key, path, exc.strerror or exc)
 
 
 def write_atomically(path: Path, text: str) -> None:
