@@ -179,7 +179,6 @@ def _start_tls(
 def _fingerprint(sock: ssl.SSLSocket) -> str:
     der = sock.getpeercert(binary_form=True)
     if der is None:  # cannot happen once a client handshake is done: the server sends one
-        sock.close()
         raise ConnectFailed("the server sent no certificate")
     return certificate_fingerprint(der)
 
