@@ -22,9 +22,8 @@ from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
 from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 
 if TYPE_CHECKING:
-    import ssl
-
     from chatctl.address import Address
+    from chatctl.client.trust import ServerTrust
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
@@ -56,16 +55,15 @@ def root(
     """chatctl: serve, join, send, bench and bot."""
 
 
-def _server(text: str, port: int, tls_ca: str | None) -> tuple[Address, ssl.SSLContext | None]:
+def _server(
+    text: str, port: int, tls_ca: str | None, tls_fingerprint: str | None
+) -> tuple[Address, ServerTrust | None]:
     """A client command's server address (address.py) and, for tls://, what it trusts."""
     from chatctl.address import parse_address
+    from chatctl.client.trust import client_trust
 
     address = parse_address(text, port)
-    if not address.tls:
-        return address, None
-    from chatctl.client.link import client_context
-
-    return address, client_context(tls_ca)
+    return address, client_trust(address.tls, tls_ca, tls_fingerprint)
 
 
 def _password(account: str | None, host: str) -> str:
@@ -186,13 +184,14 @@ def join(
     connect_timeout: o.ConnectTimeout = 5.0,
     tls_ca: o.TlsCa = None,
     account: o.Account = None,
+    tls_fingerprint: o.TlsFingerprint = None,
 ) -> None:
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
 
     def action() -> int | None:
         from chatctl.ui.join import run_join
 
-        address, tls = _server(host, port, tls_ca)
+        address, tls = _server(host, port, tls_ca, tls_fingerprint)
         return run_join(
             host=address.host,
             port=address.port,
@@ -227,6 +226,7 @@ def send(
     connect_timeout: o.ConnectTimeout = 5.0,
     tls_ca: o.TlsCa = None,
     account: o.Account = None,
+    tls_fingerprint: o.TlsFingerprint = None,
 ) -> None:
     """Send one message, wait for the server's ack and print a receipt."""
     positional = args or []
@@ -240,7 +240,7 @@ def send(
     def action() -> int | None:
         from chatctl.ui.send import run_send
 
-        address, tls = _server(host, port, tls_ca)
+        address, tls = _server(host, port, tls_ca, tls_fingerprint)
         return run_send(
             message=message,
             host=address.host,
@@ -326,6 +326,7 @@ def bot(
     ignore: o.BotIgnore = None,
     tls_ca: o.TlsCa = None,
     account: o.Account = None,
+    tls_fingerprint: o.TlsFingerprint = None,
 ) -> None:
     """Run an AI participant that answers in the chat (offline by default)."""
     from click.core import ParameterSource
@@ -343,6 +344,7 @@ def bot(
         port=address.port,
         tls=address.tls,
         tls_ca=tls_ca,
+        tls_fingerprint=tls_fingerprint,
         rooms=tuple(room or BotConfig.rooms),
         backend=backend,
         base_url=base_url,

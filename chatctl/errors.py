@@ -36,6 +36,11 @@ class ConnectFailed(ChatctlError):
     exit_code = ExitCode.CONNECT
 
 
+class Untrusted(ConnectFailed):
+    """The server's TLS certificate is not trusted (client/trust.py): trying again cannot
+    help, so a reconnecting client gives up at once."""
+
+
 class Rejected(ChatctlError):
     """The server said no. `code` is the protocol ErrorCode it gave."""
 

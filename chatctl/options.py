@@ -380,7 +380,8 @@ TlsSelfSigned = Annotated[
         envvar=_env("TLS_SELF_SIGNED"),
         help="Speak TLS with a self-signed certificate made once in the data directory "
         "(tls-cert.pem, tls-key.pem; in memory for this run with --data :memory:). The banner "
-        "shows its SHA-256 fingerprint; clients trust it with --tls-ca tls-cert.pem.",
+        "shows its SHA-256 fingerprint; clients trust it with --tls-fingerprint SHA256:... (or "
+        "--tls-ca tls-cert.pem).",
     ),
 ]
 
@@ -421,6 +422,17 @@ Account = Annotated[
         help="Log in to this account (default nick: its name). The password comes from "
         "$CHATCTL_PASSWORD, or is asked for on a terminal; never from the command line.",
         show_default=False,
+    ),
+]
+TlsFingerprint = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-fingerprint",
+        envvar=_env("TLS_FINGERPRINT"),
+        metavar="SHA256:...",
+        help="With a tls:// address: the server certificate's SHA-256 fingerprint, as its "
+        "banner shows it. A certificate no CA vouches for is trusted if it matches, and "
+        "remembered in ~/.config/chatctl/known_servers; any certificate must match it.",
     ),
 ]
 

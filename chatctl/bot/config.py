@@ -52,6 +52,7 @@ class BotConfig:
     port: int = DEFAULT_PORT
     tls: bool = False  # a tls:// address
     tls_ca: str | None = None  # the CA file to trust instead of the system's
+    tls_fingerprint: str | None = None  # the certificate's SHA-256, pinned (client/trust.py)
     rooms: tuple[str, ...] = (DEFAULT_ROOM,)
     backend: BackendName = BackendName.offline
     base_url: str = "http://127.0.0.1:8080/v1"  # the openai backend's API root

@@ -33,7 +33,7 @@ from chatctl.bot.config import BotConfig, OnFailure
 from chatctl.bot.factory import make_backend
 from chatctl.bot.manners import Framer
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
-from chatctl.client.link import client_context
+from chatctl.client.trust import client_trust
 from chatctl.errors import ChatctlError
 from chatctl.protocol import DEFAULT_MAX_TEXT, DirectMessage, Error, Message, Notice
 
@@ -120,7 +120,7 @@ class Bot:
             rooms=config.rooms,
             connect_timeout=config.connect_timeout,
             reconnect=True,
-            tls=client_context(config.tls_ca) if config.tls else None,
+            tls=client_trust(config.tls, config.tls_ca, config.tls_fingerprint),
             account=config.account,
             password=config.password,
         )

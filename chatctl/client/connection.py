@@ -59,7 +59,7 @@ from chatctl.address import format_addr
 from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Reconnected, Refused
 from chatctl.client.link import RECV_SIZE, InsecureLink, Link, Pacer, open_link
 from chatctl.client.session import ClientSession
-from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut
+from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut, Untrusted
 from chatctl.protocol import (
     Ack,
     Bye,
@@ -82,10 +82,12 @@ from chatctl.protocol import (
     Who,
 )
 
-# Frames the server's rate limit does not count.
 if TYPE_CHECKING:
     import ssl
 
+    from chatctl.client.trust import ServerTrust
+
+# Frames the server's rate limit does not count.
 _UNMETERED = (Hello, Ping, Pong, Bye)
 # Bye codes after which reconnecting is pointless or unwanted.
 _FINAL_BYE = frozenset(
@@ -176,12 +178,14 @@ class Client:
         keepalive: float = 30.0,
         on_event: Callable[[AnyEvent], None] | None = None,
         max_backlog: int = 10_000,
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | ServerTrust | None = None,
         account: str = "",
         password: str = "",
     ) -> None:
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        self.tls = tls  # a client context (link.client_context): the connection speaks TLS
+        # The connection speaks TLS: a context trusts its CAs (trust.client_context), a
+        # ServerTrust also certificates met before (trust on first use, trust.py).
+        self.tls = tls
         self.port = port
         self.connect_timeout = connect_timeout
         self.reconnect = reconnect
@@ -540,6 +544,9 @@ class Client:
                     break
             except InsecureLink:
                 raise  # the same next time
+            except Untrusted as exc:  # the same certificate again, or worse
+                error = exc
+                break
             except ChatctlError as exc:
                 error = exc
         raise error

@@ -7,6 +7,10 @@ reader decodes while a writer encodes). Under TLS, `Link.io` also keeps the read
 and a writer's write apart: an OpenSSL connection must not be used by two threads at once
 (the reader waits for data in `select`, outside the lock, so a writer is never held up by
 a reader that has nothing to read).
+
+A TLS connection is opened with a bare SSLContext (its CAs alone) or a ServerTrust
+(trust.py: the CAs, then trust on first use): the certificate is judged before the first
+byte of the chat protocol is sent.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import time
 from typing import TYPE_CHECKING
 
 from chatctl.address import format_addr
+from chatctl.client.trust import ServerTrust, client_context, unverified_context
 from chatctl.errors import ChatctlError, ConnectFailed, ExitCode, Rejected, TimedOut
+from chatctl.fingerprint import certificate_fingerprint
 from chatctl.protocol import (
     NEED_DATA,
     Bye,
@@ -142,26 +148,30 @@ def _loopback(sock: socket.socket) -> bool:
     return ip.is_loopback
 
 
-def client_context(ca: str | None = None) -> ssl.SSLContext:
-    """What a TLS client trusts: the system's CAs, or the CA file `ca` (PEM) alone; the
-    server's name is checked against its certificate. Raises ChatctlError."""
-    import ssl  # here: `chatctl send` over plain TCP does not pay for it
-
-    try:
-        context = ssl.create_default_context(cafile=ca)
-    except (OSError, ssl.SSLError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ChatctlError(f"cannot use the CA file {ca}: {why}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 # OpenSSL's reasons when what answered a ClientHello was not TLS (or closed at once).
 _NOT_TLS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
 
 
-def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str, addr: str) -> ssl.SSLSocket:
-    """The TLS handshake on a connected socket (its timeout applies). Raises ConnectFailed."""
+class _Unverified(Exception):
+    """The CAs do not vouch for the certificate (the reason is the message): TOFU judges."""
+
+
+def _dial(host: str, port: int, timeout: float, addr: str) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise ConnectFailed(f"could not connect to {addr}: no answer in {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectFailed(f"could not connect to {addr}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _start_tls(
+    sock: socket.socket, context: ssl.SSLContext, host: str, addr: str, *, tofu: bool = False
+) -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket (its timeout applies). Raises ConnectFailed,
+    or with `tofu` _Unverified for a certificate the CAs do not vouch for."""
     import ssl
 
     not_tls = ConnectFailed(f"{addr} does not speak TLS (use chat://{addr})")
@@ -169,8 +179,11 @@ def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str, addr: st
         return context.wrap_socket(sock, server_hostname=host)
     except ssl.SSLCertVerificationError as exc:
         sock.close()
+        why = str(exc.verify_message or exc.reason)
+        if tofu:
+            raise _Unverified(why) from None
         raise ConnectFailed(
-            f"cannot trust {addr}: {exc.verify_message or exc.reason} "
+            f"cannot trust {addr}: {why} "
             "(--tls-ca FILE trusts a CA, or the server's own self-signed certificate)"
         ) from None
     except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
@@ -189,27 +202,73 @@ def _start_tls(sock: socket.socket, context: ssl.SSLContext, host: str, addr: st
         raise ConnectFailed(f"connection to {addr} failed: {exc.strerror or exc}") from None
 
 
+def _fingerprint(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    if der is None:  # cannot happen once a client handshake is done: the server sends one
+        raise ConnectFailed("the server sent no certificate")
+    return certificate_fingerprint(der)
+
+
+def _open_tls(
+    host: str, port: int, timeout: float, tls: ssl.SSLContext | ServerTrust, addr: str
+) -> tuple[ssl.SSLSocket, bool]:
+    """A TLS connection whose certificate is trusted, and whether a person was asked (then
+    the handshake's clock starts again). A bare context trusts its CAs only; a ServerTrust
+    also judges other certificates (trust.py). Nothing of the chat protocol is sent before
+    the verdict. Raises ConnectFailed (Untrusted), TimeoutError."""
+    import ssl
+
+    if isinstance(tls, ssl.SSLContext):
+        return _start_tls(_dial(host, port, timeout, addr), tls, host, addr), False
+    try:
+        sock = _start_tls(_dial(host, port, timeout, addr), tls.context, host, addr, tofu=True)
+    except _Unverified as exc:
+        why = str(exc)
+    else:
+        try:
+            tls.verified(host, port, _fingerprint(sock))
+        except BaseException:
+            sock.close()
+            raise
+        return sock, False
+    # Again, taking any certificate, to judge it by its fingerprint.
+    asked = False
+    while True:
+        sock = _start_tls(_dial(host, port, timeout, addr), unverified_context(), host, addr)
+        try:
+            if not tls.judge(host, port, _fingerprint(sock), why):
+                return sock, asked
+        except BaseException:
+            sock.close()
+            raise
+        # The person took their time and the server may have given up waiting for a Hello:
+        # a fresh connection, which the decision just made (remembered) judges at once.
+        sock.close()
+        asked = True
+
+
 def open_link(
-    host: str, port: int, hello: Hello, timeout: float, tls: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    hello: Hello,
+    timeout: float,
+    tls: ssl.SSLContext | ServerTrust | None = None,
 ) -> tuple[Link, Welcome]:
-    """A TCP connection (TLS with a `tls` context) and a completed handshake, or
+    """A TCP connection (TLS with a `tls` context or trust) and a completed handshake, or
     ConnectFailed/Rejected/TimedOut."""
     addr = format_addr(host, port)
     deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError:
-        raise ConnectFailed(f"could not connect to {addr}: no answer in {timeout:g} s") from None
-    except OSError as exc:
-        raise ConnectFailed(f"could not connect to {addr}: {exc.strerror or exc}") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if tls is not None:
+    if tls is None:
+        sock = _dial(host, port, timeout, addr)
+    else:
         try:
-            sock = _start_tls(sock, tls, host, addr)
+            sock, asked = _open_tls(host, port, timeout, tls, addr)
         except TimeoutError:
             raise TimedOut(
                 f"{addr} did not finish the TLS handshake within {timeout:g} s"
             ) from None
+        if asked:
+            deadline = time.monotonic() + timeout
     link = Link(sock, Connection(Role.CLIENT), tls=tls is not None)
     if hello.password and not link.secure:
         link.close()

@@ -27,7 +27,6 @@ TLS 1.2 at least, no renegotiation (TLS 1.3 has none; OP_NO_RENEGOTIATION for 1.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
+from chatctl.fingerprint import certificate_fingerprint
 from chatctl.protocol import Bye, ErrorCode, encode
 from chatctl.server.transport import SEND_BUFFER, Buffer
 
@@ -239,8 +239,7 @@ class TlsSetup:
 def fingerprint(cert_pem: bytes) -> str:
     """SHA256: and the certificate's SHA-256 in colon-separated hex pairs, as `openssl x509
     -noout -fingerprint -sha256` prints it."""
-    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii"))).hexdigest()
-    return "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()
+    return certificate_fingerprint(ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii")))
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -10,10 +10,36 @@ import sys
 from typing import TYPE_CHECKING
 
 from chatctl.client.connection import Backoff, Client, default_nick
+from chatctl.client.trust import ServerTrust
 from chatctl.names import room_key
 
 if TYPE_CHECKING:
     import ssl
+
+
+def ask_trust(addr: str, fingerprint: str) -> bool:
+    """The question trust on first use asks a person (client/trust.py), on stderr and stdin."""
+    print(
+        f"The certificate of {addr} is not signed by a CA this computer trusts.\n"
+        f"Its fingerprint is {fingerprint}\n"
+        "Compare it with the one the server shows (chatctl serve prints it when it starts).",
+        file=sys.stderr,
+    )
+    while True:
+        print("Trust this server? [y/N] ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = sys.stdin.readline()
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            raise
+        if not answer:  # end of input
+            print(file=sys.stderr)
+            return False
+        word = answer.strip().lower()
+        if word in ("y", "yes"):
+            return True
+        if word in ("", "n", "no"):
+            return False
 
 
 def run_join(
@@ -28,13 +54,15 @@ def run_join(
     reconnect: bool = False,
     history: int | None = None,
     connect_timeout: float = 5.0,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | ServerTrust | None = None,
     account: str = "",
     password: str = "",
 ) -> int:
     """`account` and `password` log in (the password is the caller's to ask for); without
     --nick, an account's nick is its name."""
     rooms = [room_key(r) for r in rooms]
+    if isinstance(tls, ServerTrust) and sys.stdin.isatty() and sys.stderr.isatty():
+        tls.confirm = ask_trust  # a person is there to ask about an unknown certificate
     # --format json, --count and --timeout are for scripts: they select line mode anywhere.
     scripted = fmt != "text" or count is not None or timeout is not None
     interactive = not scripted and sys.stdin.isatty() and sys.stdout.isatty()

@@ -21,6 +21,8 @@ from chatctl.protocol import Ack
 if TYPE_CHECKING:
     import ssl
 
+    from chatctl.client.trust import ServerTrust
+
 
 def _read_message(message: str | None) -> str:
     if message is not None and message != "-":
@@ -69,7 +71,7 @@ def run_send(
     action: bool = False,
     timeout: float | None = 10.0,
     connect_timeout: float = 5.0,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | ServerTrust | None = None,
     account: str = "",
     password: str = "",
 ) -> int:

@@ -40,6 +40,8 @@ from chatctl.ui.render import TextRenderer, welcome_text
 if TYPE_CHECKING:
     import ssl
 
+    from chatctl.client.trust import ServerTrust
+
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
 _MAX_NICKS = 5000  # completion candidates remembered
 _ROOM_COMMANDS = ("/join", "/part", "/who", "/private", "/public")
@@ -231,7 +233,7 @@ def run_tui(
     rooms: list[str],
     history: int | None,
     connect_timeout: float,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | ServerTrust | None = None,
     account: str = "",
     password: str = "",
 ) -> int:
