@@ -279,6 +279,7 @@ def bench(
     json_out: o.Json = False,
     csv: o.Csv = None,
     sweep: o.Sweep = None,
+    tls_ca: o.TlsCa = None,
 ) -> None:
     """Load-test a chatctl, Redis or NATS server and verify nothing was lost."""
     params = Params(
@@ -298,7 +299,9 @@ def bench(
     def action() -> int | None:
         from chatctl.bench.command import run_bench
 
-        return run_bench(params, target=target, json_out=json_out, csv_path=csv, sweep=sweep)
+        return run_bench(
+            params, target=target, tls_ca=tls_ca, json_out=json_out, csv_path=csv, sweep=sweep
+        )
 
     run(action)
 

@@ -404,7 +404,7 @@ RegistrationOpt = Annotated[
     ),
 ]
 
-# clients (join, send, bot) -------------------------------------------------------------------
+# clients (join, send, bot, bench) -------------------------------------------------------------------
 TlsCa = Annotated[
     str | None,
     typer.Option(
@@ -504,7 +504,7 @@ Target = Annotated[
     typer.Option(
         "--target",
         envvar=_env("BENCH_TARGET"),
-        help="HOST:PORT of a chatctl server, redis://HOST:PORT or nats://HOST:PORT. Default: start a local server.",
+        help="HOST:PORT of a chatctl server (tls://HOST:PORT over TLS, see --tls-ca), redis://HOST:PORT, nats://HOST:PORT or nats+tls://HOST:PORT. Default: start a local server.",
     ),
 ]
 ScenarioArg = Annotated[

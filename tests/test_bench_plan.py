@@ -17,10 +17,28 @@ hosts = st.sampled_from(["127.0.0.1", "::1", "localhost", "chat.example"])
 ports = st.integers(1, 65535)
 
 
-@given(st.sampled_from(list(Kind)), hosts, ports)
-def test_property_target_url_round_trips(kind: Kind, host: str, port: int) -> None:
-    target = Target(kind=kind, host=host, port=port)
+@given(st.sampled_from(list(Kind)), hosts, ports, st.booleans())
+def test_property_target_url_round_trips(kind: Kind, host: str, port: int, tls: bool) -> None:
+    tls = tls and kind is not Kind.redis  # tls:// (chatctl) and nats+tls:// only
+    target = Target(kind=kind, host=host, port=port, tls=tls)
     assert parse_target(target.url) == target
+
+
+def test_tls_targets_keep_their_ca_and_plain_ones_ignore_it() -> None:
+    t = parse_target("tls://127.0.0.1:7000", "ca.pem")
+    assert (t.kind, t.tls, t.tls_ca, t.url) == (
+        Kind.chatctl,
+        True,
+        "ca.pem",
+        "tls://127.0.0.1:7000",
+    )
+    t = parse_target("NATS+TLS://[::1]:4222", "ca.pem")
+    assert (t.kind, t.tls, t.tls_ca, t.url) == (Kind.nats, True, "ca.pem", "nats+tls://[::1]:4222")
+    # like join and send, which ignore --tls-ca (maybe from the environment) without tls://
+    t = parse_target("chat://127.0.0.1:7000", "ca.pem")
+    assert (t.tls, t.tls_ca) == (False, None)
+    with pytest.raises(BadBenchOption, match="unknown scheme"):
+        parse_target("redis+tls://127.0.0.1:6379")
 
 
 @given(st.text(max_size=30))
@@ -33,7 +51,9 @@ def test_property_bad_targets_are_usage_errors(text: str) -> None:
 
 
 @given(
-    st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(lambda s: s not in {k.value for k in Kind})
+    st.from_regex(r"[a-z]{1,8}", fullmatch=True).filter(
+        lambda s: s not in {k.value for k in Kind} | {"chat", "tls"}
+    )
 )
 def test_property_unknown_schemes_are_usage_errors_not_host_names(scheme: str) -> None:
     with pytest.raises(BadBenchOption, match="unknown scheme"):

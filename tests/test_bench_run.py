@@ -15,13 +15,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatctl import protocol as p
 from chatctl.errors import ExitCode
-from tests.servers import dies_with_parent, free_port, run_chatctl, running_server
+from chatctl.server.tls import make_self_signed
+from tests.servers import dies_with_parent, free_port, run_chatctl, running_server, serve_process
 
 BENCH_TIMEOUT = 120
 
@@ -117,6 +119,50 @@ def test_rooms_against_a_running_chatctl_server() -> None:
     assert code == 0
     # 3 rooms of 3: each message reaches the 2 others in its room (no echo to the sender)
     assert_sane(data, deliveries=9 * 50 * 2, published=9 * 50, clients=9)
+
+
+def test_fanout_over_tls_against_a_self_signed_server(tmp_path: Path) -> None:
+    # The server's own certificate file is the CA the bench trusts: no mode skips the check.
+    args = ("--tls-self-signed", "--data", str(tmp_path), "--rate", "0", "--join-history", "0")
+    with serve_process(*args) as server:
+        target = f"tls://127.0.0.1:{server.port}"
+        cert = str(tmp_path / "tls-cert.pem")
+        code, data, _ = bench(
+            "fanout", "--target", target, "--tls-ca", cert, "--pub", "2", "--sub", "4",
+            "--msgs", "500", "--workers", "2",
+        )  # fmt: skip
+        assert code == 0, data
+        assert data["target"] == target and data["kind"] == "chatctl"
+        assert_sane(data, deliveries=2 * 500 * 4, published=1000, clients=6)
+        # without the certificate, the system's CAs do not trust it: said so, before any load
+        code, _, err = bench("fanout", "--target", target, "--sub", "1", "--msgs", "1")
+        assert code == ExitCode.CONNECT and "cannot trust" in err and "--tls-ca" in err
+        # plaintext to a TLS port, and TLS to a plaintext one: clear failures
+        code, _, err = bench("fanout", "--target", f"127.0.0.1:{server.port}", "--sub", "1")
+        assert code == ExitCode.CONNECT and "speaks TLS" in err
+    with running_server(rate=0.0, join_history=0) as (host, port):
+        code, _, err = bench("fanout", "--target", f"tls://{host}:{port}", "--tls-ca", cert)
+        assert code == ExitCode.CONNECT and "does not speak TLS" in err
+    code, _, err = bench("fanout", "--target", target, "--tls-ca", str(tmp_path / "none.pem"))
+    assert code != 0 and "CA file" in err
+
+
+def test_nats_fanout_over_tls(tmp_path: Path) -> None:
+    # nats-server says INFO in clear, then the client starts TLS (the adapter's tls_after)
+    cert_pem, key_pem = make_self_signed(["127.0.0.1"])
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    for port in external_server(
+        "nats-server", "-a", "127.0.0.1", "-p", "PORT", "--tls", "--tlscert", str(cert),
+        "--tlskey", str(key),
+    ):  # fmt: skip
+        code, data, _ = bench(
+            "fanout", "--target", f"nats+tls://127.0.0.1:{port}", "--tls-ca", str(cert),
+            "--sub", "3", "--msgs", "1000",
+        )  # fmt: skip
+        assert code == 0, data
+        assert_sane(data, deliveries=3 * 1000, published=1000, clients=4)
 
 
 def test_redis_fanout_and_room(redis_port: int) -> None:

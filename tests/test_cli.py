@@ -88,6 +88,7 @@ def test_bench_defaults_are_the_params_defaults(captured: dict[str, object]) -> 
     assert captured["bench"] == Params()
     assert captured["bench_kwargs"] == {
         "target": None,
+        "tls_ca": None,
         "json_out": False,
         "csv_path": None,
         "sweep": None,

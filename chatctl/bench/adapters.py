@@ -51,6 +51,9 @@ class Adapter:
     keepalive: bytes | None  # sent by every connection now and then
     farewell: bytes | None  # starts what a server sends when it closes a connection
     window: int  # publishes in flight (sent, not acknowledged), shared by the publishers
+    # With TLS: the server first says this much in clear, up to and including these bytes
+    # (NATS's INFO line), and the handshake follows; None: the handshake comes first.
+    tls_after: bytes | None = None
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)
@@ -252,6 +255,7 @@ NATS = Adapter(
     keepalive=None,
     farewell=b"-ERR",
     window=NATS_ACK_EVERY * 8,
+    tls_after=b"\r\n",  # INFO {...}\r\n, then the client starts TLS
 )
 
 _SETUPS: dict[Kind, Callable[[str, str | None, bool, bool], Setup]] = {

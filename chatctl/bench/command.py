@@ -13,6 +13,7 @@ from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
 from chatctl.bench.report import LiveDisplay, describe, print_tables, write_csv, write_json
 from chatctl.bench.results import RunResult
 from chatctl.bench.runner import run_plan
+from chatctl.bench.tls import make_context
 from chatctl.errors import ChatctlError, ExitCode
 
 
@@ -35,18 +36,25 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def _target(target: str | None, size: int) -> Iterator[tuple[Target, int | None]]:
+def _target(
+    target: str | None, tls_ca: str | None, size: int
+) -> Iterator[tuple[Target, int | None]]:
     if target is None:
         with local_server(max_text=size) as (t, pid):
             yield t, pid
-    else:
-        yield parse_target(target), None
+        return
+    t = parse_target(target, tls_ca)
+    if t.tls:
+        make_context(t.tls_ca)  # an unusable CA file fails here, not in every worker
+    yield t, None
 
 
-def run_series(params: list[Params], target: str | None) -> list[RunResult]:
+def run_series(
+    params: list[Params], target: str | None, tls_ca: str | None = None
+) -> list[RunResult]:
     """Run each parameter set in turn against one target (a local server is started once)."""
     runs = []
-    with _target(target, max(p.size for p in params)) as (t, pid):
+    with _target(target, tls_ca, max(p.size for p in params)) as (t, pid):
         for p in params:
             plan = make_plan(p, t)
             total = 0 if not p.messages else plan.n_pubs * p.messages
@@ -59,6 +67,7 @@ def run_bench(
     base: Params,
     *,
     target: str | None,
+    tls_ca: str | None = None,
     json_out: bool,
     csv_path: Path | None,
     sweep: str | None,
@@ -69,7 +78,7 @@ def run_bench(
         raise BadBenchOption(f"--csv {str(csv_path)!r}: no such directory {str(csv_path.parent)!r}")
     series = parse_sweep(sweep) if sweep else None
     params = [base.with_value(series[0], float(v)) for v in series[1]] if series else [base]
-    runs = run_series(params, target)
+    runs = run_series(params, target, tls_ca)
     if json_out:
         write_json(runs, series, sys.stdout)
     else:

@@ -25,6 +25,8 @@ class Target:
     host: str
     port: int
     launched: bool = False  # started by the bench itself
+    tls: bool = False
+    tls_ca: str | None = None  # with tls: the CA file trusted instead of the system's
 
     @property
     def address(self) -> str:
@@ -32,6 +34,9 @@ class Target:
 
     @property
     def url(self) -> str:
+        if self.tls:
+            scheme = "tls" if self.kind is Kind.chatctl else f"{self.kind}+tls"
+            return f"{scheme}://{self.address}"
         return self.address if self.kind is Kind.chatctl else f"{self.kind}://{self.address}"
 
     @property
@@ -39,20 +44,24 @@ class Target:
         return ADAPTERS[self.kind]
 
 
-def parse_target(text: str) -> Target:
-    original, kind = text, Kind.chatctl
+TLS_SCHEMES = {"tls": Kind.chatctl, "nats+tls": Kind.nats}
+
+
+def parse_target(text: str, tls_ca: str | None = None) -> Target:
+    """A --target: HOST:PORT, chat://, tls://, redis://, nats:// or nats+tls://HOST:PORT.
+    `tls_ca` (--tls-ca) is kept for a TLS target only, as the clients ignore it for a plain
+    address (it may come from the environment)."""
+    original, kind, tls = text, Kind.chatctl, False
     scheme, sep, rest = text.partition("://")
-    if sep and scheme.lower() == "tls":
-        raise BadBenchOption(
-            f"--target {original!r}: bench does not speak TLS yet (benchmarks/tls.py compares "
-            "TLS with plaintext)"
-        )
-    if sep and scheme.lower() == "chat":
-        scheme = Kind.chatctl.value
-    if sep:
+    if sep and scheme.lower() in TLS_SCHEMES:
+        kind, tls, text = TLS_SCHEMES[scheme.lower()], True, rest
+    elif sep and scheme.lower() == "chat":
+        text = rest
+    elif sep:
         if scheme not in {k.value for k in Kind}:
             raise BadBenchOption(
-                f"--target {original!r}: unknown scheme {scheme!r} (chatctl, redis or nats)"
+                f"--target {original!r}: unknown scheme {scheme!r} "
+                "(chatctl, tls, redis, nats or nats+tls)"
             )
         kind, text = Kind(scheme), rest
     try:
@@ -61,9 +70,12 @@ def parse_target(text: str) -> Target:
         address = None
     if address is None or address.port == 0:  # a bench target names its port
         raise BadBenchOption(
-            f"--target {original!r}: expected HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
+            f"--target {original!r}: expected HOST:PORT, tls://HOST:PORT, redis://HOST:PORT "
+            "or nats://HOST:PORT"
         )
-    return Target(kind=kind, host=address.host, port=address.port)
+    return Target(
+        kind=kind, host=address.host, port=address.port, tls=tls, tls_ca=tls_ca if tls else None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ import math
 import resource
 import selectors
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from chatctl.bench.adapters import Adapter, Setup, SetupFailed
+from chatctl.bench.adapters import MAX_SETUP_REPLY, Adapter, Setup, SetupFailed
 from chatctl.bench.histogram import Histogram
 from chatctl.bench.plan import ConnSpec, Plan, WorkerResult
 from chatctl.bench.scan import (
@@ -34,9 +35,11 @@ from chatctl.bench.scan import (
     Verifier,
     find_payloads,
 )
+from chatctl.bench.tls import TlsClosed, TlsPipe, explain, make_context, recv_plain
 
 ROUND_BUF = 8 * 1024 * 1024
 MAX_READ = 256 * 1024
+SETUP_READ = 64 * 1024
 CONNECT_PARALLEL = 256  # connects in flight: more only overflows the server's accept backlog
 CONNECT_TIMEOUT = 10.0
 BATCH = 64  # publishes built and written at once, with one send timestamp
@@ -54,6 +57,7 @@ class Conn:
     __slots__ = (
         "acked",
         "blocked",
+        "clear",
         "closed",
         "first_measured",
         "first_ns",
@@ -70,6 +74,7 @@ class Conn:
         "sub",
         "t_start",
         "tail",
+        "tls",
     )
 
     def __init__(self, spec: ConnSpec, sub: int) -> None:
@@ -82,6 +87,8 @@ class Conn:
         self.pending = b""
         self.blocked = False
         self.closed = False
+        self.tls: TlsPipe | None = None  # with a TLS target
+        self.clear: bytes | None = None  # what the server says in clear before TLS starts
         # publisher state
         self.make: Callable[[int, int], bytes] | None = None
         self.seq = 0
@@ -139,6 +146,8 @@ class Worker:
         self.connect_hist = Histogram()
         self.result = WorkerResult(sub_ids=sub_ids, pub_ids=[c.spec.pub for c in self.pubs])
         self.round = RoundBuffer(ROUND_BUF, MAX_READ)
+        self.scratch = memoryview(bytearray(SETUP_READ))  # plaintext during set-up
+        self.tls_context: ssl.SSLContext | None = None
         self.rr = 0
         self.measured = np.zeros(self.n_subs, dtype=np.int64)
         self.first_ns = np.zeros(self.n_subs, dtype=np.int64)
@@ -194,6 +203,8 @@ class Worker:
     def connect_all(self) -> None:
         t = self.plan.target
         info = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
+        if t.tls:
+            self.tls_context = make_context(t.tls_ca)
         todo = deque(self.conns)
         inflight: set[Conn] = set()
         deadline = time.monotonic() + CONNECT_TIMEOUT + len(self.conns) / 1000
@@ -212,6 +223,10 @@ class Worker:
                     self.fail(c, f"socket: {exc}")
                     continue
                 c.sock = sock
+                if self.tls_context is not None:
+                    c.tls = TlsPipe(self.tls_context, t.host)
+                    if self.adapter.tls_after is not None:
+                        c.clear = b""
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 err = sock.connect_ex(info[4])
@@ -231,6 +246,9 @@ class Worker:
                         last = time.monotonic_ns()
                         self.connect_hist.record(np.array([last - c.t_start], dtype=np.int64))
                         self.result.connected += 1
+                except ssl.SSLError as exc:
+                    inflight.discard(c)
+                    self.fail(c, explain(exc, t.address))
                 except (OSError, SetupFailed) as exc:
                     inflight.discard(c)
                     self.fail(c, str(exc))
@@ -246,21 +264,34 @@ class Worker:
 
     def advance_setup(self, c: Conn, mask: int) -> bool:
         """Move one connection's set-up along; True once it is ready."""
-        sock, setup = c.sock, c.setup
+        sock, setup, tls = c.sock, c.setup, c.tls
         assert sock is not None and setup is not None
         if mask & selectors.EVENT_WRITE:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
-            sock.sendall(setup.first)
+            if tls is None:
+                sock.sendall(setup.first)
+            elif c.clear is None:
+                sock.sendall(tls.handshake())  # the ClientHello
             self.sel.modify(sock, selectors.EVENT_READ, c)
             return False
-        data = sock.recv(65536)
+        data = sock.recv(tls.read_size(SETUP_READ) if tls is not None else SETUP_READ)
         if not data:
+            if tls is not None and not tls.ready and c.clear is None:
+                address = self.plan.target.address
+                raise SetupFailed(
+                    f"{address} closed the connection in the TLS handshake: it does not speak "
+                    "TLS, or not to this bench"
+                )
             raise SetupFailed("the server closed the connection during set-up")
+        if tls is not None:
+            data = self.setup_tls(c, tls, data)
+            if not data:
+                return False
         out, done = setup.feed(data)
         if out:
-            sock.sendall(out)
+            sock.sendall(tls.encrypt(out) if tls is not None else out)
         if done:
             c.setup = None
             if c.spec.pub >= 0:
@@ -268,6 +299,41 @@ class Worker:
                     pub=c.spec.pub, room=c.spec.room or "", size=self.params.size
                 )
         return done
+
+    def setup_tls(self, c: Conn, tls: TlsPipe, data: bytes) -> bytes:
+        """Raw bytes during set-up over TLS: the server's words in clear before the handshake
+        (if the adapter has any), the handshake, then the plaintext of what follows."""
+        sock, setup = c.sock, c.setup
+        assert sock is not None and setup is not None
+        if c.clear is not None:
+            after = self.adapter.tls_after
+            assert after is not None
+            clear = c.clear + data
+            at = clear.find(after)
+            if at < 0:
+                if len(clear) > MAX_SETUP_REPLY:
+                    raise SetupFailed(f"no {after!r} before TLS in {MAX_SETUP_REPLY} bytes")
+                c.clear = clear
+                return b""
+            c.clear = None
+            data = clear[at + len(after) :]
+            sock.sendall(tls.handshake())
+        if not tls.ready:
+            out, ready = tls.step(data)
+            if out:
+                sock.sendall(out)
+            if not ready:
+                return b""
+            sock.sendall(tls.encrypt(setup.first))
+            data = b""  # records after the handshake's are still in the SSLObject
+        try:
+            n = tls.decrypt(data, self.scratch)
+        except TlsClosed:
+            raise SetupFailed("the server closed the connection during set-up") from None
+        out = tls.output()
+        if out:
+            sock.sendall(out)
+        return bytes(self.scratch[:n])
 
     def fail(self, c: Conn, message: str) -> None:
         self.result.failed += 1
@@ -279,7 +345,10 @@ class Worker:
         """Before the run, a ready connection only receives notices: read and drop them."""
         assert c.sock is not None
         try:
-            if not c.sock.recv(65536):
+            if c.tls is not None:
+                if not recv_plain(c.sock, c.tls, self.scratch):
+                    self.close(c)
+            elif not c.sock.recv(65536):
                 self.close(c)
         except BlockingIOError:
             pass
@@ -437,6 +506,18 @@ class Worker:
     def write(self, c: Conn, data: bytes) -> None:
         if c.closed:
             return
+        if c.tls is not None:
+            try:
+                data = c.tls.encrypt(data)
+            except ssl.SSLError:
+                self.lost_connection(c)
+                return
+        self.send_raw(c, data)
+
+    def send_raw(self, c: Conn, data: bytes) -> None:
+        """Bytes as they go on the wire (ciphertext with TLS), after anything still pending."""
+        if c.closed:
+            return
         if c.pending:
             c.pending += data
             return
@@ -493,7 +574,13 @@ class Worker:
                 continue
             assert c.sock is not None
             try:
-                n = c.sock.recv_into(rnd.slot(c.tail))
+                if c.tls is None:
+                    n = c.sock.recv_into(rnd.slot(c.tail))
+                else:
+                    n = recv_plain(c.sock, c.tls, rnd.slot(c.tail))
+                    out = c.tls.output()
+                    if out:
+                        self.send_raw(c, out)
             except BlockingIOError:
                 continue
             except OSError:
