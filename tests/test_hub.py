@@ -161,7 +161,9 @@ def test_token_takeover_moves_nick_and_rooms() -> None:
     out = flatten(hub.handle(7, Hello(version=1, nick="other", token=token), NOW))
     assert out[0] == (
         1,
-        Bye(code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -"),
+        Bye(
+            code=ErrorCode.REPLACED, reason="your session was taken over by a new connection from -"
+        ),
     )
     assert type(out[1][1]) is Welcome and out[1][1].nick == "alice" and out[1][0] == 7
     assert hub.rooms["r"].targets == (7,)
