@@ -89,9 +89,8 @@ def test_bad_addresses_say_what_is_wrong(text: str, message: str) -> None:
         parse_address(text, 7777)
 
 
-def test_bench_takes_chat_urls_and_says_tls_is_not_there_yet() -> None:
-    from chatctl.bench.plan import BadBenchOption, parse_target
+def test_bench_takes_chat_and_tls_urls() -> None:
+    from chatctl.bench.plan import parse_target
 
     assert parse_target("chat://127.0.0.1:5").port == 5
-    with pytest.raises(BadBenchOption, match="bench does not speak TLS yet"):
-        parse_target("tls://127.0.0.1:5")
+    assert parse_target("tls://127.0.0.1:5").port == 5

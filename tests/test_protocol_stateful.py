@@ -8,7 +8,18 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from chatctl import protocol as p
 from tests.strategies import any_event, events_of
 
-CLIENT_REQUESTS = {p.Join, p.Part, p.Say, p.Tell, p.ChangeNick, p.Who, p.ListRooms, p.History}
+CLIENT_REQUESTS = {
+    p.Join,
+    p.Part,
+    p.Say,
+    p.Tell,
+    p.ChangeNick,
+    p.Who,
+    p.ListRooms,
+    p.History,
+    p.Register,
+    p.Moderate,
+}
 SERVER_REPLIES = {
     p.Message,
     p.DirectMessage,
