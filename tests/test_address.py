@@ -93,4 +93,4 @@ def test_bench_takes_chat_and_tls_urls() -> None:
     from chatctl.bench.plan import parse_target
 
     assert parse_target("chat://127.0.0.1:5").port == 5
-    assert parse_target("tls://127.0.0.1:5").port == 5
+    assert parse_target("tls://127.0.0.1:5").tls

@@ -392,3 +392,46 @@ def test_login_throttle_delays_grow_after_the_free_failures(
         )
         assert abs(throttle.wait(keys, now) - expected) < 1e-6
     assert len(throttle) <= len(model)
+
+
+def test_guesses_queued_together_count_before_their_checks_end() -> None:
+    hub, _ = make()
+    hub.offload = lambda check: None  # every check queued: none has answered yet
+    origin = Origin("192.0.2.1:5", True, "192.0.2.1")
+    answered = []
+    for cid in range(1, 10):
+        hello = Hello(version=1, nick="", account="alice", password=f"guess{cid}")
+        answered.append(answer(hub, cid, hello, origin))
+    queued = [a for a in answered if a == []]
+    assert len(queued) == LoginThrottle.FREE + 1  # then the throttle refuses, unchecked
+    assert all("try again in" in a[0].reason for a in answered if a)  # type: ignore[attr-defined]
+    # The same guess from many connections counts once, and its success clears it all.
+    hub, _ = make()
+    hub.offload = lambda check: None
+    good = Hello(version=1, nick="", account="alice", password="alice-password")
+    for cid in range(1, 10):
+        assert answer(hub, cid, good, origin) == []
+    for cid in range(1, 10):
+        [(_, welcome)] = flatten(hub.checked(cid, True, NOW))
+        assert type(welcome) is Welcome
+    assert len(hub.logins) == 0
+
+
+def test_welcome_says_what_the_server_does_with_accounts() -> None:
+    assert guest(make()[0], 1, "x").limits["accounts"] == 1
+    hub, _ = make(auth=AuthMode.off, registration=Registration.open)
+    welcome = guest(hub, 1, "x")
+    assert welcome.limits["accounts"] == 0 and welcome.limits["registration"] == 1
+
+
+def test_an_owner_under_another_nick_is_neither_kicked_nor_banned_out() -> None:
+    hub, _ = make()
+    login(hub, 1, "alice", nick="ally")
+    hub.handle(1, Join(room="pub"), NOW)
+    login(hub, 2, "bob")
+    hub.handle(1, Moderate(room="pub", action="op", target="bob"), NOW)
+    hub.handle(2, Join(room="pub"), NOW)
+    [error] = answer(hub, 2, Moderate(room="pub", action="kick", target="ally"))
+    assert type(error) is Error and "owner" in error.message
+    answer(hub, 2, Moderate(room="pub", action="ban", target="ally"))
+    assert 1 in hub.rooms["pub"].members

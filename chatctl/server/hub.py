@@ -234,6 +234,7 @@ class Hub:
         # waiting for theirs, by connection: the loop reads none of their frames meanwhile.
         self.offload: Callable[[Check], bool | str | None] = check_now
         self.pending: dict[int, Pending] = {}
+        self._guesses: dict[tuple[str, str], int] = {}  # (account, password) -> logins queued
         self.may_register: Callable[[int], bool] = _any_cid_may
         self.sessions: dict[int, Session] = {}
         self.nicks: dict[str, Session] = {}  # casefolded nick -> session
@@ -269,6 +270,10 @@ class Hub:
             "join_history": config.join_history,
             "replay_limit": config.replay_limit,
             "total_rooms": config.total_rooms,
+            # What this server does with accounts (docs/protocol.md §6.6): 0 none (--auth
+            # off), 1 optional, 2 required; and whether Register is open (1) or not (0).
+            "accounts": {AuthMode.off: 0, AuthMode.optional: 1, AuthMode.required: 2}[config.auth],
+            "registration": int(config.registration is Registration.open),
         }
         self._handlers: dict[type[Event], Callable[[Session, Event, int], list[Delivery]]] = {
             Say: self._say,  # type: ignore[dict-item]
@@ -329,7 +334,9 @@ class Hub:
         self, cid: int, reason: str, now_ms: int, *, clean: bool = False
     ) -> list[Delivery]:
         """Forget connection `cid`. Its rooms hear that it left (`clean`) or dropped."""
-        self.pending.pop(cid, None)
+        pending = self.pending.pop(cid, None)
+        if pending is not None:
+            self._settle(pending)
         session = self.sessions.pop(cid, None)
         if session is None:
             return []
@@ -379,8 +386,7 @@ class Hub:
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "this server has no accounts (--auth off)")]
         if not origin.secure:
             return [_bye(cid, ErrorCode.LOGIN_FAILED, INSECURE)]
-        keys = (f"address {origin.client}", f"account {account_key(hello.account)}")
-        wait = self.logins.wait(keys, now_ms / 1000)
+        wait = self.logins.wait(_login_keys(Pending(hello, origin, "")), now_ms / 1000)
         if wait > 0:
             return [
                 _bye(
@@ -404,8 +410,26 @@ class Hub:
             return [_refuse(check.cid, ErrorCode.REGISTRATION_REFUSED, str(exc))]
         if result is None:
             self.pending[check.cid] = pending
+            if type(pending.event) is Hello:
+                # A guess counts as a failure from the moment it is made, until its check
+                # says otherwise: guesses sent together cannot all slip past the throttle.
+                # The same guess made by many connections at once counts once.
+                guess = _guess(pending.event)
+                if guess not in self._guesses:
+                    self.logins.failed(_login_keys(pending), now_ms / 1000)
+                self._guesses[guess] = self._guesses.get(guess, 0) + 1
             return []
         return self._finish(check.cid, pending, result, now_ms)
+
+    def _settle(self, pending: Pending) -> bool:
+        """A queued login check is over: whether its guess was counted as a failure."""
+        if type(pending.event) is not Hello:
+            return False
+        guess = _guess(pending.event)
+        left = self._guesses.pop(guess, 0) - 1
+        if left > 0:
+            self._guesses[guess] = left
+        return True
 
     def checked(self, cid: int, result: bool | str, now_ms: int) -> list[Delivery]:
         """The outcome of a Check that `offload` queued: True/False for a password checked,
@@ -413,18 +437,19 @@ class Hub:
         pending = self.pending.pop(cid, None)
         if pending is None:
             return []
-        return self._finish(cid, pending, result, now_ms)
+        return self._finish(cid, pending, result, now_ms, counted=self._settle(pending))
 
     def _finish(
-        self, cid: int, pending: Pending, result: bool | str, now_ms: int
+        self, cid: int, pending: Pending, result: bool | str, now_ms: int, *, counted: bool = False
     ) -> list[Delivery]:
         event = pending.event
         if type(event) is Register:
             return self._registered(cid, pending, str(result), now_ms)
         hello: Hello = event  # type: ignore[assignment]
-        keys = (f"address {pending.origin.client}", f"account {account_key(hello.account)}")
+        keys = _login_keys(pending)
         if result is not True or not pending.account:
-            self.logins.failed(keys, now_ms / 1000)
+            if not counted:
+                self.logins.failed(keys, now_ms / 1000)
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
         self.logins.succeeded(keys)
         return self._welcome(cid, hello, pending.origin, pending.account, now_ms)
@@ -950,6 +975,8 @@ class Hub:
                 victim = self.nicks.get(target.casefold())
                 if victim is None or name not in victim.rooms:
                     raise Refusal(f"{quote(target)} is not in #{name}", ErrorCode.NO_SUCH_NICK)
+                if self.rules.owns(name, victim.account):
+                    raise Refusal(f"the owner of #{name} cannot be kicked or banned")
                 target = victim.nick
             self.rules.moderate(name, session.account, action, target, request.text)
         except Refusal as refusal:
@@ -971,7 +998,8 @@ class Hub:
             out_of_room = [
                 self.sessions[c]
                 for c in (room.targets if room else ())
-                if self.sessions[c].key == key or self.sessions[c].identity == key
+                if (self.sessions[c].key == key or self.sessions[c].identity == key)
+                and not self.rules.owns(name, self.sessions[c].account)
             ]
             out.append(deliver(tuple(audience), notice))
             for victim in out_of_room:
@@ -1043,6 +1071,16 @@ def _replayed(stored: StoredMessage) -> bytes:
     return encode_message(
         stored.room, stored.seq, stored.ts, stored.sender, stored.text, stored.action, True
     )
+
+
+def _login_keys(pending: Pending) -> tuple[str, str]:
+    """What a login's failures count against: its client address and the account."""
+    hello: Hello = pending.event  # type: ignore[assignment]
+    return (f"address {pending.origin.client}", f"account {account_key(hello.account)}")
+
+
+def _guess(hello: Hello) -> tuple[str, str]:
+    return (account_key(hello.account), hello.password)
 
 
 def _bye(cid: int, code: ErrorCode, reason: str) -> Delivery:

@@ -73,6 +73,11 @@ class RoomRules:
         s = self.settings.get(room)
         return s is None or not s.private or self._belongs(s, identity, account)
 
+    def owns(self, room: str, account: str) -> bool:
+        """Whether `account` ("" for a guest) owns `room`."""
+        s = self.settings.get(room)
+        return bool(account) and s is not None and account_key(account) == account_key(s.owner)
+
     @staticmethod
     def _belongs(s: RoomSettings, identity: str, account: str) -> bool:
         return (
