@@ -303,3 +303,16 @@ def test_the_bot_logs_in_under_its_accounts_name(monkeypatch: pytest.MonkeyPatch
                 assert came.nick == "helper"  # its account's name, not the default "ai"
             finally:
                 bot.stop()
+
+
+def test_a_server_without_accounts_is_never_sent_register_or_moderate() -> None:
+    with (
+        running_server(auth=AuthMode.off, registration=Registration.open) as addr,
+        Client(*addr, nick="gus") as gus,
+    ):
+        gus.connect()
+        with pytest.raises(ChatctlError, match="has no accounts"):
+            gus.moderate("lobby", "private")
+        with pytest.raises(ChatctlError, match="has no accounts"):
+            gus.register("a-good-password")
+        gus.who("lobby")  # still connected: nothing was sent

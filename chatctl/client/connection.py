@@ -364,6 +364,7 @@ class Client:
         """Make the current nick an account with `password` (servers with open
         registration). A Notice(kind="registered") confirms it, and the client logs in with
         it from then on; an Error (REGISTRATION_REFUSED) says why not."""
+        self._no_accounts()
         self._pace()
         with self._lock:
             link = self._link
@@ -379,7 +380,14 @@ class Client:
     def moderate(self, room: str, action: str, *, target: str = "", text: str = "") -> None:
         """A room owner's or operator's change (`action` one of protocol.MODERATE_ACTIONS):
         a Notice to the room answers it, or an Error."""
+        self._no_accounts()
         self._request(Moderate(room=room, action=action, target=target, text=text))
+
+    def _no_accounts(self) -> None:
+        """Register and Moderate go only to a server that announced accounts (an older one
+        would end the connection over an unknown frame type): docs/protocol.md §9."""
+        if self._session.welcome is not None and not self._session.limits.get("accounts", 0):
+            raise ChatctlError(f"{self.addr} has no accounts: nothing to register or moderate")
 
     def who(self, room: str) -> None:
         """Ask for the members of `room`; a Members event answers."""
