@@ -121,8 +121,13 @@ def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 20
 
 
 @contextlib.contextmanager
-def servers(cert: Path, key: Path, nats: bool) -> Iterator[dict[str, Server]]:
+def servers(
+    cert: Path, key: Path, nats: bool, data: Path | None = None
+) -> Iterator[dict[str, Server]]:
+    """The servers; `data`: the TLS chatctl's data directory (its accounts), not :memory:."""
     tls_args = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    if data is not None:
+        tls_args += ["--data", str(data)]  # the later --data wins
     nats_tls = ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
     specs: list[tuple[str, list[str], Kind, bool]] = [
         ("chatctl", [sys.executable, "-m", "chatctl", "serve", *CHATCTL_ARGS], Kind.chatctl, False),
@@ -271,7 +276,7 @@ def send_times(plain: Server, tls: Server, n: int) -> tuple[list[float], list[fl
 
 
 def connect_worker(
-    host: str, port: int, ca: str, first: int, n: int, login: tuple[str, str], pipe: Pipe
+    host: str, port: int, ca: str, first: int, n: int, login: tuple[str, str, int], pipe: Pipe
 ) -> None:
     """N non-blocking TLS clients: handshake, Hello, Welcome. Reports (seconds from the start
     to each Welcome, failures, first error)."""
@@ -312,7 +317,7 @@ def connect_worker(
                     if out:
                         sock.sendall(out)
                     if ready:
-                        sock.sendall(tls.encrypt(hello(f"c{i}", *login)))
+                        sock.sendall(tls.encrypt(hello(f"c{i}", *login_of(login, i))))
                     continue
                 got = recv_plain(sock, tls, scratch)
                 if got == 0:
@@ -339,12 +344,39 @@ def connect_worker(
         sock.close()
 
 
+def login_of(login: tuple[str, str, int], i: int) -> tuple[str, str]:
+    """Client i's (account, password): one account for all, or account{i % n} of n."""
+    account, password, n = login
+    if n <= 1 or not account:
+        return account, password
+    return f"{account}{i % n}", f"{password}{i % n}"
+
+
+def make_accounts(data: Path, account: str, password: str, n: int, procs: int) -> None:
+    """`n` accounts in `data` (one named `account`, or account0.. with password0..), hashed
+    with the real cost in `procs` processes, as `chatctl accounts add` would store them."""
+    from chatctl.passwords import hash_password
+    from chatctl.store.registry_sqlite import SqliteRegistry
+
+    logins = [login_of((account, password, n), i) for i in range(max(n, 1))]
+    with multiprocessing.get_context("spawn").Pool(procs) as pool:
+        hashes = pool.map(hash_password, [pw for _, pw in logins])
+    registry = SqliteRegistry(data)
+    try:
+        for (name, _), hashed in zip(logins, hashes, strict=True):
+            registry.add_account(name, hashed, int(time.time() * 1000))
+    finally:
+        registry.close()
+
+
 def state_key(fileobj: object) -> socket.socket:
     assert isinstance(fileobj, socket.socket)
     return fileobj
 
 
-def connect_all(server: Server, n: int, procs: int, login: tuple[str, str]) -> dict[str, float]:
+def connect_all(
+    server: Server, n: int, procs: int, login: tuple[str, str, int]
+) -> dict[str, float]:
     t = server.target
     pid = server.proc.pid
     ctx = multiprocessing.get_context("spawn")
@@ -414,6 +446,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="for --connect")
     parser.add_argument("--account", default="", help="for --connect: log in as")
     parser.add_argument("--password", default="", help="for --connect")
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=1,
+        help="for --connect with --account: log in to this many accounts (NAME0.., PW0..)",
+    )
     parser.add_argument("--no-nats", action="store_true", help="chatctl only")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -432,7 +470,13 @@ def main() -> None:
             with servers(cert, key, False) as running:
                 for s in running.values():
                     print(f"idle {args.idle}: {s.name:12} {idle(s, args.idle):6.2f} KiB/conn")
-        with servers(cert, key, nats) as running:
+        data = None
+        if args.connect and args.account:
+            data = scratch / "data"
+            started = time.monotonic()
+            make_accounts(data, args.account, args.password, args.accounts, args.processes)
+            print(f"made {args.accounts} accounts in {time.monotonic() - started:.1f} s")
+        with servers(cert, key, nats, data) as running:
             if args.rounds:
                 run_fanout(running, args.rounds, args.subscribers, args.messages)
             plain, tls = running["chatctl"], running["chatctl TLS"]
@@ -444,11 +488,12 @@ def main() -> None:
                         f"[{min(times):.3f} .. {max(times):.3f}] of {len(times)}"
                     )
             if args.connect:
-                login = (args.account, args.password)
+                login = (args.account, args.password, args.accounts)
                 got = connect_all(tls, args.connect, args.processes, login)
                 print(
                     f"connect {args.connect} TLS ({args.processes} processes"
-                    f"{', login' if args.account else ''}): {got['welcomed']:.0f} welcomed, "
+                    f"{f', login to {args.accounts} accounts' if args.account else ''}): "
+                    f"{got['welcomed']:.0f} welcomed, "
                     f"{got['failed']:.0f} failed; all in {got['all_s']:.2f} s, "
                     f"half in {got['p50_s']:.2f} s; server CPU {got['server_cpu_ms']:.2f} ms each"
                 )

@@ -27,11 +27,11 @@ from chatctl.server.loop import Server
 from chatctl.server.tls import (
     CERT_FILE,
     KEY_FILE,
-    SEND_CHUNK,
     TlsTransport,
     fingerprint,
     server_context,
 )
+from chatctl.server.transport import WRITE_CHUNK
 from tests.clients import wait_for
 from tests.servers import Client, run_chatctl, serve_process, server_instance
 
@@ -325,7 +325,7 @@ def test_unsent_ciphertext_is_a_backlog_until_the_kernel_takes_it(pki: dict[str,
     try:
         sent = b""
         while True:  # until the kernel refuses some of what was encrypted
-            chunk = os.urandom(SEND_CHUNK)
+            chunk = os.urandom(WRITE_CHUNK)
             taken = transport.send(chunk)
             sent += chunk[:taken]
             if transport.backlog:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from chatctl.protocol import Connection, Role
 from chatctl.server.admission import Client
 from chatctl.server.batch import Batch
-from chatctl.server.transport import Transport
-
-WRITE_CHUNK = 256 * 1024  # bytes joined for one send, at most (and one item more)
+from chatctl.server.transport import WRITE_CHUNK, Transport
 
 
 class Peer:

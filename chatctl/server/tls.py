@@ -41,10 +41,9 @@ from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
 from chatctl.fingerprint import certificate_fingerprint
 from chatctl.protocol import Bye, ErrorCode, encode
-from chatctl.server.transport import SEND_BUFFER, Buffer
+from chatctl.server.transport import SEND_BUFFER, WRITE_CHUNK, Buffer
 
 TLS_HANDSHAKE = 0x16  # the content type of the first record a TLS client sends
-SEND_CHUNK = 64 * 1024  # plaintext encrypted per send at most (a few records)
 CERT_FILE = "tls-cert.pem"
 KEY_FILE = "tls-key.pem"
 CERT_DAYS = 3650
@@ -168,7 +167,7 @@ class TlsTransport:
     # -- writing -----------------------------------------------------------------------------
 
     def send(self, data: Buffer) -> int:
-        """Plaintext taken (all of `data` up to SEND_CHUNK), 0 while earlier ciphertext waits.
+        """Plaintext taken (all of `data` up to WRITE_CHUNK), 0 while earlier ciphertext waits.
         Before the handshake is done nothing can be said: what is given is dropped (a Bye
         for a handshake timeout, say)."""
         if self._pending_out and not self._flush():
@@ -176,8 +175,8 @@ class TlsTransport:
         if not self._ready or self._closing:
             return len(data)
         size = len(data)
-        if size > SEND_CHUNK:
-            data = memoryview(data)[:SEND_CHUNK]
+        if size > WRITE_CHUNK:
+            data = memoryview(data)[:WRITE_CHUNK]
         taken = self._obj.write(data) if size else 0
         self._flush()
         return taken
@@ -247,6 +246,9 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_RENEGOTIATION
+    # No TLS 1.3 session tickets: chatctl clients do not resume TLS sessions (they resume
+    # chat sessions, with a token), and each ticket costs the server work at every handshake.
+    context.num_tickets = 0
     try:
         context.load_cert_chain(cert, key)
     except FileNotFoundError as exc:

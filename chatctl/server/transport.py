@@ -77,6 +77,11 @@ class Transport(Protocol):
 
 
 SEND_BUFFER = 256 * 1024  # bytes; the kernel doubles it for its bookkeeping
+# Bytes one write gives a transport at most: a peer joins this much of its queue, and TLS
+# encrypts all of it in one go. One size for both: a transport that took less would look,
+# to the peer, like a full kernel buffer, and the rest would wait a loop turn to be joined
+# again.
+WRITE_CHUNK = 256 * 1024
 
 
 class TcpTransport:

@@ -7,6 +7,8 @@ while the loop goes on serving. The loop hands the hub's `Check`s to `submit` an
 
 Bounds: at most QUEUE_MAX checks wait in all, and PER_CLIENT_MAX per client address (past
 them `Busy`, which the client hears as a refused login); memory is POOL threads x 16 MiB.
+The threads take checks round-robin across client addresses (FairQueue), so an address that
+queues many delays only itself; a login still waiting at the handshake timeout is dropped.
 Logins with the same password for the same account while one is being checked wait for that
 check instead of queueing their own.
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import queue
 import socket
 import threading
 import time
@@ -32,17 +33,51 @@ from collections.abc import Callable
 from chatctl.server.hub import Busy, Check, check_now
 
 POOL = max(1, min(2, os.cpu_count() or 1))
-QUEUE_MAX = 256
-PER_CLIENT_MAX = 8
+QUEUE_MAX = 4096
+PER_CLIENT_MAX = 256  # a NAT, or a fleet of bots on one machine, may log in many at once
 CACHE_TTL = 600.0
 CACHE_MAX = 10_000
+
+
+class FairQueue:
+    """Checks waiting for a thread, served round-robin across client addresses: an address
+    that queues many only waits longer itself, never the others' one login."""
+
+    def __init__(self) -> None:
+        self._by_client: dict[str, deque[Check]] = {}  # in turn order
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, client: str, check: Check) -> None:
+        with self._ready:
+            self._by_client.setdefault(client, deque()).append(check)
+            self._ready.notify()
+
+    def get(self) -> tuple[Check, str] | None:
+        """The next check in turn, waiting for one; None once closed."""
+        with self._ready:
+            while not self._by_client and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            client = next(iter(self._by_client))
+            checks = self._by_client.pop(client)
+            check = checks.popleft()
+            if checks:
+                self._by_client[client] = checks  # to the back of the turn
+            return check, client
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
 
 
 class Verifier:
     def __init__(self, wake: socket.socket, client_of: Callable[[int], str]) -> None:
         self._wake = wake
         self._client_of = client_of
-        self._jobs: queue.SimpleQueue[tuple[Check, str] | None] = queue.SimpleQueue()
+        self._jobs = FairQueue()
         self._done: deque[tuple[Check, str, bool | str]] = deque()
         # Checks of one password against one hash in flight, with the other connections
         # waiting for the same answer (many clients of one account logging in at once).
@@ -83,7 +118,7 @@ class Verifier:
             raise Busy("too many logins at once from your address; try again in a few seconds")
         self._waiting[client] = self._waiting.get(client, 0) + 1
         self._queued += 1
-        self._jobs.put((check, client))
+        self._jobs.put(client, check)
         return None
 
     def done(self) -> list[tuple[int, bool | str]]:
@@ -104,8 +139,7 @@ class Verifier:
         return out
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        self._jobs.close()
 
     def _remember(self, stored: str, mac: bytes) -> None:
         cache = self._cache
