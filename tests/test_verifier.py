@@ -3,6 +3,7 @@ the cache of recent successes, and its bounds."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ def test_fair_queue_serves_addresses_in_turn(clients: list[str]) -> None:
         mine = [check.cid for check, c in served if c == client]
         assert mine == sorted(mine)
         turns = [i for i, c in enumerate(order) if c == client]
-        for p, q in zip(turns, turns[1:], strict=False):
+        for p, q in itertools.pairwise(turns):
             still_waiting = set(order[p + 1 :]) - {client}
             assert still_waiting <= set(order[p + 1 : q])
     fair.close()
