@@ -295,6 +295,10 @@ def connect_worker(
     held: list[socket.socket] = []  # welcomed: kept open until every process is done
     for i in range(first, first + n):
         sock = socket.socket()
+        if login[2] > 1:
+            # Many accounts: many users, from many addresses (a server bounds the logins
+            # one address may have waiting).
+            sock.bind((f"127.0.{1 + i // 250}.{1 + i % 250}", 0))
         sock.setblocking(False)
         sock.connect_ex((host, port))
         state[sock] = (TlsPipe(context, host), i)

@@ -435,3 +435,17 @@ def test_an_owner_under_another_nick_is_neither_kicked_nor_banned_out() -> None:
     assert type(error) is Error and "owner" in error.message
     answer(hub, 2, Moderate(room="pub", action="ban", target="ally"))
     assert 1 in hub.rooms["pub"].members
+
+
+def test_logins_to_many_accounts_from_one_address_are_not_guesses_until_they_fail() -> None:
+    hub, registry = make()
+    for i in range(10):
+        registry.add_account(f"user{i}", hash_password(f"user{i}-password", **CHEAP), NOW)
+    hub.offload = lambda check: None
+    origin = Origin("192.0.2.1:5", True, "192.0.2.1")  # a NAT: ten people behind it
+    for i in range(10):
+        hello = Hello(version=1, nick="", account=f"user{i}", password=f"user{i}-password")
+        assert answer(hub, i + 1, hello, origin) == []
+    for i in range(10):
+        [(_, welcome)] = flatten(hub.checked(i + 1, True, NOW))
+        assert type(welcome) is Welcome and welcome.account == f"user{i}"

@@ -411,12 +411,15 @@ class Hub:
         if result is None:
             self.pending[check.cid] = pending
             if type(pending.event) is Hello:
-                # A guess counts as a failure from the moment it is made, until its check
-                # says otherwise: guesses sent together cannot all slip past the throttle.
-                # The same guess made by many connections at once counts once.
+                # A guess counts against its account from the moment it is made, until its
+                # check says otherwise: guesses at one account sent together cannot all
+                # slip past the throttle. The same guess made by many connections at once
+                # counts once. The address's count waits for the outcome: a NAT's users
+                # logging in to their accounts at once are not guesses (a burst of guesses
+                # at many accounts from one address is bounded by the verifier's queue).
                 guess = _guess(pending.event)
                 if guess not in self._guesses:
-                    self.logins.failed(_login_keys(pending), now_ms / 1000)
+                    self.logins.failed(_login_keys(pending)[1:], now_ms / 1000)
                 self._guesses[guess] = self._guesses.get(guess, 0) + 1
             return []
         return self._finish(check.cid, pending, result, now_ms)
@@ -448,8 +451,7 @@ class Hub:
         hello: Hello = event  # type: ignore[assignment]
         keys = _login_keys(pending)
         if result is not True or not pending.account:
-            if not counted:
-                self.logins.failed(keys, now_ms / 1000)
+            self.logins.failed(keys[:1] if counted else keys, now_ms / 1000)
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
         self.logins.succeeded(keys)
         return self._welcome(cid, hello, pending.origin, pending.account, now_ms)

@@ -34,7 +34,9 @@ from chatctl.server.hub import Busy, Check, check_now
 
 POOL = max(1, min(2, os.cpu_count() or 1))
 QUEUE_MAX = 4096
-PER_CLIENT_MAX = 256  # a NAT, or a fleet of bots on one machine, may log in many at once
+# A NAT, or a fleet of bots on one machine, may log in many accounts at once; and these are
+# the guesses at many accounts one address can have in flight before failures count.
+PER_CLIENT_MAX = 32
 CACHE_TTL = 600.0
 CACHE_MAX = 10_000
 
