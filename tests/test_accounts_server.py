@@ -30,7 +30,7 @@ from chatctl.protocol import (
 from chatctl.server.admission import LoginThrottle
 from chatctl.store.registry import MemoryRegistry
 from tests.servers import Client, server_instance
-from tests.test_tls import log_of, pki, tls_server  # noqa: F401  (pki is a fixture)
+from tests.test_tls import log_of, tls_server
 
 NOW = 1_700_000_000_000
 
@@ -49,7 +49,7 @@ def refused(client: Client) -> Bye:
     return bye
 
 
-def test_login_over_tls_and_a_wrong_password_is_logged(pki: dict[str, str]) -> None:  # noqa: F811
+def test_login_over_tls_and_a_wrong_password_is_logged(pki: dict[str, str]) -> None:
     context = ssl.create_default_context(cafile=pki["ca"])
     with tls_server(pki, registry=registry()) as (server, host, port):
         alice = Client(host, port, tls=context)

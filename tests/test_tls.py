@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from chatctl.client import Client as LibClient
 from chatctl.client.link import client_context
@@ -36,19 +35,6 @@ from tests.clients import wait_for
 from tests.servers import Client, run_chatctl, serve_process, server_instance
 
 ROOM = "tls"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A test CA and a certificate for 127.0.0.1 and localhost, as files."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    where = tmp_path_factory.mktemp("pki")
-    paths = {"cert": where / "cert.pem", "key": where / "key.pem", "ca": where / "ca.pem"}
-    issued.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    issued.private_key_pem.write_to_path(str(paths["key"]))
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    return {name: str(path) for name, path in paths.items()}
 
 
 def tls_server(

@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -176,18 +175,6 @@ def test_bot_takes_the_fingerprint_option(server: tuple[ServeProcess, str, str])
     done = run_chatctl("bot", url, "--tls-fingerprint", wrong)
     assert done.returncode == ExitCode.CONNECT
     assert shown in done.stderr and f"not {wrong} as --tls-fingerprint says" in done.stderr
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    where = tmp_path_factory.mktemp("pki")
-    paths = {"cert": where / "cert.pem", "key": where / "key.pem", "ca": where / "ca.pem"}
-    issued.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    issued.private_key_pem.write_to_path(str(paths["key"]))
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    return {name: str(path) for name, path in paths.items()}
 
 
 def test_ca_verified_server_needs_no_known_servers(pki: dict[str, str], known: Path) -> None:
