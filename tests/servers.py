@@ -49,6 +49,8 @@ from chatctl.protocol import (
     HistoryEnd,
     Join,
     Members,
+    Notice,
+    Register,
     Role,
     Say,
     Welcome,
@@ -433,3 +435,12 @@ class Client:
                 return bye
             else:
                 self.seen.append(event)
+
+
+def register(addr: tuple[str, int], name: str, password: str) -> None:
+    """Make `name` an account on the server at `addr` (open registration), as a guest does in
+    the chat: connect as `name`, send Register, wait for its confirmation."""
+    with Client(*addr) as raw:
+        assert raw.hello(name).nick == name
+        raw.send(Register(password=password))
+        raw.wait_for(Notice, lambda n: n.kind == "registered")

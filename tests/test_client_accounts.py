@@ -34,12 +34,7 @@ OPEN = {"registration": Registration.open}
 
 
 def register(addr: tuple[str, int], name: str, password: str = PASSWORD) -> None:
-    """Make `name` an account on the server at `addr`, as a guest does in the chat: connect as
-    `name`, send Register, wait for its confirmation."""
-    with servers.Client(*addr) as raw:
-        assert raw.hello(name).nick == name
-        raw.send(Register(password=password))
-        raw.wait_for(Notice, lambda n: n.kind == "registered")
+    servers.register(addr, name, password)
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatctl.names import room_key
-from chatctl.protocol import MODERATE_ACTIONS, Members, Notice, Register, Welcome
+from chatctl.protocol import MODERATE_ACTIONS, Members, Notice, Welcome
 from chatctl.server.config import Registration
 from chatctl.ui.commands import (
     COMMANDS,
@@ -36,7 +33,7 @@ from chatctl.ui.commands import (
 from chatctl.ui.login import PASSWORD_VAR
 from chatctl.ui.render import TextRenderer, event_record, json_line, welcome_text
 from tests import servers
-from tests.clients import WAIT, joined, wait_for
+from tests.clients import JoinProcess, joined, wait_for
 from tests.servers import run_chatctl, running_server
 from tests.test_join_tui import Terminal
 
@@ -238,12 +235,8 @@ def test_the_welcome_line_says_who_is_logged_in() -> None:
 # -- against a real server -----------------------------------------------------------------------
 
 
-def register(addr: tuple[str, int], name: str) -> None:
-    """Make `name` an account as a guest does in the chat."""
-    with servers.Client(*addr) as raw:
-        assert raw.hello(name).nick == name
-        raw.send(Register(password=PASSWORD))
-        raw.wait_for(Notice, lambda n: n.kind == "registered")
+def register(addr: tuple[str, int], name: str, password: str = PASSWORD) -> None:
+    servers.register(addr, name, password)
 
 
 @pytest.fixture
@@ -253,64 +246,11 @@ def accounts() -> Iterator[tuple[str, int]]:
         yield addr
 
 
-class PipeJoin:
-    """`chatctl join` in a pipe, logged in through CHATCTL_PASSWORD; stdin written line by
-    line, stdout lines read on a thread."""
+class PipeJoin(JoinProcess):
+    """`chatctl join` in a pipe, logged in through CHATCTL_PASSWORD."""
 
     def __init__(self, port: int, *args: str) -> None:
-        env = {**os.environ, PASSWORD_VAR: PASSWORD}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatctl", "join", "-p", str(port), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, text: str, timeout: float = WAIT) -> str:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r}; got {self.seen}")
-
-    def close(self) -> None:
-        """Kill it if it still runs, and close its pipes."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def finish(self) -> tuple[int, str]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            code = self.proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"join did not exit; its output: {self.seen}") from None
-        assert self.proc.stderr is not None
-        return code, self.proc.stderr.read()
+        super().__init__(port, *args, stdin=True, env={**os.environ, PASSWORD_VAR: PASSWORD})
 
 
 @pytest.fixture
@@ -321,7 +261,7 @@ def owner(accounts: tuple[str, int]) -> Iterator[PipeJoin]:
         alice.expect("#hr: 1 here: alice")
         yield alice
     finally:
-        alice.close()
+        alice.kill()
 
 
 def test_an_owner_runs_a_room_from_a_pipe(accounts: tuple[str, int], owner: PipeJoin) -> None:
@@ -344,7 +284,7 @@ def test_an_owner_runs_a_room_from_a_pipe(accounts: tuple[str, int], owner: Pipe
         kicked = wait_for(bob, Notice, lambda n: n.kind == "kicked")
         assert "alice kicked you from #hr (spam)" in (plain("bob").render(kicked) or "")
         assert bob.rooms == ("lobby",)  # out, and a reconnect will not rejoin it
-    code, stderr = owner.finish()
+    code, stderr = owner.finish(close_stdin=True)
     assert code == 0, stderr
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import queue
 import re
 import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,73 +15,9 @@ import pytest
 from chatctl.client import AnyEvent, Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, Gap, HistoryEnd, Members, Message, Notice
-from tests.clients import WAIT, joined, wait_for
+from tests.clients import WAIT, JoinProcess, joined, wait_for
 from tests.proxy import proxy_to
 from tests.servers import free_port, run_chatctl, running_server, serve_process
-
-
-class Join:
-    """A `chatctl join` subprocess whose stdout lines are read on a thread."""
-
-    def __init__(self, port: int, *args: str, stdin: bool = False) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatctl", "join", "-p", str(port), *args],
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.pump = threading.Thread(target=self._pump, daemon=True)
-        self.pump.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # ends at EOF, when the process has exited
-            self.lines.put(line)
-
-    def expect(self, text: str, timeout: float = WAIT) -> str:
-        """The first stdout line containing `text`."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r}; got {self.seen}")
-
-    def records(self, timeout: float = WAIT) -> list[dict[str, Any]]:
-        """Every JSON line after the process exits."""
-        self.proc.wait(timeout)
-        self.pump.join(timeout)  # every line the process wrote is queued
-        out = list(self.seen)
-        while not self.lines.empty():
-            out.append(self.lines.get())
-        return [json.loads(line) for line in out]
-
-    def finish(self, timeout: float = WAIT) -> tuple[int, str]:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            while not self.lines.empty():
-                self.seen.append(self.lines.get())
-            raise AssertionError(f"join did not exit; its output: {self.seen}") from None
-        assert self.proc.stderr is not None
-        return code, self.proc.stderr.read()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        self.pump.join(WAIT)  # before closing the stream it reads
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def run_join(port: int, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,7 +45,7 @@ def test_stdin_lines_are_sent_and_acked_before_exit(
 def test_count_exits_after_n_messages_in_text_format(
     server: tuple[str, int], watcher: Client
 ) -> None:
-    join = Join(server[1], "-n", "reader", "--count", "2")
+    join = JoinProcess(server[1], "-n", "reader", "--count", "2")
     try:
         wait_for(watcher, Notice, lambda n: n.kind == "joined" and n.nick == "reader")
         for text in ("first", "second", "third"):
@@ -130,7 +63,7 @@ def test_history_is_replayed_but_not_counted(server: tuple[str, int], watcher: C
     for i in range(3):
         watcher.say("lobby", f"old {i}")
     assert watcher.wait_acked(WAIT)
-    join = Join(server[1], "--format", "json", "--history", "2", "--count", "1")
+    join = JoinProcess(server[1], "--format", "json", "--history", "2", "--count", "1")
     try:
         join.expect('"history_end"')
         watcher.say("lobby", "new")
@@ -189,7 +122,7 @@ def test_slash_commands_work_in_a_pipe(server: tuple[str, int], watcher: Client)
 
 
 def test_hostile_text_cannot_drive_the_terminal(server: tuple[str, int], watcher: Client) -> None:
-    join = Join(server[1], "--count", "1")
+    join = JoinProcess(server[1], "--count", "1")
     try:
         wait_for(watcher, Notice, lambda n: n.kind == "joined" and n.nick != "watcher")
         watcher.say("lobby", "\x1b[2J\x1b]0;pwned\x07\u202eevil\nsecond line")
@@ -209,7 +142,7 @@ def test_hostile_text_cannot_drive_the_terminal(server: tuple[str, int], watcher
 )
 def test_a_lost_connection_exits_4(stop: str, says: str) -> None:
     with serve_process() as server:
-        join = Join(server.port, "--format", "json", stdin=True)  # open: it stays
+        join = JoinProcess(server.port, "--format", "json", stdin=True)  # open: it stays
         try:
             join.expect('"history_end"')
             getattr(server.proc, stop)()  # SIGKILL, or SIGTERM: a graceful shutdown
@@ -225,7 +158,7 @@ def test_reconnect_flag_survives_a_server_restart(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     with serve_process("--data", data) as first:
         port = first.port
-        join = Join(port, "--format", "json", "--reconnect", "--count", "1", "-r", "dev")
+        join = JoinProcess(port, "--format", "json", "--reconnect", "--count", "1", "-r", "dev")
         try:
             join.expect('"history_end"')
             first.proc.kill()
@@ -253,7 +186,7 @@ def test_answers_to_the_last_requests_are_printed_before_exit(server: tuple[str,
 
 def test_reconnect_also_waits_for_a_server_that_is_not_up_yet(tmp_path: Path) -> None:
     port = free_port()  # released for the server to take
-    join = Join(port, "--format", "json", "--reconnect", "--count", "1", "--history", "0")
+    join = JoinProcess(port, "--format", "json", "--reconnect", "--count", "1", "--history", "0")
     try:
         with serve_process("--port", str(port)):
             with Client("127.0.0.1", port, nick="first", rooms=["lobby"]) as first:
@@ -307,7 +240,7 @@ def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
         proxy_to(addr) as proxy,
         joined(addr, "bob", "lobby") as bob,
     ):
-        join = Join(proxy.port, "-n", "al", "--reconnect", "--history", "0", stdin=True)
+        join = JoinProcess(proxy.port, "-n", "al", "--reconnect", "--history", "0", stdin=True)
         try:
             wait_for(bob, Notice, lambda n: n.kind == "joined" and n.nick == "al")
             bob.say("lobby", "m1")
