@@ -69,7 +69,11 @@ Port = Annotated[
 Nick = Annotated[
     str | None,
     typer.Option(
-        "--nick", "-n", envvar=_env("NICK"), help="Nick to use (default: asked, or login name)."
+        "--nick",
+        "-n",
+        envvar=_env("NICK"),
+        help="Nick to use (default: the --account name; else join asks on a terminal, or the "
+        "login name).",
     ),
 ]
 Rooms = Annotated[

@@ -449,3 +449,11 @@ def test_logins_to_many_accounts_from_one_address_are_not_guesses_until_they_fai
     for i in range(10):
         [(_, welcome)] = flatten(hub.checked(i + 1, True, NOW))
         assert type(welcome) is Welcome and welcome.account == f"user{i}"
+
+
+def test_the_default_room_belongs_to_nobody() -> None:
+    hub, _ = make()
+    login(hub, 1, "alice")
+    hub.handle(1, Say(msg_id="1", room="lobby", text="first!"), NOW)
+    [error] = answer(hub, 1, Moderate(room="lobby", action="private"))
+    assert type(error) is Error and "nobody owns" in error.message

@@ -69,7 +69,7 @@ from chatctl.protocol import (
     encode_message,
 )
 from chatctl.server.admission import LoginThrottle
-from chatctl.server.config import AuthMode, Registration, ServerConfig
+from chatctl.server.config import DEFAULT_ROOM, AuthMode, Registration, ServerConfig
 from chatctl.server.moderation import NOTICE_OF, Refusal, RoomRules
 from chatctl.store.base import Store, StoredMessage, sender_key_of
 from chatctl.store.registry import MemoryRegistry, Registry, account_key
@@ -730,7 +730,9 @@ class Hub:
             )
         else:
             self.room_count += 1
-            if session.account:
+            if session.account and name != DEFAULT_ROOM:
+                # The room everyone lands in belongs to nobody: the first account to touch
+                # it must not be able to make it private or ban the others.
                 self.rules.created(name, session.account)
             return None
         return deliver((cid,), error)
