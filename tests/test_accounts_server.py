@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,11 +24,13 @@ from chatctl.protocol import (
     Notice,
     Ping,
     Pong,
+    Register,
     Welcome,
     Who,
     encode,
 )
 from chatctl.server.admission import LoginThrottle
+from chatctl.store.errors import StoreError
 from chatctl.store.registry import MemoryRegistry
 from tests.servers import Client, server_instance
 from tests.test_tls import log_of, tls_server
@@ -153,3 +156,44 @@ def test_many_logins_of_one_account_at_once_are_all_welcomed(count: int) -> None
         answers = [client.recv(timeout=30) for client in clients]
         # One derivation serves them all: the others wait for its answer.
         assert all(type(a) is Welcome for a in answers), answers
+
+
+def test_accounts_room_settings_and_tokens_survive_a_restart(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    with server_instance(data=data, registration="open") as (_, host, port):
+        alice = Client(host, port)
+        alice.hello("alice")
+        alice.send(Register(password="alice-password"))
+        alice.wait_for(Notice, lambda n: n.kind == "registered")
+        bob = Client(host, port)
+        token = bob.hello("bob").token
+    with server_instance(data=data) as (_, host, port):
+        alice = Client(host, port)
+        alice.hello("", account="alice", password="alice-password")
+        alice.join("hr")
+        alice.send(Moderate(room="hr", action="private"))
+        alice.wait_for(Notice, lambda n: n.kind == "private")
+        assert Client(host, port).hello("bob", token=token).token == token  # its own token
+    with server_instance(data=data) as (_, host, port):
+        mallory = Client(host, port)
+        assert mallory.hello("alice").nick == "alice2"  # still reserved
+        mallory.send(Join(room="hr"))
+        assert mallory.wait_for(Error).code == ErrorCode.NOT_PERMITTED
+
+
+class LockedRegistry(MemoryRegistry):
+    """A registry whose file another process holds locked for too long."""
+
+    def add_account(self, name: str, password_hash: str, now_ms: int) -> bool:
+        raise StoreError("cannot write accounts: database is locked")
+
+
+def test_a_registry_failure_costs_one_registration_not_the_server() -> None:
+    with server_instance(registry=LockedRegistry(), registration="open") as (_, host, port):
+        dave = Client(host, port)
+        dave.hello("dave")
+        dave.send(Register(password="dave-password"))
+        bye = refused(dave)
+        assert bye.code == ErrorCode.SERVER_ERROR
+        other = Client(host, port)
+        assert other.hello("erin").nick == "erin"  # the server goes on

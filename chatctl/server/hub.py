@@ -224,7 +224,9 @@ class Hub:
         self.config = config
         self.store = store
         self.registry: Registry = registry if registry is not None else MemoryRegistry()
-        self.auth = config.auth
+        # As enums whatever the config was given (a test may pass "open").
+        self.auth = AuthMode(config.auth)
+        self.registration = Registration(config.registration)
         self.rules = RoomRules(self.registry)
         self.logins = LoginThrottle()
         self._secret = self.registry.secret()
@@ -272,8 +274,8 @@ class Hub:
             "total_rooms": config.total_rooms,
             # What this server does with accounts (docs/protocol.md §6.6): 0 none (--auth
             # off), 1 optional, 2 required; and whether Register is open (1) or not (0).
-            "accounts": {AuthMode.off: 0, AuthMode.optional: 1, AuthMode.required: 2}[config.auth],
-            "registration": int(config.registration is Registration.open),
+            "accounts": {AuthMode.off: 0, AuthMode.optional: 1, AuthMode.required: 2}[self.auth],
+            "registration": int(self.registration is Registration.open),
         }
         self._handlers: dict[type[Event], Callable[[Session, Event, int], list[Delivery]]] = {
             Say: self._say,  # type: ignore[dict-item]
@@ -553,7 +555,7 @@ class Hub:
         self.last_cost = REGISTER_COST
         if self.auth is AuthMode.off:
             problem: str | None = "this server has no accounts (--auth off)"
-        elif self.config.registration is not Registration.open:
+        elif self.registration is not Registration.open:
             problem = "registration is closed on this server: its operator makes accounts"
         elif session.account:
             problem = f"you are already logged in as {session.account}"

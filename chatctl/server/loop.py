@@ -305,8 +305,14 @@ class Server:
         hub = self.hub
         assert hub is not None
         for cid, result in self._verifier.done():
-            self._dispatch(hub.checked(cid, result, self._now_ms))
             peer = self.peers.get(cid)
+            try:
+                self._dispatch(hub.checked(cid, result, self._now_ms))
+            except Exception as exc:  # the registry failed (locked too long): this login only
+                hub.pending.pop(cid, None)
+                if peer is not None:
+                    self._internal_error(peer, exc)
+                continue
             if peer is not None and peer.paused and cid not in hub.pending:
                 peer.paused = False
                 if not peer.closing:
@@ -432,13 +438,16 @@ class Server:
         except RemoteProtocolError as exc:
             self._protocol_error(peer, exc)
         except Exception as exc:  # a bug must cost one connection, never the server
-            self.journal.error(
-                "internal_error",
-                f"internal error handling {peer.addr}: {type(exc).__name__}: {exc}",
-                peer=peer.addr,
-                traceback=traceback.format_exc(),
-            )
-            self._end(peer, ErrorCode.SERVER_ERROR, "internal server error")
+            self._internal_error(peer, exc)
+
+    def _internal_error(self, peer: Peer, exc: Exception) -> None:
+        self.journal.error(
+            "internal_error",
+            f"internal error handling {peer.addr}: {type(exc).__name__}: {exc}",
+            peer=peer.addr,
+            traceback=traceback.format_exc(),
+        )
+        self._end(peer, ErrorCode.SERVER_ERROR, "internal server error")
 
     def _handle_frames(self, peer: Peer) -> None:
         """The complete frames buffered, through the hub, up to the connection's share of the
