@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from chatctl.protocol import (
     Welcome,
     Who,
 )
+from chatctl.server import hub as hub_module
 from chatctl.server.admission import LoginThrottle
 from chatctl.server.config import AuthMode, Registration, ServerConfig
 from chatctl.server.hub import Busy, Check, Hub, Origin
@@ -457,3 +459,11 @@ def test_the_default_room_belongs_to_nobody() -> None:
     hub.handle(1, Say(msg_id="1", room="lobby", text="first!"), NOW)
     [error] = answer(hub, 1, Moderate(room="lobby", action="private"))
     assert type(error) is Error and "nobody owns" in error.message
+
+
+def test_registration_stops_at_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "REGISTERED_MAX", 2)  # alice and bob are there already
+    hub, _ = make(registration=Registration.open)
+    guest(hub, 1, "dave")
+    [error] = answer(hub, 1, Register(password="dave-password"))
+    assert type(error) is Error and "no more registrations" in error.message

@@ -80,6 +80,7 @@ def test_remove_account(registry: Registry) -> None:
     assert not registry.remove_account("alice")
     assert registry.account("alice") is None
     assert [a.name for a in registry.accounts()] == ["bob"]
+    assert registry.account_count() == 1
     assert registry.add_account("alice", "h3", 3000)  # the name is free again
 
 
@@ -179,6 +180,7 @@ class RegistryMachine(RuleBasedStateMachine):
         rooms = {s.room: s for s in self.model.room_settings()}
         for registry in self.real:
             assert registry.accounts() == self.model.accounts()
+            assert registry.account_count() == self.model.account_count()
             assert {s.room: s for s in registry.room_settings()} == rooms
             assert registry.secret() == self.secret
 

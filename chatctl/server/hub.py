@@ -80,6 +80,9 @@ NONCE_LENGTH = 22  # secrets.token_urlsafe(16)
 TOKEN_LENGTH = NONCE_LENGTH + 16  # and 12 bytes of MAC in base64
 REGISTER_COST = 10.0  # rate-meter tokens: it hashes a password and writes the registry
 MODERATE_COST = 5.0  # a durable write of the room's settings
+# Accounts past which in-chat registration stops (the operator's `chatctl accounts add` does
+# not): what anonymous clients can make the server store is bounded.
+REGISTERED_MAX = 100_000
 
 
 class Origin(NamedTuple):
@@ -563,6 +566,8 @@ class Hub:
             problem = INSECURE
         elif self.registry.account(session.nick) is not None:
             problem = f"{quote(session.nick)} is already an account"
+        elif self.registry.account_count() >= REGISTERED_MAX:
+            problem = "this server takes no more registrations: ask its operator"
         else:
             problem = password_problem(register.password)
         if problem is None and not self.may_register(cid):

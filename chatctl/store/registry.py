@@ -63,6 +63,9 @@ class Registry(Protocol):
     def accounts(self) -> list[Account]:
         """Every account, by name."""
 
+    def account_count(self) -> int:
+        """How many accounts there are."""
+
     def add_account(self, name: str, password_hash: str, now_ms: int) -> bool:
         """Create an account; False when one of that name (any case) exists."""
 
@@ -99,6 +102,9 @@ class MemoryRegistry:
 
     def accounts(self) -> list[Account]:
         return sorted(self._accounts.values(), key=lambda a: account_key(a.name))
+
+    def account_count(self) -> int:
+        return len(self._accounts)
 
     def add_account(self, name: str, password_hash: str, now_ms: int) -> bool:
         key = account_key(name)

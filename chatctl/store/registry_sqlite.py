@@ -150,6 +150,11 @@ class SqliteRegistry:
             )
         return [Account(*row) for row in rows]
 
+    def account_count(self) -> int:
+        with self._failing("read"):
+            (count,) = self._connection().execute("SELECT count(*) FROM accounts").fetchone()
+        return int(count)
+
     def add_account(self, name: str, password_hash: str, now_ms: int) -> bool:
         with self._failing("write"):
             cursor = self._connection().execute(
