@@ -61,7 +61,7 @@ class ErrorCode(enum.IntEnum):
 
     NORMAL = 0
     # 1xx: the peer broke the protocol; the connection ends.
-    MALFORMED_FRAME = 100
+    MALFORMED_FRAME = 100  # also: a required field missing, or a field of the wrong type
     FRAME_TOO_LARGE = 101
     UNKNOWN_FRAME_TYPE = 102
     UNEXPECTED_FRAME = 103
@@ -80,6 +80,7 @@ class ErrorCode(enum.IntEnum):
     NOT_PERMITTED = 210  # a private room, a ban, or a moderation right one lacks
     NICK_RESERVED = 211  # the nick is an account's, and this session is not logged in to it
     REGISTRATION_REFUSED = 212
+    MSG_ID_REUSED = 213  # a msg_id this sender already used for another message
     # 3xx: why the server is ending the connection.
     HANDSHAKE_TIMEOUT = 300
     IDLE_TIMEOUT = 301
@@ -164,6 +165,7 @@ class Join(Event):
     room: str
     history: int | None = None
     after: int | None = None
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -171,6 +173,7 @@ class Part(Event):
     TYPE: ClassVar[int] = 0x11
     room: str
     reason: str = ""
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,6 +186,7 @@ class Say(Event):
     room: str
     text: str
     action: bool = False
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -194,12 +198,14 @@ class Tell(Event):
     to: str
     text: str
     action: bool = False
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChangeNick(Event):
     TYPE: ClassVar[int] = 0x14
     nick: str
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,6 +215,7 @@ class Register(Event):
 
     TYPE: ClassVar[int] = 0x18
     password: str = field(repr=False)
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 MODERATE_ACTIONS = (
@@ -235,6 +242,7 @@ class Moderate(Event):
     action: str
     target: str = ""
     text: str = ""
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -243,6 +251,7 @@ class Who(Event):
 
     TYPE: ClassVar[int] = 0x15
     room: str
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -250,6 +259,7 @@ class ListRooms(Event):
     """Ask for the list of rooms; answered by RoomList."""
 
     TYPE: ClassVar[int] = 0x16
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -262,6 +272,7 @@ class History(Event):
     room: str
     after: int | None = None
     limit: int = 50
+    rid: str = ""  # request id: echoed by the replies to this request (§6.7)
 
 
 # Sent by either side ----------------------------------------------------------------------------
@@ -346,6 +357,7 @@ class Notice(Event):
     new_nick: str = ""
     reason: str = ""
     target: str = ""
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 NOTICE_KINDS = (
@@ -378,6 +390,7 @@ class Ack(Event):
     recipients: int
     room: str = ""
     seq: int = 0
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -392,6 +405,7 @@ class Members(Event):
     private: bool = False
     owner: str = ""
     ops: list[str] = field(default_factory=list)
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -400,6 +414,7 @@ class RoomList(Event):
 
     TYPE: ClassVar[int] = 0x95
     rooms: dict[str, int] = field(default_factory=dict)
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -410,6 +425,7 @@ class Gap(Event):
     room: str
     first: int
     last: int
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -419,6 +435,7 @@ class HistoryEnd(Event):
     TYPE: ClassVar[int] = 0x97
     room: str
     head: int
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -430,6 +447,7 @@ class Error(Event):
     code: int
     message: str
     msg_id: str = ""
+    rid: str = ""  # the rid of the request this answers, if it had one
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -627,13 +645,17 @@ def encode_message(
     return _pack_header(MAGIC, Message.TYPE, 0, len(body)) + body
 
 
-def encode_ack(msg_id: str, ts: int, recipients: int, room: str = "", seq: int = 0) -> bytes:
+def encode_ack(
+    msg_id: str, ts: int, recipients: int, room: str = "", seq: int = 0, rid: str = ""
+) -> bytes:
     """The frame of `Ack(msg_id=..., ...)`, as `encode` would make it."""
     body = f'{{"msg_id":{_json_str(msg_id)},"ts":{ts},"recipients":{recipients}'
     if room:
         body += ',"room":' + _json_str(room)
     if seq:
         body += f',"seq":{seq}'
+    if rid:
+        body += ',"rid":' + _json_str(rid)
     data = (body + "}").encode()
     return _pack_header(MAGIC, Ack.TYPE, 0, len(data)) + data
 

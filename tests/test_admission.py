@@ -344,7 +344,7 @@ def test_over_rate_answers_with_an_error_and_logs_once_per_episode() -> None:
     error = decode_body(frame[2], frame[HEADER_SIZE:])
     assert error == Error(
         code=ErrorCode.RATE_LIMITED,
-        message="over the rate limit of 5 messages a second",
+        message="over the rate limit of 5 frames a second",
         msg_id="m" * MSG_ID_MAX,
     )
     assert gate.over_rate(Verdict.LIMITED, "1.2.3.4:5", "alice", "") is not None

@@ -45,7 +45,7 @@ from chatctl.protocol import (
     encode_message,
 )
 from chatctl.server.config import ServerConfig
-from chatctl.server.hub import GUEST_NICK, Delivery, Hub
+from chatctl.server.hub import Delivery, Hub
 from chatctl.store.memory import MemoryStore
 
 NOW = 1_700_000_000_000
@@ -81,8 +81,9 @@ def test_welcome_carries_nick_token_and_limits() -> None:
     welcome = hello(hub, 1, "alice")
     assert welcome.nick == "alice" and len(welcome.token) == 38
     assert welcome.limits["max_frame"] == 1000 and welcome.limits["rate"] == 2
-    assert hello(hub, 2, "").nick == GUEST_NICK
-    assert hello(hub, 3, "").nick == GUEST_NICK + "2"
+    # A guest must name itself: an empty nick is as invalid as any other (§6.1).
+    [(_, bye)] = flatten(hub.handle(2, Hello(version=1, nick=""), NOW))
+    assert bye == Bye(code=ErrorCode.INVALID_NICK, reason="a nick may not be empty")
 
 
 def test_taken_nick_gets_a_free_variant_within_the_length_limit() -> None:
@@ -137,9 +138,26 @@ def test_replay_stops_at_the_byte_budget_and_history_end_tells_the_head() -> Non
     messages = [e for e in events if type(e) is Message]
     assert 0 < len(messages) < 20 and messages[0].seq == 1
     assert events[-1] == HistoryEnd(room="r", head=20)
+    # "The latest 100" is the 20 there are, from the oldest, cut at the budget too.
     events = [e for _, e in flatten(hub.handle(1, History(room="r", limit=100), NOW))]
     latest = [e.seq for e in events if type(e) is Message]
-    assert latest[-1] == 20 and latest == sorted(latest)
+    assert latest == list(range(1, len(latest) + 1)) and len(latest) < 20
+
+
+def test_a_capped_replay_runs_oldest_first_and_pages_on_with_nothing_skipped() -> None:
+    hub, _ = make_hub(replay_limit=8)
+    hello(hub, 1, "alice")
+    for i in range(23):
+        hub.handle(1, Say(msg_id=str(i), room="r", text=f"t{i}"), NOW)
+    hello(hub, 2, "bob")
+    got = [e for _, e in flatten(hub.handle(2, Join(room="r", history=20), NOW))]
+    seqs = [e.seq for e in got if type(e) is Message]
+    assert seqs == list(range(4, 12))  # the last 20 are 4..23: the first 8 of them
+    assert HistoryEnd(room="r", head=23) in got
+    while seqs[-1] < 23:  # the paging rule of §6.4
+        page = [e for _, e in flatten(hub.handle(2, History(room="r", after=seqs[-1]), NOW))]
+        seqs += [e.seq for e in page if type(e) is Message]
+    assert seqs == list(range(4, 24))
 
 
 def test_resend_is_acknowledged_again_not_delivered_again() -> None:
@@ -189,7 +207,9 @@ def test_rename_reaches_everyone_sharing_a_room_once() -> None:
         hub.handle(cid, Join(room="y"), NOW)
     out = flatten(hub.handle(1, ChangeNick(nick="A2"), NOW))
     assert sorted(to for to, _ in out) == [1, 2]
-    assert hub.handle(1, ChangeNick(nick="A2"), NOW) == []
+    # A rename to one's own nick is answered, to the member alone.
+    again = flatten(hub.handle(1, ChangeNick(nick="A2"), NOW))
+    assert again == [(1, Notice(kind="renamed", nick="A2", ts=NOW, new_nick="A2"))]
     [(_, error)] = flatten(hub.handle(2, ChangeNick(nick="a2"), NOW))
     assert type(error) is Error and error.code == ErrorCode.NICK_IN_USE
 
@@ -256,6 +276,7 @@ class HubMachine(RuleBasedStateMachine):
         self.members: dict[str, set[int]] = {}
         self.heads: dict[str, int] = {}
         self.sent: dict[tuple[str, str], tuple[str, int]] = {}
+        self.told: dict[tuple[str, str], str] = {}  # (token, msg_id) -> recipient, casefolded
 
     def rooms_of(self, cid: int) -> set[str]:
         return {r for r, m in self.members.items() if cid in m}
@@ -273,7 +294,7 @@ class HubMachine(RuleBasedStateMachine):
         out = flatten(self.hub.handle(cid, Hello(version=1, nick=nick), NOW))
         [(to, event)] = out
         assert to == cid
-        wanted = nick or GUEST_NICK
+        wanted = nick
         if nick_problem(wanted) is not None:
             assert type(event) is Bye and event.code == ErrorCode.INVALID_NICK
             return consumes_nothing(cid)
@@ -338,14 +359,19 @@ class HubMachine(RuleBasedStateMachine):
         name = room_key(room)
         others = self.members.get(name, set()) - {cid}
         key = (self.token[cid], msg_id)
-        if msg_id and key in self.sent:
+        if not msg_id:
+            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.INVALID_REQUEST]
+            return
+        if key in self.told or (key in self.sent and self.sent[key][0] != name):
+            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.MSG_ID_REUSED]
+            return
+        if key in self.sent:
             [(to, ack)] = out
             assert to == cid and type(ack) is Ack
             assert (ack.room, ack.seq, ack.recipients) == (*self.sent[key], len(others))
             return
         seq = self.heads[name] = self.heads.get(name, 0) + 1
-        if msg_id:
-            self.sent[key] = (name, seq)
+        self.sent[key] = (name, seq)
         *messages, (to, ack) = out
         assert to == cid and ack == Ack(
             msg_id=msg_id, ts=NOW, recipients=len(others), room=name, seq=seq
@@ -355,18 +381,30 @@ class HubMachine(RuleBasedStateMachine):
             assert type(message) is Message
             assert (message.seq, message.sender, message.room) == (seq, self.nick[cid], name)
 
-    @rule(cid=connections, to=NICKS)
-    def tell(self, cid: int, to: str) -> None:
-        out = flatten(self.hub.handle(cid, Tell(msg_id="t", to=to, text="psst"), NOW))
+    @rule(cid=connections, to=NICKS, msg_id=MSG_IDS)
+    def tell(self, cid: int, to: str, msg_id: str) -> None:
+        out = flatten(self.hub.handle(cid, Tell(msg_id=msg_id, to=to, text="psst"), NOW))
         if not self.live(cid):
             assert out == []
             return
+        key = (self.token[cid], msg_id)
+        codes = [getattr(e, "code", None) for _, e in out]
+        if not msg_id:
+            assert codes == [ErrorCode.INVALID_REQUEST]
+            return
+        if key in self.sent or (key in self.told and self.told[key] != to.casefold()):
+            assert codes == [ErrorCode.MSG_ID_REUSED]
+            return
+        if key in self.told:  # a resend: acknowledged again, not delivered again
+            assert out == [(cid, Ack(msg_id=msg_id, ts=NOW, recipients=1))]
+            return
         targets = [c for c, n in self.nick.items() if n.casefold() == to.casefold()]
         if not targets:
-            assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.NO_SUCH_NICK]
+            assert codes == [ErrorCode.NO_SUCH_NICK]
             return
+        self.told[key] = to.casefold()
         assert out[0][0] == targets[0] and type(out[0][1]) is DirectMessage
-        assert out[1] == (cid, Ack(msg_id="t", ts=NOW, recipients=1))
+        assert out[1] == (cid, Ack(msg_id=msg_id, ts=NOW, recipients=1))
 
     @rule(cid=connections, nick=NICKS)
     def rename(self, cid: int, nick: str) -> None:
@@ -381,7 +419,7 @@ class HubMachine(RuleBasedStateMachine):
         elif holder and holder != [cid]:
             assert [getattr(e, "code", None) for _, e in out] == [ErrorCode.NICK_IN_USE]
         elif self.nick[cid] == nick:
-            assert out == []
+            assert out == [(cid, Notice(kind="renamed", nick=nick, ts=NOW, new_nick=nick))]
         else:
             assert sorted(to for to, _ in out) == sorted(audience)
             self.nick[cid] = nick

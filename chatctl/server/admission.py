@@ -304,7 +304,9 @@ class Admission:
 
     # -- what a connection may send -------------------------------------------------------------
 
-    def over_rate(self, verdict: Verdict, addr: str, nick: str, msg_id: str) -> bytes | None:
+    def over_rate(
+        self, verdict: Verdict, addr: str, nick: str, msg_id: str, rid: str = ""
+    ) -> bytes | None:
         """What a frame the meter refused gets: the Error frame to send, or None for
         flooding (the connection is to be closed). Logged once per episode."""
         rate = self.config.rate
@@ -319,8 +321,9 @@ class Admission:
             return None
         error = Error(
             code=ErrorCode.RATE_LIMITED,
-            message=f"over the rate limit of {rate:g} messages a second",
+            message=f"over the rate limit of {rate:g} frames a second",
             msg_id=msg_id[:MSG_ID_MAX],
+            rid=rid[:MSG_ID_MAX],
         )
         return encode(error)
 

@@ -19,6 +19,7 @@ method, over one shared state (sessions, rooms, the store); a split would only s
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -74,7 +75,6 @@ from chatctl.server.moderation import NOTICE_OF, Refusal, RoomRules
 from chatctl.store.base import Store, StoredMessage, sender_key_of
 from chatctl.store.registry import MemoryRegistry, Registry, account_key
 
-GUEST_NICK = "guest"  # what an empty nick in Hello becomes
 INSECURE = "passwords are accepted only over TLS or from this machine (loopback)"
 NONCE_LENGTH = 22  # secrets.token_urlsafe(16)
 TOKEN_LENGTH = NONCE_LENGTH + 16  # and 12 bytes of MAC in base64
@@ -83,6 +83,7 @@ MODERATE_COST = 5.0  # a durable write of the room's settings
 # Accounts past which in-chat registration stops (the operator's `chatctl accounts add` does
 # not): what anonymous clients can make the server store is bounded.
 REGISTERED_MAX = 100_000
+TELLS_KEPT = 100_000  # direct messages remembered for resends: ~15 MB at most
 
 
 class Origin(NamedTuple):
@@ -239,6 +240,9 @@ class Hub:
         # waiting for theirs, by connection: the loop reads none of their frames meanwhile.
         self.offload: Callable[[Check], bool | str | None] = check_now
         self.pending: dict[int, Pending] = {}
+        # Recent direct messages, oldest first: (sender key, msg_id) -> (hash of recipient,
+        # text and action; ts), for recognising resends (see _tell).
+        self._tells: dict[tuple[str, str], tuple[int, int]] = {}
         self._guesses: dict[tuple[str, str], int] = {}  # (account, password) -> logins queued
         self.may_register: Callable[[int], bool] = _any_cid_may
         self.sessions: dict[int, Session] = {}
@@ -279,6 +283,19 @@ class Hub:
             # off), 1 optional, 2 required; and whether Register is open (1) or not (0).
             "accounts": {AuthMode.off: 0, AuthMode.optional: 1, AuthMode.required: 2}[self.auth],
             "registration": int(self.registration is Registration.open),
+            # Exact values where the keys above are rounded (timers in milliseconds, rates
+            # in thousandths a second), and the limits per client address (§6.5, §7).
+            "ping_interval_ms": _ms(config.ping_interval),
+            "idle_timeout_ms": _ms(config.idle_timeout),
+            "handshake_timeout_ms": _ms(config.handshake_timeout),
+            "rate_milli": _ms(config.rate),
+            "max_per_address": config.max_per_ip,
+            "connect_rate_milli": _ms(config.connect_rate),
+            "connect_burst": config.connect_burst,
+            "room_rate_milli": _ms(config.room_rate),
+            "room_burst": config.room_burst,
+            "retain_messages": config.retain_messages,
+            "retain_age_ms": _ms(config.retain_age),
         }
         self._handlers: dict[type[Event], Callable[[Session, Event, int], list[Delivery]]] = {
             Say: self._say,  # type: ignore[dict-item]
@@ -324,16 +341,29 @@ class Hub:
         session = self.sessions.get(cid)
         if session is None:
             return []  # a connection that was replaced or never welcomed
-        handler = self._handlers.get(type(event))
+        kind = type(event)
+        handler = self._handlers.get(kind)
         if handler is None:
             return []  # Ping, Pong and Bye belong to the event loop
+        rid: str = event.rid  # type: ignore[attr-defined]
+        if len(rid) > MSG_ID_MAX:
+            error = Error(
+                code=ErrorCode.INVALID_REQUEST,
+                message=f"a rid has at most {MSG_ID_MAX} characters",
+                rid=rid[:MSG_ID_MAX],
+            )
+            return [deliver((cid,), error)]
         if replay_room is None:
-            return handler(session, event, now_ms)
-        self._replay_room = replay_room
-        try:
-            return handler(session, event, now_ms)
-        finally:
-            self._replay_room = None
+            out = handler(session, event, now_ms)
+        else:
+            self._replay_room = replay_room
+            try:
+                out = handler(session, event, now_ms)
+            finally:
+                self._replay_room = None
+        if rid:
+            return _answering(cid, rid, out, acked=kind is Say)
+        return out
 
     def disconnect(
         self, cid: int, reason: str, now_ms: int, *, clean: bool = False
@@ -445,7 +475,10 @@ class Hub:
         pending = self.pending.pop(cid, None)
         if pending is None:
             return []
-        return self._finish(cid, pending, result, now_ms, counted=self._settle(pending))
+        out = self._finish(cid, pending, result, now_ms, counted=self._settle(pending))
+        if type(pending.event) is Register and pending.event.rid:
+            return _answering(cid, pending.event.rid, out)
+        return out
 
     def _finish(
         self, cid: int, pending: Pending, result: bool | str, now_ms: int, *, counted: bool = False
@@ -492,7 +525,7 @@ class Hub:
             old.origin = origin
             session = old
         else:
-            nick = hello.nick or account or GUEST_NICK
+            nick = hello.nick or account  # a login's nick defaults to its account's name
             problem = nick_problem(nick)
             if problem is not None:
                 return [control(cid, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
@@ -626,6 +659,8 @@ class Hub:
     # -- messages ----------------------------------------------------------------------------
 
     def _check_text(self, cid: int, text: str, msg_id: str) -> list[Delivery] | None:
+        if not msg_id:
+            return [_refuse(cid, ErrorCode.INVALID_REQUEST, "a msg_id may not be empty")]
         if len(msg_id) > MSG_ID_MAX:
             return [
                 deliver(
@@ -672,6 +707,7 @@ class Hub:
         # The common case in one test; _check_text says what is wrong with any other.
         if (
             not text
+            or not msg_id
             or len(text) > self._text_check_from
             or len(msg_id) > MSG_ID_MAX
             or text.isspace()
@@ -685,14 +721,17 @@ class Hub:
             if problem is not None:
                 return [_refuse(cid, ErrorCode.NOT_PERMITTED, problem, msg_id)]
         store = self.store
-        if msg_id:
-            earlier = store.find(session.sender_key, msg_id)
-            if earlier is not None:
-                # A resend after a reconnect: acknowledge again, deliver nothing.
-                again = encode_ack(
-                    msg_id, earlier.ts, self._recipients(room, cid), earlier.room, earlier.seq
-                )
-                return [Delivery((cid,), again)]
+        earlier = store.find(session.sender_key, msg_id)
+        if earlier is None and self._tells and (session.sender_key, msg_id) in self._tells:
+            return [_reused(cid, msg_id)]  # the id of a direct message
+        if earlier is not None:
+            if earlier.room != name or earlier.text != text or earlier.action != say.action:
+                return [_reused(cid, msg_id)]
+            # A resend after a reconnect: acknowledge again, deliver nothing.
+            again = encode_ack(
+                msg_id, earlier.ts, self._recipients(room, cid), earlier.room, earlier.seq, say.rid
+            )
+            return [Delivery((cid,), again)]
         head = store.head(name)
         if room is None:
             if not head:
@@ -715,7 +754,7 @@ class Hub:
                 msg_id=msg_id,
             )
         )
-        ack = Delivery((cid,), encode_ack(msg_id, now_ms, recipients, name, head + 1))
+        ack = Delivery((cid,), encode_ack(msg_id, now_ms, recipients, name, head + 1, say.rid))
         if room is None:
             return [ack]
         message = encode_message(name, head + 1, now_ms, session.nick, text, say.action)
@@ -758,22 +797,32 @@ class Hub:
         return len(room.members) - (cid in room.members)
 
     def _tell(self, session: Session, tell: Tell, now_ms: int) -> list[Delivery]:
+        """A direct message. Direct messages are not stored, so their resends are recognised
+        from the last TELLS_KEPT sent (by sender and msg_id): the same message again is
+        acknowledged again and not delivered; another one under a used msg_id is refused."""
         cid = session.cid
-        target = self.nicks.get(tell.to.casefold())
-        if target is None:
-            return [
-                deliver(
-                    (cid,),
-                    Error(
-                        code=ErrorCode.NO_SUCH_NICK,
-                        message=f"nobody is called {quote(tell.to)}",
-                        msg_id=tell.msg_id[:MSG_ID_MAX],
-                    ),
-                )
-            ]
         refused = self._check_text(cid, tell.text, tell.msg_id)
         if refused is not None:
             return refused
+        key = (session.sender_key, tell.msg_id)
+        digest = hash((tell.to.casefold(), tell.text, tell.action))
+        earlier = self._tells.get(key)
+        if earlier is not None:
+            if earlier[0] != digest:
+                return [_reused(cid, tell.msg_id)]
+            return [deliver((cid,), Ack(msg_id=tell.msg_id, ts=earlier[1], recipients=1))]
+        if self.store.find(session.sender_key, tell.msg_id) is not None:
+            return [_reused(cid, tell.msg_id)]  # the id of a room message
+        target = self.nicks.get(tell.to.casefold())
+        if target is None:
+            return [
+                _refuse(
+                    cid, ErrorCode.NO_SUCH_NICK, f"nobody is called {quote(tell.to)}", tell.msg_id
+                )
+            ]
+        self._tells[key] = (digest, now_ms)
+        if len(self._tells) > TELLS_KEPT:
+            del self._tells[next(iter(self._tells))]
         dm = DirectMessage(
             sender=session.nick, to=target.nick, ts=now_ms, text=tell.text, action=tell.action
         )
@@ -820,11 +869,10 @@ class Hub:
                 )
             )
         if join.after is not None:
-            limit = self.config.replay_limit
+            count = self.config.replay_limit
         else:
             count = self.config.join_history if join.history is None else join.history
-            limit = min(count, self.config.replay_limit)
-        out += self._replay(cid, name, join.after, limit)
+        out += self._replay(cid, name, join.after, count)
         out.append(self._members(cid, name))
         return out
 
@@ -867,7 +915,9 @@ class Hub:
                 )
             ]
         if change.nick == session.nick:
-            return []
+            # Answered like any rename, to the member alone: nothing changed for the others.
+            same = Notice(kind="renamed", nick=session.nick, ts=now_ms, new_nick=session.nick)
+            return [deliver((cid,), same)]
         if key != session.key and self._reserved_for_other(change.nick, session.account):
             return [
                 _refuse(
@@ -966,8 +1016,7 @@ class Hub:
         refused = self._private(session, name)
         if refused is not None:
             return [refused]
-        limit = min(request.limit, self.config.replay_limit)
-        return self._replay(cid, name, request.after, limit)
+        return self._replay(cid, name, request.after, request.limit)
 
     # -- moderation --------------------------------------------------------------------------
 
@@ -1031,36 +1080,36 @@ class Hub:
 
     # -- history replay ----------------------------------------------------------------------
 
-    def _replay(self, cid: int, room: str, after: int | None, limit: int) -> list[Delivery]:
-        """The replay for a Join or History: with `after`, the messages after it, oldest
-        first, and the gap before them; otherwise the latest `limit` messages, oldest first
-        (the newest kept); then a HistoryEnd, whose head tells the client whether to ask for
-        more. It stops at `limit` messages, at the byte budget (half of max_output) and at
-        the request's `replay_room`, but replays one message at least, so that paging always
-        progresses (a client that pipelines requests it does not read becomes a slow
-        consumer: one message each costs little to read). The store is asked for no more
-        than that. Sets `last_cost`."""
+    def _replay(self, cid: int, room: str, after: int | None, count: int) -> list[Delivery]:
+        """The replay for a Join or History (docs/protocol.md §6.4): the messages after
+        `after`, or with `after` None the latest `count` (those after head - count), always
+        oldest first, with the Gap of any asked for but no longer stored; then a HistoryEnd,
+        whose head tells the client whether there is more: a replay stops at `replay_limit`
+        messages, at the byte budget (half of max_output) and at the request's
+        `replay_room`, and the client pages on from the last message it got. One message is
+        replayed at least, so that paging always progresses (a client that pipelines
+        requests it does not read becomes a slow consumer: one message each costs little to
+        read). The store is asked for no more than that. Sets `last_cost`."""
         budget = self.replay_budget
         room_left = self._replay_room
         if room_left is not None and room_left < budget:
             budget = max(room_left, 1)
         to = (cid,)
         out: list[Delivery] = []
-        kept: list[Delivery] = []
-        if after is not None:
+        head = self.store.head(room)
+        if after is None:
+            after = max(head - count, 0)
+        limit = min(count, self.config.replay_limit)
+        if limit > 0 and after < head:
             result = self.store.read(room, after, limit, budget)
             if result.gap is not None:
                 out.append(deliver(to, Gap(room=room, first=result.gap[0], last=result.gap[1])))
             kept = _fit(to, result.messages, budget)
-        elif limit > 0:
-            latest = self.store.latest(room, limit, budget)
-            kept = _fit(to, reversed(latest), budget)
-            kept.reverse()
-        if kept:
-            size = sum(len(d.data) for d in kept)
-            self.last_cost = 1.0 + max(len(kept) / 100, size / 65536)
-            out += kept
-        out.append(deliver(to, HistoryEnd(room=room, head=self.store.head(room))))
+            if kept:
+                size = sum(len(d.data) for d in kept)
+                self.last_cost = 1.0 + max(len(kept) / 100, size / 65536)
+                out += kept
+        out.append(deliver(to, HistoryEnd(room=room, head=head)))
         return out
 
 
@@ -1084,6 +1133,34 @@ def _replayed(stored: StoredMessage) -> bytes:
     )
 
 
+# The frames that answer a request; with a rid, they carry it (docs/protocol.md §6.7).
+_ANSWERS = frozenset(cls.TYPE for cls in (Notice, Ack, Members, RoomList, Gap, HistoryEnd, Error))
+
+
+def _answering(cid: int, rid: str, out: list[Delivery], *, acked: bool = False) -> list[Delivery]:
+    """`out`, the deliveries of a request with `rid` from `cid`, with the rid on every frame
+    that answers it: those to `cid` alone, and `cid`'s own copy of a notice to a room (the
+    others' copy goes without it). Only requests that carry a rid pay for this; a Say's Ack
+    (`acked`) already has it, from the fast path."""
+    answered: list[Delivery] = []
+    for d in out:
+        kind = d.data[2]
+        if d.control is not None or kind not in _ANSWERS or cid not in d.to or d.skip == cid:
+            answered.append(d)
+            continue
+        if acked and kind == Ack.TYPE:
+            answered.append(d)
+            continue
+        event = d.event
+        mine = encode(dataclasses.replace(event, rid=rid))  # type: ignore[type-var]
+        if len(d.to) == 1:
+            answered.append(Delivery(d.to, mine, d.skip))
+        else:
+            answered.append(Delivery(d.to, d.data, cid))
+            answered.append(Delivery((cid,), mine))
+    return answered
+
+
 def _login_keys(pending: Pending) -> tuple[str, str]:
     """What a login's failures count against: its client address and the account."""
     hello: Hello = pending.event  # type: ignore[assignment]
@@ -1092,6 +1169,20 @@ def _login_keys(pending: Pending) -> tuple[str, str]:
 
 def _guess(hello: Hello) -> tuple[str, str]:
     return (account_key(hello.account), hello.password)
+
+
+def _ms(value: float) -> int:
+    """Seconds (or a rate a second) as a whole number of thousandths."""
+    return round(value * 1000)
+
+
+def _reused(cid: int, msg_id: str) -> Delivery:
+    return _refuse(
+        cid,
+        ErrorCode.MSG_ID_REUSED,
+        f"msg_id {quote(msg_id)} was already used for another message",
+        msg_id,
+    )
 
 
 def _bye(cid: int, code: ErrorCode, reason: str) -> Delivery:

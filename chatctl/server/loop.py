@@ -527,7 +527,8 @@ class Server:
         if verdict is not Verdict.FLOODING and type(event) in (Ping, Pong):
             return
         msg_id = event.msg_id if isinstance(event, (Say, Tell)) else ""
-        error = self.admission.over_rate(verdict, peer.addr, self._nick(peer), msg_id)
+        rid: str = getattr(event, "rid", "")
+        error = self.admission.over_rate(verdict, peer.addr, self._nick(peer), msg_id, rid)
         if error is None:
             self._end(peer, ErrorCode.FLOODING, "flooding")
         else:
