@@ -259,7 +259,9 @@ def test_a_stuck_application_makes_a_slow_consumer_not_a_growing_client() -> Non
         # What the kernel buffered still comes first; then the end, with the server's reason.
         seen: list[AnyEvent] = []
         end = wait_for(stuck, Closed, seen=seen, timeout=60)
-        # With a frame half-sent the server cannot append its Bye (docs/architecture.md).
+        # The server queues the rest of a half-sent frame and its Bye, but a reader stuck for
+        # longer than the close grace is aborted, possibly inside that frame (docs/protocol.md
+        # §6.5).
         assert "slow consumer" in end.reason or "middle of a frame" in end.reason
         assert sum(isinstance(e, Message) for e in seen) < 30_000
 
@@ -275,8 +277,9 @@ def test_a_stuck_application_makes_a_slow_consumer_not_a_growing_client() -> Non
 def test_a_broken_stream_delivers_the_frames_before_the_break_and_says_why(
     tail: bytes, reason: str
 ) -> None:
-    """A server drops a reader that fell behind mid-frame, with no Bye (the protocol says so
-    with TruncatedStream, not in words to match): the frames before it still arrive."""
+    """A stream that ends inside a frame (a connection lost, or a server that aborted a reader
+    that did not take even its last frame in time: the protocol says so with TruncatedStream,
+    not in words to match) or turns to garbage: the frames before it still arrive."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
 
         def serve() -> None:

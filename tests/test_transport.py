@@ -8,11 +8,13 @@ import selectors
 import socket
 import time
 from collections.abc import Iterator
+from itertools import accumulate
 
 import pytest
 
 from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
+from chatctl.protocol import Ping, Say, encode
 from chatctl.server.admission import Client as Address
 from chatctl.server.batch import Batch
 from chatctl.server.config import ServerConfig
@@ -129,15 +131,23 @@ def test_peer_write_once_keeps_the_rest_and_its_alignment(
     address = Address("127.0.0.1", ServerConfig(rate=0), 0.0)
     peer = Peer(1, transport, "127.0.0.1", "x", 0.0, max_frame=1024, client=address)
     batch = Batch((1, 2))
-    frames = [bytes([65 + i % 26]) * 100_000 for i in range(60)]  # 6 MB
+    frames = [
+        encode(Say(msg_id=str(i), room="r", text=chr(65 + i % 26) * 100_000)) for i in range(60)
+    ]  # 6 MB
     for frame in frames:
         batch.add(frame)
-    batch.add_private(b"private", 1)
-    peer.out = [b"first", batch]
-    expected = b"first" + b"".join(frames) + b"private"
+    first, private = encode(Ping(token=1)), encode(Ping(token=2))
+    batch.add_private(private, 1)
+    peer.out = [first, batch]
+    expected = first + b"".join(frames) + private
     left = peer.write_once()
     assert 0 < left < len(expected)
-    assert peer.aligned is False  # the kernel took part of a frame
+    # The kernel took part of the stream, most likely ending inside a frame: what is left of
+    # that frame is counted, and is the front of the rest.
+    sent = len(expected) - left
+    frame_end = next(end for end in accumulate(map(len, [first, *frames, private])) if end >= sent)
+    assert peer.frame_left == frame_end - sent
+    assert peer.aligned is (frame_end == sent)
     (rest,) = peer.out
     assert isinstance(rest, memoryview) and len(rest) == peer.out_size == left
     received = recv_exactly(client, len(expected) - left)
@@ -154,7 +164,7 @@ def test_peer_write_once_keeps_the_rest_and_its_alignment(
         client.setblocking(True)
     received += recv_exactly(client, len(expected) - len(received))
     assert received == expected
-    assert (peer.aligned, peer.out, peer.out_size) == (True, [], 0)
+    assert (peer.frame_left, peer.aligned, peer.out, peer.out_size) == (0, True, [], 0)
 
 
 def test_listeners_watch_pause_and_close() -> None:

@@ -654,7 +654,9 @@ class Client:
                     break
                 self._handle(link, event)
             if isinstance(broken, TruncatedStream):
-                # A server drops a reader that fell too far behind mid-frame, with no Bye.
+                # The stream ended inside a frame: the connection was cut (a server drops a
+                # slow consumer after whole frames and a Bye, but aborts one that does not
+                # read even those within its close grace).
                 link.dead = True
                 return "the server closed the connection in the middle of a frame"
             if broken is not None:

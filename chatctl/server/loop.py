@@ -64,6 +64,7 @@ from chatctl.server.admission import (
     connection_ceiling,
     raise_fd_limit,
 )
+from chatctl.server.batch import Batch
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Delivery, Hub, Origin
 from chatctl.server.log import ServerLog
@@ -637,17 +638,21 @@ class Server:
             peer=peer.addr,
             queued=peer.out_size,
         )
-        peer.out.clear()  # what it held is freed now
-        peer.out_size = 0
-        if peer.aligned:
-            # The Bye alone stays queued: it goes out if the client reads within the close
-            # grace, and the connection is aborted at its end otherwise.
-            self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
+        # What it held is freed now, but for the rest of a frame the transport has taken part
+        # of (one frame at most, copied out of the joined chunk that holds it): the Bye must
+        # come after the end of that frame, never inside it.
+        out = peer.out
+        keep = peer.frame_left
+        if keep:
+            head = out[0]  # the rest of the partial send, which starts with that frame's end
+            assert not isinstance(head, Batch)
+            out[:] = [bytes(head[:keep])]
         else:
-            # Part of a frame is already in the kernel: a Bye after it would arrive as garbage
-            # inside that frame, so the client only sees the stream end (mid-frame).
-            self._end(peer, None, "slow consumer")
-            self._abort(peer)
+            out.clear()
+        peer.out_size = keep
+        # The Bye follows: it goes out if the client reads within the close grace, and the
+        # connection is aborted at its end otherwise.
+        self._end(peer, ErrorCode.SLOW_CONSUMER, "slow consumer")
 
     # -- timers: handshake, keepalive, closing -------------------------------------------------
 

@@ -1,21 +1,38 @@
 """One client connection as the event loop sees it: transport, protocol state, output queue.
 
 The output queue is a list of byte strings and Batches (batch.py) that `write_once` coalesces
-into a single `send` per loop turn; outbox.py fills it.
+into a single `send` per loop turn; outbox.py fills it. Every queued item starts at a frame
+boundary and holds whole frames, but the first, which may be the rest of a partial send: its
+first `frame_left` bytes end the frame the transport has taken part of (Server._slow_consumer
+keeps exactly those, so the stream still ends at a frame boundary, before its Bye).
 """
 
 from __future__ import annotations
 
-from chatctl.protocol import Connection, Role
+import struct
+
+from chatctl.protocol import HEADER_SIZE, Connection, Role
 from chatctl.server.admission import Client
 from chatctl.server.batch import Batch
-from chatctl.server.transport import WRITE_CHUNK, Transport
+from chatctl.server.transport import WRITE_CHUNK, Buffer, Transport
+
+_body_length = struct.Struct("!I").unpack_from  # a frame header's last 4 bytes (protocol.HEADER)
+
+
+def frame_left(data: Buffer, start: int, sent: int) -> int:
+    """Bytes of the frame in flight once `sent` bytes of `data` have gone: `data` ends a frame
+    in `start` bytes (0: it starts at a frame boundary), then holds whole frames. Walks the
+    headers of what was sent, from that boundary on: done on a partial send only (the kernel
+    buffer is full), never per message or per full send."""
+    pos = start
+    while pos < sent:
+        pos += HEADER_SIZE + _body_length(data, pos + 4)[0]
+    return pos - sent
 
 
 class Peer:
     __slots__ = (
         "addr",
-        "aligned",
         "born",
         "check_at",
         "cid",
@@ -23,6 +40,7 @@ class Peer:
         "closing",
         "conn",
         "ended",
+        "frame_left",
         "ip",
         "last_recv",
         "lingering",
@@ -56,7 +74,9 @@ class Peer:
         self.ip = ip
         self.addr = addr  # "host:port" for logs
         self.conn = Connection(Role.SERVER, max_frame_size=max_frame)
-        self.aligned = True  # the stream sent so far ends at a frame boundary
+        # Bytes the transport has not taken yet of the frame it has taken part of: the front
+        # of `out`; 0 when the stream sent so far ends at a frame boundary.
+        self.frame_left = 0
         self.born = now
         self.check_at = 0.0  # when the one live timer check of this peer is due
         self.last_recv = now
@@ -73,6 +93,11 @@ class Peer:
         self.more_input = False  # used its share of a turn with frames left: not read meanwhile
         self.client = client  # its address's connections and allowances
         self.meter = client.meter  # the rate limit of what it sends, shared by its address
+
+    @property
+    def aligned(self) -> bool:
+        """The stream sent so far ends at a frame boundary."""
+        return self.frame_left == 0
 
     def write_once(self) -> int:
         """Send what is queued, about WRITE_CHUNK bytes at a time, until the kernel takes less
@@ -104,7 +129,7 @@ class Peer:
                 sent = 0
             if sent < len(data):
                 break
-            self.aligned = True
+            self.frame_left = 0
             if taken == len(out):
                 out.clear()
                 self.out_size = 0
@@ -115,10 +140,11 @@ class Peer:
                 return backlog
             del out[:taken]
             self.out_size = max(self.out_size - sent, 1)
-        # The kernel may have taken part of a frame: from here on nothing may be put in front
-        # of what is queued (see Server._slow_consumer), until it has all been sent.
+        # The transport may have taken part of a frame: from here on nothing may be put in
+        # front of what is queued, and only the frame's remainder may be kept of it (see
+        # Server._slow_consumer).
         if sent:
-            self.aligned = False
+            self.frame_left = frame_left(data, self.frame_left, sent)
         rest = memoryview(data)[sent:]
         out[:taken] = [rest]
         self.out_size = max(self.out_size - sent, len(rest))
