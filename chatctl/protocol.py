@@ -504,6 +504,9 @@ TRANSITIONS: dict[tuple[State, Role, type[Event]], State] = {
     (State.HANDSHAKE, _S, Welcome): State.READY,
     (State.HANDSHAKE, _S, Bye): State.CLOSED,
     (State.HANDSHAKE, _C, Bye): State.CLOSED,
+    # A client may pipeline its first requests after the Hello (docs/protocol.md §4.1); the
+    # server handles them after its Welcome.
+    **{(State.HANDSHAKE, _C, cls): State.HANDSHAKE for cls in (*CLIENT_EVENTS[1:], Ping, Pong)},
     (State.READY, _C, Bye): State.CLOSED,
     (State.READY, _S, Bye): State.CLOSED,
     **{(State.READY, _C, cls): State.READY for cls in (*CLIENT_EVENTS[1:], Ping, Pong)},

@@ -42,6 +42,8 @@ def model_next(state: str, sender: str, kind: type[p.Event]) -> str | None:
     if state == "start":
         return "handshake" if sender == "client" and kind is p.Hello else None
     if state == "handshake":
+        if sender == "client" and (kind in CLIENT_REQUESTS or kind in (p.Ping, p.Pong)):
+            return "handshake"  # pipelined after the Hello (§4.1)
         return "ready" if sender == "server" and kind is p.Welcome else None
     allowed = CLIENT_REQUESTS if sender == "client" else SERVER_REPLIES
     return "ready" if kind in allowed or kind in (p.Ping, p.Pong) else None
