@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
     "4 could not connect or connection lost; 5 rejected by the server; 6 timed out; "
-    "7 bench saw loss; 130 interrupted."
+    "7 bench saw loss; 8 the nick asked for was taken (--require-nick); 130 interrupted."
 )
 
 ACCOUNTS_HELP = (
@@ -217,10 +217,11 @@ def send(
     port: o.Port = DEFAULT_PORT,
     room: o.SendRoom = None,
     to: o.SendTo = None,
-    nick: o.Nick = None,
+    nick: o.SendNick = None,
     count: o.SendCount = 1,
     json_out: o.Json = False,
     require_recipient: o.RequireRecipient = False,
+    require_nick: o.RequireNick = False,
     action_: o.Action = False,
     timeout: o.Timeout = 10.0,
     connect_timeout: o.ConnectTimeout = 5.0,
@@ -254,6 +255,7 @@ def send(
             count=count,
             json_out=json_out,
             require_recipient=require_recipient,
+            require_nick=require_nick,
             action=action_,
             timeout=timeout,
             connect_timeout=connect_timeout,
@@ -270,6 +272,7 @@ def bench(
     sub: o.Subscribers = Params.subscribers,
     clients: o.Clients = Params.clients,
     rooms: o.BenchRooms = Params.rooms,
+    room: o.BenchRoom = Params.room,
     msgs: o.Messages = Params.messages,
     duration: o.Duration = Params.duration,
     size: o.Size = Params.size,
@@ -294,6 +297,7 @@ def bench(
         rate=rate,
         warmup=warmup,
         workers=workers,
+        room=room,
     )
 
     def action() -> int | None:

@@ -18,6 +18,7 @@ class ExitCode(enum.IntEnum):
     REJECTED = 5  # the server refused the request (its error code is in the message)
     TIMEOUT = 6  # no answer in time
     LOST = 7  # `bench`: messages were lost, duplicated or reordered
+    NICK_TAKEN = 8  # `send --require-nick`: the server gave another nick; nothing was sent
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -57,3 +58,7 @@ class TimedOut(ChatctlError):
 
 class NoRecipient(ChatctlError):
     exit_code = ExitCode.NO_RECIPIENT
+
+
+class NickTaken(ChatctlError):
+    exit_code = ExitCode.NICK_TAKEN

@@ -470,7 +470,7 @@ SendArgs = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="[HOST] [MESSAGE]",
-        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads stdin.",
+        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads it from stdin (none: only from a pipe or file, not a terminal). One final newline is not part of it.",
         show_default=False,
     ),
 ]
@@ -500,6 +500,24 @@ RequireRecipient = Annotated[
         help="Exit 3 if nobody else received it.",
     ),
 ]
+RequireNick = Annotated[
+    bool,
+    typer.Option(
+        "--require-nick",
+        envvar=_env("REQUIRE_NICK"),
+        help="Exit 8, sending nothing, if the server gives another nick (the one asked for is taken).",
+    ),
+]
+SendNick = Annotated[
+    str | None,
+    typer.Option(
+        "--nick",
+        "-n",
+        envvar=_env("NICK"),
+        help="Nick to send as (default: the --account name, else the login name). If it is "
+        "taken the server gives a variant (carol2), which the receipt names; see --require-nick.",
+    ),
+]
 Action = Annotated[bool, typer.Option("--me", help="Send as a /me action.")]
 
 # bench ---------------------------------------------------------------------------------------
@@ -525,6 +543,14 @@ Clients = Annotated[
     int, typer.Option("--clients", "-N", min=1, help="Clients (room, rooms, connect).")
 ]
 BenchRooms = Annotated[int, typer.Option("--rooms", "-R", min=1, help="Rooms (rooms).")]
+BenchRoom = Annotated[
+    str | None,
+    typer.Option(
+        "--room",
+        help="Use this room (rooms: NAME-0, NAME-1, ...) instead of a new bench-RUNID-... one, "
+        "so that repeated runs against a live server leave one room.",
+    ),
+]
 Messages = Annotated[
     int, typer.Option("--msgs", "-m", min=0, help="Messages per publisher (0: run for --duration).")
 ]

@@ -224,12 +224,16 @@ def start_chatctl(*args: str, nofile: int | None = None) -> ServeProcess:
 
 
 def run_chatctl(
-    *args: str, stdin: str | None = None, timeout: float = 60.0
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m chatctl ARGS...` to completion, with stdin (`None`: none at all) and its
-    output captured as text."""
+    """`python -m chatctl ARGS...` to completion, with stdin (`None`: none at all), `env`
+    added to the environment, and its output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "chatctl", *args],
+        env=None if env is None else {**os.environ, **env},
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,

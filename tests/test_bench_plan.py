@@ -166,3 +166,18 @@ def test_what_a_server_says_when_it_closes_a_connection() -> None:
     assert chatctl.farewell_text(bye[:-1]) == ""  # cut short: nothing yet
     nats = ADAPTERS[Kind.nats]
     assert nats.farewell_text(b"-ERR 'Slow Consumer'\r\nPING") == "-ERR 'Slow Consumer'"
+
+
+def test_rooms_are_named_for_an_operator_or_as_given() -> None:
+    target = Target(kind=Kind.chatctl, host="127.0.0.1", port=1)
+    fan = make_plan(Params(), target)
+    assert fan.rooms == [f"bench-{fan.run_id}-fan"]
+    rooms = make_plan(Params(scenario=Scenario.rooms, rooms=3, clients=6), target)
+    assert rooms.rooms == [f"bench-{rooms.run_id}-r{i}" for i in range(3)]
+    given = Params(scenario=Scenario.rooms, rooms=3, clients=6, room="#Load")
+    assert make_plan(given, target).rooms == ["load-0", "load-1", "load-2"]
+    assert make_plan(Params(room="Load"), target).rooms == ["load"]
+    assert make_plan(Params(scenario=Scenario.connect, room="load"), target).rooms == []
+    for bad in ("bad!room", "x" * 63):
+        with pytest.raises(BadBenchOption, match="--room"):
+            make_plan(Params(scenario=Scenario.rooms, rooms=10, clients=10, room=bad), target)

@@ -22,7 +22,9 @@ import pytest
 
 from chatctl import protocol as p
 from chatctl.errors import ExitCode
+from chatctl.protocol import HistoryEnd, Notice, RoomList
 from chatctl.server.tls import make_self_signed
+from tests.clients import joined, wait_for
 from tests.servers import dies_with_parent, free_port, run_chatctl, running_server, serve_process
 
 BENCH_TIMEOUT = 120
@@ -119,6 +121,44 @@ def test_rooms_against_a_running_chatctl_server() -> None:
     assert code == 0
     # 3 rooms of 3: each message reaches the 2 others in its room (no echo to the sender)
     assert_sane(data, deliveries=9 * 50 * 2, published=9 * 50, clients=9)
+
+
+def test_a_run_on_a_live_server_parts_its_rooms_names_them_and_says_what_remains() -> None:
+    with running_server(rate=0.0, join_history=0) as addr, joined(addr, "op", "lobby") as op:
+        code, _, err = bench(
+            "fanout", "--target", f"{addr[0]}:{addr[1]}", "--sub", "2", "--msgs", "20",
+            "--workers", "1",
+        )  # fmt: skip
+        assert code == 0, err
+        op.list_rooms()  # the server's answer comes once the run is over: no sleep needed
+        rooms = wait_for(op, RoomList).rooms
+        note = [line for line in err.splitlines() if line.startswith("note:")]
+        assert len(note) == 1 and "#bench-" in note[0] and "--room NAME" in note[0]
+        room = note[0].split("#", 1)[1].split()[0]
+        assert room.startswith("bench-") and room.endswith("-fan")
+        # Every bench client parted (and said Bye): the room is left with its history only.
+        assert rooms == {"lobby": 1, room: 0}
+        # Watching the reused room: the bench clients leave it, they do not drop.
+        with joined(addr, "watcher", "kept") as watcher:
+            for _ in range(2):
+                code, _, err = bench(
+                    "room", "--target", f"{addr[0]}:{addr[1]}", "--clients", "2",
+                    "--msgs", "10", "--workers", "1", "--room", "Kept",
+                )  # fmt: skip
+                assert code == 0, err
+                assert "#kept " in err
+            gone = [
+                wait_for(watcher, Notice, lambda n: n.kind in ("left", "dropped")) for _ in range(4)
+            ]
+            assert {n.kind for n in gone} == {"left"}
+            watcher.history("kept", limit=100)
+            wait_for(watcher, HistoryEnd, lambda e: e.room == "kept" and e.head == 40)
+
+
+def test_bench_runs_on_a_launched_server_leave_no_note() -> None:
+    code, _, err = bench("fanout", "--sub", "1", "--msgs", "10", "--workers", "1")
+    assert code == 0, err
+    assert "note:" not in err
 
 
 def test_fanout_over_tls_against_a_self_signed_server(tmp_path: Path) -> None:

@@ -103,6 +103,8 @@ class ModelServer:
         if isinstance(frame, History):
             assert frame.after is not None and frame.limit == REPLAY_LIMIT
             return self._replay_after(frame.room, frame.after)
+        if isinstance(frame, Ping):  # the one after a Join: it marks the end of the answer
+            return [Pong(token=frame.token)]
         assert isinstance(frame, Pong), frame
         return []
 
@@ -249,7 +251,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule(room=st.sampled_from(ROOMS), history=st.integers(0, 5))
     def join(self, room: str, history: int) -> None:
-        if room not in self.session.rooms:
+        if room not in self.session.rooms and not self.session.joining(room):
             self.to_server.extend(self.session.join(room, history=history))
 
     @rule(room=st.sampled_from(ROOMS))
@@ -385,10 +387,17 @@ def test_while_offline_requests_wait_for_the_welcome() -> None:
     say = Say(msg_id="1", room="r0", text="hi")
     assert session.send_message(say) == []
     assert session.join("r0") == []
-    assert session.welcomed(welcome()) == [Join(room="r0"), say]
+    before, join, after, *rest = session.welcomed(welcome())
+    assert isinstance(before, Ping) and isinstance(after, Ping)
+    assert join == Join(room="r0") and rest == [say]
+    assert session.rooms == () and session.joining("r0")
     ack = Ack(msg_id="1", ts=1, recipients=0, room="r0", seq=1)
+    joined = Notice(kind="joined", nick=ME, ts=0, room="r0")
     end = HistoryEnd(room="r0", head=0)
-    assert emitted(session, end, ack, ack) == [end, Delivered(request=say, ack=ack, nick=ME)]
+    delivered = Delivered(request=say, ack=ack, nick=ME)
+    answer = [Pong(token=before.token), joined, end, ack, ack, Pong(token=after.token)]
+    assert emitted(session, *answer) == [joined, end, delivered]
+    assert list(session.rooms) == ["r0"] and not session.joining("r0")
     assert session.unacked == 0
     assert session.last_seq("#R0") == 1
 
@@ -513,9 +522,12 @@ def test_the_rest_of_a_parted_rooms_resume_is_not_news() -> None:
     answer = [Gap(room="r0", first=2, last=3), message("r0", 4, history=True)]
     assert emitted(session, *answer, message("r0", 9), HistoryEnd(room="r0", head=9)) == []
     assert session.rooms == () and session.last_seq("r0") is None
-    assert session.join("r0") == [Join(room="r0")]
-    later = [message("r0", 9, history=True), HistoryEnd(room="r0", head=9)]
-    assert emitted(session, *later) == later  # the new join's answer is
+    before, join, _ = session.join("r0")
+    assert join == Join(room="r0") and isinstance(before, Ping)
+    joined = Notice(kind="joined", nick=ME, ts=0, room="r0")
+    later = [joined, message("r0", 9, history=True), HistoryEnd(room="r0", head=9)]
+    assert emitted(session, Pong(token=before.token), *later) == later  # the answer is news
+    assert list(session.rooms) == ["r0"] and session.last_seq("r0") == 9
 
 
 def test_a_gap_says_nothing_about_what_came_live() -> None:
@@ -545,3 +557,17 @@ def test_a_gap_is_reported_once_even_when_the_connection_drops_after_it() -> Non
     resumed(session)
     assert emitted(session, Gap(room="r0", first=2, last=4)) == [Gap(room="r0", first=2, last=4)]
     assert resumed(session) == [Join(room="r0", after=4)]
+
+
+def test_a_join_is_one_of_the_rooms_only_once_the_server_confirms_it() -> None:
+    session = ClientSession(ME, rooms=["r0"])
+    session.welcomed(welcome())
+    before, _, after = session.join("r1")
+    assert isinstance(before, Ping) and isinstance(after, Ping)
+    assert session.rooms == ("r0",) and session.joining("r1")
+    refused = Error(code=ErrorCode.NOT_PERMITTED, message="#r1 is private")
+    # Answers before the first Pong are earlier requests': they confirm nothing.
+    early = [HistoryEnd(room="r1", head=0), Pong(token=before.token), refused]
+    assert emitted(session, *early) == [early[0], refused]
+    assert emitted(session, Pong(token=after.token)) == []
+    assert session.rooms == ("r0",) and not session.joining("r1")

@@ -55,6 +55,9 @@ class ClientMachine(RuleBasedStateMachine):
     @rule(room=st.sampled_from(ROOMS))
     def join(self, room: str) -> None:
         self.alice.join(room)
+        # A room is one of alice's once the server confirms the join (after a reconnect, if
+        # the connection is down).
+        assert self.alice.wait_joined(room, WAIT) is True
         self.rooms.add(room)
 
     @precondition(lambda self: len(self.rooms) > 0)

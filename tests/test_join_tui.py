@@ -4,6 +4,7 @@ emulator (pyte), so the tests look at what a person would see."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -216,3 +217,22 @@ def test_reconnects_without_losing_the_typed_line(tmp_path: Path) -> None:
                     assert wait_for(bob, Message).text == "a draft"
         finally:
             term.close()
+
+
+def test_a_refused_join_leaves_the_prompt_and_toolbar_alone(alice: Terminal) -> None:
+    def prompt() -> str:
+        return next((ln for ln in reversed(alice.lines) if " alice>" in ln), "")
+
+    alice.send("/join bad!room\r")
+    alice.wait_text("'bad!room' is not a valid room name")
+    alice.wait(lambda: prompt() == "#lobby alice>", "the prompt in #lobby")
+    assert "#bad!room" not in alice.text  # neither the prompt nor the toolbar lists it
+    alice.send("/join dev\r")
+    alice.wait(lambda: prompt() == "#dev alice>", "the prompt in #dev")
+    alice.wait_text("in #lobby #dev")  # the toolbar, once the server confirmed the join
+
+
+def test_sigterm_leaves_cleanly_and_exits_zero(alice: Terminal, bob: Client) -> None:
+    alice.child.kill(signal.SIGTERM)
+    assert alice.wait_exit() == 0
+    wait_for(bob, Notice, lambda n: n.kind == "left" and n.nick == "alice")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import socket
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 from chatctl.client.connection import Client
 from chatctl.errors import ExitCode
 from chatctl.protocol import DirectMessage, ErrorCode, Message
-from tests.clients import WAIT, wait_for
+from tests.clients import WAIT, joined, wait_for
 from tests.servers import run_chatctl, running_server, serve_process
 
 
@@ -164,3 +166,70 @@ def test_a_bracketed_ipv6_host_is_understood() -> None:
     with serve_process("--host", "::1") as server:
         result = send("[::1]", "-p", str(server.port), "hi")
     assert result.returncode == ExitCode.OK, result.stderr
+
+
+def test_a_taken_nick_is_named_in_the_receipt(server: tuple[str, int], watcher: Client) -> None:
+    with joined(server, "carol", "lobby"):
+        text = send("-p", str(server[1]), "-n", "carol", "hi")
+        record = send("-p", str(server[1]), "-n", "carol", "--json", "hi")
+    assert text.returncode == ExitCode.OK, text.stderr
+    assert text.stdout.strip().endswith("; sent as carol2: carol is taken")
+    assert record.returncode == ExitCode.OK, record.stderr
+    receipt = json.loads(record.stdout)
+    assert (receipt["nick"], receipt["nick_asked"]) == ("carol2", "carol")
+    assert wait_for(watcher, Message).sender == "carol2"
+
+
+def test_require_nick_sends_nothing_under_another_nick(
+    server: tuple[str, int], watcher: Client
+) -> None:
+    with joined(server, "carol", "lobby"):
+        result = send("-p", str(server[1]), "-n", "carol", "--require-nick", "hi")
+        assert result.returncode == ExitCode.NICK_TAKEN
+        assert "carol2" in result.stderr and "--require-nick" in result.stderr
+        assert_one_line_error(result)
+        assert result.stdout == ""
+        ok = run_chatctl(
+            "send", "-p", str(server[1]), "-n", "dave", "ok", env={"CHATCTL_REQUIRE_NICK": "1"}
+        )
+    assert ok.returncode == ExitCode.OK, ok.stderr
+    assert "sent as" not in ok.stdout
+    message = wait_for(watcher, Message)  # only dave's: carol2 sent nothing
+    assert (message.sender, message.text) == ("dave", "ok")
+
+
+def test_no_message_on_a_terminal_is_a_usage_error(server: tuple[str, int]) -> None:
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatctl", "send", "-p", str(server[1])],
+            stdin=follower,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert result.returncode == ExitCode.USAGE
+    assert "give MESSAGE as an argument, or pipe it on stdin" in result.stderr
+    assert_one_line_error(result)
+
+
+def test_send_help_does_not_promise_to_ask_for_a_nick() -> None:
+    result = run_chatctl("send", "--help")
+    assert result.returncode == 0
+    assert "join asks" not in result.stdout and "--require-nick" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("piped", "stored"),
+    [("one line\n", "one line"), ("crlf\r\n", "crlf"), ("two\nlines\n\n", "two\nlines\n")],
+)
+def test_one_final_newline_is_not_part_of_the_message(
+    server: tuple[str, int], watcher: Client, piped: str, stored: str
+) -> None:
+    result = send("-p", str(server[1]), stdin=piped)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert wait_for(watcher, Message).text == stored

@@ -54,6 +54,9 @@ class Adapter:
     # With TLS: the server first says this much in clear, up to and including these bytes
     # (NATS's INFO line), and the handshake follows; None: the handshake comes first.
     tls_after: bytes | None = None
+    # The bytes that leave a room cleanly at the end of a run on a live server (a chatctl
+    # room keeps its history; the others keep nothing); None: just close.
+    goodbye: Callable[[str | None], bytes] | None = None
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)
@@ -141,6 +144,12 @@ def _chatctl_publisher(pub: int, room: str, size: int) -> Callable[[int, int], b
     return lambda seq, ts: template % (seq, seq, ts)
 
 
+def _chatctl_goodbye(room: str | None) -> bytes:
+    """Part the room, then Bye: the room sees the bench client leave, not drop."""
+    part = p.encode(p.Part(room=room, reason="bench run over")) if room else b""
+    return part + p.encode(p.Bye(code=p.ErrorCode.NORMAL, reason="bench run over"))
+
+
 CHATCTL = Adapter(
     kind=Kind.chatctl,
     echo=False,
@@ -153,6 +162,7 @@ CHATCTL = Adapter(
     keepalive=p.encode(p.Ping(token=0)),
     farewell=p.HEADER.pack(p.MAGIC, p.Bye.TYPE, 0, 0)[:4],
     window=512,
+    goodbye=_chatctl_goodbye,
 )
 
 

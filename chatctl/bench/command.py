@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from chatctl.bench.adapters import Kind
 from chatctl.bench.local import local_server
 from chatctl.bench.params import SWEEPABLE, Params, Scenario
 from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
@@ -35,6 +36,18 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
     return name, items
 
 
+def kept_note(rooms: list[str]) -> str:
+    """The one line that says what a run against a live server leaves behind."""
+    names = ", ".join(f"#{r}" for r in rooms[:5]) + (
+        f" and {len(rooms) - 5} more" if len(rooms) > 5 else ""
+    )
+    which = "room" if len(rooms) == 1 else "rooms"
+    return (
+        f"note: the server keeps the messages of {which} {names} in its history (as long as "
+        "its retention allows: a server cannot delete a room); --room NAME reuses one room"
+    )
+
+
 @contextlib.contextmanager
 def _target(
     target: str | None, tls_ca: str | None, size: int
@@ -50,13 +63,19 @@ def _target(
 
 
 def run_series(
-    params: list[Params], target: str | None, tls_ca: str | None = None
+    params: list[Params],
+    target: str | None,
+    tls_ca: str | None = None,
+    kept: list[str] | None = None,
 ) -> list[RunResult]:
-    """Run each parameter set in turn against one target (a local server is started once)."""
+    """Run each parameter set in turn against one target (a local server is started once).
+    The rooms whose messages a live chatctl server keeps in its history are added to `kept`."""
     runs = []
     with _target(target, tls_ca, max(p.size for p in params)) as (t, pid):
         for p in params:
             plan = make_plan(p, t)
+            if kept is not None and t.kind is Kind.chatctl and not t.launched:
+                kept.extend(r for r in plan.rooms if r not in kept)
             total = 0 if not p.messages else plan.n_pubs * p.messages
             with LiveDisplay(p, total, describe(p)) as live:
                 runs.append(run_plan(plan, server_pid=pid, progress=live.update))
@@ -78,7 +97,8 @@ def run_bench(
         raise BadBenchOption(f"--csv {str(csv_path)!r}: no such directory {str(csv_path.parent)!r}")
     series = parse_sweep(sweep) if sweep else None
     params = [base.with_value(series[0], float(v)) for v in series[1]] if series else [base]
-    runs = run_series(params, target, tls_ca)
+    kept: list[str] = []
+    runs = run_series(params, target, tls_ca, kept)
     if json_out:
         write_json(runs, series, sys.stdout)
     else:
@@ -88,6 +108,8 @@ def run_bench(
             write_csv(runs, csv_path)
         except OSError as exc:
             raise ChatctlError(f"cannot write --csv {str(csv_path)!r}: {exc.strerror}") from None
+    if kept:
+        print(kept_note(kept), file=sys.stderr)
     if any(not r.verification.ok for r in runs if r.params.scenario is not Scenario.connect):
         return int(ExitCode.LOST)
     return 0

@@ -27,6 +27,7 @@ class Params:
     rate: float = 0.0  # per publisher; 0: as fast as the window allows
     warmup: float = 0.0
     workers: int = 2
+    room: str | None = None  # --room: the one room (or the stem of the rooms) every run uses
 
     def with_value(self, name: str, value: int | float) -> Params:
         return replace(self, **{name: type(getattr(self, name))(value)})

@@ -13,6 +13,9 @@ from chatctl.bench.adapters import ADAPTERS, Adapter, Kind
 from chatctl.bench.params import Params, Scenario
 from chatctl.bench.payload import MAX_PUBLISHERS, MIN_SIZE
 from chatctl.errors import ChatctlError, ExitCode
+from chatctl.names import ROOM_MAX, normalise_room
+
+ROOM_PREFIX = "bench-"  # every room a run makes is named so, for an operator to recognise
 
 
 class BadBenchOption(ChatctlError):
@@ -111,6 +114,11 @@ class Plan:
     pub_room: tuple[str, ...]  # by publisher index
     pub_client: tuple[int, ...]
 
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms the run uses, in order, each once."""
+        return list(dict.fromkeys(c.room for c in self.clients if c.room is not None))
+
     @functools.cached_property
     def _pubs_by_room(self) -> dict[str, list[int]]:
         rooms: dict[str, list[int]] = {}
@@ -169,15 +177,37 @@ class Plan:
         return out
 
 
+def room_names(params: Params, run_id: str) -> list[str]:
+    """The run's rooms: `bench-RUNID-...` (a new name each run), or with --room NAME that
+    room (fanout, room), or NAME-0 ... NAME-(R-1) (rooms): the same ones every run."""
+    s = params.scenario
+    n = {Scenario.fanout: 1, Scenario.room: 1, Scenario.rooms: params.rooms}.get(s, 0)
+    if params.room is None:
+        if s is Scenario.fanout:
+            return [f"{ROOM_PREFIX}{run_id}-fan"]
+        return [f"{ROOM_PREFIX}{run_id}-r{i}" for i in range(n)]
+    stem = normalise_room(params.room)
+    longest = stem if n <= 1 or stem is None else f"{stem}-{n - 1}"
+    if stem is None or longest is None or len(longest) > ROOM_MAX:
+        raise BadBenchOption(
+            f"--room {params.room!r}: not a valid room name (1-{ROOM_MAX} ASCII letters, "
+            "digits or _-., with room for -N suffixes in the rooms scenario)"
+        )
+    if n <= 1 or s is not Scenario.rooms:
+        return [stem] * min(n, 1)
+    return [f"{stem}-{i}" for i in range(n)]
+
+
 def make_plan(params: Params, target: Target) -> Plan:
     run_id = secrets.token_hex(3)
     base = f"b{run_id}"
     s = params.scenario
+    names = room_names(params, run_id)
     clients: list[Client] = []
     if s is Scenario.fanout:
         if params.publishers < 1 or params.subscribers < 1:
             raise BadBenchOption("fanout needs at least one publisher and one subscriber")
-        room = f"{base}fan"
+        room = names[0]
         clients += [
             Client(index=i, name=f"{base}p{i}", room=room, pub=i) for i in range(params.publishers)
         ]
@@ -190,7 +220,7 @@ def make_plan(params: Params, target: Target) -> Plan:
         if params.clients < 2:
             raise BadBenchOption(f"{s} needs at least two clients")
         clients += [
-            Client(index=i, name=f"{base}c{i}", room=f"{base}r{i % n_rooms}", pub=i, sub=i)
+            Client(index=i, name=f"{base}c{i}", room=names[i % n_rooms], pub=i, sub=i)
             for i in range(params.clients)
         ]
     else:

@@ -93,7 +93,9 @@ class RunResult:
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["params"] = {k: v for k, v in out["params"].items() if k != "scenario"}
+        # `room` (--room) is left out: schema 1's fields and CSV columns stay as they were;
+        # the rooms a run used are named on stderr (bench/command.py kept_note).
+        out["params"] = {k: v for k, v in out["params"].items() if k not in ("scenario", "room")}
         return {"schema": SCHEMA, **out}
 
 

@@ -50,6 +50,7 @@ PROGRESS_EVERY = 0.25
 KEEPALIVE_EVERY = 10.0
 DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the rest is lost
 NS = 1_000_000_000
+GOODBYE_WITHIN = 3.0  # seconds to leave a live server's rooms cleanly at the end
 FAREWELL_WITHIN = 1024  # bytes at the end of a read searched for a server's closing words
 
 
@@ -199,6 +200,37 @@ class Worker:
         self.finish()
         # Hold every connection until the parent has measured what it needs and says stop.
         self.wait_for("stop")
+        if not self.plan.target.launched:
+            self.say_goodbye()
+
+    def say_goodbye(self) -> None:
+        """On a live server: part every room and say Bye (the adapter's goodbye), then read
+        until the server closes, so that nothing unread makes our close a reset that could
+        lose them. Bounded by GOODBYE_WITHIN; a launched server is simply stopped instead."""
+        goodbye = self.adapter.goodbye
+        if goodbye is None:
+            return
+        live = [c for c in self.conns if not c.closed and c.sock is not None]
+        for c in live:
+            self.write(c, goodbye(c.spec.room))
+        deadline = time.monotonic() + GOODBYE_WITHIN
+        while (left := deadline - time.monotonic()) > 0:
+            live = [c for c in live if not c.closed]
+            if not live:
+                return
+            for key, _ in self.sel.select(min(left, 0.1)):
+                c = key.data
+                if not isinstance(c, Conn) or c.closed or c.sock is None:
+                    continue
+                self.flush(c)
+                try:
+                    data = c.sock.recv(MAX_READ)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.close(c)
 
     def connect_all(self) -> None:
         t = self.plan.target

@@ -60,17 +60,20 @@ from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Rec
 from chatctl.client.link import RECV_SIZE, InsecureLink, Link, Pacer, open_link
 from chatctl.client.session import ClientSession
 from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut, Untrusted
+from chatctl.names import room_key
 from chatctl.protocol import (
     Ack,
     Bye,
     ChangeNick,
     ConnectionClosed,
+    Error,
     ErrorCode,
     Event,
     Hello,
     History,
     ListRooms,
     Moderate,
+    Notice,
     Ping,
     Pong,
     ProtocolError,
@@ -346,15 +349,44 @@ class Client:
         return self._send_message(Tell(msg_id=self.new_msg_id(), to=nick, text=text, action=action))
 
     def join(self, room: str, *, history: int | None = None) -> None:
-        """Join `room` (remembered across reconnects). History replays with history=True."""
+        """Join `room`; it is in `rooms` (and remembered across reconnects) once the server
+        has confirmed it: `wait_joined`. History replays with history=True."""
         self._pace()
         with self._lock:
             self._write_all(self._session.join(room, history=history))
 
+    def wait_joined(self, room: str, timeout: float | None = None) -> bool | None:
+        """Wait for the answer to a `join`: True when we are in `room`, False when the join
+        was refused (the server's Error event says why) or the client is closed, None when
+        no answer came within `timeout`."""
+        return self._wait_answer(room, self._session.joining, timeout)
+
     def part(self, room: str, reason: str = "") -> None:
+        """Leave `room`: it leaves `rooms` at once; the server's answer is our Notice
+        (kind "left"), or an Error (NOT_IN_ROOM): `wait_parted`."""
         self._pace()
         with self._lock:
             self._write_all(self._session.part(room, reason))
+
+    def wait_parted(self, room: str, timeout: float | None = None) -> bool | None:
+        """Wait for the answer to a `part`: True once the server has answered it (or the
+        client is closed), None when no answer came within `timeout`."""
+        answered = self._wait_answer(room, self._session.parting, timeout)
+        return None if answered is None else True
+
+    def _wait_answer(
+        self, room: str, waiting: Callable[[str], bool], timeout: float | None
+    ) -> bool | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._acked:
+            while waiting(room):
+                if self._abandoned or self._finished.is_set():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._acked.wait(left)
+            return room_key(room) in self._session.rooms
 
     def change_nick(self, nick: str) -> None:
         """Ask for a new nick; the Notice(kind="renamed") that follows updates `self.nick`."""
@@ -687,11 +719,11 @@ class Client:
             link.receive(data)
 
     def _handle(self, link: Link, event: Event) -> None:
-        if isinstance(event, Pong):  # ours: a sync() or a keepalive
+        if isinstance(event, Pong):  # ours: a sync(), a keepalive, or the end of a Join
             done = self._syncs.get(event.token)
             if done is not None:
                 done.set()
-            return
+                return
         if isinstance(event, Bye):
             link.bye = event
             return
@@ -706,6 +738,11 @@ class Client:
                     self._answered(answer.request, None, Rejected(error.message, error.code))
         for answer in actions.emit:
             self._emit(answer)
+        if isinstance(event, (Notice, Pong, Error)):
+            # A join or part may have been answered: its waiters wake after the events that
+            # answer it were emitted, so that an application shows them first.
+            with self._acked:
+                self._acked.notify_all()
 
     def _answered(self, request: Say | Tell, ack: Ack | None, error: ChatctlError | None) -> None:
         """Resolve the message's Outgoing (under _lock) before its event is emitted."""

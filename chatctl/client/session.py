@@ -23,6 +23,13 @@ The rules:
   application sees every room in order; what the resume recovers is delivered unmarked
   (history=False: the stream simply goes on), and our own messages in it are left out, since
   their Delivered stand for them.
+- Joins: a room asked for with `join` is not one of `rooms` until the server confirms it.
+  The Join goes out between two Pings, whose Pongs bracket its answer (the server answers in
+  order): in between, the `joined` notice about us, or the HistoryEnd of the room (a server
+  that kept our session has us in the room already, and sends no notice), confirms it; when
+  the closing Pong comes without either, the join was refused (the server's Error said why)
+  and the room is forgotten. `joining(room)` says whether the answer is awaited. A Join not
+  answered when the connection drops is sent again after the next Welcome.
 - Login: the account and password go in every Hello, the first and each reconnect's. A
   `register` that the server confirms (Notice "registered") makes this session's nick its
   account, with that password, for the Hellos that follow. A Notice that we were kicked or
@@ -32,6 +39,7 @@ The rules:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,6 +73,9 @@ from chatctl.protocol import (
 )
 
 _DEFAULT_REPLAY_LIMIT = 1000  # a page, when the Welcome does not say (docs/protocol.md)
+# The tokens of the Pings that close a Join's answer: apart from Client.sync's (from 2**40)
+# and the keepalive's (seconds of a monotonic clock).
+_JOIN_TOKENS = 1 << 50
 
 F = TypeVar("F", bound=Event)
 
@@ -122,6 +133,18 @@ class _CatchUp:
         return more
 
 
+@dataclass(slots=True)
+class _Joining:
+    """A join waiting for its answer: the Join's `history`, and on this connection the tokens
+    of the Pings before and after it (None: not sent on this connection yet), and whether the
+    first one's Pong has come (what follows answers the Join)."""
+
+    history: int | None
+    before: int | None = None
+    after: int | None = None
+    answering: bool = False
+
+
 def _checked(frame: F) -> F:
     """`frame`, once it is known to encode: a request the session keeps (and re-sends after
     every reconnect) must fail now, in the caller, not later on the reader thread."""
@@ -168,6 +191,9 @@ class ClientSession:
         # news to it.
         self._parts: deque[tuple[str, bool]] = deque()
         self._pending: dict[str, Say | Tell] = {}  # by msg_id, in the order sent
+        # Rooms asked for but not confirmed yet, with their Join's history and Pings.
+        self._joining: dict[str, _Joining] = {}
+        self._tokens = itertools.count(_JOIN_TOKENS)
 
     @property
     def rooms(self) -> tuple[str, ...]:
@@ -185,6 +211,14 @@ class ClientSession:
     def last_seq(self, room: str) -> int | None:
         """The highest sequence number delivered (received or acknowledged) in `room`."""
         return self._last_seq.get(room_key(room))
+
+    def joining(self, room: str) -> bool:
+        """Whether a join of `room` waits for the server's answer."""
+        return room_key(room) in self._joining
+
+    def parting(self, room: str) -> bool:
+        """Whether a part of `room` waits for the server's answer."""
+        return room_key(room) in self._parted
 
     # -- the connection's life ---------------------------------------------------------------
 
@@ -214,6 +248,8 @@ class ClientSession:
             else:
                 self._catchup[room] = _CatchUp(cursor=after)
                 out.append(Join(room=room, after=after))
+        for room in list(self._joining):
+            out.extend(self._join_frames(room))
         out.extend(self._pending.values())
         return out
 
@@ -224,26 +260,54 @@ class ClientSession:
         self._catchup.clear()
         self._leaving.clear()
         self._parts.clear()
+        self._joining = {room: _Joining(j.history) for room, j in self._joining.items()}
 
     def abandon(self) -> None:
-        """The connection is lost for good: the messages never acknowledged are forgotten."""
+        """The connection is lost for good: the messages never acknowledged are forgotten,
+        and so are the joins never answered."""
         self.connection_lost()
         self._pending.clear()
+        self._joining.clear()
 
     # -- the application's requests -----------------------------------------------------------
 
     def join(self, room: str, *, history: int | None = None) -> list[Event]:
-        """Join `room` (remembered across reconnects)."""
+        """Join `room`: one of `rooms` (and remembered across reconnects) once the server
+        confirms it. Joining a room we are in asks for its replay and members again."""
         room = room_key(room)
         frame = _checked(Join(room=room, history=history))
-        self._rooms[room] = None
         self._parted.pop(room, None)
-        return [frame] if self.online else []
+        if room in self._rooms:
+            return [frame] if self.online else []
+        self._joining[room] = _Joining(history)
+        return self._join_frames(room)
+
+    def _join_frames(self, room: str) -> list[Event]:
+        """A Join between the two Pings that bracket its answer (nothing while offline)."""
+        if not self.online:
+            return []
+        joining = self._joining[room] = _Joining(
+            self._joining[room].history, next(self._tokens), next(self._tokens)
+        )
+        assert joining.before is not None and joining.after is not None
+        return [
+            Ping(token=joining.before),
+            Join(room=room, history=joining.history),
+            Ping(token=joining.after),
+        ]
+
+    def _confirm(self, room: str) -> None:
+        """The server has us in `room`, in answer to our Join."""
+        joining = self._joining.get(room)
+        if joining is not None and joining.answering:
+            del self._joining[room]
+            self._rooms[room] = None
 
     def part(self, room: str, reason: str = "") -> list[Event]:
         room = room_key(room)
         frame = _checked(Part(room=room, reason=reason))
         self._rooms.pop(room, None)
+        self._joining.pop(room, None)
         self._last_seq.pop(room, None)
         if self._catchup.pop(room, None) is not None:
             self._leaving.add(room)
@@ -273,16 +337,20 @@ class ClientSession:
     # -- the server's events ------------------------------------------------------------------
 
     def receive(self, event: Event) -> Actions:
-        """Take one event from the server, after the Welcome. Bye and Pong are the
-        connection's: they end it, and answer its own Ping."""
+        """Take one event from the server, after the Welcome. Bye is the connection's (it
+        ends it); a Pong comes here only when it may close a Join's answer."""
         if isinstance(event, Message):
             return Actions(emit=self._on_message(event))
         if isinstance(event, Ack):
             return Actions(emit=self._on_ack(event))
         if isinstance(event, HistoryEnd):
+            self._confirm(event.room)  # a join's replay ends so (with or without a notice)
             return self._on_history_end(event)
         if isinstance(event, Ping):
             return Actions(send=[Pong(token=event.token)])
+        if isinstance(event, Pong):
+            self._join_answered(event.token)
+            return Actions()
         if isinstance(event, Error):
             return Actions(emit=self._on_error(event))
         if isinstance(event, Gap):
@@ -306,7 +374,20 @@ class ClientSession:
                 self.nick = event.new_nick
             elif event.kind == "left":
                 self._part_answered(event.room)
+            elif event.kind == "joined":
+                self._confirm(event.room)  # the replay and Members follow
         return Actions(emit=[event])
+
+    def _join_answered(self, token: int) -> None:
+        """A Pong around a Join: the first starts its answer; at the second, a join not
+        confirmed was refused."""
+        for room, joining in self._joining.items():
+            if joining.before == token:
+                joining.answering = True
+                return
+            if joining.after == token:
+                del self._joining[room]
+                return
 
     def _is_me(self, name: str) -> bool:
         """Whether a moderation target names us: our nick, or our account."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from chatctl.errors import ChatctlError, ExitCode
-from chatctl.names import room_key
+from chatctl.names import ROOM_MAX, normalise_room, quote, room_key
 from chatctl.passwords import password_problem
 
 if TYPE_CHECKING:
@@ -25,6 +25,18 @@ if TYPE_CHECKING:
 
 DEFAULT_HISTORY = 20
 MAX_HISTORY = 10_000
+ANSWER_WAIT = 10.0  # seconds /join and /part wait for the server's answer
+
+
+def room_problem(room: str) -> str | None:
+    """Why the server would refuse `room` as a room name, in its own words (hub.py's
+    INVALID_ROOM error), or None for a valid name."""
+    if normalise_room(room) is not None:
+        return None
+    return (
+        f"{quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)"
+        " (invalid_room)"
+    )
 
 
 class CommandError(ChatctlError):
@@ -346,7 +358,11 @@ PIPE_REGISTER = (
 class Chat:
     """The state the two join modes share: the client and the current room. `ask_password`
     (the terminal's) asks for a new password twice and returns it, or raises CommandError;
-    without it, `/register` is refused."""
+    without it, `/register` is refused.
+
+    `/join` and `/part` wait (up to `answer_wait` seconds) for the server's answer before the
+    current room changes: a refused join leaves it as it was, and only the server's notices
+    say that we joined or left."""
 
     def __init__(
         self,
@@ -354,10 +370,12 @@ class Chat:
         room: str | None,
         *,
         ask_password: Callable[[], str] | None = None,
+        answer_wait: float = ANSWER_WAIT,
     ) -> None:
         self.client = client
         self.room = room
         self.ask_password = ask_password
+        self.answer_wait = answer_wait
 
     def run_line(self, line: str) -> Outcome:
         """Parse and run one line; an error becomes an info line."""
@@ -385,16 +403,9 @@ class Chat:
             case DirectMsg(nick=nick, text=text):
                 return Outcome(sent=client.tell(nick, text))
             case JoinRoom(room=room):
-                client.join(room)
-                self.room = room_key(room)
-                return Outcome()
+                return self._join(room)
             case PartRoom(room=room, reason=reason):
-                room = room_key(self._need_room(room))
-                client.part(room, reason)
-                if room == self.room:
-                    self.room = client.rooms[-1] if client.rooms else None
-                where = f"now in #{self.room}" if self.room else "in no room now"
-                return Outcome(info=[f"left #{room}; {where}"])
+                return self._part(room, reason)
             case ListRooms():
                 client.list_rooms()
                 return Outcome()
@@ -419,6 +430,37 @@ class Chat:
                 return Outcome()
         raise AssertionError(command)
 
+    def _where(self) -> str:
+        return f"still in #{self.room}" if self.room else "still in no room"
+
+    def _join(self, room: str) -> Outcome:
+        problem = room_problem(room)
+        if problem is not None:
+            raise CommandError(problem)
+        room = room_key(room)
+        self.client.join(room)
+        joined = self.client.wait_joined(room, self.answer_wait)
+        if joined is None:
+            return Outcome(info=[f"no answer to /join #{room} yet; {self._where()}"])
+        if joined:
+            self.room = room
+        return Outcome()  # the server's notice, or its error, says what happened
+
+    def _part(self, room: str | None, reason: str) -> Outcome:
+        room = room_key(self._need_room(room))
+        if room not in self.client.rooms:
+            raise CommandError(f"you are not in #{room} (not_in_room)")
+        self.client.part(room, reason)
+        if room == self.room:
+            self.room = self.client.rooms[-1] if self.client.rooms else None
+            where = f"now in #{self.room}" if self.room else "in no room now"
+        else:
+            where = ""
+        if self.client.wait_parted(room, self.answer_wait) is None:
+            return Outcome(info=[f"no answer to /part #{room} yet"])
+        # "left" is the server's to say (our own `left` notice); here only where we are now.
+        return Outcome(info=[where] if where else [])
+
     def _register(self) -> Outcome:
         if self.ask_password is None:
             raise CommandError(PIPE_REGISTER)
@@ -433,6 +475,7 @@ class Chat:
 
 
 __all__ = [
+    "ANSWER_WAIT",
     "CLEAR_TOPIC",
     "COMMANDS",
     "PIPE_REGISTER",
@@ -445,4 +488,5 @@ __all__ = [
     "format_command",
     "help_lines",
     "parse",
+    "room_problem",
 ]

@@ -3,17 +3,22 @@
 Slash commands work as on a terminal. At the end of stdin it waits until its own messages are
 acknowledged, then exits 0; `--count N` exits after N messages received (replayed history
 does not count); `--timeout` bounds the whole session. A lost connection exits with
-ExitCode.CONNECT unless `--reconnect` was given. Output formats: text, or JSON Lines
+ExitCode.CONNECT unless `--reconnect` was given. SIGTERM is a clean quit, as the bot's: it
+says Bye (the rooms see it leave) and exits 0. Output formats: text, or JSON Lines
 (schema in docs/join.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TextIO
 
 from chatctl.client import AnyEvent, Client, Closed, Refused
@@ -73,6 +78,8 @@ class PipeSession:
         self.stdout = stdout
         self.received = 0
         self.refused = 0
+        self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.terminated = threading.Event()  # SIGTERM: quit cleanly
         self._out_lock = threading.Lock()
         colour = stdout.isatty() and "NO_COLOR" not in os.environ
         self.text = TextRenderer(lambda: client.nick, colour=colour, single_line=True)
@@ -109,22 +116,41 @@ class PipeSession:
         elif isinstance(event, Refused):
             self.refused += 1
 
+    def _post_outcome(self, outcome: Outcome) -> None:
+        """From the stdin thread: shown by the main loop once the events queued before it
+        are printed (a /part's "now in #x" after the server's `left` notice)."""
+        self._outcomes.put(outcome)
+
+    def _show_outcomes(self) -> None:
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return
+            self.show_outcome(outcome)
+
     def run(self, first_room: str | None, deadline: float | None) -> int:
         client = self.client
-        reader = _Input(Chat(client, first_room), self.stdin, self.show_outcome)
+        reader = _Input(Chat(client, first_room), self.stdin, self._post_outcome)
         reader.thread.start()
         while True:
-            event = client.next_event(_TICK)
+            event = client.next_event(0)
+            if event is None:
+                self._show_outcomes()  # nothing queued before them is left to print
+                event = client.next_event(_TICK)
             if event is not None:
                 self._count(event)
                 self.show_event(event)
                 if isinstance(event, Closed):
+                    self._show_outcomes()
                     if event.error is not None:
                         raise event.error
                     return self._status()
                 if self.count is not None and self.received >= self.count:
                     return self._finish()
                 continue
+            if self.terminated.is_set():
+                return self._finish()  # Bye: the rooms see us leave
             if reader.quit is not None:
                 client.wait_acked(self._left(deadline))
                 return self._finish(reader.quit, sync_wait=self._sync_wait(deadline))
@@ -157,6 +183,7 @@ class PipeSession:
             if not isinstance(event, Closed):
                 self._count(event)
                 self.show_event(event)
+        self._show_outcomes()
         return self._status()
 
     def _expired(self) -> int:
@@ -169,6 +196,24 @@ class PipeSession:
             self._finish()
             raise TimedOut(f"{n} message(s) not acknowledged in {waited}")
         return self._finish()
+
+
+@contextlib.contextmanager
+def _quit_on_sigterm(terminated: threading.Event) -> Iterator[None]:
+    """While inside, SIGTERM sets `terminated` (the main loop then quits cleanly, exit 0)
+    instead of killing the process (exit 143) with the rooms seeing it dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        terminated.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_pipe(
@@ -192,7 +237,8 @@ def run_pipe(
         deadline = None if timeout is None else time.monotonic() + timeout
         # With --reconnect, a server that is not up yet is waited for too (within --timeout).
         client.connect(retry_for=session._left(deadline) if client.reconnect else 0)
-        return session.run(client.rooms[0] if client.rooms else None, deadline)
+        with _quit_on_sigterm(session.terminated):
+            return session.run(client.rooms[0] if client.rooms else None, deadline)
     except BrokenPipeError:
         # The reader of our output went away (`| head`): not an error, and no noise at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)

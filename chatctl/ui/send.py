@@ -2,7 +2,11 @@
 
 Exit codes (errors.ExitCode): 0 delivered; 3 nobody else received it (--require-recipient);
 4 could not connect; 5 rejected by the server (its error code in the message; a refused
-login with --account too); 6 timed out.
+login with --account too); 6 timed out; 8 the server gave another nick than the one asked
+for (--require-nick), and nothing was sent.
+
+The server gives a free variant of a nick that is taken (carol2 for carol): the receipt says
+so ("sent as carol2: carol is taken"; JSON: `nick` and `nick_asked`).
 Kept light: no typer, rich or prompt_toolkit here, so the command starts fast.
 """
 
@@ -14,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from chatctl.client.connection import Client, Outgoing, default_nick
-from chatctl.errors import ChatctlError, ExitCode, NoRecipient
+from chatctl.errors import ChatctlError, ExitCode, NickTaken, NoRecipient
 from chatctl.names import room_key
 from chatctl.protocol import Ack
 
@@ -24,29 +28,54 @@ if TYPE_CHECKING:
     from chatctl.client.trust import ServerTrust
 
 
+NO_MESSAGE = "no message: give MESSAGE as an argument, or pipe it on stdin"
+
+
 def _read_message(message: str | None) -> str:
     if message is not None and message != "-":
         return message
+    if message is None and sys.stdin.isatty():
+        # Nothing says a message is wanted from the keyboard: do not wait there silently.
+        raise ChatctlError(NO_MESSAGE, ExitCode.USAGE)
     try:
         text = sys.stdin.read()
     except UnicodeDecodeError:
         raise ChatctlError("stdin is not valid UTF-8", ExitCode.USAGE) from None
-    # Drop the newline(s) `echo` and editors add; inner newlines stay.
-    text = text.rstrip("\r\n")
+    return strip_newline(text)
+
+
+def strip_newline(text: str) -> str:
+    """`text` without the one newline (\n or \r\n) that ends a line of input: `echo` and
+    editors add it, and it is not part of the message. Any other newline stays."""
     if not text:
-        raise ChatctlError("no message: give MESSAGE, or pipe it on stdin", ExitCode.USAGE)
+        raise ChatctlError(NO_MESSAGE, ExitCode.USAGE)
+    text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+    if not text:
+        raise ChatctlError(NO_MESSAGE, ExitCode.USAGE)
     return text
 
 
-def receipt(out: Outgoing, ack: Ack) -> str:
+def nick_note(asked: str, got: str) -> str:
+    """What the receipt adds when the server gave another nick than the one asked for."""
+    if got == asked:
+        return ""
+    if got.casefold() == asked.casefold():
+        return f"; sent as {got}"
+    return f"; sent as {got}: {asked} is taken"
+
+
+def receipt(out: Outgoing, ack: Ack, *, nick: str = "", asked: str = "") -> str:
     request = out.request
     where = f"#{ack.room}" if ack.room else f"@{getattr(request, 'to', '')}"
     members = "member" if ack.recipients == 1 else "members"
     seq = f" seq {ack.seq}" if ack.seq else ""
-    return f"delivered to {where}{seq}, reached {ack.recipients} {members}"
+    note = nick_note(asked, nick) if asked and nick else ""
+    return f"delivered to {where}{seq}, reached {ack.recipients} {members}{note}"
 
 
-def receipt_record(out: Outgoing, ack: Ack) -> dict[str, object]:
+def receipt_record(
+    out: Outgoing, ack: Ack, *, nick: str = "", asked: str = ""
+) -> dict[str, object]:
     return {
         "msg_id": out.msg_id,
         "room": ack.room or None,
@@ -54,6 +83,8 @@ def receipt_record(out: Outgoing, ack: Ack) -> dict[str, object]:
         "seq": ack.seq,
         "ts": ack.ts,
         "recipients": ack.recipients,
+        "nick": nick,  # the nick it was sent as: the server's, which may differ from...
+        "nick_asked": asked,  # ...the one asked for (taken by someone else)
     }
 
 
@@ -68,6 +99,7 @@ def run_send(
     count: int = 1,
     json_out: bool = False,
     require_recipient: bool = False,
+    require_nick: bool = False,
     action: bool = False,
     timeout: float | None = 10.0,
     connect_timeout: float = 5.0,
@@ -78,10 +110,11 @@ def run_send(
     text = _read_message(message)
     deadline = None if timeout is None else time.monotonic() + timeout
     room = room_key(room)
+    asked = nick or account or default_nick()
     client = Client(
         host,
         port,
-        nick=nick or account or default_nick(),
+        nick=asked,
         rooms=(),  # the server takes a Say from a non-member: no join/leave noise
         connect_timeout=connect_timeout,
         tls=tls,
@@ -89,7 +122,12 @@ def run_send(
         password=password,
     )
     try:
-        client.connect()
+        welcome = client.connect()
+        if require_nick and welcome.nick != asked:
+            raise NickTaken(
+                f"not sent: the server gave the nick {welcome.nick}, not {asked} "
+                f"({asked} is taken; --require-nick)"
+            )
         outs = [
             client.tell(to, text, action=action) if to else client.say(room, text, action=action)
             for _ in range(count)
@@ -100,11 +138,12 @@ def run_send(
             acks.append(out.wait(left))
     finally:
         client.close()
+    got = welcome.nick
     for out, ack in zip(outs, acks, strict=True):
         if json_out:
-            print(json.dumps(receipt_record(out, ack)))
+            print(json.dumps(receipt_record(out, ack, nick=got, asked=asked)))
         else:
-            print(receipt(out, ack))
+            print(receipt(out, ack, nick=got, asked=asked))
     if require_recipient and any(ack.recipients == 0 for ack in acks):
         raise NoRecipient("nobody else received it")
     return 0

@@ -10,9 +10,11 @@ This is the only module that imports prompt_toolkit.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from prompt_toolkit import PromptSession
@@ -59,6 +61,7 @@ class ChatUI:
         self.known_rooms: set[str] = set(client.rooms)
         self.status = ""
         self.closed: Closed | None = None
+        self.terminated = False  # SIGTERM: quit cleanly
         self.session: PromptSession[str] | None = None
         self._lock = threading.Lock()
 
@@ -270,12 +273,31 @@ def run_tui(
         erase_when_done=True,  # the line comes back rendered, from its ack
     )
     ui.session = session
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        ui.terminated = True
+        ui._stop_prompt()  # the loop below ends, and the client says Bye: a clean quit
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        _chat(ui, client, session)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    closed = ui.closed
+    if closed is not None and closed.error is not None:
+        print(f"chatctl: {closed.error}", file=sys.stderr)
+        return int(closed.error.exit_code)
+    return 0
+
+
+def _chat(ui: ChatUI, client: Client, session: PromptSession[str]) -> None:
+    """The session until the user quits (or SIGTERM) or the client closes; then Bye."""
     reason = ""
     with patch_stdout(raw=True):
         welcome = client.welcome
         who = welcome_text(welcome) if welcome is not None else client.nick
         ui.show([f"connected to {client.addr} as {who}; /help lists the commands"])
-        while ui.closed is None:
+        while ui.closed is None and not ui.terminated:
             line = _read_line(ui, session)
             if line is None:
                 break
@@ -289,11 +311,6 @@ def run_tui(
                 reason = outcome.quit_reason
                 break
         client.close(reason)
-    closed = ui.closed
-    if closed is not None and closed.error is not None:
-        print(f"chatctl: {closed.error}", file=sys.stderr)
-        return int(closed.error.exit_code)
-    return 0
 
 
 __all__ = ["PASTE_CONFIRM_LINES", "ChatCompleter", "ChatUI", "run_tui"]
