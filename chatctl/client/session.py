@@ -23,13 +23,14 @@ The rules:
   application sees every room in order; what the resume recovers is delivered unmarked
   (history=False: the stream simply goes on), and our own messages in it are left out, since
   their Delivered stand for them.
-- Joins: a room asked for with `join` is not one of `rooms` until the server confirms it.
-  The Join goes out between two Pings, whose Pongs bracket its answer (the server answers in
-  order): in between, the `joined` notice about us, or the HistoryEnd of the room (a server
-  that kept our session has us in the room already, and sends no notice), confirms it; when
-  the closing Pong comes without either, the join was refused (the server's Error said why)
-  and the room is forgotten. `joining(room)` says whether the answer is awaited. A Join not
-  answered when the connection drops is sent again after the next Welcome.
+- Requests are matched to their answers by request id (`rid`, docs/protocol.md §6.7), never
+  by order: each Join and Part carries a fresh one, and every answer to it carries it back.
+- Joins: a room asked for with `join` is not one of `rooms` until the server confirms it: an
+  answer to its Join that is not an Error (the `joined` notice about us, the HistoryEnd, the
+  Members) confirms it; an Error with its rid refuses it (the Error says why), and the room is
+  forgotten. `joining(room)` says whether the answer is awaited. A Join not answered when the
+  connection drops is sent again after the next Welcome.
+- Parts: our `left` notice or an Error (NOT_IN_ROOM) with the Part's rid answers it.
 - Login: the account and password go in every Hello, the first and each reconnect's. A
   `register` that the server confirms (Notice "registered") makes this session's nick its
   account, with that password, for the Hellos that follow. A Notice that we were kicked or
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -75,7 +75,6 @@ from chatctl.protocol import (
 _DEFAULT_REPLAY_LIMIT = 1000  # a page, when the Welcome does not say (docs/protocol.md)
 # The tokens of the Pings that close a Join's answer: apart from Client.sync's (from 2**40)
 # and the keepalive's (seconds of a monotonic clock).
-_JOIN_TOKENS = 1 << 50
 
 F = TypeVar("F", bound=Event)
 
@@ -135,14 +134,11 @@ class _CatchUp:
 
 @dataclass(slots=True)
 class _Joining:
-    """A join waiting for its answer: the Join's `history`, and on this connection the tokens
-    of the Pings before and after it (None: not sent on this connection yet), and whether the
-    first one's Pong has come (what follows answers the Join)."""
+    """A join waiting for its answer: the Join's `history`, and the rid of the Join sent on
+    this connection ("" while not sent on this connection yet)."""
 
     history: int | None
-    before: int | None = None
-    after: int | None = None
-    answering: bool = False
+    rid: str = ""
 
 
 def _checked(frame: F) -> F:
@@ -186,14 +182,13 @@ class ClientSession:
         # connection, and a server that kept our session (resume token) would keep us in them,
         # so it is sent again after every Welcome until an answer comes.
         self._parted: dict[str, None] = {}
-        # The Parts in flight on this connection, oldest first (answers come in request
-        # order), each with whether the application asked for it: a re-send's answer is not
-        # news to it.
-        self._parts: deque[tuple[str, bool]] = deque()
+        # The Parts in flight on this connection, by rid: the room, and whether the
+        # application asked for it (a re-send's answer is not news to it).
+        self._parts: dict[str, tuple[str, bool]] = {}
         self._pending: dict[str, Say | Tell] = {}  # by msg_id, in the order sent
-        # Rooms asked for but not confirmed yet, with their Join's history and Pings.
+        # Rooms asked for but not confirmed yet, with their Join's history and rid.
         self._joining: dict[str, _Joining] = {}
-        self._tokens = itertools.count(_JOIN_TOKENS)
+        self._rids = itertools.count(1)
 
     @property
     def rooms(self) -> tuple[str, ...]:
@@ -239,8 +234,7 @@ class ClientSession:
         if welcome.account:
             self.account = welcome.account  # as the server spells it
         self.online = True
-        self._parts = deque((room, False) for room in self._parted)
-        out: list[Event] = [Part(room=room) for room in self._parted]
+        out: list[Event] = [self._part_frame(room, "", asked=False) for room in self._parted]
         for room in self._rooms:
             after = self._last_seq.get(room)
             if after is None:
@@ -282,24 +276,25 @@ class ClientSession:
         self._joining[room] = _Joining(history)
         return self._join_frames(room)
 
+    def _rid(self) -> str:
+        return f"c{next(self._rids)}"
+
     def _join_frames(self, room: str) -> list[Event]:
-        """A Join between the two Pings that bracket its answer (nothing while offline)."""
+        """The Join, with a fresh rid for its answer (nothing while offline)."""
         if not self.online:
             return []
-        joining = self._joining[room] = _Joining(
-            self._joining[room].history, next(self._tokens), next(self._tokens)
-        )
-        assert joining.before is not None and joining.after is not None
-        return [
-            Ping(token=joining.before),
-            Join(room=room, history=joining.history),
-            Ping(token=joining.after),
-        ]
+        joining = self._joining[room] = _Joining(self._joining[room].history, self._rid())
+        return [Join(room=room, history=joining.history, rid=joining.rid)]
 
-    def _confirm(self, room: str) -> None:
-        """The server has us in `room`, in answer to our Join."""
+    def _part_frame(self, room: str, reason: str, *, asked: bool) -> Part:
+        rid = self._rid()
+        self._parts[rid] = (room, asked)
+        return Part(room=room, reason=reason, rid=rid)
+
+    def _confirm(self, room: str, rid: str) -> None:
+        """An answer to our Join of `room` (not an Error): the server has us in it."""
         joining = self._joining.get(room)
-        if joining is not None and joining.answering:
+        if joining is not None and joining.rid and joining.rid == rid:
             del self._joining[room]
             self._rooms[room] = None
 
@@ -314,8 +309,7 @@ class ClientSession:
         self._parted[room] = None
         if not self.online:
             return []
-        self._parts.append((room, True))
-        return [frame]
+        return [self._part_frame(room, frame.reason, asked=True)]
 
     def register(self, password: str) -> list[Event]:
         """Make the current nick an account with `password`. Once the server confirms it,
@@ -344,12 +338,11 @@ class ClientSession:
         if isinstance(event, Ack):
             return Actions(emit=self._on_ack(event))
         if isinstance(event, HistoryEnd):
-            self._confirm(event.room)  # a join's replay ends so (with or without a notice)
+            self._confirm(event.room, event.rid)  # (a resumed session sends no notice)
             return self._on_history_end(event)
         if isinstance(event, Ping):
             return Actions(send=[Pong(token=event.token)])
         if isinstance(event, Pong):
-            self._join_answered(event.token)
             return Actions()
         if isinstance(event, Error):
             return Actions(emit=self._on_error(event))
@@ -373,21 +366,10 @@ class ClientSession:
             if event.kind == "renamed":
                 self.nick = event.new_nick
             elif event.kind == "left":
-                self._part_answered(event.room)
+                self._part_answered(event.rid)
             elif event.kind == "joined":
-                self._confirm(event.room)  # the replay and Members follow
+                self._confirm(event.room, event.rid)  # the replay and Members follow
         return Actions(emit=[event])
-
-    def _join_answered(self, token: int) -> None:
-        """A Pong around a Join: the first starts its answer; at the second, a join not
-        confirmed was refused."""
-        for room, joining in self._joining.items():
-            if joining.before == token:
-                joining.answering = True
-                return
-            if joining.after == token:
-                del self._joining[room]
-                return
 
     def _is_me(self, name: str) -> bool:
         """Whether a moderation target names us: our nick, or our account."""
@@ -474,23 +456,26 @@ class ClientSession:
             request = self._pending.pop(error.msg_id, None)
             if request is not None:
                 return [Refused(request=request, error=error)]
-        elif error.code == ErrorCode.NOT_IN_ROOM and self._parts:
-            # The oldest Part's answer (only a Part gets this one). For a re-sent Part it only
-            # says that the server had already forgotten us there.
-            room, asked = self._parts[0]
-            self._part_answered(room)
+        elif error.rid in self._parts:
+            # For a re-sent Part this only says that the server had forgotten us there.
+            asked = self._parts[error.rid][1]
+            self._part_answered(error.rid)
             if not asked:
                 return []
+        else:
+            for room, joining in list(self._joining.items()):
+                if joining.rid and joining.rid == error.rid:
+                    del self._joining[room]  # refused: the Error says why
         return [error]
 
-    def _part_answered(self, room: str) -> None:
+    def _part_answered(self, rid: str) -> None:
         """Forget a Part once answered, and the room as parted once no later Part for it is
         in flight: the server has us out of it."""
-        for i, (parted, _) in enumerate(self._parts):
-            if parted == room:
-                del self._parts[i]
-                break
-        if all(parted != room for parted, _ in self._parts):
+        answered = self._parts.pop(rid, None)
+        if answered is None:
+            return
+        room = answered[0]
+        if all(parted != room for parted, _ in self._parts.values()):
             self._parted.pop(room, None)
 
 
