@@ -526,7 +526,7 @@ Target = Annotated[
     typer.Option(
         "--target",
         envvar=_env("BENCH_TARGET"),
-        help="HOST:PORT of a chatctl server (tls://HOST:PORT over TLS, see --tls-ca), redis://HOST:PORT, nats://HOST:PORT or nats+tls://HOST:PORT. Default: start a local server.",
+        help="HOST:PORT of a chatctl server (tls://HOST:PORT over TLS, see --tls-ca), redis://HOST:PORT, nats://HOST:PORT, nats+tls://HOST:PORT or irc://HOST:PORT. Default: start a local server.",
     ),
 ]
 ScenarioArg = Annotated[

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from chatctl import protocol as p
 from chatctl.bench.adapters import ADAPTERS, Kind, SetupFailed
 from chatctl.bench.params import Params, Scenario
-from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
+from chatctl.bench.plan import TLS_SCHEMES, BadBenchOption, Target, make_plan, parse_target
 from chatctl.errors import ExitCode
 from tests.servers import run_chatctl
 
@@ -19,7 +19,7 @@ ports = st.integers(1, 65535)
 
 @given(st.sampled_from(list(Kind)), hosts, ports, st.booleans())
 def test_property_target_url_round_trips(kind: Kind, host: str, port: int, tls: bool) -> None:
-    tls = tls and kind is not Kind.redis  # tls:// (chatctl) and nats+tls:// only
+    tls = tls and kind in TLS_SCHEMES.values()  # tls:// (chatctl) and nats+tls:// only
     target = Target(kind=kind, host=host, port=port, tls=tls)
     assert parse_target(target.url) == target
 
@@ -112,6 +112,8 @@ REPLIES = {
     + p.encode(p.Members(room="r", nicks=["n"])),
     Kind.redis: b"*3\r\n$9\r\nsubscribe\r\n$1\r\nr\r\n:1\r\n",
     Kind.nats: b'INFO {"server_id":"x"}\r\nPONG\r\n',
+    Kind.irc: b":s 001 n :Welcome\r\n:s 376 n :End of MOTD\r\n:n!~n@h JOIN :#r\r\n"
+    b":s 353 n = #r :@n\r\n:s 366 n #r :End of NAMES list\r\n",
 }
 
 

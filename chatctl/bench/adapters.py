@@ -1,9 +1,9 @@
-"""The three targets behind one small interface: how to set a connection up, what a publish
+"""The four targets behind one small interface: how to set a connection up, what a publish
 looks like on the wire, and which bytes acknowledge it.
 
-Only set-up goes through real parsers (the chatctl sans-IO Connection, a few RESP and NATS
-replies). Once running, the subscriber side never parses frames: it finds payloads by their
-MARK (see scan.py), which none of the three framings can produce.
+Only set-up goes through real parsers (the chatctl sans-IO Connection, a few RESP, NATS and
+IRC replies). Once running, the subscriber side never parses frames: it finds payloads by their
+MARK (see scan.py), which none of the four framings can produce.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatctl import protocol as p
-from chatctl.bench.payload import payload_template
+from chatctl.bench.payload import MIN_SIZE, payload_template
 from chatctl.errors import ChatctlError
 
 
@@ -22,6 +22,7 @@ class Kind(enum.StrEnum):
     chatctl = "chatctl"
     redis = "redis"
     nats = "nats"
+    irc = "irc"
 
 
 class SetupFailed(ChatctlError):
@@ -57,6 +58,18 @@ class Adapter:
     # The bytes that leave a room cleanly at the end of a run on a live server (a chatctl
     # room keeps its history; the others keep nothing); None: just close.
     goodbye: Callable[[str | None], bytes] | None = None
+    # A server ping whose answer depends on what it says (IRC's PING :token, answered
+    # PONG :token): a fresh PingAnswers per connection; None: `pong` answers every `ping`.
+    answers: Callable[[], PingAnswers] | None = None
+    # The longest line the server takes (IRC: 512 bytes with CRLF), and how much longer the
+    # server makes a publish when it relays it (IRC: the sender's :nick!user@host prefix).
+    max_line: int = 0
+    relay_overhead: int = 0
+    # Connections each worker sets up at once (0: the worker's default): at most what the
+    # server's listen backlog takes, or connects beyond it wait out a SYN retransmission.
+    connect_parallel: int = 0
+    # Seconds of set-up deadline allowed per connection, beyond CONNECT_TIMEOUT.
+    setup_per_conn: float = 0.001
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)
@@ -82,6 +95,15 @@ class Adapter:
     def publisher(self, *, pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
         """A function (seq, ts) -> the bytes of one publish."""
         return _PUBLISHERS[self.kind](pub, room, size)
+
+    def max_size(self, room: str) -> int:
+        """The largest --size whose publishes (and their relayed copies) fit the server's
+        line limit; 0: no limit."""
+        if not self.max_line:
+            return 0
+        # The publish of a MIN_SIZE payload, less that payload: the framing around it.
+        framing = len(self.publisher(pub=0, room=room, size=MIN_SIZE)(0, 0)) - MIN_SIZE
+        return self.max_line - framing - self.relay_overhead
 
 
 MAX_SETUP_REPLY = 64 * 1024
@@ -268,14 +290,179 @@ NATS = Adapter(
     tls_after=b"\r\n",  # INFO {...}\r\n, then the client starts TLS
 )
 
+# IRC -----------------------------------------------------------------------------------------
+
+IRC_MAX_LINE = 512  # RFC 1459/2812: a message is at most 512 bytes, CRLF included
+# What a server puts in front of a relayed PRIVMSG, ":nick!~user@host ", allowed for when
+# checking --size: a bench nick and user of up to 20 bytes each and a host of up to 40.
+IRC_RELAY_OVERHEAD = 1 + 20 + 2 + 20 + 1 + 40 + 1
+IRC_ACK_EVERY = 16
+IRC_ACK_TOKEN = b"chatctl-bench"
+MAX_IRC_LINE_BUFFER = 8 * 1024  # an unfinished set-up line longer than this is not IRC
+MAX_IRC_SETUP = 1024 * 1024  # MOTD and NAMES of a big channel fit many times over
+# Error numerics that do not refuse anything: 422 ERR_NOMOTD (miniircd, without --motd).
+IRC_HARMLESS = {b"422"}
+
+
+def irc_channel(room: str) -> bytes:
+    return b"#" + room.encode()
+
+
+def irc_split(line: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """(prefix, COMMAND, params) of one IRC line without its CRLF (RFC 2812 2.3.1)."""
+    prefix = b""
+    if line.startswith(b":"):
+        prefix, _, line = line[1:].partition(b" ")
+    head, sep, trailing = line.partition(b" :")
+    words = head.split()
+    command = words[0].upper() if words else b""
+    params = words[1:] + ([trailing] if sep else [])
+    return prefix, command, params
+
+
+class IrcSetup(Setup):
+    """Register (NICK, USER, wait for 001), then JOIN the channel and wait for the end of its
+    NAMES (366). Answers any PING on the way; any error numeric or ERROR fails the set-up."""
+
+    def __init__(self, name: str, room: str | None, sub: bool, pub: bool) -> None:
+        self.nick = name.encode()
+        self.channel = irc_channel(room) if room is not None else None
+        self.buf = b""
+        self.seen = 0
+        self.first = b"NICK %s\r\nUSER %s 0 * :bench\r\n" % (self.nick, self.nick)
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        self.seen += len(data)
+        if self.seen > MAX_IRC_SETUP:
+            raise SetupFailed(f"irc: no end of set-up in {MAX_IRC_SETUP} bytes")
+        *lines, self.buf = (self.buf + data).split(b"\n")
+        if len(self.buf) > MAX_IRC_LINE_BUFFER:
+            raise SetupFailed(f"irc: a line of over {MAX_IRC_LINE_BUFFER} bytes")
+        out = b""
+        for raw in lines:
+            _, command, params = irc_split(raw.rstrip(b"\r"))
+            if command == b"PING":
+                out += b"PONG :%s\r\n" % (params[-1] if params else b"")
+            elif command == b"ERROR":
+                text = (params[-1] if params else b"").decode(errors="replace")
+                raise SetupFailed(f"irc server closed the connection: {text}")
+            elif command == b"001":
+                if self.channel is None:
+                    return out, True
+                out += b"JOIN %s\r\n" % self.channel
+            elif command == b"366" and len(params) >= 2 and self._is_ours(params[1]):
+                return out, True
+            elif len(command) == 3 and command[:1] in b"45" and command not in IRC_HARMLESS:
+                text = b" ".join(params[1:]).decode(errors="replace")
+                raise SetupFailed(f"irc server refused: {command.decode()} {text}")
+        return out, False
+
+    def _is_ours(self, channel: bytes) -> bool:
+        return self.channel is not None and channel.lower() == self.channel.lower()
+
+
+class PingAnswers:
+    """Answers a server's `PING token` with `PONG token`, fed a connection's receive segments
+    (see scan.py: each is the carried tail of the previous read, then `fresh` new bytes).
+
+    The worker calls `feed` only for a segment holding a new occurrence of `PING ` (found for
+    the whole round at once) or while a PING line begun earlier is still unfinished, so the
+    cost per message is nothing. A PING counts when the pattern ends among the new bytes; its
+    token runs to the end of the line, which may come reads later.
+    """
+
+    __slots__ = ("partial",)
+    PATTERN = b"PING "
+    MAX = IRC_MAX_LINE
+
+    def __init__(self) -> None:
+        self.partial: bytes | None = None  # the arguments of a PING whose line has not ended
+
+    def feed(self, segment: bytes, fresh: int) -> bytes:
+        out = []
+        at = 0
+        if self.partial is not None:
+            end = segment.find(b"\n", fresh)
+            if end < 0:
+                self.partial = (self.partial + segment[fresh:])[: self.MAX]
+                return b""
+            out.append(self._pong(self.partial + segment[fresh:end]))
+            self.partial = None
+            at = end + 1
+        pattern = self.PATTERN
+        while (found := segment.find(pattern, at)) >= 0:
+            start = found + len(pattern)
+            if start <= fresh:  # seen whole by an earlier read
+                at = found + 1
+                continue
+            end = segment.find(b"\n", start)
+            if end < 0:
+                self.partial = segment[start:][: self.MAX]
+                break
+            out.append(self._pong(segment[start:end]))
+            at = end + 1
+        return b"".join(out)
+
+    @staticmethod
+    def _pong(args: bytes) -> bytes:
+        return b"PONG " + args.rstrip(b"\r") + b"\r\n"
+
+
+def _irc_publisher(pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
+    head = _escape(b"PRIVMSG %s :" % irc_channel(room))
+    template = head + payload_template(pub, size) + b"\r\n"
+    # IRC has no acknowledgement of a PRIVMSG: a PING after every IRC_ACK_EVERY messages is
+    # answered (PONG) once the server has handled the messages before it, as with NATS.
+    with_ping = template + b"PING :" + IRC_ACK_TOKEN + b"\r\n"
+    last = IRC_ACK_EVERY - 1
+    return lambda seq, ts: (with_ping if seq % IRC_ACK_EVERY == last else template) % (seq, ts)
+
+
+def _irc_goodbye(room: str | None) -> bytes:
+    return b"QUIT :bench run over\r\n"
+
+
+IRC = Adapter(
+    kind=Kind.irc,
+    echo=False,  # a server does not send a PRIVMSG back to its sender
+    separate_pub_conn=False,
+    # ":server PONG server :chatctl-bench": the token cannot come from a payload, a nick
+    # or a channel of the run (payloads are hex digits and dots).
+    ack=b" :" + IRC_ACK_TOKEN + b"\r\n",
+    ack_every=IRC_ACK_EVERY,
+    refused=None,
+    ping=PingAnswers.PATTERN,
+    pong=b"",
+    keepalive=None,  # the server pings; PingAnswers answers
+    farewell=b"ERROR :",
+    # Small: ngircd closes a client whose unsent output reaches 32 KiB (not configurable),
+    # so a subscriber's share of what is in flight must stay well below it.
+    window=IRC_ACK_EVERY * 8,
+    goodbye=_irc_goodbye,
+    answers=PingAnswers,
+    max_line=IRC_MAX_LINE,
+    relay_overhead=IRC_RELAY_OVERHEAD,
+    # ngircd listens with a backlog of 10: two workers with 4 each stay below it.
+    connect_parallel=4,
+    # Each JOIN is announced to every member already there: set-up grows as N squared.
+    setup_per_conn=0.01,
+)
+
 _SETUPS: dict[Kind, Callable[[str, str | None, bool, bool], Setup]] = {
     Kind.chatctl: ChatctlSetup,
     Kind.redis: RedisSetup,
     Kind.nats: NatsSetup,
+    Kind.irc: IrcSetup,
 }
 _PUBLISHERS: dict[Kind, Callable[[int, str, int], Callable[[int, int], bytes]]] = {
     Kind.chatctl: _chatctl_publisher,
     Kind.redis: _redis_publisher,
     Kind.nats: _nats_publisher,
+    Kind.irc: _irc_publisher,
 }
-ADAPTERS: dict[Kind, Adapter] = {Kind.chatctl: CHATCTL, Kind.redis: REDIS, Kind.nats: NATS}
+ADAPTERS: dict[Kind, Adapter] = {
+    Kind.chatctl: CHATCTL,
+    Kind.redis: REDIS,
+    Kind.nats: NATS,
+    Kind.irc: IRC,
+}

@@ -53,9 +53,10 @@ class ServerFailed(ChatctlError):
 
 
 @contextlib.contextmanager
-def local_server(max_text: int = 0) -> Iterator[tuple[Target, int]]:
+def local_server(max_text: int = 0, data: str = ":memory:") -> Iterator[tuple[Target, int]]:
     """A `chatctl serve` subprocess for one run; yields its target and pid. Its text and frame
-    limits are raised to fit messages of `max_text` bytes."""
+    limits are raised to fit messages of `max_text` bytes; `data` is its --data (the suite
+    also measures a server with a data directory, the default SQLite store)."""
     limits: list[str] = []
     if max_text > DEFAULT_MAX_TEXT:
         # The server allows text only as long as its worst-case JSON escaping fits a frame.
@@ -65,7 +66,7 @@ def local_server(max_text: int = 0) -> Iterator[tuple[Target, int]]:
         log_path = Path(tmp) / "server.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "chatctl", "serve", *SERVER_ARGS, *limits],
+                [sys.executable, "-m", "chatctl", "serve", *_with_data(data), *limits],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -81,6 +82,12 @@ def local_server(max_text: int = 0) -> Iterator[tuple[Target, int]]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+
+
+def _with_data(data: str) -> list[str]:
+    args = list(SERVER_ARGS)
+    args[args.index("--data") + 1] = data
+    return args
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path) -> tuple[str, int]:
@@ -128,3 +135,14 @@ def rss_bytes(pid: int | None) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) `pid` has used so far, in seconds; None when unknown (Linux)."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None

@@ -51,7 +51,7 @@ TLS_SCHEMES = {"tls": Kind.chatctl, "nats+tls": Kind.nats}
 
 
 def parse_target(text: str, tls_ca: str | None = None) -> Target:
-    """A --target: HOST:PORT, chat://, tls://, redis://, nats:// or nats+tls://HOST:PORT.
+    """A --target: HOST:PORT, chat://, tls://, redis://, nats://, nats+tls:// or irc://HOST:PORT.
     `tls_ca` (--tls-ca) is kept for a TLS target only, as the clients ignore it for a plain
     address (it may come from the environment)."""
     original, kind, tls = text, Kind.chatctl, False
@@ -64,7 +64,7 @@ def parse_target(text: str, tls_ca: str | None = None) -> Target:
         if scheme not in {k.value for k in Kind}:
             raise BadBenchOption(
                 f"--target {original!r}: unknown scheme {scheme!r} "
-                "(chatctl, tls, redis, nats or nats+tls)"
+                "(chatctl, tls, redis, nats, nats+tls or irc)"
             )
         kind, text = Kind(scheme), rest
     try:
@@ -73,8 +73,8 @@ def parse_target(text: str, tls_ca: str | None = None) -> Target:
         address = None
     if address is None or address.port == 0:  # a bench target names its port
         raise BadBenchOption(
-            f"--target {original!r}: expected HOST:PORT, tls://HOST:PORT, redis://HOST:PORT "
-            "or nats://HOST:PORT"
+            f"--target {original!r}: expected HOST:PORT, tls://HOST:PORT, redis://HOST:PORT, "
+            "nats://HOST:PORT or irc://HOST:PORT"
         )
     return Target(
         kind=kind, host=address.host, port=address.port, tls=tls, tls_ca=tls_ca if tls else None
@@ -230,6 +230,15 @@ def make_plan(params: Params, target: Target) -> Plan:
         raise BadBenchOption(f"at most {MAX_PUBLISHERS} publishers")
     if params.size < MIN_SIZE:
         raise BadBenchOption(f"--size must be at least {MIN_SIZE} bytes")
+    adapter = target.adapter
+    for pub_room in dict.fromkeys(c.room or "" for c in pubs):
+        limit = adapter.max_size(pub_room)
+        if limit and params.size > limit:
+            raise BadBenchOption(
+                f"--size {params.size}: at most {limit} bytes for {target.kind} in room "
+                f"{pub_room!r} (a {target.kind} server takes lines of at most "
+                f"{adapter.max_line} bytes, and relays each message with the sender's prefix)"
+            )
     return Plan(
         params=params,
         target=target,

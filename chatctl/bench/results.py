@@ -71,6 +71,10 @@ class Server:
     rss_before: int
     rss_after: int
     per_connection: int
+    # CPU time (user + system) the server used from the start of publishing to the end of
+    # the run, and per message published in that time (0: unknown, or nothing published).
+    cpu_s: float = 0.0
+    cpu_per_message_ns: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from chatctl.bench.local import listening_pid, rss_bytes
+from chatctl.bench.local import cpu_seconds, listening_pid, rss_bytes
 from chatctl.bench.params import Scenario
 from chatctl.bench.plan import Plan, WorkerResult
 from chatctl.bench.results import RunResult, Server, merge
@@ -68,7 +68,9 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
         _gather(pipes, "spawned")
         _broadcast(pipes, ("connect",))
         # Set-up has its own deadline in each worker (CONNECT_TIMEOUT, longer for many).
-        ready = _gather(pipes, "ready", STALL_TIMEOUT + CONNECT_TIMEOUT + len(plan.clients) / 500)
+        per_conn = plan.target.adapter.setup_per_conn
+        wait = STALL_TIMEOUT + CONNECT_TIMEOUT + 2 * len(plan.clients) * per_conn
+        ready = _gather(pipes, "ready", wait)
         connected = sum(r[1] for r in ready)
         failed = sum(r[2] for r in ready)
         if failed and plan.params.scenario is not Scenario.connect:
@@ -77,11 +79,15 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
                 f"{failed} of {connected + failed} bench connections failed: {first_error}"
             )
         rss_after = rss_bytes(server_pid)
+        cpu_before = cpu_seconds(server_pid)
         if plan.params.scenario is Scenario.connect:
             _broadcast(pipes, ("stop",))
         else:
             _drive(plan, pipes, progress, started)
         parts: list[WorkerResult] = [r[1] for r in _gather(pipes, "result")]
+        cpu_after = cpu_seconds(server_pid)
+        cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else 0.0
+        sent = sum(sum(w.sent) for w in parts)
         rss_after = max(rss_after, rss_bytes(server_pid))
         _broadcast(pipes, ("stop",))
         elapsed = time.monotonic() - started
@@ -91,6 +97,8 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
             rss_before=rss_before,
             rss_after=rss_after,
             per_connection=max(per_conn, 0),
+            cpu_s=cpu,
+            cpu_per_message_ns=int(cpu * 1e9 / sent) if sent else 0,
         )
         clean = True
         return merge(plan, parts, elapsed_s=elapsed, server=server)

@@ -121,19 +121,25 @@ class RoundBuffer:
         return np.frombuffer(self.buf, dtype=np.uint8, count=self.pos)
 
     def segments_with(self, pattern: bytes) -> list[int]:
-        """Segments holding a complete, new occurrence of `pattern`, found by memchr on its
-        first byte: fast when that byte is rare in the stream (as "P" of a NATS PING is)."""
-        buf, first = self.buf, pattern[:1]
+        """Segments holding a complete, new occurrence of `pattern`, searched for whole
+        (bytes.find, in C) rather than by its first byte: "P" starts every IRC PRIVMSG line,
+        so a first-byte search would stop at every message. Cheap while the pattern is rare
+        (a NATS or IRC server's PING)."""
+        buf = self.buf
         found: list[int] = []
-        at = buf.find(first, 0, self.pos)
+        at = buf.find(pattern, 0, self.pos)
         while at >= 0:
             stop = at + len(pattern)
-            if buf.startswith(pattern, at):
-                i = bisect.bisect_right(self.starts, at) - 1
-                if self.fresh[i] < stop <= self.ends[i] and (not found or found[-1] != i):
-                    found.append(i)
-            at = buf.find(first, at + 1, self.pos)
+            i = bisect.bisect_right(self.starts, at) - 1
+            if self.fresh[i] < stop <= self.ends[i] and (not found or found[-1] != i):
+                found.append(i)
+            at = buf.find(pattern, at + 1, self.pos)
         return found
+
+    def segment(self, i: int) -> tuple[bytes, int]:
+        """Segment `i`'s bytes (its carried tail, then its new bytes) and where the new begin."""
+        start = self.starts[i]
+        return bytes(self.buf[start : self.ends[i]]), self.fresh[i] - start
 
     def count_new(self, i: int, pattern: bytes) -> int:
         return count_new(self.buf, pattern, self.starts[i], self.fresh[i], self.ends[i])

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from chatctl.bench.adapters import MAX_SETUP_REPLY, Adapter, Setup, SetupFailed
+from chatctl.bench.adapters import MAX_SETUP_REPLY, Adapter, PingAnswers, Setup, SetupFailed
 from chatctl.bench.histogram import Histogram
 from chatctl.bench.plan import ConnSpec, Plan, WorkerResult
 from chatctl.bench.scan import (
@@ -57,6 +57,7 @@ FAREWELL_WITHIN = 1024  # bytes at the end of a read searched for a server's clo
 class Conn:
     __slots__ = (
         "acked",
+        "answers",
         "blocked",
         "clear",
         "closed",
@@ -89,6 +90,7 @@ class Conn:
         self.blocked = False
         self.closed = False
         self.tls: TlsPipe | None = None  # with a TLS target
+        self.answers: PingAnswers | None = None  # an adapter's per-connection ping answers
         self.clear: bytes | None = None  # what the server says in clear before TLS starts
         # publisher state
         self.make: Callable[[int, int], bytes] | None = None
@@ -183,6 +185,7 @@ class Worker:
         self.last_delivery_ns = 0
         self.last_keepalive_ns = 0
         self.last_check_delivered = -1
+        self.unfinished_pings: set[Conn] = set()  # connections in the middle of a PING line
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -239,10 +242,12 @@ class Worker:
             self.tls_context = make_context(t.tls_ca)
         todo = deque(self.conns)
         inflight: set[Conn] = set()
-        deadline = time.monotonic() + CONNECT_TIMEOUT + len(self.conns) / 1000
+        allowance = len(self.conns) * self.adapter.setup_per_conn
+        deadline = time.monotonic() + CONNECT_TIMEOUT + allowance
         first = last = 0
+        parallel = self.adapter.connect_parallel or CONNECT_PARALLEL
         while todo or inflight:
-            while todo and len(inflight) < CONNECT_PARALLEL:
+            while todo and len(inflight) < parallel:
                 c = todo.popleft()
                 c.setup = self.adapter.setup(
                     name=c.spec.name, room=c.spec.room, sub=c.spec.sub >= 0, pub=c.spec.pub >= 0
@@ -255,6 +260,8 @@ class Worker:
                     self.fail(c, f"socket: {exc}")
                     continue
                 c.sock = sock
+                if self.adapter.answers is not None:
+                    c.answers = self.adapter.answers()
                 if self.tls_context is not None:
                     c.tls = TlsPipe(self.tls_context, t.host)
                     if self.adapter.tls_after is not None:
@@ -286,7 +293,8 @@ class Worker:
                     self.fail(c, str(exc))
             if time.monotonic() > deadline:
                 for c in inflight:
-                    self.fail(c, f"set-up not finished in {CONNECT_TIMEOUT:.0f} s")
+                    limit = CONNECT_TIMEOUT + allowance
+                    self.fail(c, f"set-up not finished in {limit:.0f} s")
                 inflight.clear()
                 for c in todo:
                     self.fail(c, "not attempted: set-up timed out")
@@ -639,8 +647,31 @@ class Worker:
                     break
         ping = self.adapter.ping
         if ping is not None:
-            for i in rnd.segments_with(ping):
-                self.write(seg_conns[i], self.adapter.pong)
+            hits = rnd.segments_with(ping)
+            if self.adapter.answers is None:
+                for i in hits:
+                    self.write(seg_conns[i], self.adapter.pong)
+            else:
+                self.answer_pings(seg_conns, hits)
+
+    def answer_pings(self, seg_conns: list[Conn], hits: list[int]) -> None:
+        """Pings whose answer repeats their token: the segments with a new PING, and those
+        of connections whose last PING line has not ended yet, go to their PingAnswers."""
+        rnd = self.round
+        todo = set(hits)
+        if self.unfinished_pings:
+            todo.update(i for i, c in enumerate(seg_conns) if c in self.unfinished_pings)
+        for i in sorted(todo):
+            c = seg_conns[i]
+            answers = c.answers
+            assert answers is not None
+            reply = answers.feed(*rnd.segment(i))
+            if answers.partial is None:
+                self.unfinished_pings.discard(c)
+            else:
+                self.unfinished_pings.add(c)
+            if reply:
+                self.write(c, reply)
 
     def count_acks(self, conns: list[Conn]) -> None:
         ack, refused, rnd = self.adapter.ack, self.adapter.refused, self.round
