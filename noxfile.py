@@ -58,8 +58,9 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Regenerate the results in docs/benchmarks.md (uses redis-server and nats-server if installed)."""
-    session.install("-e", ".")
+    """Regenerate the results in docs/benchmarks.md (uses redis-server, nats-server and ngircd if
+    installed; miniircd is installed here, for this session only)."""
+    session.install("-e", ".", "miniircd")
     session.run(
         "python", "-m", "benchmarks.suite", "--write", "docs/benchmarks.md", *session.posargs
     )
