@@ -200,7 +200,7 @@ def test_reconnects_keep_the_server_that_works() -> None:
             assert not back.new_session and c.token == token  # the same server resumed it
 
 
-def test_when_the_current_server_dies_the_next_is_tried_wrapping_around() -> None:
+def test_when_the_current_server_dies_the_next_is_tried() -> None:
     first_port = dead_port()  # down at first: the client starts on the second
     with contextlib.ExitStack() as second_up, running_server() as third:
         second = second_up.enter_context(running_server())
