@@ -8,6 +8,9 @@
 
 The scheme is case-insensitive; the port is 1 to 65535. A URL names its port or takes the
 default one. Sans-IO: no name is resolved here.
+
+A client command also takes several of them, comma-separated, to fail over in order
+(`parse_addresses`): `chat://h1:1060,tls://h2:1060`, each in any of the forms above.
 """
 
 from __future__ import annotations
@@ -87,4 +90,33 @@ def parse_address(text: str, default_port: int) -> Address:
     return Address(host, port, tls)
 
 
-__all__ = ["Address", "BadAddress", "format_addr", "parse_address"]
+def parse_addresses(text: str, default_port: int) -> list[Address]:
+    """The addresses a comma-separated `text` names, in order, each as `parse_address` reads
+    it (whitespace around each is ignored). Raises BadAddress naming the bad item; an empty
+    item is one."""
+    items = [item.strip() for item in text.split(",")]
+    addresses = []
+    for number, item in enumerate(items, 1):
+        where = f"address {number} of {len(items)} in {text!r}" if len(items) > 1 else ""
+        if not item:
+            raise BadAddress(f"{where or repr(text)}: the address is empty")
+        try:
+            addresses.append(parse_address(item, default_port))
+        except BadAddress as exc:
+            raise BadAddress(f"{where}: {exc}" if where else str(exc)) from None
+    return addresses
+
+
+def format_addresses(addresses: list[Address]) -> str:
+    """The text `parse_addresses` reads back as `addresses`: their URLs, comma-separated."""
+    return ",".join(map(str, addresses))
+
+
+__all__ = [
+    "Address",
+    "BadAddress",
+    "format_addr",
+    "format_addresses",
+    "parse_address",
+    "parse_addresses",
+]

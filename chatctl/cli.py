@@ -55,24 +55,26 @@ def root(
     """chatctl: serve, join, send, bench and bot."""
 
 
-def _server(
+def _servers(
     text: str, port: int, tls_ca: str | None, tls_fingerprint: str | None
-) -> tuple[Address, ServerTrust | None]:
-    """A client command's server address (address.py) and, for tls://, what it trusts."""
-    from chatctl.address import parse_address
+) -> tuple[list[Address], ServerTrust | None]:
+    """A client command's server addresses, in order (address.py: one, or several
+    comma-separated), and what the tls:// ones trust (each for its own HOST:PORT)."""
+    from chatctl.address import parse_addresses
     from chatctl.client.trust import client_trust
 
-    address = parse_address(text, port)
-    return address, client_trust(address.tls, tls_ca, tls_fingerprint)
+    addresses = parse_addresses(text, port)
+    return addresses, client_trust(any(a.tls for a in addresses), tls_ca, tls_fingerprint)
 
 
-def _password(account: str | None, host: str) -> str:
-    """The password for --account: $CHATCTL_PASSWORD, or asked for on a terminal."""
+def _password(account: str | None, addresses: list[Address]) -> str:
+    """The password for --account: $CHATCTL_PASSWORD, or asked for on a terminal (once, for
+    every server)."""
     if not account:
         return ""
     from chatctl.ui.login import account_password
 
-    return account_password(account, host)
+    return account_password(account, ",".join(dict.fromkeys(a.host for a in addresses)))
 
 
 def run(action: Callable[[], int | None]) -> None:
@@ -191,13 +193,12 @@ def join(
     def action() -> int | None:
         from chatctl.ui.join import run_join
 
-        address, tls = _server(host, port, tls_ca, tls_fingerprint)
+        addresses, tls = _servers(host, port, tls_ca, tls_fingerprint)
         return run_join(
-            host=address.host,
-            port=address.port,
+            addresses=addresses,
             tls=tls,
             account=account or "",
-            password=_password(account, address.host),
+            password=_password(account, addresses),
             nick=nick,
             rooms=room or [DEFAULT_ROOM],
             fmt=fmt.value,
@@ -241,14 +242,13 @@ def send(
     def action() -> int | None:
         from chatctl.ui.send import run_send
 
-        address, tls = _server(host, port, tls_ca, tls_fingerprint)
+        addresses, tls = _servers(host, port, tls_ca, tls_fingerprint)
         return run_send(
             message=message,
-            host=address.host,
-            port=address.port,
+            addresses=addresses,
             tls=tls,
             account=account or "",
-            password=_password(account, address.host),
+            password=_password(account, addresses),
             room=room or DEFAULT_ROOM,
             to=to,
             nick=nick,
@@ -313,8 +313,8 @@ def bench(
 @app.command(epilog=EXIT_CODES_HELP)
 def bot(
     ctx: typer.Context,
-    host: o.HostArg = BotConfig.host,
-    port: o.Port = BotConfig.port,
+    host: o.HostArg = DEFAULT_HOST,
+    port: o.Port = DEFAULT_PORT,
     nick: o.BotNick = BrainSettings.nick,
     room: o.Rooms = None,
     backend: o.BackendOpt = BotConfig.backend,
@@ -338,18 +338,16 @@ def bot(
     """Run an AI participant that answers in the chat (offline by default)."""
     from click.core import ParameterSource
 
-    from chatctl.address import parse_address
+    from chatctl.address import parse_addresses
 
     try:
-        address = parse_address(host, port)
+        addresses = parse_addresses(host, port)
     except ChatctlError as exc:
         raise typer.BadParameter(str(exc)) from None
     if account and ctx.get_parameter_source("nick") is ParameterSource.DEFAULT:
         nick = account  # logged in, the bot is called by its account's name
     config = BotConfig(
-        host=address.host,
-        port=address.port,
-        tls=address.tls,
+        servers=tuple(addresses),
         tls_ca=tls_ca,
         tls_fingerprint=tls_fingerprint,
         rooms=tuple(room or BotConfig.rooms),
@@ -376,7 +374,7 @@ def bot(
     def action() -> int | None:
         from chatctl.bot.runner import run_bot
 
-        return run_bot(dataclasses.replace(config, password=_password(account, address.host)))
+        return run_bot(dataclasses.replace(config, password=_password(account, addresses)))
 
     run(action)
 

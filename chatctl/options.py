@@ -59,7 +59,7 @@ HostArg = Annotated[
     str,
     typer.Argument(
         envvar=_env("HOST"),
-        help="Server: HOST, HOST:PORT, [IPV6]:PORT, chat://HOST:PORT or tls://HOST:PORT.",
+        help="Server: HOST, HOST:PORT, [IPV6]:PORT, chat://HOST:PORT or tls://HOST:PORT; or several, comma-separated, tried in order (failover).",
         show_default=True,
     ),
 ]
@@ -470,7 +470,7 @@ SendArgs = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="[HOST] [MESSAGE]",
-        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads it from stdin (none: only from a pipe or file, not a terminal). One final newline is not part of it.",
+        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT, or several comma-separated, tried in order; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads it from stdin (none: only from a pipe or file, not a terminal). One final newline is not part of it.",
         show_default=False,
     ),
 ]

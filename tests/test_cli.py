@@ -102,6 +102,17 @@ def test_bot_defaults_are_the_bot_config_defaults(captured: dict[str, object]) -
     assert BotConfig().host == ServerConfig().hosts[0] == DEFAULT_HOST
 
 
+def test_bot_takes_several_addresses_in_order(captured: dict[str, object]) -> None:
+    from chatctl.address import Address
+
+    result = invoke("bot", "chat://h1:1060, h2,tls://[::1]:7", "--port", "9")
+    assert result.exit_code == 0, result.output
+    bot = captured["bot"]
+    assert isinstance(bot, BotConfig)
+    assert bot.servers == (Address("h1", 1060), Address("h2", 9), Address("::1", 7, True))
+    assert (bot.host, bot.port, bot.tls) == ("h1", 1060, True)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "field", "value"),
     [

@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatctl.address import Address
 from chatctl.protocol import DEFAULT_HOST, DEFAULT_PORT
 from chatctl.server.config import DEFAULT_ROOM
 
@@ -48,9 +49,8 @@ class BrainSettings:
 class BotConfig:
     """Everything `chatctl bot` takes; `brain` holds what decides when it speaks."""
 
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    tls: bool = False  # a tls:// address
+    # The servers, tried in order (chatctl.client.Client fails over between them).
+    servers: tuple[Address, ...] = (Address(DEFAULT_HOST, DEFAULT_PORT),)
     tls_ca: str | None = None  # the CA file to trust instead of the system's
     tls_fingerprint: str | None = None  # the certificate's SHA-256, pinned (client/trust.py)
     rooms: tuple[str, ...] = (DEFAULT_ROOM,)
@@ -65,3 +65,18 @@ class BotConfig:
     account: str = ""  # the account to log in to; "" for a guest
     password: str = field(default="", repr=False)  # never shown in a repr or a log
     brain: BrainSettings = field(default_factory=BrainSettings)
+
+    @property
+    def host(self) -> str:
+        """The first server's host."""
+        return self.servers[0].host
+
+    @property
+    def port(self) -> int:
+        """The first server's port."""
+        return self.servers[0].port
+
+    @property
+    def tls(self) -> bool:
+        """Whether any server is a tls:// one."""
+        return any(address.tls for address in self.servers)

@@ -114,8 +114,7 @@ class Bot:
         self._noticed: dict[str, float] = {}
         self._pump: _Pump | None = None  # the reply being produced, if any
         self.client = Client(
-            config.host,
-            config.port,
+            config.servers,
             nick=config.brain.nick,
             rooms=config.rooms,
             connect_timeout=config.connect_timeout,

@@ -25,6 +25,17 @@ connection, its handshake and the pacer are link.py's). Every rule about what to
 acknowledgements, the resume after a reconnect: exactly once, in order) is the sans-IO
 `ClientSession`'s (session.py), which this module runs under one lock.
 
+Several servers: give a list of addresses (chatctl.address.Address) instead of host and port,
+`Client(parse_addresses("chat://h1:1060,tls://h2:1060", 1060), nick=...)`. Every connection,
+the first and each reconnect's, goes round them in order from the one last connected to (so a
+working server is kept, and a dead one's successor is tried next, wrapping around): a refused
+connection, a timeout, a server that is not TLS (or is, to chat://), an overloaded one, moves
+on to the next; a refusal that would be the same anywhere (a wrong password, an untrusted
+certificate, an unsupported version, InsecureLink) stops at once. The backoff applies to whole
+rounds. A tls:// address trusts `tls` (or, without it, the system's CAs), each judged for
+its own HOST:PORT; a chat:// one is plaintext. The session resumes on whichever server answers
+(a server that does not know the resume token starts a new session: `Reconnected.new_session`).
+
 To log in, give `account` and `password`: every Hello carries them, a reconnect's too (a
 password goes only over TLS or to a loopback address: link.InsecureLink otherwise).
 `register(password)` makes the current nick an account in the chat, and logs in with it
@@ -36,8 +47,9 @@ until every message is acknowledged. `connect(retry_for=...)` also retries a fir
 
 Thread safety: every public method may be called from any thread.
 
-At some 600 lines this module is still one thing: the Client class, its threads and locks,
-plus the two small types of its API (Backoff, Outgoing). What is not about threads lives
+At some 850 lines this module is still one thing: the Client class, its threads and locks,
+plus the two small types of its API (Backoff, Outgoing) and what decides a failover
+(moves_on, none_answered). What is not about threads lives
 beside it: the rules in session.py, one TCP connection in link.py, the events in events.py.
 """
 
@@ -50,12 +62,12 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from chatctl.address import format_addr
+from chatctl.address import Address
 from chatctl.client.events import AnyEvent, Closed, Delivered, Disconnected, Reconnected, Refused
 from chatctl.client.link import RECV_SIZE, InsecureLink, Link, Pacer, open_link
 from chatctl.client.session import ClientSession
@@ -104,10 +116,42 @@ _FINAL_BYE = frozenset(
 )
 # Bye codes that refuse the login: the application's error is Rejected, not a lost connection.
 _LOGIN_BYE = frozenset({ErrorCode.AUTH_REQUIRED, ErrorCode.LOGIN_FAILED})
-# Refusals of a Hello that may pass on a later attempt.
+# Refusals of a Hello that may pass on a later attempt, or at another server.
 _RETRYABLE_REFUSAL = frozenset(
     {ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.SERVER_SHUTDOWN, ErrorCode.SERVER_ERROR}
 )
+
+
+def moves_on(exc: ChatctlError) -> bool:
+    """Whether a failed connection attempt may do better at the next address: no connection,
+    no answer in time, not TLS (or TLS only: the server's MALFORMED_FRAME Bye to a plaintext
+    Hello), a server too busy or shutting down. Not a refusal that would be the same
+    anywhere: a login refused, an untrusted certificate, an unsupported version, a password
+    that may not go in clear."""
+    if isinstance(exc, Rejected):
+        return exc.code in _RETRYABLE_REFUSAL or exc.code == ErrorCode.MALFORMED_FRAME
+    return isinstance(exc, (ConnectFailed, TimedOut)) and not isinstance(exc, Untrusted)
+
+
+def _retry_later(exc: ChatctlError) -> bool:
+    """Whether a failed round may do better after a backoff: what moves on, but a server
+    that refused us for good (a TLS port for a plaintext address, the one address given)."""
+    if isinstance(exc, Rejected):
+        return exc.code in _RETRYABLE_REFUSAL
+    return moves_on(exc)
+
+
+def none_answered(failures: Sequence[ChatctlError]) -> ChatctlError:
+    """The error of a round in which every address failed: the one error when there was one
+    address, else what each said, briefly, in one line. Its exit code is theirs when they all
+    agree (all timed out: TimedOut), else ExitCode.CONNECT."""
+    if len(failures) == 1:
+        return failures[0]
+    said = "; ".join(str(exc) for exc in failures)
+    message = f"none of {len(failures)} servers answered: {said}"
+    if all(isinstance(exc, TimedOut) for exc in failures):
+        return TimedOut(message)
+    return ConnectFailed(message)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,8 +213,8 @@ class Client:
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str | Address | Sequence[Address],
+        port: int | None = None,
         *,
         nick: str,
         rooms: Iterable[str] = (),
@@ -185,11 +229,24 @@ class Client:
         account: str = "",
         password: str = "",
     ) -> None:
-        self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        # The connection speaks TLS: a context trusts its CAs (trust.client_context), a
-        # ServerTrust also certificates met before (trust on first use, trust.py).
+        if isinstance(host, str):
+            if port is None:
+                raise TypeError("Client(host, port): the port is missing")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            addresses: tuple[Address, ...] = (Address(host, port, tls is not None),)
+        else:
+            if port is not None:
+                raise TypeError("Client(addresses): each address names its port")
+            addresses = (host,) if isinstance(host, Address) else tuple(host)
+            if not addresses:
+                raise ValueError("Client(addresses): no address given")
+        # The servers, tried in order from the one last connected to (index _current).
+        self.addresses = addresses
+        self._current = 0
+        # What a tls:// address trusts: a context its CAs (trust.client_context), a
+        # ServerTrust also certificates met before (trust on first use, trust.py); None: the
+        # system's CAs (made when first needed).
         self.tls = tls
-        self.port = port
         self.connect_timeout = connect_timeout
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
@@ -252,8 +309,22 @@ class Client:
         return self._session.welcome
 
     @property
+    def address(self) -> Address:
+        """The server connected to, or last connected to (the first one before that)."""
+        return self.addresses[self._current]
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    @property
     def addr(self) -> str:
-        return format_addr(self.host, self.port)
+        """HOST:PORT of `address`."""
+        return self.address.hostport
 
     @property
     def connected(self) -> bool:
@@ -548,10 +619,41 @@ class Client:
 
     # -- connecting ----------------------------------------------------------------------------
 
+    def _trust(self, address: Address) -> ssl.SSLContext | ServerTrust | None:
+        """What a connection to `address` trusts: None for plaintext."""
+        if not address.tls:
+            return None
+        if self.tls is None:
+            from chatctl.client.trust import ServerTrust, client_context
+
+            self.tls = ServerTrust(client_context())
+        return self.tls
+
     def _open(self) -> tuple[Link, Welcome]:
+        """One round: each address in turn, from the current one, until one welcomes us.
+        Raises at once an error that another address would not cure (`moves_on`), else,
+        when none answered, what each said (`none_answered`)."""
         with self._lock:
             hello = self._session.hello()
-        return open_link(self.host, self.port, hello, self.connect_timeout, self.tls)
+        count = len(self.addresses)
+        failures: list[ChatctlError] = []
+        for step in range(count):
+            if step and self._stop.is_set():
+                break
+            index = (self._current + step) % count
+            address = self.addresses[index]
+            try:
+                link, welcome = open_link(
+                    address.host, address.port, hello, self.connect_timeout, self._trust(address)
+                )
+            except ChatctlError as exc:
+                if not moves_on(exc):
+                    raise
+                failures.append(exc)
+                continue
+            self._current = index
+            return link, welcome
+        raise none_answered(failures)
 
     def _adopt(self, link: Link, welcome: Welcome) -> None:
         """Make `link` the connection (under _lock) and send what the session starts it with:
@@ -563,8 +665,9 @@ class Client:
     def _open_retrying(
         self, deadline: float | None, *, wait_first: bool
     ) -> tuple[Link, Welcome, int]:
-        """_open() with backoff until it works: (link, welcome, attempts). Raises the last
-        error once stopped, out of attempts, past `deadline`, or refused for good."""
+        """_open() with backoff until it works: (link, welcome, attempts). An attempt is a
+        round of every address; the backoff is between rounds. Raises the last error once
+        stopped, out of attempts, past `deadline`, or refused for good (`_retry_later`)."""
         attempt = 0
         error: ChatctlError = ConnectFailed("not connected")
         while self.backoff.max_attempts is None or attempt < self.backoff.max_attempts:
@@ -578,17 +681,12 @@ class Client:
             try:
                 link, welcome = self._open()
                 return link, welcome, attempt
-            except Rejected as exc:
-                error = exc
-                if exc.code not in _RETRYABLE_REFUSAL:
-                    break
             except InsecureLink:
                 raise  # the same next time
-            except Untrusted as exc:  # the same certificate again, or worse
-                error = exc
-                break
             except ChatctlError as exc:
                 error = exc
+                if not _retry_later(exc):  # refused for good, or the same certificate again
+                    break
         raise error
 
     def _reconnect(self) -> bool:
@@ -606,8 +704,16 @@ class Client:
                 return self._give_up(old, ConnectFailed("closed"))
             if old is not None:
                 old.close()
+            token = self._session.token  # the one the Hello presented
             self._adopt(link, welcome)
-        self._emit(Reconnected(welcome=welcome, attempts=attempts))
+        self._emit(
+            Reconnected(
+                welcome=welcome,
+                attempts=attempts,
+                address=self.address,
+                new_session=bool(token) and welcome.token != token,
+            )
+        )
         return True
 
     def _give_up(self, old: Link | None, exc: ChatctlError) -> bool:
@@ -752,4 +858,4 @@ class Client:
         self._acked.notify_all()
 
 
-__all__ = ["Backoff", "Client", "Outgoing", "default_nick"]
+__all__ = ["Backoff", "Client", "Outgoing", "default_nick", "moves_on", "none_answered"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatctl.address import Address
 from chatctl.errors import ChatctlError
 from chatctl.protocol import Ack, Error, Event, Say, Tell, Welcome
 
@@ -41,10 +42,15 @@ class Disconnected:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Reconnected:
-    """Back after a drop; rooms rejoined, unacknowledged messages re-sent."""
+    """Back after a drop; rooms rejoined, unacknowledged messages re-sent. `address` is the
+    server it is back on (another one than before when the client fails over); with
+    `new_session` that server did not know the resume token (another server's, or one that
+    lost its data), so this is a new session there: rooms were joined anew."""
 
     welcome: Welcome
-    attempts: int
+    attempts: int  # rounds of the addresses
+    address: Address | None = None
+    new_session: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -7,8 +7,10 @@ anything else is chatctl.pipe. prompt_toolkit is imported only for the terminal.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from chatctl.address import Address
 from chatctl.client.connection import Backoff, Client, default_nick
 from chatctl.client.trust import ServerTrust
 from chatctl.names import room_key
@@ -44,8 +46,7 @@ def ask_trust(addr: str, fingerprint: str) -> bool:
 
 def run_join(
     *,
-    host: str,
-    port: int,
+    addresses: Sequence[Address],
     nick: str | None,
     rooms: list[str],
     fmt: str = "text",
@@ -58,8 +59,9 @@ def run_join(
     account: str = "",
     password: str = "",
 ) -> int:
-    """`account` and `password` log in (the password is the caller's to ask for); without
-    --nick, an account's nick is its name."""
+    """`addresses`: the servers, tried in order (client.connection.Client); `tls` is what
+    the tls:// ones trust. `account` and `password` log in (the password is the caller's to
+    ask for); without --nick, an account's nick is its name."""
     rooms = [room_key(r) for r in rooms]
     if isinstance(tls, ServerTrust) and sys.stdin.isatty() and sys.stderr.isatty():
         tls.confirm = ask_trust  # a person is there to ask about an unknown certificate
@@ -70,8 +72,7 @@ def run_join(
         from chatctl.ui.tui import run_tui
 
         return run_tui(
-            host=host,
-            port=port,
+            addresses=addresses,
             nick=nick,
             rooms=rooms,
             history=history,
@@ -84,8 +85,7 @@ def run_join(
     from chatctl.ui.pipe import run_pipe
 
     client = Client(
-        host,
-        port,
+        addresses,
         nick=nick or account or default_nick(),
         rooms=rooms,
         history=history,

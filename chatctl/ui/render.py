@@ -181,7 +181,7 @@ class TextRenderer:
                 more = "; reconnecting" if event.retrying else ""
                 return self.error(f"connection lost: {event.reason}{more}")
             case Reconnected():
-                return self.system(f"reconnected as {welcome_text(event.welcome)}")
+                return self.system(reconnected_text(event))
             case Closed():
                 return None if event.error is None else self.error(str(event.error))
         return None
@@ -261,6 +261,17 @@ def welcome_text(welcome: Welcome) -> str:
     if welcome.account:
         return f"{nick}, logged in as {sanitize(welcome.account, newline=' ')}"
     return nick
+
+
+def reconnected_text(event: Reconnected) -> str:
+    """The line after a reconnect, `reconnected to HOST:PORT as alice`: which server, since
+    with several addresses it may be another one than before, and whether that server
+    started a new session."""
+    where = f" to {event.address.hostport}" if event.address is not None else ""
+    text = f"reconnected{where} as {welcome_text(event.welcome)}"
+    if event.new_session:
+        text += " (a new session: the server did not know the old one)"
+    return text
 
 
 def event_record(event: AnyEvent) -> dict[str, Any] | None:
@@ -354,6 +365,8 @@ def event_record(event: AnyEvent) -> dict[str, Any] | None:
                 "reason": "",
                 "nick": event.welcome.nick,
                 "account": event.welcome.account,
+                "address": event.address.hostport if event.address is not None else "",
+                "new_session": event.new_session,
             }
         case Closed():
             return {"type": "status", "state": "closed", "reason": event.reason}
@@ -387,6 +400,7 @@ __all__ = [
     "gap_text",
     "json_line",
     "nick_colour",
+    "reconnected_text",
     "sanitize",
     "welcome_text",
 ]

@@ -7,6 +7,12 @@ for (--require-nick), and nothing was sent.
 
 The server gives a free variant of a nick that is taken (carol2 for carol): the receipt says
 so ("sent as carol2: carol is taken"; JSON: `nick` and `nick_asked`).
+
+Several addresses: they are tried in order until one accepts the connection (a wrong password,
+an untrusted certificate and the like stop at once), and if the connection is lost before
+the acknowledgements, the rest of them once more, from the one that was lost, with the same
+message ids (a server that stored a message before the loss acknowledges it without storing
+it twice). Exit 4 only when all fail; the error line says what each said.
 Kept light: no typer, rich or prompt_toolkit here, so the command starts fast.
 """
 
@@ -15,9 +21,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from chatctl.client.connection import Client, Outgoing, default_nick
+from chatctl.address import Address
+from chatctl.client.connection import Backoff, Client, Outgoing, default_nick
 from chatctl.errors import ChatctlError, ExitCode, NickTaken, NoRecipient
 from chatctl.names import room_key
 from chatctl.protocol import Ack
@@ -91,8 +99,7 @@ def receipt_record(
 def run_send(
     *,
     message: str | None,
-    host: str,
-    port: int,
+    addresses: Sequence[Address],
     room: str,
     to: str | None,
     nick: str | None,
@@ -112,14 +119,16 @@ def run_send(
     room = room_key(room)
     asked = nick or account or default_nick()
     client = Client(
-        host,
-        port,
+        addresses,
         nick=asked,
         rooms=(),  # the server takes a Say from a non-member: no join/leave noise
         connect_timeout=connect_timeout,
         tls=tls,
         account=account,
         password=password,
+        # With several servers, a connection lost before the acks gets one more round.
+        reconnect=len(addresses) > 1,
+        backoff=Backoff(max_attempts=1),
     )
     try:
         welcome = client.connect()
@@ -138,7 +147,7 @@ def run_send(
             acks.append(out.wait(left))
     finally:
         client.close()
-    got = welcome.nick
+    got = client.nick  # the last Welcome's (another server's, after a failover)
     for out, ack in zip(outs, acks, strict=True):
         if json_out:
             print(json.dumps(receipt_record(out, ack, nick=got, asked=asked)))

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ from chatctl.ui.render import TextRenderer, welcome_text
 if TYPE_CHECKING:
     import ssl
 
+    from chatctl.address import Address
     from chatctl.client.trust import ServerTrust
 
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
@@ -230,8 +231,7 @@ def _read_line(ui: ChatUI, session: PromptSession[str]) -> str | None:
 
 def run_tui(
     *,
-    host: str,
-    port: int,
+    addresses: Sequence[Address],
     nick: str | None,
     rooms: list[str],
     history: int | None,
@@ -248,8 +248,7 @@ def run_tui(
         if nick is None:
             return 0
     client = Client(
-        host,
-        port,
+        addresses,
         nick=nick,
         rooms=rooms,
         history=history,
