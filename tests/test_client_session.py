@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from dataclasses import replace
 
+import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -130,7 +130,10 @@ class ModelServer:
         else:
             self.start[room] = head = self.heads[room]
             first = max(self.trimmed[room] + 1, head - min(join.history or 0, REPLAY_LIMIT) + 1)
-            out += [replace(self.stored[room][s], history=True) for s in range(first, head + 1)]
+            out += [
+                msgspec.structs.replace(self.stored[room][s], history=True)
+                for s in range(first, head + 1)
+            ]
             out.append(HistoryEnd(room=room, head=head))
         out.append(Members(room=room, nicks=[ME]))
         return out
@@ -142,7 +145,10 @@ class ModelServer:
             out.append(Gap(room=room, first=first, last=self.trimmed[room]))
             first = self.trimmed[room] + 1
         last = min(first + REPLAY_LIMIT - 1, self.heads[room])
-        out += [replace(self.stored[room][s], history=True) for s in range(first, last + 1)]
+        out += [
+            msgspec.structs.replace(self.stored[room][s], history=True)
+            for s in range(first, last + 1)
+        ]
         out.append(HistoryEnd(room=room, head=self.heads[room]))
         return out
 
