@@ -1,7 +1,8 @@
 """Encode and decode cost per frame, for docs/protocol.md.
 
 Compares the JSON bodies chatctl uses with a hand-packed binary layout of the same Message
-frame (length-prefixed strings via struct), to justify the body encoding with a measurement.
+frame (length-prefixed strings via struct), to justify the body encoding with a measurement;
+also the server's fast encoders and a whole Say/Ack exchange through two Connections.
 
     python benchmarks/protocol_cost.py
 """
@@ -16,6 +17,7 @@ from chatctl import protocol as p
 TEXT = "x" * 100
 MESSAGE = p.Message(room="lobby", seq=123456, ts=1764000000000, sender="alice", text=TEXT)
 SAY = p.Say(msg_id="c1-000042", room="lobby", text=TEXT)
+ACK = p.Ack(msg_id="c1-000042", ts=1764000000000, recipients=1, room="lobby", seq=123456)
 
 
 def per_call_us(fn: object, number: int = 200_000) -> float:
@@ -23,24 +25,33 @@ def per_call_us(fn: object, number: int = 200_000) -> float:
     return best / number * 1e6
 
 
-def ready_server() -> p.Connection:
+def ready_pair() -> tuple[p.Connection, p.Connection]:
     client, server = p.Connection(p.Role.CLIENT), p.Connection(p.Role.SERVER)
     server.receive_data(client.send(p.Hello(version=1, nick="a")))
     server.next_event()
-    server.send(p.Welcome(protocol=1, server="s", version="v", nick="a", token="t"))
-    return server
+    client.receive_data(
+        server.send(p.Welcome(protocol=1, server="s", version="v", nick="a", token="t"))
+    )
+    client.next_event()
+    return client, server
 
 
 def main() -> None:
     say_frame = p.encode(SAY)
     message_frame = p.encode(MESSAGE)
-    server = ready_server()
+    client, server = ready_pair()
     batch = say_frame * 100
 
     def decode_batch() -> None:
         server.receive_data(batch)
         for _ in range(100):
             server.next_event()
+
+    def round_trip() -> None:
+        server.receive_data(client.send(SAY))
+        server.next_event()
+        client.receive_data(server.send(ACK))
+        client.next_event()
 
     # The binary alternative: fixed ints, then u16-length-prefixed UTF-8 strings.
     fixed = struct.Struct("!QQB")
@@ -80,12 +91,30 @@ def main() -> None:
             per_call_us(decode_batch, 2000) / 100,
             len(say_frame),
         ),
+        ("encode Ack (JSON)", per_call_us(lambda: p.encode(ACK)), len(p.encode(ACK))),
+        (
+            "encode_message (the server's fast path)",
+            per_call_us(
+                lambda: p.encode_message("lobby", 123456, 1764000000000, "alice", TEXT, False)
+            ),
+            len(message_frame),
+        ),
+        (
+            "encode_ack (the server's fast path)",
+            per_call_us(lambda: p.encode_ack("c1-000042", 1764000000000, 1, "lobby", 123456)),
+            len(p.encode(ACK)),
+        ),
+        (
+            "Connection round trip: Say sent and read, Ack sent and read",
+            per_call_us(round_trip, 50_000),
+            len(say_frame) + len(p.encode(ACK)),
+        ),
         ("encode Message (binary alternative)", per_call_us(bin_encode), len(packed) + 8),
         ("decode Message (binary alternative)", per_call_us(bin_decode), len(packed) + 8),
     ]
-    print(f"{'operation':45} {'µs/frame':>9} {'bytes':>6}")
+    print(f"{'operation':62} {'µs/frame':>9} {'bytes':>6}")
     for name, us, size in rows:
-        print(f"{name:45} {us:9.2f} {size:6d}")
+        print(f"{name:62} {us:9.2f} {size:6d}")
 
 
 if __name__ == "__main__":

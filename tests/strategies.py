@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
+import msgspec
 from hypothesis import strategies as st
 
 from chatctl import protocol as p
@@ -24,8 +24,8 @@ _BY_TYPE: dict[object, st.SearchStrategy[typing.Any]] = {
 
 
 def events_of(cls: type[p.Event]) -> st.SearchStrategy[p.Event]:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: _BY_TYPE[hints[f.name]] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)  # without Annotated: UInt reads as int
+    fields = {f.name: _BY_TYPE[hints[f.name]] for f in msgspec.structs.fields(cls)}
     return st.builds(cls, **fields)
 
 
@@ -33,5 +33,6 @@ ALL_FRAME_CLASSES = sorted(p.FRAME_TYPES.values(), key=lambda cls: cls.TYPE)
 any_event = st.one_of([events_of(cls) for cls in ALL_FRAME_CLASSES])
 
 # Events each side may send once the session is READY (Bye excluded: it ends the session).
-client_ready_events = st.one_of([events_of(cls) for cls in (*p.CLIENT_EVENTS[1:], p.Ping, p.Pong)])
-server_ready_events = st.one_of([events_of(cls) for cls in (*p.SERVER_EVENTS[1:], p.Ping, p.Pong)])
+PINGS: tuple[type[p.Event], ...] = (p.Ping, p.Pong)
+client_ready_events = st.one_of([events_of(cls) for cls in (*p.CLIENT_EVENTS[1:], *PINGS)])
+server_ready_events = st.one_of([events_of(cls) for cls in (*p.SERVER_EVENTS[1:], *PINGS)])

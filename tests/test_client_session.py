@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from dataclasses import replace
 
+import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -131,7 +131,10 @@ class ModelServer:
         else:
             self.start[room] = head = self.heads[room]
             first = max(self.trimmed[room] + 1, head - min(join.history or 0, REPLAY_LIMIT) + 1)
-            out += [replace(self.stored[room][s], history=True) for s in range(first, head + 1)]
+            out += [
+                msgspec.structs.replace(self.stored[room][s], history=True)
+                for s in range(first, head + 1)
+            ]
             out.append(HistoryEnd(room=room, head=head, rid=join.rid))
         out.append(Members(room=room, nicks=[ME], rid=join.rid))
         return out
@@ -143,7 +146,10 @@ class ModelServer:
             out.append(Gap(room=room, first=first, last=self.trimmed[room]))
             first = self.trimmed[room] + 1
         last = min(first + REPLAY_LIMIT - 1, self.heads[room])
-        out += [replace(self.stored[room][s], history=True) for s in range(first, last + 1)]
+        out += [
+            msgspec.structs.replace(self.stored[room][s], history=True)
+            for s in range(first, last + 1)
+        ]
         out.append(HistoryEnd(room=room, head=self.heads[room], rid=rid))
         return out
 
@@ -360,7 +366,7 @@ def resumed(session: ClientSession, replay_limit: int = REPLAY_LIMIT) -> list[Ev
 
 def bare(frames: list[Event]) -> list[Event]:
     """`frames` without their request ids (fresh ones the session makes up)."""
-    return [replace(f, rid="") if getattr(f, "rid", "") else f for f in frames]  # type: ignore[type-var]
+    return [msgspec.structs.replace(f, rid="") if getattr(f, "rid", "") else f for f in frames]
 
 
 def emitted(session: ClientSession, *frames: Event) -> list[AnyEvent]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
 
+import msgspec
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -187,7 +187,7 @@ def test_max_frame_size_is_bounded() -> None:
 def test_client_adopts_the_servers_announced_frame_limit() -> None:
     client = p.Connection(p.Role.CLIENT)
     client.send(p.Hello(version=1, nick="a"))
-    client.receive_data(p.encode(dataclasses.replace(WELCOME, limits={"max_frame": 1 << 20})))
+    client.receive_data(p.encode(msgspec.structs.replace(WELCOME, limits={"max_frame": 1 << 20})))
     client.next_event()
     assert client.max_frame_size == 1 << 20
 

@@ -39,11 +39,12 @@ The rules:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+import msgspec
 
 from chatctl.client.events import AnyEvent, Delivered, Refused
 from chatctl.errors import ChatctlError
@@ -120,7 +121,7 @@ class _CatchUp:
         last = gap.last if self.live_min is None else min(gap.last, self.live_min - 1)
         if last <= self.cursor:
             return None
-        news = dataclasses.replace(gap, first=max(gap.first, self.cursor + 1), last=last)
+        news = msgspec.structs.replace(gap, first=max(gap.first, self.cursor + 1), last=last)
         self.cursor, self.progressed = last, True
         return news
 
@@ -410,7 +411,7 @@ class ClientSession:
         if message.sender.casefold() == self.nick.casefold():
             return []  # ours, unacknowledged when we dropped: its Delivered stands for it
         # Missed while away, not old history: the stream simply continues.
-        return [dataclasses.replace(message, history=False)]
+        return [msgspec.structs.replace(message, history=False)]
 
     def _on_history_end(self, end: HistoryEnd) -> Actions:
         """Finish a resume (held live messages follow what it recovered), or ask for its next

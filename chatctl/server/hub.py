@@ -19,13 +19,14 @@ method, over one shared state (sessions, rooms, the store); a split would only s
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import hmac
 import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
+
+import msgspec
 
 from chatctl import __version__
 from chatctl.names import (
@@ -1152,7 +1153,7 @@ def _answering(cid: int, rid: str, out: list[Delivery], *, acked: bool = False) 
             answered.append(d)
             continue
         event = d.event
-        mine = encode(dataclasses.replace(event, rid=rid))  # type: ignore[type-var]
+        mine = encode(msgspec.structs.replace(event, rid=rid))
         if len(d.to) == 1:
             answered.append(Delivery(d.to, mine, d.skip))
         else:
