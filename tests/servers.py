@@ -448,3 +448,6 @@ def register(addr: tuple[str, int], name: str, password: str) -> None:
         assert raw.hello(name).nick == name
         raw.send(Register(password=password))
         raw.wait_for(Notice, lambda n: n.kind == "registered")
+        # Gone before this returns: a login right after must not find the nick still held.
+        raw.bye()
+        raw.wait_closed()
