@@ -467,3 +467,23 @@ def test_registration_stops_at_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     guest(hub, 1, "dave")
     [error] = answer(hub, 1, Register(password="dave-password"))
     assert type(error) is Error and "no more registrations" in error.message
+
+
+def test_oversized_logins_and_moderation_targets_are_refused_before_any_work() -> None:
+    hub, _ = make()
+    checked: list[Check] = []
+    hub.offload = lambda check: checked.append(check) or True  # type: ignore[func-returns-value]
+    for hello in (
+        Hello(version=1, nick="", account="alice", password="x" * 60_000),
+        Hello(version=1, nick="", account="a" * 60_000, password="alice-password"),
+    ):
+        [bye] = answer(hub, 1, hello, Origin())
+        assert type(bye) is Bye and bye.code == ErrorCode.LOGIN_FAILED
+    assert checked == []
+    hub, _ = make()
+    login(hub, 1, "alice")
+    hub.handle(1, Join(room="hr"), NOW)
+    [error] = answer(hub, 1, Moderate(room="hr", action="invite", target="b" * 60_000))
+    assert type(error) is Error and error.code == ErrorCode.INVALID_REQUEST
+    assert len(error.message) < 200
+    assert hub.rules.settings["hr"].invited == frozenset()

@@ -38,7 +38,13 @@ from chatctl.names import (
     normalise_room,
     quote,
 )
-from chatctl.passwords import dummy_hash, hash_password, password_problem, verify_password
+from chatctl.passwords import (
+    PASSWORD_MAX,
+    dummy_hash,
+    hash_password,
+    password_problem,
+    verify_password,
+)
 from chatctl.protocol import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -431,6 +437,11 @@ class Hub:
                     f"too many failed logins; try again in {math.ceil(wait)} s",
                 )
             ]
+        if len(hello.password) > PASSWORD_MAX or nick_problem(hello.account) is not None:
+            # No account is named so, and no password is that long: a failed login, counted,
+            # without a key derivation (and nothing that size is held while one waits).
+            self.logins.failed(_login_keys(Pending(hello, origin, "")), now_ms / 1000)
+            return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
         account = self.registry.account(hello.account)
         stored = account.password_hash if account is not None else dummy_hash()
         name = account.name if account is not None else ""

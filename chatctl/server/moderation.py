@@ -14,7 +14,7 @@ and hands it each Moderate request.
 
 from __future__ import annotations
 
-from chatctl.names import quote
+from chatctl.names import NICK_MAX, nick_problem, quote
 from chatctl.protocol import MODERATE_ACTIONS, ErrorCode
 from chatctl.store.registry import LIST_MAX, TOPIC_MAX, Registry, RoomSettings, account_key
 
@@ -114,8 +114,14 @@ class RoomRules:
         if action in OWNER_ONLY and not is_owner:
             raise Refusal(f"only the owner of #{room} names operators")
         who = account_key(target)
-        if action in ("invite", "uninvite", "kick", "ban", "unban", "op", "deop") and not who:
-            raise Refusal(f"{action} needs a target", ErrorCode.INVALID_REQUEST)
+        if action in ("invite", "uninvite", "kick", "ban", "unban", "op", "deop"):
+            if not who:
+                raise Refusal(f"{action} needs a target", ErrorCode.INVALID_REQUEST)
+            # Targets are nicks or accounts (which are nick-shaped): anything else could
+            # never match, and the lists must not hold big strings.
+            problem = nick_problem(target)
+            if problem is not None:
+                raise Refusal(f"{quote(target[:NICK_MAX])}: {problem}", ErrorCode.INVALID_REQUEST)
         if action in ("kick", "ban") and who == account_key(s.owner):
             raise Refusal(f"the owner of #{room} cannot be kicked or banned")
         if action in ("op", "deop") and self.registry.account(target) is None:
