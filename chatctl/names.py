@@ -8,8 +8,6 @@ ASCII only, so that look-alike letters cannot impersonate anyone.
 
 from __future__ import annotations
 
-import re
-
 NICK_MAX = 32
 ROOM_MAX = 64
 REASON_MAX = 200  # reasons are echoed to whole rooms: keep them short
@@ -18,7 +16,6 @@ MSG_ID_MAX = 64
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NICK_CHARS = _ALNUM | frozenset("_-[]{}\\|^`")
 _ROOM_CHARS = _ALNUM | frozenset("_-.")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 def nick_problem(nick: str) -> str | None:
@@ -44,16 +41,19 @@ def normalise_room(name: str) -> str | None:
     return room.lower()
 
 
+def room_problem(name: str) -> str | None:
+    """Why `name` is not a room name, in the words of the server's INVALID_ROOM error, or
+    None for a valid one."""
+    if normalise_room(name) is not None:
+        return None
+    return f"{quote(name)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)"
+
+
 def room_key(name: str) -> str:
     """What a client compares and shows: the canonical name the server will stamp on the
     room's frames, or, for a name the server will refuse, the name as typed (so that the
     server's error names what the user wrote)."""
     return normalise_room(name) or name
-
-
-def looks_like_token(token: str) -> bool:
-    """Whether `token` has the shape of a resume token (16-64 of [A-Za-z0-9_-])."""
-    return _TOKEN.fullmatch(token) is not None
 
 
 def clip_reason(reason: str) -> str:

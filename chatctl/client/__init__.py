@@ -4,6 +4,8 @@
   acknowledgements, the resume after a reconnect (re-sends, paged catch-up, exactly once).
 - `connection.py`: `Client`, the I/O: a blocking socket, a reader thread, reconnect with
   `Backoff`, pacing, `Outgoing` handles, events to a queue or a callback.
+- `link.py`: one TCP or TLS connection and its handshake; the pacer.
+- `trust.py`: what a TLS client trusts: CAs, then trust on first use (`known_servers`).
 - `events.py`: the client's own events (`Delivered`, `Refused`, `Disconnected`,
   `Reconnected`, `Closed`), delivered next to the protocol's.
 """

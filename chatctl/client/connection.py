@@ -83,6 +83,7 @@ from chatctl.protocol import (
     Event,
     Hello,
     History,
+    HistoryEnd,
     ListRooms,
     Moderate,
     Notice,
@@ -825,7 +826,7 @@ class Client:
             link.receive(data)
 
     def _handle(self, link: Link, event: Event) -> None:
-        if isinstance(event, Pong):  # ours: a sync(), a keepalive, or the end of a Join
+        if isinstance(event, Pong):  # ours: a sync() or a keepalive
             done = self._syncs.get(event.token)
             if done is not None:
                 done.set()
@@ -844,7 +845,7 @@ class Client:
                     self._answered(answer.request, None, Rejected(error.message, error.code))
         for answer in actions.emit:
             self._emit(answer)
-        if isinstance(event, (Notice, Pong, Error)):
+        if isinstance(event, (Notice, HistoryEnd, Error)):
             # A join or part may have been answered: its waiters wake after the events that
             # answer it were emitted, so that an application shows them first.
             with self._acked:

@@ -26,8 +26,8 @@ The rules:
 - Requests are matched to their answers by request id (`rid`, docs/protocol.md §6.7), never
   by order: each Join and Part carries a fresh one, and every answer to it carries it back.
 - Joins: a room asked for with `join` is not one of `rooms` until the server confirms it: an
-  answer to its Join that is not an Error (the `joined` notice about us, the HistoryEnd, the
-  Members) confirms it; an Error with its rid refuses it (the Error says why), and the room is
+  answer to its Join that is not an Error (the `joined` notice about us, or the HistoryEnd)
+  confirms it; an Error with its rid refuses it (the Error says why), and the room is
   forgotten. `joining(room)` says whether the answer is awaited. A Join not answered when the
   connection drops is sent again after the next Welcome.
 - Parts: our `left` notice or an Error (NOT_IN_ROOM) with the Part's rid answers it.
@@ -74,8 +74,6 @@ from chatctl.protocol import (
 )
 
 _DEFAULT_REPLAY_LIMIT = 1000  # a page, when the Welcome does not say (docs/protocol.md)
-# The tokens of the Pings that close a Join's answer: apart from Client.sync's (from 2**40)
-# and the keepalive's (seconds of a monotonic clock).
 
 F = TypeVar("F", bound=Event)
 
@@ -292,10 +290,17 @@ class ClientSession:
         self._parts[rid] = (room, asked)
         return Part(room=room, reason=reason, rid=rid)
 
+    def _joined_by(self, rid: str) -> str | None:
+        """The room whose Join on this connection carries `rid`, if one waits for it."""
+        if rid:
+            for room, joining in self._joining.items():
+                if joining.rid == rid:
+                    return room
+        return None
+
     def _confirm(self, room: str, rid: str) -> None:
         """An answer to our Join of `room` (not an Error): the server has us in it."""
-        joining = self._joining.get(room)
-        if joining is not None and joining.rid and joining.rid == rid:
+        if self._joined_by(rid) == room:
             del self._joining[room]
             self._rooms[room] = None
 
@@ -333,7 +338,7 @@ class ClientSession:
 
     def receive(self, event: Event) -> Actions:
         """Take one event from the server, after the Welcome. Bye is the connection's (it
-        ends it); a Pong comes here only when it may close a Join's answer."""
+        ends it); a Pong answers nothing here (a keepalive's)."""
         if isinstance(event, Message):
             return Actions(emit=self._on_message(event))
         if isinstance(event, Ack):
@@ -464,9 +469,9 @@ class ClientSession:
             if not asked:
                 return []
         else:
-            for room, joining in list(self._joining.items()):
-                if joining.rid and joining.rid == error.rid:
-                    del self._joining[room]  # refused: the Error says why
+            refused = self._joined_by(error.rid)
+            if refused is not None:
+                del self._joining[refused]  # the Error says why
         return [error]
 
     def _part_answered(self, rid: str) -> None:

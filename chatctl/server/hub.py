@@ -12,8 +12,9 @@ queues more than the connection's output queue can take (`replay_room`) and repo
 (`Hub.last_cost`) for the loop's rate meter; the rooms the server knows are capped
 (`total_rooms`) and creating one asks the loop's per-address allowance (`may_create_room`).
 
-About 700 lines, kept as one: it is the rule book of docs/protocol.md §6, one request kind a
-method, over one shared state (sessions, rooms, the store); a split would only scatter it.
+Kept as one module: it is the rule book of docs/protocol.md §6, one request kind a method, over
+one shared state (sessions, rooms, the store); a split would only scatter it. Room settings and
+who may moderate live in moderation.py, the key derivation of logins in verifier.py.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from chatctl.names import (
     nick_problem,
     normalise_room,
     quote,
+    room_problem,
 )
 from chatctl.passwords import (
     PASSWORD_MAX,
@@ -333,9 +335,9 @@ class Hub:
 
         A Bye among them means: send it, then close that connection. `replay_room`, for a
         Join or History: how many more bytes the connection's output queue may take. The
-        replay is cut to it (as well as to `replay_limit` and half of `max_output`); a
-        History for which not even one message fits is refused with `208 RATE_LIMITED`,
-        while a Join still joins, with the replay that fits. None: no such cut. `origin`,
+        replay is cut to it (as well as to `replay_limit` and half of `max_output`), but
+        always carries one message at least, so that paging progresses. None: no such cut.
+        `origin`,
         with a Hello: where the connection comes from (default: a secure connection of
         unknown address).
 
@@ -357,6 +359,7 @@ class Hub:
             error = Error(
                 code=ErrorCode.INVALID_REQUEST,
                 message=f"a rid has at most {MSG_ID_MAX} characters",
+                msg_id=getattr(event, "msg_id", "")[:MSG_ID_MAX],  # a Say's or Tell's
                 rid=rid[:MSG_ID_MAX],
             )
             return [deliver((cid,), error)]
@@ -428,7 +431,8 @@ class Hub:
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "this server has no accounts (--auth off)")]
         if not origin.secure:
             return [_bye(cid, ErrorCode.LOGIN_FAILED, INSECURE)]
-        wait = self.logins.wait(_login_keys(Pending(hello, origin, "")), now_ms / 1000)
+        keys = _login_keys(hello, origin)
+        wait = self.logins.wait(keys, now_ms / 1000)
         if wait > 0:
             return [
                 _bye(
@@ -440,7 +444,7 @@ class Hub:
         if len(hello.password) > PASSWORD_MAX or nick_problem(hello.account) is not None:
             # No account is named so, and no password is that long: a failed login, counted,
             # without a key derivation (and nothing that size is held while one waits).
-            self.logins.failed(_login_keys(Pending(hello, origin, "")), now_ms / 1000)
+            self.logins.failed(keys, now_ms / 1000)
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
         account = self.registry.account(hello.account)
         stored = account.password_hash if account is not None else dummy_hash()
@@ -466,7 +470,9 @@ class Hub:
                 # at many accounts from one address is bounded by the verifier's queue).
                 guess = _guess(pending.event)
                 if guess not in self._guesses:
-                    self.logins.failed(_login_keys(pending)[1:], now_ms / 1000)
+                    self.logins.failed(
+                        _login_keys(pending.event, pending.origin)[1:], now_ms / 1000
+                    )
                 self._guesses[guess] = self._guesses.get(guess, 0) + 1
             return []
         return self._finish(check.cid, pending, result, now_ms)
@@ -499,7 +505,7 @@ class Hub:
         if type(event) is Register:
             return self._registered(cid, pending, str(result), now_ms)
         hello: Hello = event  # type: ignore[assignment]
-        keys = _login_keys(pending)
+        keys = _login_keys(hello, pending.origin)
         if result is not True or not pending.account:
             self.logins.failed(keys[:1] if counted else keys, now_ms / 1000)
             return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
@@ -541,8 +547,9 @@ class Hub:
             problem = nick_problem(nick)
             if problem is not None:
                 return [control(cid, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
-            if self._reserved_for_other(nick, account):
-                nick = account or nick
+            reserved = self._reserved_for_other(nick, account)  # a registry lookup: once
+            if reserved and account:
+                nick = account
             holder = self.nicks.get(nick.casefold())
             if (
                 holder is not None
@@ -551,7 +558,7 @@ class Hub:
                 and (account_key(account) == nick.casefold())
             ):
                 out += self._rename(holder, self._free_variant(holder.nick), now_ms)
-            elif holder is not None or (not account and self._reserved_for_other(nick, "")):
+            elif holder is not None or (reserved and not account):
                 nick = self._free_variant(nick)
             session = Session(cid, nick, token if valid else self._token_for(account))
             session.account = account
@@ -691,7 +698,7 @@ class Hub:
                     Error(code=ErrorCode.EMPTY_TEXT, message="the message is empty", msg_id=msg_id),
                 )
             ]
-        if len(text) > self.max_text // 4 and len(text.encode("utf-8")) > self.max_text:
+        if len(text) > self._text_check_from and len(text.encode("utf-8")) > self.max_text:
             return [
                 deliver(
                     (cid,),
@@ -906,10 +913,7 @@ class Hub:
         )
         # Everyone, the parting member included, hears it: that is the member's confirmation.
         out = [deliver(room.targets, notice)]
-        room.remove(cid)
-        del session.rooms[name]
-        if not room.members:
-            self._vacate(name)
+        self._leave(session, name)
         return out
 
     def _change_nick(self, session: Session, change: ChangeNick, now_ms: int) -> list[Delivery]:
@@ -1173,10 +1177,9 @@ def _answering(cid: int, rid: str, out: list[Delivery], *, acked: bool = False) 
     return answered
 
 
-def _login_keys(pending: Pending) -> tuple[str, str]:
+def _login_keys(hello: Hello, origin: Origin) -> tuple[str, str]:
     """What a login's failures count against: its client address and the account."""
-    hello: Hello = pending.event  # type: ignore[assignment]
-    return (f"address {pending.origin.client}", f"account {account_key(hello.account)}")
+    return (f"address {origin.client}", f"account {account_key(hello.account)}")
 
 
 def _guess(hello: Hello) -> tuple[str, str]:
@@ -1206,11 +1209,4 @@ def _refuse(cid: int, code: ErrorCode, message: str, msg_id: str = "") -> Delive
 
 
 def _bad_room(cid: int, room: str, msg_id: str = "") -> Delivery:
-    return deliver(
-        (cid,),
-        Error(
-            code=ErrorCode.INVALID_ROOM,
-            message=f"{quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)",
-            msg_id=msg_id[:MSG_ID_MAX],
-        ),
-    )
+    return _refuse(cid, ErrorCode.INVALID_ROOM, room_problem(room) or "", msg_id)

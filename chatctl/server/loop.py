@@ -14,7 +14,7 @@ holds a connection's state and output queue. Each loop turn:
 `Server` can be driven programmatically (tests run it in a thread): `bind()`, `run()`, and
 `stop()`, which is safe from any thread and from a signal handler; main.py runs it for the CLI.
 
-About 700 lines, kept as one: a connection's life (accept, read, write, timers, the ways it
+Kept as one module: a connection's life (accept, read, write, timers, the ways it
 ends) is one state machine over the peer's flags, and splitting it would scatter those flags.
 """
 

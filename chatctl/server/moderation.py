@@ -76,15 +76,11 @@ class RoomRules:
     def owns(self, room: str, account: str) -> bool:
         """Whether `account` ("" for a guest) owns `room`."""
         s = self.settings.get(room)
-        return bool(account) and s is not None and account_key(account) == account_key(s.owner)
+        return s is not None and _owned_by(s, account)
 
     @staticmethod
     def _belongs(s: RoomSettings, identity: str, account: str) -> bool:
-        return (
-            identity in s.invited
-            or identity in s.ops
-            or (bool(account) and account_key(account) == account_key(s.owner))
-        )
+        return identity in s.invited or identity in s.ops or _owned_by(s, account)
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -108,7 +104,7 @@ class RoomRules:
         if s is None or not s.owner:
             raise Refusal(f"nobody owns #{room}: it cannot be moderated")
         key = account_key(account) if account else ""
-        is_owner = bool(key) and key == account_key(s.owner)
+        is_owner = _owned_by(s, account)
         if not (is_owner or (key and key in s.ops)):
             raise Refusal(f"only the owner and operators of #{room} may do that")
         if action in OWNER_ONLY and not is_owner:
@@ -158,6 +154,10 @@ class RoomRules:
             self.restricted.add(settings.room)
         else:
             self.restricted.discard(settings.room)
+
+
+def _owned_by(s: RoomSettings, account: str) -> bool:
+    return bool(account) and account_key(account) == account_key(s.owner)
 
 
 def _added(names: frozenset[str], name: str) -> frozenset[str]:

@@ -41,7 +41,7 @@ from chatctl.address import format_addr
 from chatctl.errors import ChatctlError
 from chatctl.fingerprint import certificate_fingerprint
 from chatctl.protocol import Bye, ErrorCode, encode
-from chatctl.server.transport import SEND_BUFFER, WRITE_CHUNK, Buffer
+from chatctl.server.transport import WRITE_CHUNK, Buffer, tune
 
 TLS_HANDSHAKE = 0x16  # the content type of the first record a TLS client sends
 CERT_FILE = "tls-cert.pem"
@@ -72,12 +72,7 @@ class TlsTransport:
     )
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        except OSError:
-            pass
+        tune(sock)
         self.sock = sock
         self.fileno: Callable[[], int] = sock.fileno
         self.close: Callable[[], None] = sock.close
@@ -278,7 +273,7 @@ def setup(
         return TlsSetup(context, f"{cert_path} ({fingerprint(cert_path.read_bytes())})")
     if not self_signed:
         return None
-    from chatctl.store.url import MEMORY, default_data_dir
+    from chatctl.store.url import MEMORY, data_directory
 
     if data == MEMORY:
         cert_pem, key_pem = make_self_signed(hosts)
@@ -292,8 +287,7 @@ def setup(
             shutil.rmtree(scratch, ignore_errors=True)
         where = "self-signed, in memory for this run only"
         return TlsSetup(context, f"{where} ({fingerprint(cert_pem)})")
-    directory = Path(data).expanduser() if data else default_data_dir()
-    cert_path, key_path = ensure_self_signed(directory, hosts)
+    cert_path, key_path = ensure_self_signed(data_directory(data), hosts)
     context = server_context(cert_path, key_path)
     return TlsSetup(context, f"self-signed {cert_path} ({fingerprint(cert_path.read_bytes())})")
 

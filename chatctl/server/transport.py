@@ -84,6 +84,22 @@ SEND_BUFFER = 256 * 1024  # bytes; the kernel doubles it for its bookkeeping
 WRITE_CHUNK = 256 * 1024
 
 
+def tune(sock: socket.socket) -> None:
+    """An accepted socket, set up for the loop (every transport's)."""
+    sock.setblocking(False)
+    try:
+        # Frames are whole when sent: Nagle would only delay replies and small fan-outs.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A fixed kernel buffer instead of autotuning (which grows a reader's to 4 MB): what
+        # a client does not read waits in the server's queue, counted against --max-output
+        # and --total-output, not in kernel memory nobody limits (100 readers that never
+        # read held 268 MB there, and the kernel's memory pressure then slowed every
+        # connection).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError:
+        pass
+
+
 class TcpTransport:
     """Plain TCP over a non-blocking socket."""
 
@@ -91,18 +107,7 @@ class TcpTransport:
     backlog = 0  # the kernel has everything `send` took
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        try:
-            # Frames are whole when sent: Nagle would only delay replies and small fan-outs.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # A fixed kernel buffer instead of autotuning (which grows a reader's to 4 MB):
-            # what a client does not read waits in the server's queue, counted against
-            # --max-output and --total-output, not in kernel memory nobody limits (100
-            # readers that never read held 268 MB there, and the kernel's memory pressure
-            # then slowed every connection).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        except OSError:
-            pass
+        tune(sock)
         self.sock = sock
         self.recv_into: Callable[[bytearray, int], int] = sock.recv_into
         self.send: Callable[[Buffer], int] = sock.send

@@ -22,6 +22,11 @@ def default_data_dir() -> Path:
     return base / "chatctl"
 
 
+def data_directory(data: str | None) -> Path:
+    """The directory a `--data` value other than ':memory:' names (None: the default)."""
+    return Path(data).expanduser() if data else default_data_dir()
+
+
 def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> Store:
     """The store for `--data`: ':memory:' keeps nothing; a directory (default: the XDG state
     directory, created if needed) holds a durable SQLite store. Raises ChatctlError with a
@@ -30,8 +35,7 @@ def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> 
         return MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
     from chatctl.store.sqlite import SqliteStore
 
-    directory = Path(data).expanduser() if data else default_data_dir()
-    return SqliteStore(directory, retain_messages=retain_messages, retain_age=retain_age)
+    return SqliteStore(data_directory(data), retain_messages=retain_messages, retain_age=retain_age)
 
 
 def open_registry(data: str | None, *, busy_timeout_ms: int = 2000) -> Registry:
@@ -44,5 +48,4 @@ def open_registry(data: str | None, *, busy_timeout_ms: int = 2000) -> Registry:
         return MemoryRegistry()
     from chatctl.store.registry_sqlite import SqliteRegistry
 
-    directory = Path(data).expanduser() if data else default_data_dir()
-    return SqliteRegistry(directory, busy_timeout_ms=busy_timeout_ms)
+    return SqliteRegistry(data_directory(data), busy_timeout_ms=busy_timeout_ms)

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from chatctl import names
 from chatctl.errors import ChatctlError, ExitCode
-from chatctl.names import ROOM_MAX, normalise_room, quote, room_key
+from chatctl.names import room_key
 from chatctl.passwords import password_problem
 
 if TYPE_CHECKING:
@@ -29,14 +30,10 @@ ANSWER_WAIT = 10.0  # seconds /join and /part wait for the server's answer
 
 
 def room_problem(room: str) -> str | None:
-    """Why the server would refuse `room` as a room name, in its own words (hub.py's
-    INVALID_ROOM error), or None for a valid name."""
-    if normalise_room(room) is not None:
-        return None
-    return (
-        f"{quote(room)} is not a valid room name (1-{ROOM_MAX} ASCII letters, digits or _-.)"
-        " (invalid_room)"
-    )
+    """Why the server would refuse `room` as a room name, in its own words and with the
+    error's name, as an Error is shown; None for a valid name."""
+    problem = names.room_problem(room)
+    return None if problem is None else f"{problem} (invalid_room)"
 
 
 class CommandError(ChatctlError):

@@ -55,8 +55,6 @@ def _read_message(message: str | None) -> str:
 def strip_newline(text: str) -> str:
     """`text` without the one newline (\n or \r\n) that ends a line of input: `echo` and
     editors add it, and it is not part of the message. Any other newline stays."""
-    if not text:
-        raise ChatctlError(NO_MESSAGE, ExitCode.USAGE)
     text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
     if not text:
         raise ChatctlError(NO_MESSAGE, ExitCode.USAGE)
