@@ -512,6 +512,11 @@ TRANSITIONS: dict[tuple[State, Role, type[Event]], State] = {
     **{(State.READY, _C, cls): State.READY for cls in (*CLIENT_EVENTS[1:], *_PINGS)},
     **{(State.READY, _S, cls): State.READY for cls in (*SERVER_EVENTS[1:], *_PINGS)},
 }
+# The same table by (state, sender), as Connection looks it up once per frame: an Enum in a
+# key is hashed in Python, a class in C.
+_MOVES: dict[tuple[State, Role], dict[type[Event], State]] = {}
+for (_state, _sender, _cls), _next in TRANSITIONS.items():
+    _MOVES.setdefault((_state, _sender), {})[_cls] = _next
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,6 +758,10 @@ class Connection:
         self.their_role = Role.SERVER if our_role is Role.CLIENT else Role.CLIENT
         self.max_frame_size = max_frame_size
         self.state = State.START
+        # The moves open to each side from `_moves_state`, refreshed when the state changes.
+        self._moves_state = State.START
+        self._their_moves = _MOVES.get((State.START, self.their_role), {})
+        self._our_moves = _MOVES.get((State.START, our_role), {})
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -846,7 +855,13 @@ class Connection:
         self._transition(self.our_role, event, LocalProtocolError)
 
     def _transition(self, sender: Role, event: Event, exc: type[ProtocolError]) -> None:
-        new_state = TRANSITIONS.get((self.state, sender, type(event)))
+        state = self.state
+        if state is not self._moves_state:
+            self._moves_state = state
+            self._their_moves = _MOVES.get((state, self.their_role), {})
+            self._our_moves = _MOVES.get((state, self.our_role), {})
+        moves = self._their_moves if sender is self.their_role else self._our_moves
+        new_state = moves.get(type(event))
         if new_state is None:
             raise exc(
                 f"{type(event).__name__} may not be sent by the {sender.value} in state {self.state.value}",

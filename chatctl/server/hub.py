@@ -761,16 +761,10 @@ class Hub:
         else:
             members = room.members
             recipients = len(members) - (cid in members)
+        # Positional: a named tuple builds about twice as fast without keywords.
         store.append(
             StoredMessage(
-                room=name,
-                seq=head + 1,
-                ts=now_ms,
-                sender=session.nick,
-                text=text,
-                action=say.action,
-                sender_key=session.sender_key,
-                msg_id=msg_id,
+                name, head + 1, now_ms, session.nick, text, say.action, session.sender_key, msg_id
             )
         )
         ack = Delivery((cid,), encode_ack(msg_id, now_ms, recipients, name, head + 1, say.rid))

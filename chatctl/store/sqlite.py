@@ -31,7 +31,7 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the resend dict at most `sync_rows` messages, the
-resend filter ~10 bits per stored id, and SQLite's page cache 16 MiB. So 10,000 rooms cost
+resend filter ~16 bits per stored id (512 KiB at least), and SQLite's page cache 16 MiB. So 10,000 rooms cost
 ~2 MiB plus at most 32 MiB of tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
@@ -227,9 +227,9 @@ class SqliteStore:
         self._appended_since_trim = 0
         # Resend detection without SQL for the common case, a new id: the ids not yet in
         # SQLite answer from a dict, and a filter of every stored id says for certain when an
-        # id is new; only a "maybe" (a real resend, or ~2%) asks SQL.
+        # id is new; only a "maybe" (a real resend, or ~0.3%) asks SQL.
         self._recent_ids: dict[tuple[str, str], StoredMessage] = {}
-        self._stored_ids = IdFilter(1 << 16)
+        self._stored_ids = IdFilter(1 << 18)
         # The filter's successor while it is being built, and what its scan still has to read:
         # (room, seq reached, head when the scan began) per room.
         self._next_ids: IdFilter | None = None
@@ -318,7 +318,7 @@ class SqliteStore:
             self._kept[room] = low if low is not None else top + 1
             self._first[room] = max(self._kept[room], self._count_floor(top))
         (count,) = db.execute("SELECT count(*) FROM messages WHERE msg_id != ''").fetchone()
-        self._stored_ids = IdFilter(count + (1 << 16))
+        self._stored_ids = IdFilter(count + (1 << 18))
         add = self._stored_ids.add
         for key, msg_id in db.execute("SELECT sender_key, msg_id FROM messages WHERE msg_id != ''"):
             add(key, msg_id)
@@ -564,7 +564,7 @@ class SqliteStore:
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
                 return
             # trim() has just moved every journaled row into SQLite: the scan sees them all.
-            self._next_ids = IdFilter(stored + (1 << 16))
+            self._next_ids = IdFilter(stored + (1 << 18))
             self._to_scan = [(room, 0, head) for room, head in self._heads.items()]
         budget = self._filter_chunk
         add = self._next_ids.add
