@@ -255,6 +255,37 @@ def test_property_fast_ack_encoding_is_the_protocol_encoding(
     assert encode_ack(msg_id, ts, recipients, room, seq) == encode(ack)
 
 
+SAYS = st.lists(
+    st.tuples(
+        st.sampled_from([1, 2, 3]),  # 3 never said Hello
+        st.builds(
+            Say,
+            msg_id=st.sampled_from(["1", "2", "", "x" * 65]),
+            room=st.sampled_from(["lobby", "#Lobby", "dev", "bad room", ""]),
+            text=st.sampled_from(["hi", "", "   ", "ho", "x" * 9000]),
+            action=st.booleans(),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@given(SAYS)
+def test_property_the_say_fast_path_answers_as_handle_does(says: list[tuple[int, Say]]) -> None:
+    """The event loop hands a Say without a rid to handle_say: the same deliveries, state and
+    cost as handle would give, for good Says and bad ones."""
+    fast, _ = make_hub()
+    slow, _ = make_hub()
+    for hub in (fast, slow):
+        hello(hub, 1, "alice")
+        hello(hub, 2, "bob")
+        hub.handle(2, Join(room="dev"), NOW)
+    for cid, say in says:
+        assert fast.handle_say(cid, say, NOW) == slow.handle(cid, say, NOW)
+        assert fast.last_cost == slow.last_cost
+    assert fast.store.rooms() == slow.store.rooms()
+
+
 # -- the state machine -------------------------------------------------------------------------
 
 NICKS = st.sampled_from(["alice", "Alice", "bob", "BOB", "carol", "", "bad nick", "-x", "9"])

@@ -487,7 +487,9 @@ class Server:
                 continue
             if kind is Pong:
                 continue
-            if kind is Hello:
+            if kind is Say and not event.rid:  # type: ignore[attr-defined]
+                deliveries = hub.handle_say(peer.cid, event, now_ms)  # type: ignore[arg-type]
+            elif kind is Hello:
                 origin = Origin(peer.addr, self._secure(peer), peer.client.key)
                 deliveries = hub.handle(peer.cid, event, now_ms, origin=origin)
             elif kind is History or kind is Join:
