@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+import msgspec
 
 
 def sender_key_of(token: str) -> str:
@@ -20,9 +22,12 @@ def sender_key_of(token: str) -> str:
     return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-class StoredMessage(NamedTuple):
-    """One message as stored. A named tuple rather than a frozen dataclass: one is built for
-    every message on the hot path, and a tuple is about twice as cheap to build."""
+class StoredMessage(msgspec.Struct, frozen=True, gc=False):
+    """One message as stored. One is built for every message on the hot path and the history
+    in memory holds up to hundreds of thousands: a msgspec Struct is built in C (about a
+    third of a named tuple's time), and with gc=False (its fields are strings, ints and a
+    bool: it can never be in a reference cycle) the garbage collector never scans it.
+    Build it positionally: keywords cost more."""
 
     room: str
     seq: int

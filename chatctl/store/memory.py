@@ -31,17 +31,20 @@ class MemoryStore:
         return self._heads.get(room, 0)
 
     def append(self, message: StoredMessage) -> None:
-        expected = self._heads.get(message.room, 0) + 1
-        if message.seq != expected:
-            raise ValueError(f"seq {message.seq} appended to {message.room!r}, expected {expected}")
-        log = self._rooms.get(message.room)
+        room = message.room
+        seq = message.seq
+        expected = self._heads.get(room, 0) + 1
+        if seq != expected:
+            raise ValueError(f"seq {seq} appended to {room!r}, expected {expected}")
+        log = self._rooms.get(room)
         if log is None:
-            log = self._rooms[message.room] = deque()
+            log = self._rooms[room] = deque()
         log.append(message)
-        self._heads[message.room] = message.seq
+        self._heads[room] = seq
         if message.msg_id:
             self._by_id[(message.sender_key, message.msg_id)] = message
-        if self.retain_messages and len(log) > self.retain_messages:
+        retain = self.retain_messages
+        if retain and len(log) > retain:
             self._forget(log.popleft())
 
     def flush(self) -> None:
