@@ -131,14 +131,15 @@ def check_now(check: Check) -> bool | str:
     return hash_password(check.password)
 
 
-class Delivery(NamedTuple):
+class Delivery(msgspec.Struct, frozen=True, gc=False):
     """`data`, one encoded frame, goes to every connection in `to` except `skip`.
 
-    A named tuple rather than a frozen dataclass: two are built for every message on the hot
-    path, and a tuple is several times cheaper to build. `control` is the event of a Welcome
-    or Bye (these change the connection's state, and the loop logs them), so that the loop
-    needs neither to decode `data` nor to encode the event again. `event` decodes `data`
-    again, for tests.
+    Two are built for every message on the hot path: a msgspec Struct is built in C, about
+    three times faster than a named tuple, and gc=False keeps the collector away (it holds
+    ints, bytes and, at most, a Welcome or Bye: never a cycle). Build it positionally.
+    `control` is the event of a Welcome or Bye (these change the connection's state, and
+    the loop logs them), so that the loop needs neither to decode `data` nor to encode the
+    event again. `event` decodes `data` again, for tests.
     """
 
     to: Sequence[int]
