@@ -40,6 +40,9 @@ HEADER_SIZE = HEADER.size  # 8
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024
 MAX_FRAME_SIZE_CEILING = 4 * 1024 * 1024
 MAX_INT = 2**63 - 1
+# A client has at most this many room messages unacknowledged at once (docs/protocol.md
+# §6.3): the server recognises resends among each sender's newest this many.
+UNACKED_MAX = 4096
 DEFAULT_MAX_TEXT = 8 * 1024  # UTF-8 bytes of message text; JSON escaping stays under 64 KiB
 
 
@@ -884,6 +887,7 @@ __all__ = [
     "SERVER_EVENTS",
     "SHARED_EVENTS",
     "TRANSITIONS",
+    "UNACKED_MAX",
     "Ack",
     "Bye",
     "ChangeNick",

@@ -46,7 +46,15 @@ VERSION_2 = (
 )
 
 
-@pytest.mark.parametrize("schema", [VERSION_1, VERSION_2, VERSION_3], ids=["v1", "v2", "v3"])
+# Version 4: the same rows, with the token's hash where 3 had the token.
+VERSION_4 = VERSION_3.replace("'key'", f"'{sender_key_of('key')}'").replace(
+    "user_version = 3", "user_version = 4"
+)
+
+
+@pytest.mark.parametrize(
+    "schema", [VERSION_1, VERSION_2, VERSION_3, VERSION_4], ids=["v1", "v2", "v3", "v4"]
+)
 def test_older_schemas_are_migrated_and_resends_still_found(tmp_path: Path, schema: str) -> None:
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.executescript(schema)
@@ -82,3 +90,27 @@ def test_the_migration_leaves_no_token_in_the_files(tmp_path: Path) -> None:
     for path in tmp_path.iterdir():
         assert token.encode() not in path.read_bytes(), path.name
     assert SqliteStore(tmp_path).find(sender_key_of(token), "m1") is not None
+
+
+def test_a_resend_is_found_within_the_senders_window_and_after_a_restart(tmp_path: Path) -> None:
+    """`find` looks through the sender's newest `resend_window` stored messages (in SQL,
+    across rooms, after a restart), and no further: the protocol's UNACKED_MAX."""
+    store = SqliteStore(tmp_path, sync_rows=1, resend_window=5)
+    for seq in range(1, 21):
+        for room in ("lobby", "dev"):
+            store.append(
+                StoredMessage(room, seq, seq, "ann", f"t{seq}", False, "key", f"{room}-{seq}")
+            )
+            store.flush()  # sync_rows=1: each in SQLite, its own `sent` row
+    store.close()
+    again = SqliteStore(tmp_path, resend_window=5)
+    assert again.find("key", "dev-20") == StoredMessage(
+        "dev", 20, 20, "ann", "t20", False, "key", "dev-20"
+    )
+    assert again.find("key", "lobby-19") is not None  # within the newest five
+    assert again.find("other", "lobby-19") is None  # another sender's id space
+    assert again.find("key", "lobby-1") is None  # far outside the window
+    again.close()
+    wide = SqliteStore(tmp_path)  # the default window, 4,096, holds them all
+    assert wide.find("key", "lobby-1") is not None
+    wide.close()

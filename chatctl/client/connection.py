@@ -74,6 +74,7 @@ from chatctl.client.session import ClientSession
 from chatctl.errors import ChatctlError, ConnectFailed, Rejected, TimedOut, Untrusted
 from chatctl.names import room_key
 from chatctl.protocol import (
+    UNACKED_MAX,
     Ack,
     Bye,
     ChangeNick,
@@ -580,6 +581,14 @@ class Client:
         out = Outgoing(request)
         self._pace()
         with self._lock:
+            # The protocol allows UNACKED_MAX messages unacknowledged (so that the server
+            # recognises every resend): past that, wait for answers.
+            while (
+                self._session.unacked >= UNACKED_MAX
+                and not self._abandoned
+                and not self._stop.is_set()
+            ):
+                self._acked.wait(0.5)
             # Checked under the lock that _abandon() takes: no message slips in after the
             # last waiters were failed, to wait for an answer that cannot come.
             if self._abandoned:

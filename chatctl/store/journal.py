@@ -18,8 +18,9 @@ from chatctl.store import datadir
 from chatctl.store.errors import StoreError
 
 JOURNAL_NAME = "journal"
-# A stored row: room, seq, ts, sender, text, action, sender_key, msg_id, key_hash.
-Row = tuple[str, int, int, str, str, int, str, str, int]
+# A stored row: room, seq, ts, sender, text, action, sender_key, msg_id. (Servers before
+# schema 5 wrote a ninth field, a hash of sender_key; replay drops it.)
+Row = tuple[str, int, int, str, str, int, str, str]
 _RECORD = struct.Struct("!II")
 
 
@@ -82,7 +83,8 @@ class Journal:
             self._fd = -1
 
 
-_ROW_TYPES = (str, int, int, str, str, int, str, str, int)
+_ROW_TYPES = (str, int, int, str, str, int, str, str)
+_OLD_ROW_TYPES = (*_ROW_TYPES, int)
 
 
 def _rows(body: bytes, path: Path, pos: int) -> list[Row]:
@@ -94,9 +96,9 @@ def _rows(body: bytes, path: Path, pos: int) -> list[Row]:
         raise StoreError(f"{path} is damaged at byte {pos} (unreadable record)") from None
     if not isinstance(rows, list) or not all(
         type(row) is tuple
-        and len(row) == len(_ROW_TYPES)
-        and all(type(v) is t for v, t in zip(row, _ROW_TYPES, strict=True))
+        and len(row) in (len(_ROW_TYPES), len(_OLD_ROW_TYPES))
+        and all(type(v) is t for v, t in zip(row, _OLD_ROW_TYPES, strict=False))
         for row in rows
     ):
         raise StoreError(f"{path} is damaged at byte {pos} (a record of the wrong shape)")
-    return rows
+    return [row[:8] for row in rows]

@@ -7,16 +7,24 @@ is in the kernel's page cache and survives a `kill -9` of the server, exactly li
 WAL mode with synchronous=NORMAL, at a fraction of the cost (a small SQLite commit writes ~10
 page frames). Journaled rows go into SQLite in large transactions (every `sync_rows` rows, on
 `trim`, before a read that needs SQL, at close) and the journal is then emptied; rows it still
-holds at start-up (after a kill) are replayed with INSERT OR IGNORE, so a kill between the
-SQLite commit and emptying the journal is harmless. A torn last journal line was never
-acknowledged (its write had not returned) and is dropped. An OS crash or power cut may lose
-the last writes (no fsync), as with synchronous=NORMAL; synchronous="FULL" fsyncs the journal
-at every flush (about 3.6 ms on the development machine). docs/history.md explains the choice.
+holds at start-up (after a kill) are replayed, so a kill between the SQLite commit and
+emptying the journal is harmless (rows already in SQLite are skipped). A torn last journal
+line was never acknowledged (its write had not returned) and is dropped. An OS crash or power
+cut may lose the last writes (no fsync), as with synchronous=NORMAL; synchronous="FULL" fsyncs
+the journal at every flush (about 3.6 ms on the development machine). docs/history.md
+explains the choice.
+
+Layout (schema 5): messages are stored in chunks, one SQLite row per run of up to
+`chunk_messages` consecutive messages of a room (and at most CHUNK_TEXT_BYTES of their
+text), marshalled: every SQL row costs ~1.5-2 us to insert and as much to delete whatever its
+width, so a row per message cost more than everything else a message does (docs/history.md
+has the measurements). Resends are found through `sent`: per sender (a hash of its key),
+room and move into SQLite, the ids it sent and their seqs, one row however many there are.
 
 Reads: a room keeps a bounded in-memory tail, a contiguous run of its newest messages
-(possibly empty), so joins and short resumes never touch SQL. Older reads go to the (room,
-seq) primary key, row by row from the cursor, and stop as soon as `max_bytes` of text is
-spent: a history request reads about what it may send, not `limit` rows.
+(possibly empty), so joins and short resumes never touch SQL. Older reads go to the chunks
+from the cursor on, decoding one chunk at a time, and stop as soon as `max_bytes` of text is
+spent: a history request reads about what it may send (at most one chunk more).
 
 Memory. Per room with history, for ever (like its row in the rooms table; the hub caps the
 rooms at `total_rooms`): its name and three dict entries (head, first visible, first kept),
@@ -31,40 +39,52 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the resend dict at most `sync_rows` messages, the
-resend filter ~16 bits per stored id (512 KiB at least), and SQLite's page cache 16 MiB. So 10,000 rooms cost
-~2 MiB plus at most 32 MiB of tails, whatever is said in them.
+resend filter ~16 bits per stored id (512 KiB at least), and SQLite's page cache 16 MiB. So
+10,000 rooms cost ~2 MiB plus at most 32 MiB of tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
 MemoryStore does), the age limit when `trim` runs; either way rows leave the database only in
-`trim` (called from a timer), by primary-key range and in bounded batches so that one call
-never stalls the loop. The `rooms` table keeps each room's head so that sequence numbers
-continue after everything was trimmed or the server restarted.
+`trim` (called from a timer), a whole chunk at a time once all of it is hidden, in bounded
+batches so that one call never stalls the loop. The `rooms` table keeps each room's head so
+that sequence numbers continue after everything was trimmed or the server restarted.
+
+Resends (`find`): the ids not yet in SQLite answer from a dict; a Bloom filter of every stored
+id says for certain when an id is new; only a "maybe" reads SQL: the sender's `sent` rows,
+newest first, until RESEND_WINDOW of its ids were looked at (the protocol promises that
+window, docs/protocol.md), each row's ids tested with one substring search before it is
+decoded.
 
 The journal's format is in journal.py and the resend filter in idfilter.py; what stays here is
-one cohesive thing, the SQLite side of the Store interface (about 700 lines).
+one cohesive thing, the SQLite side of the Store interface.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
+import itertools
+import marshal
 import os
 import sqlite3
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Literal
 
+from chatctl.protocol import UNACKED_MAX
 from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
 from chatctl.store.journal import JOURNAL_NAME, Journal, Row
 
-# 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash (see _SCHEMA);
-# 4: sender_key holds sender_key_of(token), not the token.
-SCHEMA_VERSION = 4
+# 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
+# sender_key_of(token), not the token; 5: chunks of messages and per-sender `sent` rows
+# instead of a row per message (see _SCHEMA).
+SCHEMA_VERSION = 5
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
 # The in-memory tails: their budget, and what each costs against it (see the module's
@@ -74,68 +94,126 @@ TAIL_BYTES = 32 * 1024 * 1024
 TAIL_ROOM_COST = 1024
 TAIL_MESSAGE_COST = 384
 OLDEST_TS_MAX = 65_536
+# A chunk: at most this many messages, and (after its first) this much text. A read decodes
+# at most one chunk more than it returns.
+CHUNK_MESSAGES = 256
+CHUNK_TEXT_BYTES = 64 * 1024
+# A resend is recognised among at least the sender's newest RESEND_WINDOW stored messages,
+# as many as a client may have unacknowledged (docs/protocol.md §6.3): what `find` reads at
+# most, when the filter says "maybe".
+RESEND_WINDOW = UNACKED_MAX
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+-- A run of consecutive messages of one room: body is marshal of a list of
+-- (seq, ts, sender, text, action, sender_key, msg_id), first to last. ts_max lets the age
+-- limit skip whole chunks.
+CREATE TABLE IF NOT EXISTS chunks (
     room TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    sender TEXT NOT NULL,
-    text TEXT NOT NULL,
-    action INTEGER NOT NULL,
-    sender_key TEXT NOT NULL,
-    msg_id TEXT NOT NULL,
-    key_hash INTEGER NOT NULL,
-    PRIMARY KEY (room, seq)
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (room, first)
 ) WITHOUT ROWID;
--- Resend detection, for messages with a client id. A 32-bit hash of the sender key keeps the
--- entries small; keeping msg_id itself keeps a sender's ids (usually a counter) side by side,
--- so inserts and trims touch a few hot pages, not random ones all over a large index.
-CREATE INDEX IF NOT EXISTS messages_resend ON messages (key_hash, msg_id) WHERE msg_id != '';
+-- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and move into
+-- SQLite (batch, increasing), the n ids it sent: marshal of a list of (msg_id, seq).
+CREATE TABLE IF NOT EXISTS sent (
+    key_hash INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    room TEXT NOT NULL,
+    sender_key TEXT NOT NULL,
+    last INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    ids BLOB NOT NULL,
+    PRIMARY KEY (key_hash, batch, room)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_by_room ON sent (room, last);
 -- One row per room: the head survives the trimming of every message.
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, head INTEGER NOT NULL) WITHOUT ROWID;
 """
-_COLUMNS = "room, seq, ts, sender, text, action, sender_key, msg_id"
-_INSERT = (
-    f"INSERT OR IGNORE INTO messages ({_COLUMNS}, key_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CHUNK = (
+    "INSERT OR IGNORE INTO chunks (room, first, last, ts_max, body) VALUES (?, ?, ?, ?, ?)"
 )
+_INSERT_SENT = (
+    "INSERT OR IGNORE INTO sent (key_hash, batch, room, sender_key, last, n, ids)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ROOM = "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)"
+_ROOM, _TS, _TEXT, _KEY = itemgetter(0), itemgetter(2), itemgetter(4), itemgetter(6)
+# Reads decode a chunk at a time; the chunk count of a read is what the tests watch.
+_CHUNKS_FROM = "SELECT body FROM chunks WHERE room = ? AND last >= ? ORDER BY first"
+_CHUNKS_NEWEST = "SELECT body FROM chunks WHERE room = ? ORDER BY first DESC"
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
-    """Bring schema 1, 2 or 3 to 4, in place. 1 and 2 differ from 3 only in the resend index:
-    add and fill key_hash (the index itself is created with the schema). 4 replaces every
-    stored resume token by its hash; secure_delete and a checkpoint leave no copy of a token
-    in the file's free space or in the WAL."""
-    db.create_function("key_hash", 1, key_hash, deterministic=True)
+    """Bring schema 1, 2, 3 or 4 to 5, in place. 1 and 2 differ from 3 only in the resend
+    index; 3 stored resume tokens, 4 their hashes (sender_key_of); 5 keeps the same messages
+    in chunks. secure_delete and a checkpoint leave no copy of a token in the file's free
+    space or in the WAL."""
     db.create_function("sender_key_of", 1, sender_key_of, deterministic=True)
-    steps = []
-    if version == 1:
-        steps.append("DROP INDEX IF EXISTS messages_dedupe;")
-    elif version == 2:
-        steps.append(
-            "DROP INDEX IF EXISTS messages_resend; ALTER TABLE messages DROP COLUMN id_hash;"
-        )
-    if version < 3:
-        steps.append("ALTER TABLE messages ADD COLUMN key_hash INTEGER NOT NULL DEFAULT 0;")
-    steps.append(
-        "UPDATE messages SET sender_key = sender_key_of(sender_key) WHERE sender_key != '';"
-        " UPDATE messages SET key_hash = key_hash(sender_key) WHERE msg_id != '';"
-    )
     db.execute("PRAGMA secure_delete=ON")
-    db.executescript(f"BEGIN; {' '.join(steps)} COMMIT;")
+    db.executescript(f"BEGIN; {_SCHEMA}")  # the transaction stays open until the COMMIT
+    columns = "room, seq, ts, sender, text, action, sender_key, msg_id"
+    if version < 4:
+        columns = columns.replace(
+            "sender_key,", "CASE sender_key WHEN '' THEN '' ELSE sender_key_of(sender_key) END,"
+        )
+    rows = db.execute(f"SELECT {columns} FROM messages ORDER BY room, seq")
+    batch = 0
+    while True:
+        some = rows.fetchmany(CHUNK_MESSAGES * 64)
+        if not some:
+            break
+        batch += 1
+        _write_rows(db, some, batch)
+    db.executemany(_INSERT_ROOM, db.execute("SELECT DISTINCT room FROM chunks").fetchall())
+    db.execute("DROP TABLE messages")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.execute("PRAGMA secure_delete=OFF")
-
-
-def _rehashed(row: Row) -> Row:
-    room, seq, ts, sender, text, action, token, msg_id, _ = row
-    key = sender_key_of(token) if token else ""
-    return (room, seq, ts, sender, text, action, key, msg_id, key_hash(key) if msg_id else 0)
 
 
 def key_hash(sender_key: str) -> int:
     """Stable across processes (unlike hash()): it is stored."""
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
+
+
+def _write_rows(db: sqlite3.Connection, rows: list[Row], batch: int) -> None:
+    """Insert `rows` (any rooms, each room's in seq order) as chunks and `sent` rows. Runs
+    once per move into SQLite over thousands of rows: per row, only C-level work (slices,
+    itemgetter, comprehensions) where it can."""
+    by_room: dict[str, list[Row]] = {}
+    if rows[0][0] == rows[-1][0] and len(set(map(_ROOM, rows))) == 1:
+        by_room[rows[0][0]] = rows  # the common case under load: one busy room
+    else:
+        for row in rows:
+            run = by_room.get(row[0])
+            if run is None:
+                by_room[row[0]] = [row]
+            else:
+                run.append(row)
+    chunks = []
+    sent: list[tuple[int, int, str, str, int, int, bytes]] = []
+    for room, run in by_room.items():
+        start = 0
+        while start < len(run):
+            part = run[start : start + CHUNK_MESSAGES]
+            # Up to and including the message that takes its text past CHUNK_TEXT_BYTES.
+            sizes = list(itertools.accumulate(map(len, map(_TEXT, part))))
+            part = part[: bisect.bisect_right(sizes, CHUNK_TEXT_BYTES) + 1]
+            start += len(part)
+            body = [row[1:] for row in part]
+            chunks.append((room, part[0][1], part[-1][1], max(map(_TS, part)), marshal.dumps(body)))
+        keys = set(map(_KEY, run))
+        for key in keys:
+            ids = [(row[7], row[1]) for row in run if row[7] and (len(keys) == 1 or row[6] == key)]
+            if ids:
+                sent.append(
+                    (key_hash(key), batch, room, key, ids[-1][1], len(ids), marshal.dumps(ids))
+                )
+    db.executemany(_INSERT_CHUNK, chunks)
+    db.executemany(_INSERT_SENT, sent)
 
 
 def _message_cost(message: StoredMessage) -> int:
@@ -156,26 +234,41 @@ def _tail_cost(tail: deque[StoredMessage]) -> int:
     return TAIL_ROOM_COST + sum(map(_message_cost, tail))
 
 
-def _messages(
-    rows: Iterable[tuple[str, int, int, str, str, int, str, str]],
-) -> Iterator[StoredMessage]:
-    """Messages of `rows`, in their order, sharing one string object for each room, sender
-    and sender key among them (as messages from the hub do: a tail holds many)."""
+def _decode(body: bytes) -> list[tuple[int, int, str, str, int, str, str]]:
+    rows: list[tuple[int, int, str, str, int, str, str]] = marshal.loads(body)
+    return rows
+
+
+def _messages(room: str, bodies: Iterable[tuple[bytes]], start: int) -> Iterator[StoredMessage]:
+    """The messages of the chunks `bodies` (rows of one column) of `room`, in their order,
+    from seq `start` on, sharing one string object for each sender and sender key among them
+    (as messages from the hub do: a tail holds many)."""
     shared: dict[str, str] = {}
     share = shared.setdefault
-    for room, seq, ts, sender, text, action, sender_key, msg_id in rows:
+    for (body,) in bodies:
         if len(shared) > 4096:
             shared.clear()
-        yield StoredMessage(
-            share(room, room),
-            seq,
-            ts,
-            share(sender, sender),
-            text,
-            bool(action),
-            share(sender_key, sender_key),
-            msg_id,
-        )
+        for seq, ts, sender, text, action, key, msg_id in _decode(body):
+            if seq >= start:
+                yield StoredMessage(
+                    room,
+                    seq,
+                    ts,
+                    share(sender, sender),
+                    text,
+                    bool(action),
+                    share(key, key),
+                    msg_id,
+                )
+
+
+def _newest_first(room: str, bodies: Iterable[tuple[bytes]], first: int) -> Iterator[StoredMessage]:
+    """The messages of the chunks `bodies`, newest chunk first, newest first, down to `first`."""
+    for (body,) in bodies:
+        for seq, ts, sender, text, action, key, msg_id in reversed(_decode(body)):
+            if seq < first:
+                return
+            yield StoredMessage(room, seq, ts, sender, text, bool(action), key, msg_id)
 
 
 class SqliteStore:
@@ -194,6 +287,7 @@ class SqliteStore:
         trim_batch: int = 20_000,
         filter_floor: int = 1 << 20,
         filter_chunk: int = 50_000,
+        resend_window: int = RESEND_WINDOW,
     ) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory.resolve())
@@ -206,6 +300,7 @@ class SqliteStore:
         self._trim_batch = max(trim_batch, 1)
         self._filter_floor = filter_floor
         self._filter_chunk = max(filter_chunk, 1)
+        self._resend_window = max(resend_window, 1)
         self._heads: dict[str, int] = {}
         # The lowest sequence number readers may see (head + 1 when none), and the lowest
         # that may still have a row: rows in between wait for trim() to delete them.
@@ -225,15 +320,16 @@ class SqliteStore:
         self._journaled: list[Row] = []  # durable in the journal, not yet in SQLite
         self._new_rooms: list[str] = []
         self._appended_since_trim = 0
+        self._batch = 0  # the last `sent.batch` written
         # Resend detection without SQL for the common case, a new id: the ids not yet in
         # SQLite answer from a dict, and a filter of every stored id says for certain when an
         # id is new; only a "maybe" (a real resend, or ~0.3%) asks SQL.
         self._recent_ids: dict[tuple[str, str], StoredMessage] = {}
         self._stored_ids = IdFilter(1 << 18)
-        # The filter's successor while it is being built, and what its scan still has to read:
-        # (room, seq reached, head when the scan began) per room.
+        # The filter's successor while it is being built, and where its scan of `sent` is
+        # (the primary key of the last row read; None: not started).
         self._next_ids: IdFilter | None = None
-        self._to_scan: list[tuple[str, int, int]] = []
+        self._scan_from: tuple[int, int, str] | None = None
         self._lock_fd = -1
         self._journal: Journal | None = None
         self.notes: list[str] = []  # what opening repaired, for the server's log
@@ -274,54 +370,65 @@ class SqliteStore:
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA cache_size=-16384")  # KiB: the hot pages of big rooms stay in
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2, 3):
+            if version in (1, 2, 3, 4):
                 _migrate(db, version)
             elif version not in (0, SCHEMA_VERSION):
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            self._replay_journal(db, tokens_in_clear=version in (1, 2, 3))
             self._load(db)
+            self._replay_journal(db, tokens_in_clear=version in (1, 2, 3))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open history database {path}: {exc}") from None
 
     def _replay_journal(self, db: sqlite3.Connection, *, tokens_in_clear: bool) -> None:
-        """Put what the journal holds (written before a kill) into SQLite, then empty it. A
-        journal left by a schema-3 server holds tokens, not their hashes."""
+        """Put what the journal holds (written before a kill) into SQLite, then empty it: the
+        rows SQLite does not have yet (a kill between the commit and emptying the journal
+        leaves rows it has). A journal left by a schema-3 server holds tokens, not their
+        hashes."""
         self._journal = Journal.open(self.directory / JOURNAL_NAME)
         rows, torn = self._journal.replay()
         if tokens_in_clear:
-            rows = [_rehashed(row) for row in rows]
+            rows = [(*row[:6], sender_key_of(row[6]) if row[6] else "", row[7]) for row in rows]
         if torn:
             self.notes.append(
                 f"{self._journal.path}: dropped {torn} bytes of a write cut short at the end "
                 "(a kill or crash during the write; it was never acknowledged)"
             )
+        rows = [row for row in rows if row[1] > self._heads.get(row[0], 0)]
         if rows:
-            db.execute("BEGIN")
-            db.executemany(_INSERT, rows)
-            db.executemany(
-                "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)",
-                [(room,) for room in {row[0] for row in rows}],
-            )
-            db.execute("COMMIT")
+            self._journaled = rows
+            self._new_rooms = list({row[0]: None for row in rows if row[0] not in self._heads})
+            for row in rows:
+                room, seq = row[0], row[1]
+                if room not in self._heads:
+                    self._first[room] = self._kept[room] = 1
+                self._heads[room] = seq
+                self._first[room] = max(self._first[room], self._count_floor(seq))
+                if row[7]:
+                    self._stored_ids.add(row[6], row[7])
+            self._sync()
         self._journal.empty()
 
     def _load(self, db: sqlite3.Connection) -> None:
         for room, head in db.execute("SELECT room, head FROM rooms").fetchall():
             low, high = db.execute(
-                "SELECT min(seq), max(seq) FROM messages WHERE room = ?", (room,)
+                "SELECT min(first), max(last) FROM chunks WHERE room = ?", (room,)
             ).fetchone()
             top = max(head, high or 0)
             self._heads[room] = top
             self._kept[room] = low if low is not None else top + 1
             self._first[room] = max(self._kept[room], self._count_floor(top))
-        (count,) = db.execute("SELECT count(*) FROM messages WHERE msg_id != ''").fetchone()
-        self._stored_ids = IdFilter(count + (1 << 18))
+        ids: list[tuple[str, str]] = []
+        for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
+            ids += [(key, msg_id) for msg_id, _ in marshal.loads(blob)]
+        self._stored_ids = IdFilter(len(ids) + (1 << 18))
         add = self._stored_ids.add
-        for key, msg_id in db.execute("SELECT sender_key, msg_id FROM messages WHERE msg_id != ''"):
+        for key, msg_id in ids:
             add(key, msg_id)
+        (batch,) = db.execute("SELECT max(batch) FROM sent").fetchone()
+        self._batch = batch or 0
 
     # -- the Store interface ---------------------------------------------------------------
 
@@ -346,17 +453,7 @@ class SqliteStore:
         key = message.sender_key
         msg_id = message.msg_id
         self._pending.append(
-            (
-                room,
-                seq,
-                message.ts,
-                message.sender,
-                text,
-                int(message.action),
-                key,
-                msg_id,
-                key_hash(key) if msg_id else 0,
-            )
+            (room, seq, message.ts, message.sender, text, int(message.action), key, msg_id)
         )
         # The tail, its cost counted and its place in the order of appends kept.
         cost = (len(text) if text.isascii() else 8 * len(text)) + 8 * len(msg_id)
@@ -404,16 +501,14 @@ class SqliteStore:
         db = self._connection()
         try:
             db.execute("BEGIN")
-            db.executemany(_INSERT, self._journaled)
+            _write_rows(db, self._journaled, self._batch + 1)
             if self._new_rooms:
-                db.executemany(
-                    "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)",
-                    [(room,) for room in self._new_rooms],
-                )
+                db.executemany(_INSERT_ROOM, [(room,) for room in self._new_rooms])
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
+        self._batch += 1
         self._journal_or_closed().empty()
         self._journaled.clear()
         self._new_rooms.clear()
@@ -433,17 +528,18 @@ class SqliteStore:
             i = start - tail[0].seq
             span = range(i, min(i + limit, len(tail)))
             return ReadResult(take((tail[j] for j in span), max_bytes), gap)
-        found = self._select(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
-            (room, start, limit),
-            max_bytes,
-        )
+        cursor = self._query(_CHUNKS_FROM, (room, start))
+        try:
+            messages = _messages(room, cursor, start)
+            found = take((m for m, _ in zip(messages, range(limit), strict=False)), max_bytes)
+        finally:
+            cursor.close()
         return ReadResult(found, gap)
 
     def latest(self, room: str, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
         head = self._heads.get(room, 0)
-        stored = head - self._first.get(room, 1) + 1
-        limit = min(limit, stored)
+        first = self._first.get(room, 1)
+        limit = min(limit, head - first + 1)
         if limit <= 0:
             return []
         tail = self._tails.get(room)
@@ -454,11 +550,12 @@ class SqliteStore:
             if have >= limit or len(found) < have:  # the tail held enough, or the budget ended
                 found.reverse()
                 return found
-        found = self._select(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-            (room, limit),
-            max_bytes,
-        )
+        cursor = self._query(_CHUNKS_NEWEST, (room,))
+        try:
+            newest = _newest_first(room, cursor, first)
+            found = take((m for m, _ in zip(newest, range(limit), strict=False)), max_bytes)
+        finally:
+            cursor.close()
         found.reverse()
         if len(found) > have:
             self._refill_tail(room, found[-self._tail_size :])
@@ -480,17 +577,11 @@ class SqliteStore:
         self._tail_last = "" if last == room else last
         self.tail_used += cost
 
-    def _select(
-        self, sql: str, parameters: tuple[str, int] | tuple[str, int, int], max_bytes: int | None
-    ) -> list[StoredMessage]:
-        """The messages `sql` selects, read row by row only as far as `take` needs them."""
-        self.flush()  # the range may reach into rows not in SQLite yet
+    def _query(self, sql: str, parameters: tuple[str, int] | tuple[str]) -> sqlite3.Cursor:
+        """A cursor over chunks, once every appended row is in SQLite (a read may reach them)."""
+        self.flush()
         self._sync()
-        cursor = self._connection().execute(sql, parameters)
-        try:
-            return take(_messages(cursor), max_bytes)
-        finally:
-            cursor.close()
+        return self._connection().execute(sql, parameters)
 
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         if not msg_id:
@@ -500,25 +591,48 @@ class SqliteStore:
             return known if known.seq >= self._first[known.room] else None
         if not self._stored_ids.may_contain(sender_key, msg_id):
             return None
-        # Every row not in SQLite yet is in _recent_ids, so SQL alone is exact here.
-        row = (
-            self._connection()
-            .execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE key_hash = ? AND msg_id = ?"
-                " AND msg_id != '' AND sender_key = ? LIMIT 1",
-                (key_hash(sender_key), msg_id, sender_key),
-            )
-            .fetchone()
+        # Every row not in SQLite yet is in _recent_ids, so SQL alone is exact here: the
+        # sender's rows, newest first, within the window. One substring search tells
+        # whether a row can hold the id (its UTF-8 is in the marshalled list as it is).
+        needle = msg_id.encode("utf-8", "surrogatepass")
+        seen = 0
+        rows = self._connection().execute(
+            "SELECT room, sender_key, last, n, ids FROM sent WHERE key_hash = ?"
+            " ORDER BY batch DESC",
+            (key_hash(sender_key),),
         )
-        if row is None:
-            return None
-        [found] = _messages((row,))
-        return found if found.seq >= self._first[found.room] else None
+        try:
+            for room, key, last, n, blob in rows:
+                if key != sender_key or last < self._first[room]:
+                    continue
+                if needle in blob:
+                    for candidate, seq in marshal.loads(blob):
+                        if candidate == msg_id and seq >= self._first[room]:
+                            return self._message_at(room, seq)
+                seen += n
+                if seen >= self._resend_window:
+                    break
+        finally:
+            rows.close()
+        return None
+
+    def _message_at(self, room: str, seq: int) -> StoredMessage | None:
+        cursor = self._connection().execute(
+            "SELECT body FROM chunks WHERE room = ? AND first <= ? ORDER BY first DESC LIMIT 1",
+            (room, seq),
+        )
+        try:
+            for message in _messages(room, cursor, seq):
+                return message if message.seq == seq else None
+        finally:
+            cursor.close()
+        return None
 
     def trim(self, now_ms: int) -> int:
-        """Apply retention; delete at most `trim_batch` rows more than were appended since the
-        last call (so deletion keeps pace with any ingest rate while a backlog drains in
-        bounded steps) and return how many were deleted."""
+        """Apply retention; delete at most `trim_batch` messages more than were appended since
+        the last call (so deletion keeps pace with any ingest rate while a backlog drains in
+        bounded steps) and return how many were deleted. Chunks go whole: one whose newest
+        message is still visible stays, its older messages hidden."""
         if not (self.retain_messages or self.retain_age):
             return 0
         self.flush()
@@ -537,14 +651,25 @@ class SqliteStore:
                     if target > first:
                         self._forget_below(room, target)
                 kept = self._kept[room]
-                upto = min(self._first[room], kept + budget)
+                # Chunks go whole: the budget may be passed by less than one.
+                upto = min(self._first[room], kept + budget + CHUNK_MESSAGES)
                 if upto <= kept:
                     continue
-                db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, upto))
+                db.execute(
+                    "DELETE FROM chunks WHERE room = ? AND first < ? AND last < ?",
+                    (room, upto, upto),
+                )
+                db.execute("DELETE FROM sent WHERE room = ? AND last < ?", (room, upto))
                 db.execute("INSERT OR REPLACE INTO rooms (room, head) VALUES (?, ?)", (room, head))
-                self._kept[room] = upto
-                removed += upto - kept
-                budget -= upto - kept
+                (low,) = db.execute(
+                    "SELECT min(first) FROM chunks WHERE room = ?", (room,)
+                ).fetchone()
+                now_kept = low if low is not None else head + 1
+                if now_kept <= kept:
+                    continue
+                self._kept[room] = now_kept
+                removed += now_kept - kept
+                budget -= now_kept - kept
                 if budget <= 0:
                     break
             db.execute("COMMIT")
@@ -556,33 +681,29 @@ class SqliteStore:
 
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
         """Retention never takes ids out of the resend filter, so a busy server's filter would
-        grow for ever: once it has taken 4 times the stored rows, build a successor from the
-        database, a chunk per trim() call, while new ids go into both; then swap. The scan
-        stops at each room's head when it began: later ids went into the successor already."""
+        grow for ever: once it has taken 4 times the stored messages, build a successor from
+        `sent`, `filter_chunk` rows per trim() call in key order, while new ids go into both;
+        then swap. Rows written during the scan went into the successor already."""
         if self._next_ids is None:
             stored = sum(head - self._kept[room] + 1 for room, head in self._heads.items())
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
                 return
             # trim() has just moved every journaled row into SQLite: the scan sees them all.
             self._next_ids = IdFilter(stored + (1 << 18))
-            self._to_scan = [(room, 0, head) for room, head in self._heads.items()]
-        budget = self._filter_chunk
+            self._scan_from = (-1, 0, "")
+        assert self._scan_from is not None
         add = self._next_ids.add
-        while self._to_scan and budget > 0:
-            room, after, until = self._to_scan.pop()
-            rows = db.execute(
-                "SELECT seq, sender_key, msg_id FROM messages"
-                " WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (room, after, until, budget),
-            ).fetchall()
-            for _, key, msg_id in rows:
-                if msg_id:
-                    add(key, msg_id)
-            budget -= len(rows)
-            if budget <= 0 and rows:
-                self._to_scan.append((room, rows[-1][0], until))
-        if not self._to_scan:
-            self._stored_ids, self._next_ids = self._next_ids, None
+        rows = db.execute(
+            "SELECT key_hash, batch, room, sender_key, ids FROM sent"
+            " WHERE (key_hash, batch, room) > (?, ?, ?) ORDER BY key_hash, batch, room LIMIT ?",
+            (*self._scan_from, self._filter_chunk),
+        ).fetchall()
+        for hashed, batch, room, key, blob in rows:
+            for msg_id, _ in marshal.loads(blob):
+                add(key, msg_id)
+            self._scan_from = (hashed, batch, room)
+        if len(rows) < self._filter_chunk:
+            self._stored_ids, self._next_ids, self._scan_from = self._next_ids, None, None
 
     def close(self) -> None:
         if self._db is not None:
@@ -595,12 +716,13 @@ class SqliteStore:
     # -- beyond the interface ----------------------------------------------------------------
 
     def stored_rows(self) -> int:
-        """Rows in the database file: the stored messages plus those retention has hidden
-        but trim() has not deleted yet."""
+        """Messages in the database file: the stored ones plus those retention has hidden
+        but trim() has not deleted yet (at most a chunk's worth per room, once it has run)."""
         self.flush()
         self._sync()
-        (count,) = self._connection().execute("SELECT count(*) FROM messages").fetchone()
-        return int(count)
+        return sum(
+            len(_decode(body)) for (body,) in self._connection().execute("SELECT body FROM chunks")
+        )
 
     def crash(self) -> None:
         """Drop every unflushed append and let go of the files, as a `kill -9` would (the
@@ -651,19 +773,22 @@ class SqliteStore:
         oldest = self._oldest_ts.get(room)
         if oldest is not None and oldest >= cutoff:
             return first
-        row = db.execute(
-            "SELECT seq, ts FROM messages WHERE room = ? AND seq >= ? AND ts >= ?"
-            " ORDER BY seq LIMIT 1",
+        chunks = db.execute(
+            "SELECT body FROM chunks WHERE room = ? AND last >= ? AND ts_max >= ? ORDER BY first",
             (room, first, cutoff),
-        ).fetchone()
-        if row is None:
-            return head + 1
-        seq, ts = row
-        if seq == first:
-            if len(self._oldest_ts) >= OLDEST_TS_MAX:
-                self._oldest_ts.clear()
-            self._oldest_ts[room] = ts
-        return int(seq)
+        )
+        try:
+            for (body,) in chunks:
+                for seq, ts, *_ in _decode(body):
+                    if seq >= first and ts >= cutoff:
+                        if seq == first:
+                            if len(self._oldest_ts) >= OLDEST_TS_MAX:
+                                self._oldest_ts.clear()
+                            self._oldest_ts[room] = ts
+                        return int(seq)
+        finally:
+            chunks.close()
+        return head + 1
 
     def _journal_or_closed(self) -> Journal:
         if self._journal is None:
