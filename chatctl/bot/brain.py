@@ -191,8 +191,8 @@ def transcript_chars(lines: Iterable[ChatLine]) -> int:
 
 
 def summary_cap(lines: Sequence[ChatLine], max_chars: int) -> int:
-    """The longest a summary of `lines` may be: a third of the transcript (a little more for a
-    very short one), and never more than `max_chars`."""
+    """The longest a summary of `lines` may be: a third of the transcript (SUMMARY_FLOOR for a
+    very short one: room to say who spoke), and never more than `max_chars`."""
     return min(max_chars, max(SUMMARY_FLOOR, int(transcript_chars(lines) * SUMMARY_SHARE)))
 
 

@@ -123,7 +123,12 @@ class OfflineBackend:
 
     def reply(self, prompt: Prompt) -> str:
         if prompt.kind is TurnKind.SUMMARY:
-            return summarise(prompt.context, max_chars=prompt.max_chars, room=prompt.room)
+            return summarise(
+                prompt.context,
+                max_chars=prompt.max_chars,
+                room=prompt.room,
+                bot_nick=prompt.bot_nick,
+            )
         if prompt.kind is TurnKind.CHIME:
             return self._chime(prompt)
         return self._answer(prompt)
@@ -173,4 +178,9 @@ class OfflineBackend:
                 if found is not None:
                     return f"{line.sender}: {found}"
                 break
-        return summarise(since or prompt.context, max_chars=prompt.max_chars, room=prompt.room)
+        return summarise(
+            since or prompt.context,
+            max_chars=prompt.max_chars,
+            room=prompt.room,
+            bot_nick=prompt.bot_nick,
+        )
