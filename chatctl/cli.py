@@ -330,6 +330,7 @@ def bot(
     max_reply: o.MaxReply = BrainSettings.max_reply,
     on_failure: o.OnFailureOpt = BotConfig.on_failure,
     reply_timeout: o.ReplyTimeout = BotConfig.reply_timeout,
+    reaction_time: o.ReactionTime = BrainSettings.reaction_time,
     ignore: o.BotIgnore = None,
     tls_ca: o.TlsCa = None,
     account: o.Account = None,
@@ -367,6 +368,7 @@ def bot(
             context_chars=context_chars,
             reply_rate=reply_rate,
             max_reply=max_reply,
+            reaction_time=reaction_time,
             ignore=tuple(ignore or BrainSettings.ignore),
         ),
     )

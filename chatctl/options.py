@@ -682,6 +682,16 @@ ReplyTimeout = Annotated[
         help="Seconds a reply may take, any backend; then what came so far, or the failure notice.",
     ),
 ]
+ReactionTime = Annotated[
+    float,
+    typer.Option(
+        "--reaction-time",
+        envvar=_env("BOT_REACTION_TIME"),
+        min=0.01,
+        help="Seconds: a reply to the bot sooner than this after it spoke to that nick is a "
+        "machine's (the loop guard).",
+    ),
+]
 BotIgnore = Annotated[
     list[str] | None,
     typer.Option(

@@ -427,3 +427,33 @@ def test_reply_timeout_gives_the_failure_notice(
         assert bot.lines.index(slow.string) < bot.lines.index(failed.string)
         alice.say("lobby", "@ai and now?")
         assert from_bot(alice).text == "back again"
+
+
+# -- summaries from a model, grounded ------------------------------------------------------------
+
+TALK = [
+    "The deploy is blocked on the database migration of the orders table.",
+    "The index on the orders table takes twenty minutes to build on staging.",
+    "Then let's build the index concurrently in a separate migration step.",
+]
+
+
+def test_a_models_summary_reaches_the_chat_only_if_grounded(fake: FakeModelServer) -> None:
+    grounded = "alice says the deploy is blocked on the orders table migration; they build the index concurrently."
+    invented = "alice and Mallory agreed to move the deploy to Friday at 5pm."
+    fake.script = [reply(*(w + " " for w in grounded.split(" "))), reply(invented)]
+    args = ("--backend", "openai", "--base-url", fake.url, "--model", "m")
+    with bot_in_lobby(*args) as (alice, bot):
+        for text in TALK:
+            alice.say("lobby", text)
+        alice.say("lobby", "@ai summary")
+        assert from_bot(alice).text == grounded
+        request = fake.requests[0]["messages"][-1]["content"]
+        assert "in at most 120 characters" in request and "add nothing" in request
+        alice.say("lobby", "@ai summary")
+        fallback = from_bot(alice).text
+        assert fallback.startswith("Last 3 messages in #lobby") and "Mallory" not in fallback
+        bot.wait_for_line(
+            r"the openai backend's summary was not grounded in the lines \('Mallory' is not in "
+            r"the conversation"
+        )

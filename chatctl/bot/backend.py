@@ -60,8 +60,11 @@ def chat_messages(prompt: Prompt, system: str | None) -> list[dict[str, str]]:
         messages.append(
             {
                 "role": "user",
-                "content": "Summarise this chat conversation in a few sentences, naming who "
-                f"said what:\n{transcript or '(no messages)'}",
+                "content": "Summarise this chat conversation in at most "
+                f"{prompt.max_chars} characters: the topics, what was decided, questions "
+                "still open, and who said what, in the order it was said. Name people as "
+                "the lines do. Use only names, numbers and facts that appear in the lines; "
+                f"add nothing.\n{transcript or '(no messages)'}",
             }
         )
         return messages

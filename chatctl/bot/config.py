@@ -41,6 +41,7 @@ class BrainSettings:
     max_streak: int = 2  # the bot's messages in a row in a machine-speed exchange
     reaction_time: float = REACTION_TIME
     loop_window: float = 10.0
+    queue_limit: int = 10  # questions waiting for the rate limit at most
     ignore: tuple[str, ...] = ()
     summary_default: int = 30
 

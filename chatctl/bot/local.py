@@ -62,7 +62,7 @@ class LocalBackend:
             import llama_cpp
         except ImportError:
             raise ChatctlError(
-                "the local backend needs llama-cpp-python: pip install 'chatctl[local]'"
+                "the local backend needs llama-cpp-python: pip install '.[local]' in a clone of chatctl"
             ) from None
         path = Path(model_path) if model_path else smollm2_gguf()
         if not path.is_file():

@@ -1,7 +1,13 @@
 """The default backend: no model, no network, instant. Honest about what it is.
 
 It answers questions from a knowledge file (chatctl's user guide unless told otherwise) by
-BM25 retrieval, summarises conversations extractively, and says plainly when it does not know.
+retrieval (knowledge.py), summarises conversations extractively (summary.py), and says plainly
+when it does not know.
+
+An answer is built from the best section: its heading, then the sentences (or list items) of
+it that hold most of the question, in the section's order, within about ANSWER_CHARS; if none
+of those quotes a command or option (a `code span`), the most relevant one that does is added,
+so the answer says what to type.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatctl.bot.brain import ChatLine, Prompt, TurnKind
-from chatctl.bot.knowledge import Index, Section, parse_knowledge
+from chatctl.bot.knowledge import Hit, Index, Section, parse_knowledge
 from chatctl.bot.manners import clip, one_line
 from chatctl.bot.summary import summarise
 from chatctl.errors import ChatctlError
 
 GUIDE = "guide.md"
+ANSWER_CHARS = 420  # an answer's length aimed at: a few sentences, not the whole section
 
 _GREETING = re.compile(
     r"^\s*(hi|hello|hey|yo|hiya|good (morning|afternoon|evening))( there)?\s*[!.]*\s*$", re.I
@@ -31,17 +38,63 @@ def default_guide() -> str:
     return (importlib.resources.files("chatctl") / "data" / GUIDE).read_text(encoding="utf-8")
 
 
-def _markdown_to_chat(section: Section) -> str:
-    """One chat line from a Markdown section: no headings or list marks, whitespace collapsed."""
-    lines = []
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z`\"(0-9-])")
+
+
+def units(section: Section) -> list[str]:
+    """A section's text as chat-ready pieces, in order: each list item, each sentence of a
+    paragraph; links reduced to their text, list marks dropped."""
+    out: list[str] = []
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            text = one_line(" ".join(paragraph))
+            out.extend(p for p in _SENTENCE_END.split(text) if p)
+            paragraph.clear()
+
     for raw in section.body.splitlines():
         line = raw.strip()
-        if not line or line.startswith(("|---", "<!--")):
-            continue
-        line = re.sub(r"^[-*+]\s+", "• ", line)
         line = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", line)  # [text](link) -> text
-        lines.append(line)
-    return one_line(" ".join(lines))
+        if not line or line.startswith(("|---", "<!--")):
+            flush()
+            continue
+        item = re.match(r"^[-*+]\s+(.*)", line)
+        if item:
+            flush()
+            paragraph.append(item[1])
+        elif raw[:1].isspace() and paragraph:
+            paragraph.append(line)  # a list item's continuation
+        else:
+            paragraph.append(line)
+    flush()
+    return out
+
+
+def build_answer(index: Index, hit: Hit, max_chars: int) -> str:
+    """The heading of `hit`'s section, and its pieces that answer the question."""
+    title = hit.section.title
+    pieces = units(hit.section)
+    budget = min(max_chars, ANSWER_CHARS) - len(title) - 3
+    if sum(len(p) + 1 for p in pieces) <= budget:
+        chosen = list(range(len(pieces)))
+    else:
+        scores = [index.relevance(p, hit.terms) for p in pieces]
+        order = sorted(range(len(pieces)), key=lambda i: (-scores[i], i))
+        chosen = []
+        used = 0
+        for i in order:
+            if chosen and (scores[i] <= 0 or used + len(pieces[i]) + 1 > budget):
+                continue
+            chosen.append(i)
+            used += len(pieces[i]) + 1
+        if not any("`" in pieces[i] for i in chosen):
+            quoting = [i for i in order if "`" in pieces[i]]
+            if quoting:
+                chosen.append(quoting[0])
+        chosen.sort()
+    body = " ".join(pieces[i] for i in chosen) if pieces else ""
+    return clip(f"{title} — {body}" if title else body, max_chars)
 
 
 class OfflineBackend:
@@ -70,7 +123,12 @@ class OfflineBackend:
 
     def reply(self, prompt: Prompt) -> str:
         if prompt.kind is TurnKind.SUMMARY:
-            return summarise(prompt.context, max_chars=prompt.max_chars, room=prompt.room)
+            return summarise(
+                prompt.context,
+                max_chars=prompt.max_chars,
+                room=prompt.room,
+                bot_nick=prompt.bot_nick,
+            )
         if prompt.kind is TurnKind.CHIME:
             return self._chime(prompt)
         return self._answer(prompt)
@@ -97,9 +155,7 @@ class OfflineBackend:
         hit = self.index.answer(question)
         if hit is None:
             return None
-        title = hit.section.title
-        body = _markdown_to_chat(hit.section)
-        return clip(f"{title} — {body}" if title else body, max_chars)
+        return build_answer(self.index, hit, max_chars)
 
     def _about(self, nick: str) -> str:
         return (
@@ -122,4 +178,9 @@ class OfflineBackend:
                 if found is not None:
                     return f"{line.sender}: {found}"
                 break
-        return summarise(since or prompt.context, max_chars=prompt.max_chars, room=prompt.room)
+        return summarise(
+            since or prompt.context,
+            max_chars=prompt.max_chars,
+            room=prompt.room,
+            bot_nick=prompt.bot_nick,
+        )

@@ -4,8 +4,10 @@ The main thread reads chat events and feeds them to the brain, and ticks the bra
 Turns the brain returns go to a small bounded queue; one worker thread runs them through the
 backend and streams the reply into the chat as the text arrives (manners.Framer decides when
 a frame is worth sending), so a slow model never stops the bot from reading (and answering
-the server's pings). When the queue is full a turn is dropped with a log line: the bot would
-rather miss a turn than flood later.
+the server's pings). A notice (the brain holding back, saying so) needs no backend: the main
+thread sends it at once. When the queue is full a turn is dropped with a log line, and a
+question's asker is told, once a minute per channel: the bot would rather say "ask again"
+than answer minutes late.
 
 Each reply has a deadline (--reply-timeout), whatever the backend. The backend's generator
 runs in a thread of its own (a _Pump), because a model busy in C code (llama.cpp's decode)
@@ -28,10 +30,10 @@ from pathlib import Path
 from types import FrameType
 
 from chatctl.bot.backend import Backend, BackendError
-from chatctl.bot.brain import Brain, ChatLine, Skip, Turn
+from chatctl.bot.brain import Brain, ChatLine, Skip, Turn, TurnKind
 from chatctl.bot.config import BotConfig, OnFailure
 from chatctl.bot.factory import make_backend
-from chatctl.bot.manners import Framer
+from chatctl.bot.manners import Framer, where
 from chatctl.client import Client, Closed, Disconnected, Reconnected, Refused
 from chatctl.client.trust import client_trust
 from chatctl.errors import ChatctlError
@@ -184,9 +186,16 @@ class Bot:
                 room=event.room,
                 action=event.action,
                 history=event.history,
+                wall=event.ts / 1000,
             )
         elif isinstance(event, DirectMessage):
-            line = ChatLine(sender=event.sender, text=event.text, ts=now, action=event.action)
+            line = ChatLine(
+                sender=event.sender,
+                text=event.text,
+                ts=now,
+                action=event.action,
+                wall=event.ts / 1000,
+            )
         elif isinstance(event, Notice) and event.kind == "renamed":
             with self._brain_lock:
                 self.brain.rename(self.client.nick)
@@ -208,18 +217,47 @@ class Bot:
 
     def _queue(self, turns: list[Turn], skips: list[Skip]) -> None:
         for skip in skips:
-            log.info(
-                "skipped a %s trigger from %s in %s: %s",
-                skip.kind,
-                skip.sender,
-                skip.channel,
-                skip.reason,
-            )
+            log.info("%s", skip.message)
         for turn in turns:
+            if turn.text is not None:
+                self._say(turn, turn.text)
+                continue
+            if turn.waited:
+                log.info(
+                    "answering %s in %s after %.1f s in the queue",
+                    turn.prompt.asker,
+                    where(turn.channel),
+                    turn.waited,
+                )
             try:
                 self._turns.put_nowait(turn)
             except queue.Full:
-                log.warning("busy: dropped a %s turn for %s", turn.prompt.kind, turn.channel)
+                log.warning(
+                    "too busy: dropped a %s turn for %s (%d replies waiting for the backend)",
+                    turn.prompt.kind,
+                    where(turn.channel),
+                    QUEUE_LIMIT,
+                )
+                if turn.prompt.kind is not TurnKind.CHIME:
+                    self._notice_once(
+                        turn, "too many questions at once; please ask again in a minute."
+                    )
+
+    def _say(self, turn: Turn, text: str) -> None:
+        """Send a notice of the bot's own, and remember it as said."""
+        self._send(turn, text)
+        with self._brain_lock:
+            self.brain.spoke(turn, text, time.monotonic())
+        log.info("said in %s: %s", where(turn.channel), text)
+
+    def _notice_once(self, turn: Turn, text: str) -> None:
+        now = time.monotonic()
+        key = f"busy {turn.channel}"
+        if now - self._noticed.get(key, float("-inf")) < NOTICE_INTERVAL:
+            return
+        self._noticed[key] = now
+        to = f"{turn.prompt.asker}: " if turn.room is not None and turn.prompt.asker else ""
+        self._say(turn, to + text)
 
     # -- the worker thread: backend calls and replies -------------------------------------------
 
