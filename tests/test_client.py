@@ -26,6 +26,7 @@ from chatctl.client.link import Pacer
 from chatctl.errors import ConnectFailed, Rejected, TimedOut
 from chatctl.protocol import (
     NEED_DATA,
+    UNACKED_MAX,
     Ack,
     Connection,
     DirectMessage,
@@ -311,3 +312,62 @@ def test_the_pacer_mirrors_the_server_bucket_at_90_percent_and_half_the_burst() 
     assert pacer.wait_time() == 0
     pacer.spend()
     assert 1.0 < pacer.wait_time() <= 1 / 0.9
+
+
+def test_the_client_keeps_at_most_unacked_max_messages_unacknowledged() -> None:
+    """The protocol's UNACKED_MAX (the window in which the server recognises resends): a
+    client with that many unanswered waits for an answer before it sends one more."""
+    received: list[Say] = []
+    arrived = threading.Condition()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        conn_box: list[socket.socket] = []
+
+        def serve() -> None:
+            sock, _ = listener.accept()
+            conn_box.append(sock)
+            proto = Connection(Role.SERVER)
+            welcomed = False
+            while data := sock.recv(65536):
+                proto.receive_data(data)
+                while (event := proto.next_event()) is not NEED_DATA:
+                    if not welcomed:
+                        sock.sendall(
+                            proto.send(
+                                Welcome(protocol=1, server="s", version="0", nick="x", token="t")
+                            )
+                        )
+                        welcomed = True
+                    elif isinstance(event, Say):
+                        with arrived:
+                            received.append(event)
+                            arrived.notify_all()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        client = Client("127.0.0.1", port, nick="x")
+        client.connect()
+        try:
+            sender = threading.Thread(
+                target=lambda: [client.say("lobby", f"m{i}") for i in range(UNACKED_MAX + 1)],
+                daemon=True,
+            )
+            sender.start()
+            with arrived:
+                assert arrived.wait_for(lambda: len(received) >= UNACKED_MAX, WAIT)
+                # The one more must not come while all are unanswered.
+                assert not arrived.wait_for(lambda: len(received) > UNACKED_MAX, 0.5)
+            assert client.unacked() == UNACKED_MAX and sender.is_alive()
+            first = received[0]
+            conn_box[0].sendall(
+                encode(Ack(msg_id=first.msg_id, ts=1, recipients=0, room="lobby", seq=1))
+            )
+            with arrived:
+                assert arrived.wait_for(lambda: len(received) == UNACKED_MAX + 1, WAIT)
+            sender.join(WAIT)
+            assert not sender.is_alive()
+        finally:
+            client.close()
+            server.join(WAIT)
+            for sock in conn_box:
+                sock.close()
