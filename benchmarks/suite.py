@@ -239,7 +239,7 @@ def _fanout(
                 "fanout",
                 *_target_args(kind),
                 "--sweep",
-                "subscribers=" + ",".join(map(str, subscribers)),
+                "sub=" + ",".join(map(str, subscribers)),
                 "--size",
                 "100",
                 *duration,

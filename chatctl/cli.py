@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import click
 import typer
+import typer.core
 
 from chatctl import options as o
 from chatctl.bench.params import Params
@@ -24,18 +26,73 @@ from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 if TYPE_CHECKING:
     from chatctl.address import Address
     from chatctl.client.trust import ServerTrust
+    from chatctl.userconfig import Layer
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 error; 2 usage; 3 nobody received it (--require-recipient); "
-    "4 could not connect or connection lost; 5 rejected by the server; 6 timed out; "
-    "7 bench saw loss; 8 the nick asked for was taken (--require-nick); 130 interrupted."
+# Once, in the root help (and the README): errors.ExitCode.
+EXIT_CODES_HELP = "\n\n".join(
+    [
+        "[bold]Exit codes[/bold]",
+        "0  ok (send: delivered)            5  rejected by the server",
+        "1  any other error                 6  timed out",
+        "2  bad options or arguments        7  bench: messages lost",
+        "3  send: nobody received it        8  send: the nick was taken",
+        "4  could not connect, or lost    130  interrupted (Ctrl-C)",
+        "",
+        "Every option can also be set with the CHATCTL_* variable its --help shows.",
+    ]
 )
 
 ACCOUNTS_HELP = (
     "The password is never an argument: it comes from $CHATCTL_PASSWORD if set; on a "
     "terminal it is asked twice; otherwise it is the first line of stdin "
-    "(printf 'secret\\n' | chatctl accounts add alice). " + EXIT_CODES_HELP
+    "(printf 'secret\\n' | chatctl accounts add alice)."
 )
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose --help fits 80 columns, two lines an option: Typer's, but without the
+    accepted range of each number in the column beside the option (it would halve the width
+    left for the help; the help gives a range that matters, and a value outside it is refused
+    with the range), and with the option's CHATCTL_* variable and default on one line under
+    its help rather than one line each (tests/test_cli_help.py holds it to that)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from typer import rich_utils  # here: only --help pays for rich
+
+        shown: Any = getattr(rich_utils, "RANGE_STRING", None)
+        cell: Any = getattr(rich_utils, "_get_parameter_help", None)
+        if shown is None or cell is None:  # another Typer: its own layout, as it is
+            super().format_help(ctx, formatter)
+            return
+        rich_utils.RANGE_STRING = ""
+        rich_utils._get_parameter_help = _two_lines(cell)
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            rich_utils.RANGE_STRING = shown
+            rich_utils._get_parameter_help = cell
+
+
+def _two_lines(parameter_help: Callable[..., Any]) -> Callable[..., Any]:
+    """Typer's help cell of an option (its help, then "[env var: ...]", "[default: ...]" and
+    so on, laid out together as rich Columns), as the help on its lines, then the bracketed
+    items side by side where they fit (never one cut in two)."""
+    from rich.columns import Columns
+    from rich.console import Group
+    from rich.text import Text
+
+    def cell(**kwargs: Any) -> Any:
+        columns = parameter_help(**kwargs)
+        items = list(getattr(columns, "renderables", ()))
+        if len(items) < 2 or not all(isinstance(item, Text) for item in items):
+            return columns
+        help_text, *rest = items
+        if help_text.plain.startswith("["):  # no help: the bracketed items are all there is
+            return Columns(items)
+        return Group(help_text, Columns(rest))
+
+    return cell
+
 
 app = typer.Typer(
     name="chatctl",
@@ -77,22 +134,88 @@ def _password(account: str | None, addresses: list[Address]) -> str:
     return account_password(account, ",".join(dict.fromkeys(a.host for a in addresses)))
 
 
+def _with_saved(
+    ctx: typer.Context, command: str, host_given: bool | None = None, **values: Any
+) -> dict[str, Any]:
+    """`values` (the command's HOST, nick, rooms, account and TLS settings, by parameter name)
+    with the saved server that HOST, --server or $CHATCTL_SERVER names merged in (userconfig.py
+    has the rules). `host_given`: for a command whose HOST is no parameter of its own (send),
+    whether the command line gave one. A config file that cannot be used, or a saved server
+    that does not exist, ends the command: one line, exit 2."""
+    try:
+        return _merge_saved(ctx, command, host_given, values)
+    except ChatctlError as exc:
+        raise _fail(exc) from None
+
+
+def _merge_saved(
+    ctx: typer.Context, command: str, host_given: bool | None, values: dict[str, Any]
+) -> dict[str, Any]:
+    from click.core import ParameterSource
+
+    server = ctx.params.get("server")
+    host = values["host"]
+    if host_given is None:
+        host_given = ctx.get_parameter_source("host") is ParameterSource.COMMANDLINE
+    if not server and not host_given:
+        return values  # nothing names a saved server: the file is not even read
+    from chatctl import userconfig as uc
+
+    server_layer = _layer(ctx, "server")
+    could_be_name = host_given and uc.name_problem(host) is None
+    if not could_be_name and (not server or (host_given and server_layer is not uc.Layer.FLAG)):
+        return values  # HOST is an address, and only $CHATCTL_SERVER (which it beats) names one
+    config = uc.load()
+    host_is_name = could_be_name and config is not None and host in config.servers
+    path = str(uc.config_path()) if config is None else config.path
+    chosen = uc.choose(host, host_given, host_is_name, server, server_layer, path)
+    if chosen is None:
+        return values
+    if config is None:
+        raise uc.ConfigError(path, f"no saved server {chosen!r}: there is no such file")
+    layers = {name: _layer(ctx, name) for name in values if name in ctx.params}
+    layers["host"] = uc.host_layer(
+        uc.Layer.FLAG if host_given else layers.get("host", uc.Layer.DEFAULT), host_is_name
+    )
+    given = {name: (value, layers.get(name, uc.Layer.DEFAULT)) for name, value in values.items()}
+    return uc.merge(given, uc.saved_values(command, config.server(chosen)))
+
+
+def _layer(ctx: typer.Context, name: str) -> Layer:
+    """Where the command line parser found parameter `name`: a flag, a CHATCTL_* variable or
+    the default."""
+    from click.core import ParameterSource
+
+    from chatctl.userconfig import Layer
+
+    source = ctx.get_parameter_source(name)
+    if source in (ParameterSource.COMMANDLINE, ParameterSource.PROMPT):
+        return Layer.FLAG
+    if source is ParameterSource.ENVIRONMENT:
+        return Layer.ENV
+    return Layer.DEFAULT
+
+
+def _fail(exc: ChatctlError) -> typer.Exit:
+    print(f"chatctl: {exc}", file=sys.stderr)
+    return typer.Exit(int(exc.exit_code))
+
+
 def run(action: Callable[[], int | None]) -> None:
     """Call the library; map its errors to one line on stderr and an exit code."""
     try:
         code = action()
     except ChatctlError as exc:
-        print(f"chatctl: {exc}", file=sys.stderr)
-        raise typer.Exit(int(exc.exit_code)) from None
+        raise _fail(exc) from None
     except KeyboardInterrupt:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     raise typer.Exit(code or 0)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command)
 def serve(
     host: o.ServeHosts = None,
-    port: o.Port = ServerConfig.port,
+    port: o.ServePort = ServerConfig.port,
     name: o.ServerName = ServerConfig.name,
     log_level: o.LogLevelOpt = ServerConfig.log_level,
     log_format: o.LogFormatOpt = ServerConfig.log_format,
@@ -172,9 +295,11 @@ def serve(
     run(action)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command)
 def join(
+    ctx: typer.Context,
     host: o.HostArg = DEFAULT_HOST,
+    server: o.Server = None,
     port: o.Port = DEFAULT_PORT,
     nick: o.Nick = None,
     room: o.Rooms = None,
@@ -189,6 +314,18 @@ def join(
     tls_fingerprint: o.TlsFingerprint = None,
 ) -> None:
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
+    saved = _with_saved(
+        ctx,
+        "join",
+        host=host,
+        nick=nick,
+        room=room,
+        account=account,
+        tls_ca=tls_ca,
+        tls_fingerprint=tls_fingerprint,
+    )
+    host, nick, room, account = saved["host"], saved["nick"], saved["room"], saved["account"]
+    tls_ca, tls_fingerprint = saved["tls_ca"], saved["tls_fingerprint"]
 
     def action() -> int | None:
         from chatctl.ui.join import run_join
@@ -212,9 +349,11 @@ def join(
     run(action)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command)
 def send(
+    ctx: typer.Context,
     args: o.SendArgs = None,
+    server: o.Server = None,
     port: o.Port = DEFAULT_PORT,
     room: o.SendRoom = None,
     to: o.SendTo = None,
@@ -238,6 +377,19 @@ def send(
         raise typer.BadParameter("give --room or --to, not both")
     host = positional[0] if len(positional) == 2 else o.default_host()
     message = positional[-1] if positional else None
+    saved = _with_saved(
+        ctx,
+        "send",
+        host_given=len(positional) == 2,
+        host=host,
+        nick=nick,
+        room=room,
+        account=account,
+        tls_ca=tls_ca,
+        tls_fingerprint=tls_fingerprint,
+    )
+    host, nick, room, account = saved["host"], saved["nick"], saved["room"], saved["account"]
+    tls_ca, tls_fingerprint = saved["tls_ca"], saved["tls_fingerprint"]
 
     def action() -> int | None:
         from chatctl.ui.send import run_send
@@ -264,7 +416,7 @@ def send(
     run(action)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command)
 def bench(
     scenario: o.ScenarioArg = Params.scenario,
     target: o.Target = None,
@@ -310,10 +462,11 @@ def bench(
     run(action)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@app.command(cls=Command)
 def bot(
     ctx: typer.Context,
     host: o.HostArg = DEFAULT_HOST,
+    server: o.Server = None,
     port: o.Port = DEFAULT_PORT,
     nick: o.BotNick = BrainSettings.nick,
     room: o.Rooms = None,
@@ -341,6 +494,11 @@ def bot(
 
     from chatctl.address import parse_addresses
 
+    saved = _with_saved(
+        ctx, "bot", host=host, room=room, tls_ca=tls_ca, tls_fingerprint=tls_fingerprint
+    )
+    host, room = saved["host"], saved["room"]
+    tls_ca, tls_fingerprint = saved["tls_ca"], saved["tls_fingerprint"]
     try:
         addresses = parse_addresses(host, port)
     except ChatctlError as exc:
@@ -392,7 +550,7 @@ accounts_app = typer.Typer(
 app.add_typer(accounts_app, name="accounts")
 
 
-@accounts_app.command("add", epilog=ACCOUNTS_HELP)
+@accounts_app.command("add", epilog=ACCOUNTS_HELP, cls=Command)
 def accounts_add(name: o.AccountName, data: o.DataDir = None) -> None:
     """Create an account (the name may not exist in any case)."""
 
@@ -405,7 +563,7 @@ def accounts_add(name: o.AccountName, data: o.DataDir = None) -> None:
     run(action)
 
 
-@accounts_app.command("passwd", epilog=ACCOUNTS_HELP)
+@accounts_app.command("passwd", epilog=ACCOUNTS_HELP, cls=Command)
 def accounts_passwd(name: o.AccountName, data: o.DataDir = None) -> None:
     """Set an existing account's password."""
 
@@ -418,7 +576,7 @@ def accounts_passwd(name: o.AccountName, data: o.DataDir = None) -> None:
     run(action)
 
 
-@accounts_app.command("remove", epilog=ACCOUNTS_HELP)
+@accounts_app.command("remove", epilog=ACCOUNTS_HELP, cls=Command)
 def accounts_remove(name: o.AccountName, data: o.DataDir = None) -> None:
     """Delete an account."""
 
@@ -431,7 +589,7 @@ def accounts_remove(name: o.AccountName, data: o.DataDir = None) -> None:
     run(action)
 
 
-@accounts_app.command("list", epilog=ACCOUNTS_HELP)
+@accounts_app.command("list", epilog=ACCOUNTS_HELP, cls=Command)
 def accounts_list(data: o.DataDir = None, json_out: o.Json = False) -> None:
     """Print each account's name and creation time (UTC), one a line, by name."""
 
@@ -442,6 +600,47 @@ def accounts_list(data: o.DataDir = None, json_out: o.Json = False) -> None:
         return 0
 
     run(action)
+
+
+config_app = typer.Typer(
+    name="config",
+    help="Saved servers: show where the config file is and what it holds (checked).",
+    epilog="Use one: `chatctl join NAME`, `chatctl send -s NAME MESSAGE` (docs/join.md).",
+    subcommand_metavar="[path]",
+    rich_markup_mode="rich",
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.callback()
+def config_show(ctx: typer.Context, json_out: o.Json = False) -> None:
+    """Show the config file's path and its saved servers (checked: a mistake is one line with
+    the file and line, exit 2)."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def action() -> int | None:
+        from chatctl import userconfig
+
+        path = userconfig.config_path()
+        config = userconfig.load(path)
+        if json_out:
+            print(userconfig.to_json(config, path))
+        else:
+            print(userconfig.describe(config, path), end="")
+        return 0
+
+    run(action)
+
+
+@config_app.command("path", cls=Command)
+def config_path() -> None:
+    """Print the config file's path (it need not exist): $EDITOR "$(chatctl config path)"."""
+    from chatctl.userconfig import config_path as path
+
+    print(path())
 
 
 def main() -> None:

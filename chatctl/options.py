@@ -1,7 +1,9 @@
 """Every command-line option and its CHATCTL_* environment variable, in one place.
 
 Commands in cli.py take these Annotated aliases as parameter types; nothing else defines an
-option name. A new option goes here, next to its siblings.
+option name. A new option goes here, next to its siblings, with an environment variable (or an
+entry in ENV_EXEMPT saying why not; tests/test_cli_help.py checks) and a help panel: `--help`
+groups options by panel, one short line of help each (the details are in the docs).
 """
 
 from __future__ import annotations
@@ -54,17 +56,56 @@ def _env(name: str) -> str:
     return f"CHATCTL_{name}"
 
 
+# The help panels options are grouped in (`rich_help_panel`), in no particular order: Typer
+# shows a command's panels in the order its first option in each comes.
+CONNECTION = "Connection"
+IDENTITY = "Identity"
+ROOMS = "Rooms"
+TLS = "TLS"
+SCRIPTS = "Scripts"
+MESSAGE = "Message"
+OUTPUT = "Output"
+LIMITS = "Limits"
+RATES = "Rate limits, per client address"
+TIMEOUTS = "Timeouts"
+DATA = "Data and history"
+ACCOUNTS = "Accounts"
+LOGGING = "Logging"
+LOAD = "Load"
+TARGET = "Target"
+BACKEND = "Backend"
+MANNERS = "Manners"
+
+# Parameters without an environment variable, and why. Every other one has a CHATCTL_* one.
+ENV_EXEMPT = {
+    "version": "asks for the version, sets nothing",
+    "args": "send's HOST and MESSAGE: what to send is an argument (or stdin), not a setting",
+    "name": "accounts: the account acted on is an argument of each call",
+}
+
+
 # Shared by several commands ------------------------------------------------------------------
 HostArg = Annotated[
     str,
     typer.Argument(
         envvar=_env("HOST"),
-        help="Server: HOST, HOST:PORT, [IPV6]:PORT, chat://HOST:PORT or tls://HOST:PORT; or several, comma-separated, tried in order (failover).",
+        help="HOST[:PORT], chat:// or tls://HOST:PORT, several comma-separated (failover), "
+        "or a saved server's name.",
         show_default=True,
     ),
 ]
 Port = Annotated[
-    int, typer.Option("--port", "-p", envvar=_env("PORT"), min=0, max=65535, help="TCP port.")
+    int,
+    typer.Option(
+        "--port",
+        "-p",
+        envvar=_env("PORT"),
+        min=0,
+        max=65535,
+        metavar="PORT",
+        help="TCP port (for an address without one).",
+        rich_help_panel=CONNECTION,
+    ),
 ]
 Nick = Annotated[
     str | None,
@@ -72,8 +113,9 @@ Nick = Annotated[
         "--nick",
         "-n",
         envvar=_env("NICK"),
-        help="Nick to use (default: the --account name; else join asks on a terminal, or the "
-        "login name).",
+        metavar="NICK",
+        help="Nick (default: the account's; else asked, or the login name).",
+        rich_help_panel=IDENTITY,
     ),
 ]
 Rooms = Annotated[
@@ -82,13 +124,21 @@ Rooms = Annotated[
         "--room",
         "-r",
         envvar=_env("ROOM"),
+        metavar="ROOM",
         help="Room to join; repeat for several. Default: lobby.",
+        rich_help_panel=ROOMS,
     ),
 ]
 Timeout = Annotated[
     float | None,
     typer.Option(
-        "--timeout", "-t", envvar=_env("TIMEOUT"), min=0.0, help="Give up after this many seconds."
+        "--timeout",
+        "-t",
+        envvar=_env("TIMEOUT"),
+        min=0.0,
+        metavar="SECONDS",
+        help="Give up after this many seconds.",
+        rich_help_panel=SCRIPTS,
     ),
 ]
 ConnectTimeout = Annotated[
@@ -97,7 +147,9 @@ ConnectTimeout = Annotated[
         "--connect-timeout",
         envvar=_env("CONNECT_TIMEOUT"),
         min=0.0,
-        help="Seconds to wait for the TCP connect and handshake.",
+        metavar="SECONDS",
+        help="Seconds for the connection and handshake.",
+        rich_help_panel=CONNECTION,
     ),
 ]
 Format = Annotated[
@@ -106,11 +158,15 @@ Format = Annotated[
         "--format",
         "-f",
         envvar=_env("FORMAT"),
-        help="Output format in a pipe: text, or JSON Lines.",
+        help="In a pipe: text, or JSON Lines.",
+        rich_help_panel=OUTPUT,
     ),
 ]
 Json = Annotated[
-    bool, typer.Option("--json", envvar=_env("JSON"), help="Print machine-readable JSON on stdout.")
+    bool,
+    typer.Option(
+        "--json", envvar=_env("JSON"), help="Print JSON on stdout.", rich_help_panel=OUTPUT
+    ),
 ]
 Version = Annotated[
     bool | None,
@@ -123,6 +179,19 @@ Version = Annotated[
     ),
 ]
 
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        envvar=_env("SERVER"),
+        metavar="NAME",
+        help="A saved server (chatctl config): its address and settings.",
+        show_default=False,
+        rich_help_panel=CONNECTION,
+    ),
+]
+
 # serve -----------------------------------------------------------------------------------------
 ServeHosts = Annotated[
     list[str] | None,
@@ -130,22 +199,51 @@ ServeHosts = Annotated[
         "--host",
         "-H",
         envvar=_env("HOST"),
-        help=f"Address to listen on; repeat for several (e.g. ::1 for IPv6). Default: {DEFAULT_HOST}.",
+        metavar="ADDR",
+        help="Address to listen on (repeatable).",
+        show_default=DEFAULT_HOST,
+        rich_help_panel=CONNECTION,
+    ),
+]
+ServePort = Annotated[
+    int,
+    typer.Option(
+        "--port",
+        "-p",
+        envvar=_env("PORT"),
+        min=0,
+        max=65535,
+        metavar="PORT",
+        help="TCP port to listen on (0: any free one).",
+        rich_help_panel=CONNECTION,
     ),
 ]
 ServerName = Annotated[
-    str, typer.Option("--name", envvar=_env("SERVER_NAME"), help="Server name sent in the welcome.")
+    str,
+    typer.Option(
+        "--name",
+        envvar=_env("SERVER_NAME"),
+        help="Server name sent in the welcome.",
+        rich_help_panel=CONNECTION,
+    ),
 ]
 LogLevelOpt = Annotated[
     LogLevel,
-    typer.Option("--log-level", envvar=_env("LOG_LEVEL"), help="Least severe log level shown."),
+    typer.Option(
+        "--log-level",
+        envvar=_env("LOG_LEVEL"),
+        metavar="LEVEL",
+        help="debug, info, warning or error.",
+        rich_help_panel=LOGGING,
+    ),
 ]
 LogFormatOpt = Annotated[
     LogFormat,
     typer.Option(
         "--log-format",
         envvar=_env("LOG_FORMAT"),
-        help="rich for people, json (one object a line) for machines.",
+        help="rich for people, json for machines.",
+        rich_help_panel=LOGGING,
     ),
 ]
 MaxFrame = Annotated[
@@ -155,13 +253,20 @@ MaxFrame = Annotated[
         envvar=_env("MAX_FRAME"),
         min=256,
         max=4 * 1024 * 1024,
-        help="Largest frame body accepted, in bytes.",
+        metavar="BYTES",
+        help="Largest frame body (256 to 4194304).",
+        rich_help_panel=LIMITS,
     ),
 ]
 MaxText = Annotated[
     int,
     typer.Option(
-        "--max-text", envvar=_env("MAX_TEXT"), min=1, help="Longest message text, in UTF-8 bytes."
+        "--max-text",
+        envvar=_env("MAX_TEXT"),
+        min=1,
+        metavar="BYTES",
+        help="Longest message text, in UTF-8 bytes.",
+        rich_help_panel=LIMITS,
     ),
 ]
 MaxOutput = Annotated[
@@ -170,7 +275,9 @@ MaxOutput = Annotated[
         "--max-output",
         envvar=_env("MAX_OUTPUT"),
         min=1024,
-        help="Output-buffer high-water mark per connection, in bytes; a slower reader is disconnected.",
+        metavar="BYTES",
+        help="Output queued before a reader is dropped.",
+        rich_help_panel=LIMITS,
     ),
 ]
 HandshakeTimeout = Annotated[
@@ -179,7 +286,9 @@ HandshakeTimeout = Annotated[
         "--handshake-timeout",
         envvar=_env("HANDSHAKE_TIMEOUT"),
         min=0.1,
-        help="Seconds a new connection has to complete its Hello.",
+        metavar="SECONDS",
+        help="Time a new connection has to say Hello.",
+        rich_help_panel=TIMEOUTS,
     ),
 ]
 PingInterval = Annotated[
@@ -188,7 +297,9 @@ PingInterval = Annotated[
         "--ping-interval",
         envvar=_env("PING_INTERVAL"),
         min=0.1,
-        help="Seconds of silence before the server pings a client.",
+        metavar="SECONDS",
+        help="Silence before the server pings.",
+        rich_help_panel=TIMEOUTS,
     ),
 ]
 IdleTimeout = Annotated[
@@ -197,7 +308,9 @@ IdleTimeout = Annotated[
         "--idle-timeout",
         envvar=_env("IDLE_TIMEOUT"),
         min=0.1,
-        help="Seconds of silence (pings unanswered) before a client is dropped.",
+        metavar="SECONDS",
+        help="Silence before a client is dropped.",
+        rich_help_panel=TIMEOUTS,
     ),
 ]
 RateLimit = Annotated[
@@ -206,8 +319,9 @@ RateLimit = Annotated[
         "--rate",
         envvar=_env("RATE"),
         min=0.0,
-        help="Frames a second each client address may send on average, all its connections "
-        "together (0: no limit).",
+        metavar="PER_SEC",
+        help="Frames a second (0: no limit).",
+        rich_help_panel=RATES,
     ),
 ]
 Burst = Annotated[
@@ -216,7 +330,9 @@ Burst = Annotated[
         "--burst",
         envvar=_env("BURST"),
         min=1,
-        help="Frames a client address may send at once before the rate applies.",
+        metavar="N",
+        help="Frames at once before --rate applies.",
+        rich_help_panel=RATES,
     ),
 ]
 Ipv4Prefix = Annotated[
@@ -226,7 +342,9 @@ Ipv4Prefix = Annotated[
         envvar=_env("IPV4_PREFIX"),
         min=8,
         max=32,
-        help="IPv4 addresses counted as one client: those sharing this many leading bits.",
+        metavar="BITS",
+        help="IPv4 prefix length of a client (8-32).",
+        rich_help_panel=RATES,
     ),
 ]
 Ipv6Prefix = Annotated[
@@ -236,7 +354,9 @@ Ipv6Prefix = Annotated[
         envvar=_env("IPV6_PREFIX"),
         min=16,
         max=128,
-        help="IPv6 addresses counted as one client: those sharing this many leading bits.",
+        metavar="BITS",
+        help="IPv6 prefix length of a client (16-128).",
+        rich_help_panel=RATES,
     ),
 ]
 ConnectRate = Annotated[
@@ -245,7 +365,9 @@ ConnectRate = Annotated[
         "--connect-rate",
         envvar=_env("CONNECT_RATE"),
         min=0.0,
-        help="New connections a second per client address (0: no limit).",
+        metavar="PER_SEC",
+        help="New connections a second (0: no limit).",
+        rich_help_panel=RATES,
     ),
 ]
 ConnectBurst = Annotated[
@@ -254,7 +376,9 @@ ConnectBurst = Annotated[
         "--connect-burst",
         envvar=_env("CONNECT_BURST"),
         min=1,
-        help="New connections a client address may open at once before --connect-rate applies.",
+        metavar="N",
+        help="New connections at once before the rate.",
+        rich_help_panel=RATES,
     ),
 ]
 TotalRooms = Annotated[
@@ -263,7 +387,9 @@ TotalRooms = Annotated[
         "--total-rooms",
         envvar=_env("TOTAL_ROOMS"),
         min=0,
-        help="Rooms the server holds in all, with history or members (0: no limit).",
+        metavar="N",
+        help="Rooms held in all (0: no limit).",
+        rich_help_panel=LIMITS,
     ),
 ]
 RoomRate = Annotated[
@@ -272,7 +398,9 @@ RoomRate = Annotated[
         "--room-rate",
         envvar=_env("ROOM_RATE"),
         min=0.0,
-        help="New rooms a second a client address may create (0: no limit).",
+        metavar="PER_SEC",
+        help="New rooms a second (0: no limit).",
+        rich_help_panel=RATES,
     ),
 ]
 RoomBurst = Annotated[
@@ -281,7 +409,9 @@ RoomBurst = Annotated[
         "--room-burst",
         envvar=_env("ROOM_BURST"),
         min=1,
-        help="New rooms a client address may create at once before --room-rate applies.",
+        metavar="N",
+        help="New rooms at once before the rate.",
+        rich_help_panel=RATES,
     ),
 ]
 TotalOutput = Annotated[
@@ -290,8 +420,9 @@ TotalOutput = Annotated[
         "--total-output",
         envvar=_env("TOTAL_OUTPUT"),
         min=1024,
-        help="Bytes queued for all connections together; past it the biggest queues are "
-        "dropped first.",
+        metavar="BYTES",
+        help="Output queued for all connections.",
+        rich_help_panel=LIMITS,
     ),
 ]
 MaxConnections = Annotated[
@@ -300,7 +431,9 @@ MaxConnections = Annotated[
         "--max-connections",
         envvar=_env("MAX_CONNECTIONS"),
         min=1,
-        help="Connections held at once, in total (bounded by the open-files limit).",
+        metavar="N",
+        help="Connections at once, in total.",
+        rich_help_panel=LIMITS,
     ),
 ]
 MaxPerIp = Annotated[
@@ -309,8 +442,9 @@ MaxPerIp = Annotated[
         "--max-per-ip",
         envvar=_env("MAX_PER_IP"),
         min=1,
-        help="Connections held at once by one client address (raise it for load tests from "
-        "loopback).",
+        metavar="N",
+        help="Connections at once per client address.",
+        rich_help_panel=LIMITS,
     ),
 ]
 DataDir = Annotated[
@@ -318,8 +452,10 @@ DataDir = Annotated[
     typer.Option(
         "--data",
         envvar=_env("DATA"),
-        help="Data directory: history and accounts (default: XDG state dir). For serve, "
-        ":memory: keeps nothing: after a restart every room starts again at sequence number 1.",
+        metavar="DIR",
+        help="History and accounts, or :memory:.",
+        show_default="the XDG state dir",
+        rich_help_panel=DATA,
     ),
 ]
 JoinHistory = Annotated[
@@ -328,7 +464,9 @@ JoinHistory = Annotated[
         "--join-history",
         envvar=_env("JOIN_HISTORY"),
         min=0,
-        help="Messages replayed to a client joining a room (0: none).",
+        metavar="N",
+        help="Messages replayed on joining (0: none).",
+        rich_help_panel=DATA,
     ),
 ]
 ReplayLimit = Annotated[
@@ -337,13 +475,20 @@ ReplayLimit = Annotated[
         "--replay-limit",
         envvar=_env("REPLAY_LIMIT"),
         min=1,
-        help="Most messages one join or history request replays (clients page for more).",
+        metavar="N",
+        help="Most messages one replay sends.",
+        rich_help_panel=DATA,
     ),
 ]
 MaxRooms = Annotated[
     int,
     typer.Option(
-        "--max-rooms", envvar=_env("MAX_ROOMS"), min=1, help="Rooms one connection may be in."
+        "--max-rooms",
+        envvar=_env("MAX_ROOMS"),
+        min=1,
+        metavar="N",
+        help="Rooms one connection may be in.",
+        rich_help_panel=LIMITS,
     ),
 ]
 RetainMessages = Annotated[
@@ -352,7 +497,9 @@ RetainMessages = Annotated[
         "--retain-messages",
         envvar=_env("RETAIN_MESSAGES"),
         min=0,
+        metavar="N",
         help="Messages kept per room (0: no limit).",
+        rich_help_panel=DATA,
     ),
 ]
 RetainAge = Annotated[
@@ -361,7 +508,9 @@ RetainAge = Annotated[
         "--retain-age",
         envvar=_env("RETAIN_AGE"),
         min=0.0,
+        metavar="SECONDS",
         help="Seconds a message is kept (0: no limit).",
+        rich_help_panel=DATA,
     ),
 ]
 
@@ -370,22 +519,28 @@ TlsCert = Annotated[
     typer.Option(
         "--tls-cert",
         envvar=_env("TLS_CERT"),
-        help="Speak TLS with this certificate (PEM, the chain after it); needs --tls-key.",
+        metavar="FILE",
+        help="Speak TLS with this certificate (PEM).",
+        rich_help_panel=TLS,
     ),
 ]
 TlsKey = Annotated[
     str | None,
-    typer.Option("--tls-key", envvar=_env("TLS_KEY"), help="The private key of --tls-cert (PEM)."),
+    typer.Option(
+        "--tls-key",
+        envvar=_env("TLS_KEY"),
+        metavar="FILE",
+        help="The private key of --tls-cert (PEM).",
+        rich_help_panel=TLS,
+    ),
 ]
 TlsSelfSigned = Annotated[
     bool,
     typer.Option(
         "--tls-self-signed",
         envvar=_env("TLS_SELF_SIGNED"),
-        help="Speak TLS with a self-signed certificate made once in the data directory "
-        "(tls-cert.pem, tls-key.pem; in memory for this run with --data :memory:). The banner "
-        "shows its SHA-256 fingerprint; clients trust it with --tls-fingerprint SHA256:... (or "
-        "--tls-ca tls-cert.pem).",
+        help="Speak TLS with a self-signed certificate.",
+        rich_help_panel=TLS,
     ),
 ]
 
@@ -394,8 +549,9 @@ AuthOpt = Annotated[
     typer.Option(
         "--auth",
         envvar=_env("AUTH"),
-        help="Accounts: off (none), optional (guests welcome; an account's nick is reserved "
-        "for it), required (only logged-in accounts). Passwords only over TLS or loopback.",
+        metavar="MODE",
+        help="off, optional (guests too) or required.",
+        rich_help_panel=ACCOUNTS,
     ),
 ]
 RegistrationOpt = Annotated[
@@ -403,8 +559,8 @@ RegistrationOpt = Annotated[
     typer.Option(
         "--registration",
         envvar=_env("REGISTRATION"),
-        help="closed: accounts come from `chatctl accounts add`; open: anyone may /register "
-        "their nick.",
+        help="open: anyone may /register their nick.",
+        rich_help_panel=ACCOUNTS,
     ),
 ]
 
@@ -414,7 +570,9 @@ TlsCa = Annotated[
     typer.Option(
         "--tls-ca",
         envvar=_env("TLS_CA"),
-        help="With a tls:// address: trust this CA (PEM file) instead of the system's.",
+        metavar="FILE",
+        help="Trust this CA (PEM) instead of the system's.",
+        rich_help_panel=TLS,
     ),
 ]
 Account = Annotated[
@@ -423,9 +581,10 @@ Account = Annotated[
         "--account",
         "-a",
         envvar=_env("ACCOUNT"),
-        help="Log in to this account (default nick: its name). The password comes from "
-        "$CHATCTL_PASSWORD, or is asked for on a terminal; never from the command line.",
+        metavar="NAME",
+        help="Log in (password: $CHATCTL_PASSWORD or asked).",
         show_default=False,
+        rich_help_panel=IDENTITY,
     ),
 ]
 TlsFingerprint = Annotated[
@@ -434,9 +593,8 @@ TlsFingerprint = Annotated[
         "--tls-fingerprint",
         envvar=_env("TLS_FINGERPRINT"),
         metavar="SHA256:...",
-        help="With a tls:// address: the server certificate's SHA-256 fingerprint, as its "
-        "banner shows it. A certificate no CA vouches for is trusted if it matches, and "
-        "remembered in ~/.config/chatctl/known_servers; any certificate must match it.",
+        help="Trust the certificate with this fingerprint (remembered).",
+        rich_help_panel=TLS,
     ),
 ]
 
@@ -444,7 +602,13 @@ TlsFingerprint = Annotated[
 Count = Annotated[
     int | None,
     typer.Option(
-        "--count", "-c", envvar=_env("COUNT"), min=1, help="Exit after this many messages."
+        "--count",
+        "-c",
+        envvar=_env("COUNT"),
+        min=1,
+        metavar="N",
+        help="Exit after this many messages.",
+        rich_help_panel=SCRIPTS,
     ),
 ]
 Reconnect = Annotated[
@@ -452,7 +616,8 @@ Reconnect = Annotated[
     typer.Option(
         "--reconnect/--no-reconnect",
         envvar=_env("RECONNECT"),
-        help="In a pipe, reconnect instead of exiting when the connection drops.",
+        help="Reconnect on a drop (pipe mode).",
+        rich_help_panel=SCRIPTS,
     ),
 ]
 HistoryCount = Annotated[
@@ -461,7 +626,9 @@ HistoryCount = Annotated[
         "--history",
         envvar=_env("HISTORY"),
         min=0,
-        help="Recent messages to show on joining (default: the server's).",
+        metavar="N",
+        help="Messages to show on joining (default: the server's).",
+        rich_help_panel=ROOMS,
     ),
 ]
 
@@ -470,7 +637,7 @@ SendArgs = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="[HOST] [MESSAGE]",
-        help="Server (HOST, HOST:PORT, chat:// or tls://HOST:PORT, or several comma-separated, tried in order; default $CHATCTL_HOST or 127.0.0.1) then the message; one argument is the message; '-' or none reads it from stdin (none: only from a pipe or file, not a terminal). One final newline is not part of it.",
+        help="HOST as for join (default: $CHATCTL_HOST, else 127.0.0.1), then MESSAGE; one argument is MESSAGE; '-' or none reads it from stdin (not a terminal).",
         show_default=False,
     ),
 ]
@@ -483,14 +650,36 @@ def default_host() -> str:
 
 SendRoom = Annotated[
     str | None,
-    typer.Option("--room", "-r", envvar=_env("ROOM"), help="Room to send to (default: lobby)."),
+    typer.Option(
+        "--room",
+        "-r",
+        envvar=_env("ROOM"),
+        metavar="ROOM",
+        help="Room to send to (default: lobby).",
+        rich_help_panel=MESSAGE,
+    ),
 ]
 SendTo = Annotated[
     str | None,
-    typer.Option("--to", envvar=_env("TO"), help="Send a direct message to this nick instead."),
+    typer.Option(
+        "--to",
+        envvar=_env("TO"),
+        metavar="NICK",
+        help="Send a direct message to this nick instead.",
+        rich_help_panel=MESSAGE,
+    ),
 ]
 SendCount = Annotated[
-    int, typer.Option("--count", "-c", min=1, help="Send the message this many times.")
+    int,
+    typer.Option(
+        "--count",
+        "-c",
+        envvar=_env("SEND_COUNT"),
+        min=1,
+        metavar="N",
+        help="Send the message this many times.",
+        rich_help_panel=MESSAGE,
+    ),
 ]
 RequireRecipient = Annotated[
     bool,
@@ -498,6 +687,7 @@ RequireRecipient = Annotated[
         "--require-recipient",
         envvar=_env("REQUIRE_RECIPIENT"),
         help="Exit 3 if nobody else received it.",
+        rich_help_panel=SCRIPTS,
     ),
 ]
 RequireNick = Annotated[
@@ -505,7 +695,8 @@ RequireNick = Annotated[
     typer.Option(
         "--require-nick",
         envvar=_env("REQUIRE_NICK"),
-        help="Exit 8, sending nothing, if the server gives another nick (the one asked for is taken).",
+        help="Exit 8, sending nothing, if the nick is taken.",
+        rich_help_panel=SCRIPTS,
     ),
 ]
 SendNick = Annotated[
@@ -514,11 +705,17 @@ SendNick = Annotated[
         "--nick",
         "-n",
         envvar=_env("NICK"),
-        help="Nick to send as (default: the --account name, else the login name). If it is "
-        "taken the server gives a variant (carol2), which the receipt names; see --require-nick.",
+        metavar="NICK",
+        help="Nick (default: the account's, else the login name).",
+        rich_help_panel=IDENTITY,
     ),
 ]
-Action = Annotated[bool, typer.Option("--me", help="Send as a /me action.")]
+Action = Annotated[
+    bool,
+    typer.Option(
+        "--me", envvar=_env("SEND_ME"), help="Send it as a /me action.", rich_help_panel=MESSAGE
+    ),
+]
 
 # bench ---------------------------------------------------------------------------------------
 Target = Annotated[
@@ -526,56 +723,180 @@ Target = Annotated[
     typer.Option(
         "--target",
         envvar=_env("BENCH_TARGET"),
-        help="HOST:PORT of a chatctl server (tls://HOST:PORT over TLS, see --tls-ca), redis://HOST:PORT, nats://HOST:PORT, nats+tls://HOST:PORT or irc://HOST:PORT. Default: start a local server.",
+        metavar="URL",
+        help="A chatctl address, redis://, nats:// or irc:// (default: start one).",
+        rich_help_panel=TARGET,
     ),
 ]
 ScenarioArg = Annotated[
     Scenario,
     typer.Argument(
+        envvar=_env("BENCH_SCENARIO"),
         click_type=_Choice(Scenario, "unknown scenario {value!r}: expected {choices}"),
         metavar="[SCENARIO]",
         help="fanout, room, rooms or connect.",
     ),
 ]
-Publishers = Annotated[int, typer.Option("--pub", "-P", min=0, help="Publishers (fanout).")]
-Subscribers = Annotated[int, typer.Option("--sub", "-S", min=0, help="Subscribers (fanout).")]
-Clients = Annotated[
-    int, typer.Option("--clients", "-N", min=1, help="Clients (room, rooms, connect).")
+Publishers = Annotated[
+    int,
+    typer.Option(
+        "--pub",
+        "-P",
+        envvar=_env("BENCH_PUB"),
+        min=0,
+        metavar="N",
+        help="Publishers (fanout).",
+        rich_help_panel=LOAD,
+    ),
 ]
-BenchRooms = Annotated[int, typer.Option("--rooms", "-R", min=1, help="Rooms (rooms).")]
+Subscribers = Annotated[
+    int,
+    typer.Option(
+        "--sub",
+        "-S",
+        envvar=_env("BENCH_SUB"),
+        min=0,
+        metavar="N",
+        help="Subscribers (fanout).",
+        rich_help_panel=LOAD,
+    ),
+]
+Clients = Annotated[
+    int,
+    typer.Option(
+        "--clients",
+        "-N",
+        envvar=_env("BENCH_CLIENTS"),
+        min=1,
+        metavar="N",
+        help="Clients (room, rooms, connect).",
+        rich_help_panel=LOAD,
+    ),
+]
+BenchRooms = Annotated[
+    int,
+    typer.Option(
+        "--rooms",
+        "-R",
+        envvar=_env("BENCH_ROOMS"),
+        min=1,
+        metavar="N",
+        help="Rooms (rooms).",
+        rich_help_panel=LOAD,
+    ),
+]
 BenchRoom = Annotated[
     str | None,
     typer.Option(
         "--room",
-        help="Use this room (rooms: NAME-0, NAME-1, ...) instead of a new bench-RUNID-... one, "
-        "so that repeated runs against a live server leave one room.",
+        envvar=_env("BENCH_ROOM"),
+        metavar="NAME",
+        help="Reuse this room (rooms: NAME-0, NAME-1...), not a new one.",
+        rich_help_panel=TARGET,
     ),
 ]
 Messages = Annotated[
-    int, typer.Option("--msgs", "-m", min=0, help="Messages per publisher (0: run for --duration).")
+    int,
+    typer.Option(
+        "--msgs",
+        "-m",
+        envvar=_env("BENCH_MSGS"),
+        min=0,
+        metavar="N",
+        help="Messages per publisher (0: run for --duration).",
+        rich_help_panel=LOAD,
+    ),
 ]
 Duration = Annotated[
-    float, typer.Option("--duration", "-d", min=0.0, help="Seconds to run when --msgs is 0.")
+    float,
+    typer.Option(
+        "--duration",
+        "-d",
+        envvar=_env("BENCH_DURATION"),
+        min=0.0,
+        metavar="SECONDS",
+        help="How long to run when --msgs is 0.",
+        rich_help_panel=LOAD,
+    ),
 ]
-Size = Annotated[int, typer.Option("--size", "-s", min=MIN_SIZE, help="Message size in bytes.")]
+Size = Annotated[
+    int,
+    typer.Option(
+        "--size",
+        "-s",
+        envvar=_env("BENCH_SIZE"),
+        min=MIN_SIZE,
+        metavar="BYTES",
+        help=f"Message size (at least {MIN_SIZE}).",
+        rich_help_panel=LOAD,
+    ),
+]
 Rate = Annotated[
     float,
     typer.Option(
-        "--rate", min=0.0, help="Messages per second per publisher (0: as fast as possible)."
+        "--rate",
+        envvar=_env("BENCH_RATE"),
+        min=0.0,
+        metavar="PER_SEC",
+        help="Messages a second per publisher (0: no limit).",
+        rich_help_panel=LOAD,
     ),
 ]
 Warmup = Annotated[
-    float, typer.Option("--warmup", min=0.0, help="Seconds of load before measuring.")
+    float,
+    typer.Option(
+        "--warmup",
+        envvar=_env("BENCH_WARMUP"),
+        min=0.0,
+        metavar="SECONDS",
+        help="Seconds of load before measuring.",
+        rich_help_panel=LOAD,
+    ),
 ]
-Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Load-generator processes.")]
-Csv = Annotated[Path | None, typer.Option("--csv", help="Also write the results to this CSV file.")]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        "-w",
+        envvar=_env("BENCH_WORKERS"),
+        min=1,
+        metavar="N",
+        help="Load-generator processes.",
+        rich_help_panel=LOAD,
+    ),
+]
+Csv = Annotated[
+    Path | None,
+    typer.Option(
+        "--csv",
+        envvar=_env("BENCH_CSV"),
+        metavar="FILE",
+        help="Also write the results to this CSV file.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 Sweep = Annotated[
-    str | None, typer.Option("--sweep", help="Run a series, e.g. subscribers=1,10,100.")
+    str | None,
+    typer.Option(
+        "--sweep",
+        envvar=_env("BENCH_SWEEP"),
+        metavar="OPTION=V1,V2",
+        help="Run a series, e.g. sub=1,10,100.",
+        rich_help_panel=OUTPUT,
+    ),
 ]
 
 # bot -----------------------------------------------------------------------------------------
 BotNick = Annotated[
-    str, typer.Option("--nick", "-n", envvar=_env("BOT_NICK"), help="The bot's nick.")
+    str,
+    typer.Option(
+        "--nick",
+        "-n",
+        envvar=_env("BOT_NICK"),
+        metavar="NICK",
+        help="The bot's nick.",
+        rich_help_panel=IDENTITY,
+    ),
 ]
 BackendOpt = Annotated[
     BackendName,
@@ -583,7 +904,9 @@ BackendOpt = Annotated[
         "--backend",
         envvar=_env("BOT_BACKEND"),
         click_type=_Choice(BackendName, "unknown backend {value!r}: choose one of {choices}"),
+        metavar="NAME",
         help="offline, openai or local.",
+        rich_help_panel=BACKEND,
     ),
 ]
 BaseUrl = Annotated[
@@ -591,13 +914,19 @@ BaseUrl = Annotated[
     typer.Option(
         "--base-url",
         envvar=_env("BOT_BASE_URL"),
-        help="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1.",
+        metavar="URL",
+        help="OpenAI-compatible API root (http://HOST:PORT/v1).",
+        rich_help_panel=BACKEND,
     ),
 ]
 Model = Annotated[
     str | None,
     typer.Option(
-        "--model", envvar=_env("BOT_MODEL"), help="Model name (openai), or GGUF path (local)."
+        "--model",
+        envvar=_env("BOT_MODEL"),
+        metavar="NAME",
+        help="Model name (openai), or GGUF path (local).",
+        rich_help_panel=BACKEND,
     ),
 ]
 EveryLines = Annotated[
@@ -606,7 +935,9 @@ EveryLines = Annotated[
         "--every-lines",
         envvar=_env("BOT_EVERY_LINES"),
         min=1,
+        metavar="N",
         help="Speak after every N messages in a room.",
+        rich_help_panel=MANNERS,
     ),
 ]
 EverySeconds = Annotated[
@@ -615,7 +946,9 @@ EverySeconds = Annotated[
         "--every-seconds",
         envvar=_env("BOT_EVERY_SECONDS"),
         min=1.0,
+        metavar="SECONDS",
         help="Speak every N seconds while a room is active.",
+        rich_help_panel=MANNERS,
     ),
 ]
 SystemPrompt = Annotated[
@@ -623,7 +956,9 @@ SystemPrompt = Annotated[
     typer.Option(
         "--system",
         envvar=_env("BOT_SYSTEM"),
-        help="System prompt, or @FILE to read it from a file.",
+        metavar="TEXT",
+        help="System prompt, or @FILE.",
+        rich_help_panel=BACKEND,
     ),
 ]
 Knowledge = Annotated[
@@ -631,7 +966,9 @@ Knowledge = Annotated[
     typer.Option(
         "--knowledge",
         envvar=_env("BOT_KNOWLEDGE"),
-        help="Markdown or text file the offline backend answers from (default: the user guide).",
+        metavar="FILE",
+        help="What the offline backend answers from (default: the guide).",
+        rich_help_panel=BACKEND,
     ),
 ]
 ContextMessages = Annotated[
@@ -640,7 +977,9 @@ ContextMessages = Annotated[
         "--context",
         envvar=_env("BOT_CONTEXT"),
         min=1,
+        metavar="N",
         help="Recent messages kept per room as context.",
+        rich_help_panel=MANNERS,
     ),
 ]
 ContextChars = Annotated[
@@ -649,19 +988,31 @@ ContextChars = Annotated[
         "--context-chars",
         envvar=_env("BOT_CONTEXT_CHARS"),
         min=100,
-        help="Character budget of that context.",
+        metavar="N",
+        help="Characters of that context at most.",
+        rich_help_panel=MANNERS,
     ),
 ]
 ReplyRate = Annotated[
     float,
     typer.Option(
-        "--reply-rate", envvar=_env("BOT_REPLY_RATE"), min=0.0, help="Replies per minute at most."
+        "--reply-rate",
+        envvar=_env("BOT_REPLY_RATE"),
+        min=0.0,
+        metavar="PER_MIN",
+        help="Replies a minute at most.",
+        rich_help_panel=MANNERS,
     ),
 ]
 MaxReply = Annotated[
     int,
     typer.Option(
-        "--max-reply", envvar=_env("BOT_MAX_REPLY"), min=20, help="Longest reply, in characters."
+        "--max-reply",
+        envvar=_env("BOT_MAX_REPLY"),
+        min=20,
+        metavar="N",
+        help="Longest reply, in characters.",
+        rich_help_panel=MANNERS,
     ),
 ]
 OnFailureOpt = Annotated[
@@ -670,7 +1021,9 @@ OnFailureOpt = Annotated[
         "--on-failure",
         envvar=_env("BOT_ON_FAILURE"),
         click_type=_Choice(OnFailure, "--on-failure must be one of {choices}, not {value!r}"),
-        help="notice (say so in the chat) or silent, when the backend fails.",
+        metavar="MODE",
+        help="When the backend fails: notice (say so) or silent.",
+        rich_help_panel=BACKEND,
     ),
 ]
 ReplyTimeout = Annotated[
@@ -679,7 +1032,9 @@ ReplyTimeout = Annotated[
         "--reply-timeout",
         envvar=_env("BOT_REPLY_TIMEOUT"),
         min=0.1,
-        help="Seconds a reply may take, any backend; then what came so far, or the failure notice.",
+        metavar="SECONDS",
+        help="Time a reply may take; then what came, or the failure notice.",
+        rich_help_panel=BACKEND,
     ),
 ]
 ReactionTime = Annotated[
@@ -697,8 +1052,9 @@ BotIgnore = Annotated[
     typer.Option(
         "--ignore",
         envvar=_env("BOT_IGNORE"),
-        help="Nick whose messages never trigger the bot (repeat for several); nicks ending "
-        "in 'bot' are always ignored.",
+        metavar="NICK",
+        help="Never answer this nick (repeat for several; *bot always).",
+        rich_help_panel=MANNERS,
     ),
 ]
 

@@ -28,7 +28,7 @@ SWEEP_ARGS = (
     "-w",
     "1",
     "--sweep",
-    "subscribers=1,2",
+    "sub=1,2",
 )
 TABLE_ARGS = ("bench", "fanout", "--sub", "1", "--msgs", "50", "-w", "1")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import Result
@@ -174,3 +175,53 @@ def test_a_value_outside_a_closed_choice_is_a_usage_error(
     assert result.exit_code == ExitCode.USAGE
     assert message in " ".join(result.stderr.replace("│", " ").split())
     assert not captured  # refused before the library was called
+
+
+def test_bot_takes_a_saved_servers_address_rooms_and_tls_but_not_the_users_nick(
+    captured: dict[str, object], tmp_path: Path
+) -> None:
+    from chatctl.address import Address
+
+    (tmp_path / "chatctl").mkdir()
+    (tmp_path / "chatctl" / "config.toml").write_text(
+        '[servers.work]\naddress = "tls://h1:7000, tls://h2"\nnick = "alice"\n'
+        'account = "alice"\nrooms = ["dev"]\ntls-ca = "ca.pem"\n',
+        encoding="utf-8",
+    )
+    result = invoke("bot", "-s", "work", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    bot = captured["bot"]
+    assert isinstance(bot, BotConfig)
+    assert bot.servers == (Address("h1", 7000, True), Address("h2", DEFAULT_PORT, True))
+    assert bot.rooms == ("dev",)
+    assert bot.tls_ca == str(tmp_path / "chatctl" / "ca.pem")
+    assert (bot.brain.nick, bot.account) == (BotConfig().brain.nick, "")  # the bot is not alice
+    result = invoke("bot", "work", "-r", "ops", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    bot = captured["bot"]
+    assert isinstance(bot, BotConfig) and bot.rooms == ("ops",) and bot.host == "h1"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("CHATCTL_BENCH_PUB", "3", "publishers", 3),
+        ("CHATCTL_BENCH_SUB", "7", "subscribers", 7),
+        ("CHATCTL_BENCH_MSGS", "5", "messages", 5),
+        ("CHATCTL_BENCH_CLIENTS", "4", "clients", 4),
+        ("CHATCTL_BENCH_SIZE", "64", "size", 64),
+        ("CHATCTL_BENCH_WORKERS", "1", "workers", 1),
+        ("CHATCTL_BENCH_SCENARIO", "rooms", "scenario", Scenario.rooms),
+    ],
+)
+def test_bench_options_have_variables(
+    captured: dict[str, object], variable: str, value: str, field: str, expected: object
+) -> None:
+    assert invoke("bench", env={variable: value}).exit_code == 0
+    assert getattr(captured["bench"], field) == expected
+
+
+def test_bench_sweep_flag_beats_its_variable(captured: dict[str, object]) -> None:
+    result = invoke("bench", "--sweep", "sub=1,10", env={"CHATCTL_BENCH_SWEEP": "pub=9"})
+    assert result.exit_code == 0, result.output
+    assert captured["bench_kwargs"]["sweep"] == "sub=1,10"  # type: ignore[index]

@@ -17,23 +17,37 @@ from chatctl.bench.runner import run_plan
 from chatctl.bench.tls import make_context
 from chatctl.errors import ChatctlError, ExitCode
 
+# What --sweep varies, by the name of its option (`--sweep sub=1,10`), the Params field it sets.
+SWEEP_OPTIONS = {
+    "pub": "publishers",
+    "sub": "subscribers",
+    "clients": "clients",
+    "rooms": "rooms",
+    "msgs": "messages",
+    "size": "size",
+    "rate": "rate",
+    "workers": "workers",
+}
+
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """`--sweep OPTION=V1,V2,...` as (the Params field, the values). OPTION is the option's
+    name (`sub`, or `--sub`); the field's own (`subscribers`) is taken too."""
     name, sep, values = text.partition("=")
-    name = name.strip().replace("-", "_")
-    aliases = {"pub": "publishers", "sub": "subscribers", "msgs": "messages"}
-    name = aliases.get(name, name)
+    name = name.strip().removeprefix("--")
+    field = SWEEP_OPTIONS.get(name, name if name in SWEEPABLE else None)
     items = [v.strip() for v in values.split(",") if v.strip()]
-    if not sep or name not in SWEEPABLE or not items:
+    if not sep or field is None or not items:
         raise BadBenchOption(
-            f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}"
+            f"--sweep {text!r}: expected OPTION=V1,V2,... with OPTION one of "
+            f"{', '.join(SWEEP_OPTIONS)}"
         )
     for v in items:
         try:
             float(v)
         except ValueError:
             raise BadBenchOption(f"--sweep {text!r}: {v!r} is not a number") from None
-    return name, items
+    return field, items
 
 
 def kept_note(rooms: list[str]) -> str:

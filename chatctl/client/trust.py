@@ -85,11 +85,11 @@ def pin_of(text: str | None) -> str | None:
 
 
 def known_servers_path() -> Path:
-    """$XDG_CONFIG_HOME/chatctl/known_servers, or ~/.config/chatctl/known_servers."""
-    config = os.environ.get("XDG_CONFIG_HOME", "")
-    # The XDG spec says to ignore a relative value.
-    base = Path(config) if os.path.isabs(config) else Path.home() / ".config"
-    return base / "chatctl" / KNOWN_SERVERS
+    """$XDG_CONFIG_HOME/chatctl/known_servers, or ~/.config/chatctl/known_servers (beside
+    config.toml: userconfig.py)."""
+    from chatctl.userconfig import config_home
+
+    return config_home() / KNOWN_SERVERS
 
 
 # -- the file's text, sans-IO -------------------------------------------------------------------
