@@ -1043,8 +1043,9 @@ ReactionTime = Annotated[
         "--reaction-time",
         envvar=_env("BOT_REACTION_TIME"),
         min=0.01,
-        help="Seconds: a reply to the bot sooner than this after it spoke to that nick is a "
-        "machine's (the loop guard).",
+        metavar="SECONDS",
+        help="A reply to the bot sooner than this is a machine's (loop guard).",
+        rich_help_panel=MANNERS,
     ),
 ]
 BotIgnore = Annotated[
