@@ -465,6 +465,24 @@ HistoryCount = Annotated[
     ),
 ]
 
+LogDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-dir",
+        envvar=_env("LOG_DIR"),
+        help="On a terminal, keep a plain-text log per room and day in this directory "
+        "(made 0700; files 0600). Default: none.",
+    ),
+]
+TimestampFormat = Annotated[
+    str,
+    typer.Option(
+        "--timestamp-format",
+        envvar=_env("TIMESTAMP_FORMAT"),
+        help="strftime format of each line's time ('' for none).",
+    ),
+]
+
 # send ----------------------------------------------------------------------------------------
 SendArgs = Annotated[
     list[str] | None,
