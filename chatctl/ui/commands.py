@@ -202,7 +202,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "/history [N]",
         f"show the last N messages of the room (default {DEFAULT_HISTORY})",
     ),
-    "window": ("/window N|next|prev|close|list", "go to window N, or the next... (Alt-N)"),
+    "window": ("/window N|next|prev|close|list", "switch windows (Alt-N, Ctrl-N/P), or close one"),
     "clear": ("/clear", "clear this window's lines"),
     "away": ("/away [REASON]", "mark yourself away on this screen (no REASON: back)"),
     "ignore": ("/ignore [NICK]", "hide NICK's messages (no NICK: list who is ignored)"),

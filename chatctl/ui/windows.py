@@ -19,6 +19,7 @@ import enum
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class Window(Generic[T]):
     level: Level = Level.QUIET
     scroll: int = 0  # screen lines scrolled back from the bottom (the UI's to interpret)
     joined: bool = True  # a room's: False once kicked or banned (its window stays open)
-    day: object = None  # the UI's: the day of the last dated line, for day-change lines
+    day: date | None = None  # the day of the last dated line (the UI's day-change lines)
 
     @property
     def key(self) -> tuple[str, str]:
