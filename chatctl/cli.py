@@ -312,6 +312,8 @@ def join(
     tls_ca: o.TlsCa = None,
     account: o.Account = None,
     tls_fingerprint: o.TlsFingerprint = None,
+    log_dir: o.LogDir = None,
+    timestamp_format: o.TimestampFormat = "%H:%M:%S",
 ) -> None:
     """Chat interactively; in a pipe, send stdin lines and print events one per line."""
     saved = _with_saved(
@@ -344,6 +346,8 @@ def join(
             reconnect=reconnect,
             history=history,
             connect_timeout=connect_timeout,
+            timestamp=timestamp_format,
+            log_dir=log_dir,
         )
 
     run(action)

@@ -632,6 +632,27 @@ HistoryCount = Annotated[
     ),
 ]
 
+LogDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-dir",
+        envvar=_env("LOG_DIR"),
+        metavar="DIR",
+        help="On a terminal: a plain-text log per room and day in DIR (0700).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+TimestampFormat = Annotated[
+    str,
+    typer.Option(
+        "--timestamp-format",
+        envvar=_env("TIMESTAMP_FORMAT"),
+        metavar="FMT",
+        help="strftime format of each line's time ('' for none).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+
 # send ----------------------------------------------------------------------------------------
 SendArgs = Annotated[
     list[str] | None,

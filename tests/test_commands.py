@@ -8,24 +8,35 @@ from hypothesis import strategies as st
 
 from chatctl.names import room_key
 from chatctl.ui.commands import (
+    ALIASES,
     COMMANDS,
     MAX_HISTORY,
+    TERMINAL_ONLY,
+    WINDOW_ACTIONS,
     Action,
+    ClearWindow,
     Command,
     CommandError,
     DirectMsg,
     Help,
+    IgnoreNick,
     JoinRoom,
     ListRooms,
     NewNick,
     PartRoom,
+    Query,
     Quit,
+    SetAway,
     ShowHistory,
     Text,
     WhoIs,
+    WhoisNick,
+    WindowCmd,
     format_command,
     help_lines,
     parse,
+    resolve,
+    suggestions,
 )
 
 # A word: no whitespace, does not start with "#" or "/" (those are stripped or special).
@@ -40,6 +51,8 @@ rooms = words.map(room_key)
 texts = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).filter(
     lambda t: t == t.strip() and t != ""
 )
+# Valid nicks (the terminal's commands check them): docs/protocol.md §6.1.
+nicks = st.from_regex(r"[A-Za-z_\[\]{}\\|^`][A-Za-z0-9_\-\[\]{}\\|^`]{0,31}", fullmatch=True)
 commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(Text, text=st.text(st.characters(codec="utf-8"), max_size=40)),
     st.builds(JoinRoom, room=rooms),
@@ -53,6 +66,16 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(Quit, reason=texts | st.just("")),
     st.builds(Help, topic=st.sampled_from(sorted(COMMANDS)) | st.none()),
     st.builds(ShowHistory, count=st.integers(1, MAX_HISTORY)),
+    st.just(Query()),
+    st.builds(Query, nick=nicks, text=texts | st.just("")),
+    st.builds(WhoisNick, nick=nicks),
+    st.just(ClearWindow()),
+    st.builds(SetAway, reason=texts | st.just("")),
+    st.builds(IgnoreNick, nick=nicks | st.none(), undo=st.just(False)),
+    st.builds(IgnoreNick, nick=nicks, undo=st.just(True)),
+    st.builds(WindowCmd, action=st.just("goto"), number=st.integers(1, 999)),
+    st.builds(WindowCmd, action=st.just("goto"), name=words),
+    st.sampled_from([WindowCmd(action=a) for a in WINDOW_ACTIONS if a != "goto"]),
 )
 
 
@@ -104,6 +127,27 @@ def test_double_slash_sends_the_text_after_one_slash(rest: str) -> None:
         ("/history 5", ShowHistory(count=5)),
         ("hello /join", Text(text="hello /join")),
         (" /join x", Text(text=" /join x")),
+        ("/j #rust", JoinRoom(room="rust")),
+        ("/leave #rust bye", PartRoom(room="rust", reason="bye")),
+        ("/names", WhoIs()),
+        ("/list", ListRooms()),
+        ("/exit later", Quit(reason="later")),
+        ("/query bob", Query(nick="bob")),
+        ("/q bob hi there", Query(nick="bob", text="hi there")),
+        ("/query", Query()),
+        ("/whois bob", WhoisNick(nick="bob")),
+        ("/clear", ClearWindow()),
+        ("/away lunch", SetAway(reason="lunch")),
+        ("/away", SetAway()),
+        ("/ignore", IgnoreNick()),
+        ("/ignore spammer", IgnoreNick(nick="spammer")),
+        ("/unignore spammer", IgnoreNick(nick="spammer", undo=True)),
+        ("/window 3", WindowCmd(action="goto", number=3)),
+        ("/window", WindowCmd(action="list")),
+        ("/window next", WindowCmd(action="next")),
+        ("/win #dev", WindowCmd(action="goto", name="#dev")),
+        ("/wc", WindowCmd(action="close")),
+        ("/help j", Help(topic="j")),
     ],
 )
 def test_examples(line: str, expected: Command) -> None:
@@ -128,6 +172,14 @@ def test_examples(line: str, expected: Command) -> None:
         "/history \uff15",  # a fullwidth digit is not a number here
         "/rooms extra",
         "/who a b",
+        "/query 1bad",
+        "/whois",
+        "/whois a b",
+        "/clear x",
+        "/unignore",
+        "/ignore a b",
+        "/window 0",
+        "/window close now",
     ],
 )
 def test_malformed_commands_say_how(line: str) -> None:
@@ -145,5 +197,57 @@ def test_help_lists_every_command() -> None:
     text = "\n".join(help_lines())
     for name in COMMANDS:
         assert f"/{name}" in text
-    assert help_lines("msg") == [f"{COMMANDS['msg'][0]}  {COMMANDS['msg'][1]}"]
-    assert "no command" in help_lines("nosuch")[0]
+    assert help_lines("msg") == [f"{COMMANDS['msg'][0]}  {COMMANDS['msg'][1]}", "also: /m"]
+    assert help_lines("nick") == [f"{COMMANDS['nick'][0]}  {COMMANDS['nick'][1]}"]
+    assert help_lines("/j") == help_lines("join")  # an alias's help is its command's
+    assert "also: /win, /wc (/window close)" in help_lines("window")
+    assert help_lines("nosuch")[0].startswith("no command /nosuch")
+    assert "did you mean /join" in help_lines("jion")[0]
+    # A pipe's /help leaves out what only a terminal does, and says so when asked.
+    piped = "\n".join(help_lines(terminal=False))
+    assert "/window" not in piped and "/join" in piped
+    assert help_lines("window", terminal=False)[-1] == "/window works only on a terminal"
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("jion", "join"), ("qiut", "quit"), ("wh", "who"), ("windwo", "window"), ("ignor", "ignore")],
+)
+def test_unknown_commands_suggest_what_was_meant(typed: str, meant: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse(f"/{typed} x")
+    assert f"did you mean /{meant}" in str(info.value) or f"/{meant}" in str(info.value)
+
+
+@given(st.sampled_from(sorted({*COMMANDS, *ALIASES})), st.data())
+def test_one_typo_in_a_long_name_is_recognised(name: str, data: st.DataObject) -> None:
+    """A name of four letters or more with one letter changed, dropped or doubled: the
+    suggestion names it."""
+    if len(name) < 4:
+        return
+    i = data.draw(st.integers(0, len(name) - 1))
+    typo = data.draw(
+        st.sampled_from(
+            [
+                name[:i] + name[i + 1 :],
+                name[:i] + name[i] + name[i:],
+                name[:i] + ("z" if name[i] != "z" else "y") + name[i + 1 :],
+            ]
+        )
+    )
+    if resolve(typo) is not None:
+        return  # the typo is another command's name
+    assert name in suggestions(typo)
+
+
+@given(st.text(max_size=12))
+def test_suggestions_are_real_commands(typed: str) -> None:
+    for guess in suggestions(typed):
+        assert resolve(guess) is not None
+
+
+def test_every_alias_stands_for_a_command() -> None:
+    for alias, target in ALIASES.items():
+        assert alias not in COMMANDS
+        assert target.split()[0] in COMMANDS
+    assert set(COMMANDS) >= TERMINAL_ONLY

@@ -279,3 +279,16 @@ def test_a_resume_over_trimmed_history_says_what_was_missed() -> None:
             assert out.count("<bob> live") == 1
         finally:
             join.kill()
+
+
+def test_timestamp_format_applies_to_text_output_and_is_checked(
+    server: tuple[str, int], watcher: Client
+) -> None:
+    result = run_join(server[1], "hello\n", "-n", "piper", "--timestamp-format", "[%H:%M]")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\[\d\d:\d\d\] #lobby <piper> hello$", result.stdout, re.MULTILINE)
+    bare = run_join(server[1], "again\n", "-n", "piper", "--timestamp-format", "")
+    assert re.search(r"^#lobby <piper> again$", bare.stdout, re.MULTILINE), bare.stdout
+    bad = run_join(server[1], "", "--timestamp-format", " %H")
+    assert bad.returncode == ExitCode.USAGE
+    assert "--timestamp-format ' %H': the timestamp may not start or end" in bad.stderr

@@ -347,6 +347,11 @@ class Client:
     def limits(self) -> dict[str, int]:
         return self._session.limits
 
+    def joining(self, room: str) -> bool:
+        """Whether a join of `room` waits for the server's answer."""
+        with self._lock:
+            return self._session.joining(room)
+
     def last_seq(self, room: str) -> int | None:
         """The highest sequence number seen (received or acknowledged) in `room`."""
         with self._lock:

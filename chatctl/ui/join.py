@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatctl.address import Address
 from chatctl.client.connection import Backoff, Client, default_nick
 from chatctl.client.trust import ServerTrust
+from chatctl.errors import ChatctlError, ExitCode
 from chatctl.names import room_key
+from chatctl.ui.render import DEFAULT_TIMESTAMP, timestamp_problem
 
 if TYPE_CHECKING:
     import ssl
@@ -58,10 +61,17 @@ def run_join(
     tls: ssl.SSLContext | ServerTrust | None = None,
     account: str = "",
     password: str = "",
+    timestamp: str = DEFAULT_TIMESTAMP,
+    log_dir: Path | str | None = None,
 ) -> int:
     """`addresses`: the servers, tried in order (client.connection.Client); `tls` is what
     the tls:// ones trust. `account` and `password` log in (the password is the caller's to
-    ask for); without --nick, an account's nick is its name."""
+    ask for); without --nick, an account's nick is its name. `timestamp` is a strftime
+    format for the time of each line ("": none); `log_dir` keeps a log per room and day
+    (on a terminal)."""
+    problem = timestamp_problem(timestamp)
+    if problem is not None:
+        raise ChatctlError(f"--timestamp-format {timestamp!r}: {problem}", ExitCode.USAGE)
     rooms = [room_key(r) for r in rooms]
     if isinstance(tls, ServerTrust) and sys.stdin.isatty() and sys.stderr.isatty():
         tls.confirm = ask_trust  # a person is there to ask about an unknown certificate
@@ -80,6 +90,8 @@ def run_join(
             tls=tls,
             account=account,
             password=password,
+            timestamp=timestamp,
+            log_dir=log_dir,
         )
 
     from chatctl.ui.pipe import run_pipe
@@ -96,4 +108,4 @@ def run_join(
         reconnect=reconnect,
         backoff=Backoff(cap=2.0),
     )
-    return run_pipe(client, fmt=fmt, count=count, timeout=timeout)
+    return run_pipe(client, fmt=fmt, count=count, timeout=timeout, timestamp=timestamp)

@@ -25,7 +25,13 @@ from chatctl.client import AnyEvent, Client, Closed, Refused
 from chatctl.errors import ChatctlError, ExitCode, TimedOut
 from chatctl.protocol import DirectMessage, Message
 from chatctl.ui.commands import Chat, Outcome
-from chatctl.ui.render import TextRenderer, event_record, json_line
+from chatctl.ui.render import (
+    DEFAULT_TIMESTAMP,
+    TextRenderer,
+    colour_depth,
+    event_record,
+    json_line,
+)
 
 _TICK = 0.1  # how often the main loop looks at stdin's state and the deadline
 _SYNC_WAIT = 5.0  # for the answers to the last requests, when no --timeout bounds it
@@ -69,6 +75,7 @@ class PipeSession:
         timeout: float | None,
         stdin: TextIO,
         stdout: TextIO,
+        timestamp: str = DEFAULT_TIMESTAMP,
     ) -> None:
         self.client = client
         self.fmt = fmt
@@ -82,7 +89,13 @@ class PipeSession:
         self.terminated = threading.Event()  # SIGTERM: quit cleanly
         self._out_lock = threading.Lock()
         colour = stdout.isatty() and "NO_COLOR" not in os.environ
-        self.text = TextRenderer(lambda: client.nick, colour=colour, single_line=True)
+        self.text = TextRenderer(
+            lambda: client.nick,
+            colour=colour,
+            single_line=True,
+            timestamp=timestamp,
+            depth=colour_depth(),
+        )
 
     # -- output --------------------------------------------------------------------------------
 
@@ -224,6 +237,7 @@ def run_pipe(
     timeout: float | None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    timestamp: str = DEFAULT_TIMESTAMP,
 ) -> int:
     session = PipeSession(
         client,
@@ -232,6 +246,7 @@ def run_pipe(
         timeout=timeout,
         stdin=stdin or sys.stdin,
         stdout=stdout or sys.stdout,
+        timestamp=timestamp,
     )
     try:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -8,12 +8,15 @@ The JSON Lines schema is documented in docs/join.md.
 
 from __future__ import annotations
 
+import colorsys
+import hashlib
 import json
+import os
 import re
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from chatctl.client.events import (
     AnyEvent,
@@ -38,9 +41,12 @@ from chatctl.protocol import (
     Welcome,
 )
 
-# C0 controls but tab/newline, DEL, C1 controls (U+009B is a one-character CSI), and the
-# Unicode bidi controls that can make text display in a different order than it is stored.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls but tab/newline, DEL, C1 controls (U+009B is a one-character CSI), the Unicode
+# line and paragraph separators, and the bidi controls that can make text display in a
+# different order than it is stored.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -61,15 +67,145 @@ def sanitize(text: str, *, newline: str = "\n") -> str:
 
 # Colours from the 16 basic ANSI ones, which every terminal theme keeps readable.
 _NICK_COLOURS = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
+BASIC_NAMES = {
+    31: "ansired",
+    32: "ansigreen",
+    33: "ansiyellow",
+    34: "ansiblue",
+    35: "ansimagenta",
+    36: "ansicyan",
+    91: "ansibrightred",
+    92: "ansibrightgreen",
+    93: "ansibrightyellow",
+    94: "ansibrightblue",
+    95: "ansibrightmagenta",
+    96: "ansibrightcyan",
+}
+
+ColourDepth = Literal["none", "basic", "256", "truecolor"]
+
+
+def colour_depth(environ: Mapping[str, str] | None = None) -> ColourDepth:
+    """How many colours the terminal shows, from the environment as terminals set it:
+    NO_COLOR (any value) none; COLORTERM=truecolor or 24bit; a TERM with 256color; else the
+    basic 16 (a `dumb` terminal: none)."""
+    env = os.environ if environ is None else environ
+    if "NO_COLOR" in env:
+        return "none"
+    term = env.get("TERM", "")
+    if term == "dumb":
+        return "none"
+    if env.get("COLORTERM", "").lower() in ("truecolor", "24bit"):
+        return "truecolor"
+    if "256color" in term:
+        return "256"
+    return "basic"
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    def linear(v: int) -> float:
+        c = v / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = map(linear, rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _readable(rgb: tuple[int, int, int]) -> bool:
+    """Readable on a dark and on a light background (WCAG contrast at least 3 against black,
+    2 against white): a nick's colour must do on either theme."""
+    lum = _luminance(rgb)
+    return (lum + 0.05) / 0.05 >= 3.0 and 1.05 / (lum + 0.05) >= 2.0
+
+
+_CUBE = (0, 95, 135, 175, 215, 255)  # the levels of xterm's 6x6x6 colour cube (16-231)
+# The cube's colours that are readable on both themes and not greyish: 98 of them.
+XTERM_PALETTE: tuple[int, ...] = tuple(
+    16 + i
+    for i in range(216)
+    if _readable(rgb := (_CUBE[i // 36], _CUBE[i // 6 % 6], _CUBE[i % 6]))
+    and max(rgb) - min(rgb) >= 60
+)
+
+
+def xterm_rgb(index: int) -> tuple[int, int, int]:
+    """The colour of a cube index (16-231) of the 256-colour palette."""
+    i = index - 16
+    return _CUBE[i // 36], _CUBE[i // 6 % 6], _CUBE[i % 6]
+
+
+def _nick_hash(nick: str) -> int:
+    return int.from_bytes(hashlib.blake2s(nick.casefold().encode()).digest()[:8], "big")
 
 
 def nick_colour(nick: str) -> int:
-    """The same ANSI colour for a nick in every session (case-insensitive, like nicks)."""
+    """The same basic ANSI colour for a nick in every session (case-insensitive, like nicks):
+    the fallback where the terminal shows only 16 colours."""
     return _NICK_COLOURS[zlib.crc32(nick.casefold().encode()) % len(_NICK_COLOURS)]
 
 
-def clock(ts_ms: int) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts_ms / 1000))
+def nick_rgb(nick: str, depth: ColourDepth) -> tuple[int, int, int] | None:
+    """A nick's colour from the large palettes: one of XTERM_PALETTE's 98 on a 256-colour
+    terminal, or on a truecolor one any of 360 hues at 3 saturations and lightnesses (each
+    made readable on both themes); None for a basic or colourless terminal. Deterministic
+    and case-insensitive."""
+    h = _nick_hash(nick)
+    if depth == "256":
+        return xterm_rgb(XTERM_PALETTE[h % len(XTERM_PALETTE)])
+    if depth != "truecolor":
+        return None
+    hue = (h % 360) / 360
+    saturation = (0.55, 0.7, 0.85)[(h >> 16) % 3]
+    lightness = (0.45, 0.55, 0.65)[(h >> 24) % 3]
+    for _ in range(40):
+        rgb = tuple(round(c * 255) for c in colorsys.hls_to_rgb(hue, lightness, saturation))
+        r, g, b = rgb
+        if _readable((r, g, b)):
+            return r, g, b
+        # Too dark for a dark theme, or too light for a light one: move towards readable.
+        lightness += 0.02 if _luminance((r, g, b)) < 0.1 else -0.02
+    return r, g, b
+
+
+def nick_sgr(nick: str, depth: ColourDepth) -> str:
+    """The SGR parameters of a nick's colour (without the bold)."""
+    rgb = nick_rgb(nick, depth)
+    if rgb is None:
+        return str(nick_colour(nick))
+    if depth == "256":
+        return f"38;5;{XTERM_PALETTE[_nick_hash(nick) % len(XTERM_PALETTE)]}"
+    return "38;2;{};{};{}".format(*rgb)
+
+
+def nick_style(nick: str, depth: ColourDepth) -> str:
+    """A nick's colour as a prompt_toolkit style: `#rrggbb` (an exact cube colour at 256
+    colours), or an ANSI colour name."""
+    rgb = nick_rgb(nick, depth)
+    if rgb is None:
+        return BASIC_NAMES[nick_colour(nick)]
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+DEFAULT_TIMESTAMP = "%H:%M:%S"
+
+
+def clock(ts_ms: int, fmt: str = DEFAULT_TIMESTAMP) -> str:
+    return time.strftime(fmt, time.localtime(ts_ms / 1000))
+
+
+def timestamp_problem(fmt: str) -> str | None:
+    """Why `fmt` cannot be a timestamp format (a strftime one, on one line), or None."""
+    try:
+        sample = time.strftime(fmt, time.localtime(0))
+    except (ValueError, OverflowError) as exc:
+        return f"not a strftime format: {exc}"
+    if not sample.isprintable():
+        return "the timestamp must be printable, on one line"
+    if len(sample) > 40:
+        return "the timestamp is longer than 40 characters"
+    if sample != sample.strip():
+        return "the timestamp may not start or end with a space"
+    return None
 
 
 def gap_text(gap: Gap) -> str:
@@ -88,9 +224,19 @@ class TextRenderer:
     """One line (or, on a terminal, an indented block) per event. `colour` adds ANSI styles:
     a colour per nick, dim timestamps and history, system notices apart from speech."""
 
-    def __init__(self, own_nick: Callable[[], str], *, colour: bool, single_line: bool) -> None:
+    def __init__(
+        self,
+        own_nick: Callable[[], str],
+        *,
+        colour: bool,
+        single_line: bool,
+        timestamp: str = DEFAULT_TIMESTAMP,
+        depth: ColourDepth = "basic",
+    ) -> None:
         self.own_nick = own_nick
         self.colour = colour
+        self.timestamp = timestamp
+        self.depth = depth
         # A pipe promises one event per line; a terminal indents continuation lines.
         self.newline = "\u23ce " if single_line else "\n" + " " * 11
 
@@ -98,13 +244,16 @@ class TextRenderer:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour else text
 
     def _nick(self, nick: str) -> str:
-        return self._style(f"1;{nick_colour(nick)}", sanitize(nick, newline=" "))
+        return self._style(f"1;{nick_sgr(nick, self.depth)}", sanitize(nick, newline=" "))
 
     def _text(self, text: str) -> str:
         return sanitize(text, newline=self.newline)
 
     def _line(self, ts: int | None, body: str, *, dim: bool = False) -> str:
-        stamp = self._style("2", clock(ts)) + " " if ts is not None else " " * 9
+        if ts is not None:
+            stamp = self._style("2", clock(ts, self.timestamp)) + " " if self.timestamp else ""
+        else:
+            stamp = " " * (len(clock(0, self.timestamp)) + 1) if self.timestamp else ""
         return stamp + (self._style("2", body) if dim and self.colour else body)
 
     def system(self, text: str, ts: int | None = None) -> str:
@@ -122,12 +271,13 @@ class TextRenderer:
         else:
             who, where = self._nick(nick), self._style("90", where) + " " if where else ""
         shown = self._text(text)
-        if not dim and self.colour and self._mentions_me(nick, text):
+        if not dim and self.colour and self.mentions_me(nick, text):
             shown = self._style("1;33", shown)  # someone said our name
         body = f"{where}* {who} {shown}" if action else f"{where}<{who}> {shown}"
         return self._line(ts, body, dim=dim)
 
-    def _mentions_me(self, sender: str, text: str) -> bool:
+    def mentions_me(self, sender: str, text: str) -> bool:
+        """Whether someone else's `text` names our nick (as a word)."""
         me = self.own_nick()
         if not me or sender.casefold() == me.casefold():
             return False
@@ -163,14 +313,13 @@ class TextRenderer:
                     tell.action,
                 )
             case Notice():
-                return self.system(self._notice(event), event.ts)
+                return self.system(self.notice_text(event), event.ts)
             case Gap():
                 return self.system(f"#{event.room}: {gap_text(event)}")
             case Members():
                 return self._members(event)
             case RoomList():
-                rooms = ", ".join(f"#{r} ({n})" for r, n in sorted(event.rooms.items()))
-                return self.system(f"rooms: {rooms or 'none'}")
+                return self.system(self.rooms_text(event))
             case HistoryEnd():
                 return None
             case Refused(error=error):
@@ -188,12 +337,20 @@ class TextRenderer:
 
     def _members(self, event: Members) -> str:
         """Who is in a room, and its topic on a line of its own (a join shows both)."""
+        return "\n".join(self.system(text) for text in self.members_texts(event))
+
+    def members_texts(self, event: Members) -> list[str]:
         nicks = ", ".join(sanitize(n, newline=" ") for n in event.nicks) or "nobody"
         private = " (private)" if event.private else ""
-        line = self.system(f"#{event.room}{private}: {len(event.nicks)} here: {nicks}")
+        room = self._one_line(event.room)
+        texts = [f"#{room}{private}: {len(event.nicks)} here: {nicks}"]
         if event.topic:
-            line += "\n" + self.system(f"topic of #{event.room}: {self._one_line(event.topic)}")
-        return line
+            texts.append(f"topic of #{room}: {self._one_line(event.topic)}")
+        return texts
+
+    def rooms_text(self, event: RoomList) -> str:
+        rooms = ", ".join(f"#{self._one_line(r)} ({n})" for r, n in sorted(event.rooms.items()))
+        return f"rooms: {rooms or 'none'}"
 
     def _one_line(self, text: str) -> str:
         return sanitize(text, newline=" ")
@@ -235,7 +392,8 @@ class TextRenderer:
                 return f"{who} took operator rights in {room} from {target}"
         return None
 
-    def _notice(self, n: Notice) -> str:
+    def notice_text(self, n: Notice) -> str:
+        """A notice in words, its peer-supplied parts made safe."""
         who = sanitize(n.nick, newline=" ")
         if n.kind == "registered":
             return f"you are now registered as {who}, and logged in"
@@ -394,13 +552,21 @@ def json_line(record: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "DEFAULT_TIMESTAMP",
+    "XTERM_PALETTE",
+    "ColourDepth",
     "TextRenderer",
     "clock",
+    "colour_depth",
     "event_record",
     "gap_text",
     "json_line",
     "nick_colour",
+    "nick_rgb",
+    "nick_sgr",
+    "nick_style",
     "reconnected_text",
     "sanitize",
+    "timestamp_problem",
     "welcome_text",
 ]

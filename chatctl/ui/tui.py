@@ -1,43 +1,67 @@
-"""`chatctl join` on a terminal: prompt_toolkit keeps the input line at the bottom.
+"""`chatctl join` on a terminal: windows, as irssi and weechat users know them.
 
-Arriving events are printed above the prompt through `patch_stdout(raw=True)`, which redraws
-the line being typed afterwards, so a message arriving mid-word never garbles it. The
-connection lives in the client library's reader thread, so a reconnect never touches the
-input line either: the toolbar shows the state and typed text waits in the buffer.
+A full-screen prompt_toolkit application: a title line (the window's room and topic, or its
+partner), the shown window's lines, a status line (the window, the activity list
+`[Act: 3(2),4(1)!]`, your nick, the connection), and the input line at the bottom. Window 1
+is the status window; each room and each direct-message partner has its own, with its own
+lines (windows.py: the model, sans-IO). Alt-1..9/Alt-0, Alt-Left/Right, Ctrl-P/N and
+/window switch between them without any request to the server: switching never re-joins.
+
+Nothing is ever printed over the input line: every line is drawn into the layout, laid out
+for the current width (screen.py: word wrap, a hanging indent, marked continuation lines),
+and redrawn on a resize. The connection lives in the client library's reader thread, which
+adds lines to the windows; commands run one at a time on a thread of their own (a /join
+waits for the server's answer), so typing, switching and redrawing never wait, and a
+reconnect never touches the windows or what is being typed.
+
 This is the only module that imports prompt_toolkit.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
-from prompt_toolkit.formatted_text import HTML, FormattedText
+from prompt_toolkit.filters import Condition, has_completions
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
-from prompt_toolkit.patch_stdout import patch_stdout
-from prompt_toolkit.shortcuts import confirm
-
-from chatctl.client import (
-    AnyEvent,
-    Backoff,
-    Client,
-    Closed,
-    Disconnected,
-    Reconnected,
-    default_nick,
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.key_binding.bindings.completion import generate_completions
+from prompt_toolkit.layout import (
+    ConditionalContainer,
+    Float,
+    FloatContainer,
+    HSplit,
+    Layout,
+    Window,
 )
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
+from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.menus import CompletionsMenu
+from prompt_toolkit.layout.processors import BeforeInput, PasswordProcessor
+from prompt_toolkit.output import ColorDepth
+from prompt_toolkit.styles import Style
+
+from chatctl.client import Backoff, Client, default_nick
 from chatctl.errors import Rejected
-from chatctl.protocol import DirectMessage, ErrorCode, Members, Message, Notice, RoomList
-from chatctl.ui.commands import COMMANDS, Chat, CommandError
-from chatctl.ui.render import TextRenderer, welcome_text
+from chatctl.protocol import ErrorCode
+from chatctl.ui.chatscreen import ChatScreen
+from chatctl.ui.commands import ALIASES, COMMANDS, WINDOW_ACTIONS
+from chatctl.ui.logs import ChatLogs
+from chatctl.ui.render import DEFAULT_TIMESTAMP, ColourDepth, colour_depth
+from chatctl.ui.screen import mark_for
 
 if TYPE_CHECKING:
     import ssl
@@ -46,115 +70,190 @@ if TYPE_CHECKING:
     from chatctl.client.trust import ServerTrust
 
 PASTE_CONFIRM_LINES = 5  # a paste of more lines than this asks before it is sent
-_MAX_NICKS = 5000  # completion candidates remembered
-_ROOM_COMMANDS = ("/join", "/part", "/who", "/private", "/public")
+_WAIT_ASK = 0.2  # how often a question's waiter looks whether the screen is gone
+
+# Arguments completed as rooms, nicks, commands or window actions, by command (and alias).
+_ROOM_ARGS = {"join", "part", "who", "topic", "private", "public"}
+_NICK_ARGS = {"msg", "query", "whois", "ignore", "unignore", "kick", "ban", "unban"}
+_NICK_ARGS |= {"op", "deop", "invite", "uninvite"}
+
+STYLE = Style.from_dict(
+    {
+        "title": "reverse",
+        "status": "reverse",
+        "status.alert": "noreverse bg:ansired fg:ansiwhite bold",
+        "status.active": "bold",
+        "act.event": "",
+        "act.message": "bold",
+        "act.mention": "bold fg:ansibrightmagenta",
+        "timestamp": "fg:ansibrightblack",
+        "system": "italic fg:ansibrightblack",
+        "day": "bold",
+        "error": "fg:ansired",
+        "mention": "bold fg:ansiyellow",
+        "history": "fg:ansibrightblack",
+        "marker": "fg:ansibrightblack",
+        "prompt.where": "bold",
+        "question": "bold",
+    }
+)
+_DEPTHS = {
+    "none": ColorDepth.DEPTH_1_BIT,
+    "basic": ColorDepth.DEPTH_4_BIT,
+    "256": ColorDepth.DEPTH_8_BIT,
+    "truecolor": ColorDepth.DEPTH_24_BIT,
+}
+
+
+class _Question:
+    """A question the command thread asks through the input line (a password)."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.answer: str | None = None  # None: not answered (yet), or given up
+        self.done = threading.Event()
 
 
 class ChatUI:
-    """Screen state shared by the reader thread (events) and the prompt (input)."""
+    """The terminal's part: the input line (with its drafts, history and completion), the
+    paste confirmation, questions without echo, and the application that draws `screen`."""
 
-    def __init__(self, client: Client, room: str | None) -> None:
-        self.client = client
-        self.chat = Chat(client, room, ask_password=self.ask_new_password)
-        colour = "NO_COLOR" not in os.environ
-        self.render = TextRenderer(lambda: client.nick, colour=colour, single_line=False)
-        self.nicks: dict[str, str] = {}
-        self.known_rooms: set[str] = set(client.rooms)
-        self.status = ""
-        self.closed: Closed | None = None
+    def __init__(self, screen: ChatScreen, depth: ColourDepth) -> None:
+        self.screen = screen
+        self.client = screen.client
+        self.depth = depth
+        self.confirming: str | None = None  # a long paste waiting for yes or no
+        self.question: _Question | None = None
         self.terminated = False  # SIGTERM: quit cleanly
-        self.session: PromptSession[str] | None = None
-        self._lock = threading.Lock()
-
-    # -- events, on the reader thread ----------------------------------------------------------
-
-    def on_event(self, event: AnyEvent) -> None:
-        self._learn(event)
-        line = self.render.render(event)
-        if line is not None:
-            print(line, flush=True)
-        if isinstance(event, Disconnected):
-            self.status = f"reconnecting: {event.reason}"
-        elif isinstance(event, Reconnected):
-            self.status = ""
-        elif isinstance(event, Closed):
-            self.closed = event
-            self._stop_prompt()
-        self._redraw()
-
-    def ask_new_password(self) -> str:
-        """A new password for /register, typed twice without echo (CommandError if the two
-        differ or the user gives up). Asked on the main thread, between two input lines."""
-        who = f"{self.client.nick}@{self.client.host}"
-        asker: PromptSession[str] = PromptSession()  # no history: the password is not kept
-        try:
-            first = asker.prompt(f"New password for {who}: ", is_password=True)
-            if not first:
-                raise CommandError("not registered: no password given")
-            second = asker.prompt("Same password again: ", is_password=True)
-        except (KeyboardInterrupt, EOFError):
-            raise CommandError("not registered") from None
-        if first != second:
-            raise CommandError("not registered: the two passwords differ")
-        return first
-
-    def show(self, lines: list[str]) -> None:
-        for line in lines:
-            print(self.render.system(line), flush=True)
-
-    def _learn(self, event: AnyEvent) -> None:
-        """Remember nicks and rooms for tab completion."""
-        with self._lock:
-            new: list[str] = []
-            match event:
-                case Message(sender=sender) | DirectMessage(sender=sender):
-                    new.append(sender)
-                case Members(nicks=nicks, room=room):
-                    new.extend(nicks)
-                    self.known_rooms.add(room)
-                case Notice(kind="renamed", nick=old, new_nick=nick):
-                    self.nicks.pop(old.casefold(), None)
-                    new.append(nick)
-                case Notice(kind="joined", nick=nick):
-                    new.append(nick)
-                case RoomList(rooms=rooms):
-                    self.known_rooms.update(rooms)
-            for nick in new:
-                if len(self.nicks) < _MAX_NICKS:
-                    self.nicks[nick.casefold()] = nick
-
-    def _redraw(self) -> None:
-        session = self.session
-        if session is not None and session.app.is_running:
-            session.app.invalidate()
-
-    def _stop_prompt(self) -> None:
-        session = self.session
-        if session is not None and session.app.is_running:
-            app = session.app
-            if app.loop is not None:
-                app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError))
-
-    # -- the prompt ------------------------------------------------------------------------------
-
-    def prompt_message(self) -> FormattedText:
-        room = f"#{self.chat.room}" if self.chat.room else "(no room)"
-        return FormattedText([("bold", f"{room} "), ("", f"{self.client.nick}> ")])
-
-    def toolbar(self) -> HTML:
-        if self.status:
-            return HTML("<style bg='ansired' fg='ansiwhite'> {} </style>").format(self.status)
-        rooms = " ".join(f"#{r}" for r in self.client.rooms) or "no room"
-        return HTML(" {} as <b>{}</b> in {} · /help · Ctrl-D quits").format(
-            self.client.addr, self.client.nick, rooms
+        self.app: Application[None] | None = None
+        self.input = Buffer(
+            multiline=True,
+            history=InMemoryHistory(),
+            completer=ChatCompleter(screen),
+            complete_while_typing=False,
+            accept_handler=self._accept,
         )
+        self.secret = Buffer(multiline=False, accept_handler=self._answer)
+        screen.ask = self.ask
+        screen.redraw = self.redraw
+        screen.on_close = self.exit_app
+
+    def question_line(self) -> StyleAndTextTuples:
+        lines = (self.confirming or "").count("\n") + 1
+        return [("class:question", f"Send these {lines} lines as one message? [y/N] ")]
+
+    def secret_prompt(self) -> StyleAndTextTuples:
+        question = self.question
+        return [("class:question", question.prompt if question is not None else "")]
+
+    def redraw(self) -> None:
+        app = self.app
+        if app is not None and app.is_running:
+            app.invalidate()
+
+    def exit_app(self) -> None:
+        """From any thread: close the screen (the client closed, /quit, SIGTERM)."""
+        app = self.app
+        if app is not None and app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(self._exit)
+
+    def _exit(self) -> None:
+        app = self.app
+        if app is not None and app.is_running:
+            with contextlib.suppress(Exception):  # already on its way out
+                app.exit()
+
+    # -- input, on the screen's thread ----------------------------------------------------------
+
+    def _accept(self, buffer: Buffer) -> bool:
+        text = buffer.text
+        if not text.strip():
+            return False
+        if text.count("\n") + 1 > PASTE_CONFIRM_LINES:
+            self.confirming = text  # asked on the question line; the text stays
+            return True
+        self.screen.submit(text)
+        return False
+
+    def confirm(self, yes: bool) -> None:
+        text, self.confirming = self.confirming, None
+        if text is None:
+            return
+        if yes:
+            self.input.reset()
+            self.screen.submit(text)
+        else:
+            self.screen.show(["paste not sent: it is still there to edit"])
+
+    def _answer(self, buffer: Buffer) -> bool:
+        question, self.question = self.question, None
+        if question is not None:
+            question.answer = buffer.text
+            question.done.set()
+        self._focus_input()
+        return False
+
+    def cancel_question(self) -> None:
+        question, self.question = self.question, None
+        self.secret.reset()
+        if question is not None:
+            question.done.set()
+        self._focus_input()
+
+    def _focus_input(self) -> None:
+        app = self.app
+        if app is not None:
+            with contextlib.suppress(ValueError):
+                app.layout.focus(self.input)
+
+    def ask(self, prompt: str) -> str | None:
+        """From the command thread: ask on the input line, without echo; None if the user
+        gives up (Ctrl-C) or the screen goes."""
+        app = self.app
+        if app is None or app.loop is None or not app.is_running:
+            return None
+        question = _Question(prompt)
+
+        def start() -> None:
+            self.question = question
+            self.secret.reset()
+            app.layout.focus(self.secret)
+            app.invalidate()
+
+        app.loop.call_soon_threadsafe(start)
+        while not question.done.wait(_WAIT_ASK):
+            if self.app is None or not self.app.is_running:
+                return None
+        return question.answer
+
+    def quit(self) -> None:
+        self.screen.quit_reason = ""
+        self._exit()
+
+
+class MessagesControl(UIControl):
+    """The shown window's lines, bottom-aligned, laid out for the width it is given."""
+
+    def __init__(self, screen: ChatScreen) -> None:
+        self.screen = screen
+        self.height = 24
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        self.height = height
+        lines = cast(list[StyleAndTextTuples], self.screen.visible_lines(width, height))
+        return UIContent(get_line=lambda i: lines[i], line_count=len(lines), show_cursor=False)
+
+    def is_focusable(self) -> bool:
+        return False
 
 
 class ChatCompleter(Completer):
-    """Tab completes commands after "/", rooms after /join /part /who, nicks elsewhere."""
+    """Tab completes commands and aliases after "/", and then their arguments: rooms, nicks,
+    command names (/help) or window actions; nicks elsewhere (`bo<Tab>` at the start of a
+    line gives `bob: `)."""
 
-    def __init__(self, ui: ChatUI) -> None:
-        self.ui = ui
+    def __init__(self, screen: ChatScreen) -> None:
+        self.screen = screen
 
     def get_completions(
         self, document: Document, complete_event: CompleteEvent
@@ -162,27 +261,202 @@ class ChatCompleter(Completer):
         before = document.text_before_cursor
         word = document.get_word_before_cursor(WORD=True)
         if before.startswith("/") and " " not in before:
-            for name in COMMANDS:
-                if name.startswith(before[1:].lower()):
+            stem = before[1:].lower()
+            for name in sorted({*COMMANDS, *ALIASES}):
+                if name.startswith(stem):
                     yield Completion("/" + name + " ", start_position=-len(before))
             return
-        if before.split(" ", 1)[0] in _ROOM_COMMANDS:
+        command = ""
+        if before.startswith("/"):
+            typed = before.split(" ", 1)[0][1:].lower()
+            command = ALIASES.get(typed, typed).split()[0]
+            if len(before.split()) > 2 or (len(before.split()) == 2 and not word):
+                command = ""  # past the first argument: nicks, as in text
+        if command == "help":
+            for name in sorted({*COMMANDS, *ALIASES}):
+                if name.startswith(word.lower()):
+                    yield Completion(name, start_position=-len(word))
+            return
+        if command == "window":
+            for action in (a for a in WINDOW_ACTIONS if a != "goto"):
+                if action.startswith(word.lower()):
+                    yield Completion(action, start_position=-len(word))
+            return
+        if command in _ROOM_ARGS:
             stem = word.removeprefix("#")
-            with self.ui._lock:  # the reader thread adds rooms as it learns them
-                rooms = sorted(self.ui.known_rooms | set(self.ui.client.rooms))
+            with self.screen.lock:  # the reader thread adds rooms as it learns them
+                rooms = sorted(self.screen.known_rooms | set(self.screen.client.rooms))
             for room in rooms:
                 if room.startswith(stem):
                     yield Completion("#" + room, start_position=-len(word))
             return
+        yield from self._nicks(before, word, after_command=command in _NICK_ARGS)
+
+    def _nicks(self, before: str, word: str, *, after_command: bool) -> Iterator[Completion]:
         stem = word.removeprefix("@").casefold()
         at_start = before == word
-        with self.ui._lock:
-            nicks = sorted(self.ui.nicks.values(), key=str.casefold)
+        with self.screen.lock:
+            nicks = sorted(self.screen.nicks.values(), key=str.casefold)
         for nick in nicks:
-            if nick.casefold().startswith(stem) and nick != self.ui.client.nick:
-                suffix = ": " if at_start and not word.startswith("@") else ""
+            if nick.casefold().startswith(stem) and nick != self.screen.client.nick:
+                plain = after_command or word.startswith("@") or not at_start
+                suffix = "" if plain else ": "
                 prefix = "@" if word.startswith("@") else ""
                 yield Completion(prefix + nick + suffix, start_position=-len(word))
+
+
+def _key_bindings(ui: ChatUI, messages: MessagesControl) -> KeyBindings:
+    kb = KeyBindings()
+    screen = ui.screen
+    asking = Condition(lambda: ui.question is not None)
+    confirming = Condition(lambda: ui.confirming is not None)
+    typing = ~asking & ~confirming
+
+    for digit in "1234567890":
+
+        @kb.add("escape", digit, eager=True)
+        def _go(event: KeyPressEvent, number: int = int(digit) or 10) -> None:
+            screen.go(number)
+
+    @kb.add("escape", "right", eager=True)
+    @kb.add("c-n", eager=True)
+    def _next(event: KeyPressEvent) -> None:
+        screen.next_window(1)
+
+    @kb.add("escape", "left", eager=True)
+    @kb.add("c-p", eager=True)
+    def _prev(event: KeyPressEvent) -> None:
+        screen.next_window(-1)
+
+    @kb.add("pageup", eager=True)
+    def _up(event: KeyPressEvent) -> None:
+        screen.scroll(1, messages.height)
+
+    @kb.add("pagedown", eager=True)
+    def _down(event: KeyPressEvent) -> None:
+        screen.scroll(-1, messages.height)
+
+    @kb.add("enter", filter=typing & ~has_completions, eager=True)
+    @kb.add("c-j", filter=typing & ~has_completions, eager=True)
+    def _enter(event: KeyPressEvent) -> None:
+        ui.input.validate_and_handle()
+
+    @kb.add("enter", filter=typing & has_completions, eager=True)
+    def _take_completion(event: KeyPressEvent) -> None:
+        ui.input.complete_state = None  # the completion is in the line: send it as it is
+        ui.input.validate_and_handle()
+
+    @kb.add("tab", filter=typing)
+    def _complete(event: KeyPressEvent) -> None:
+        generate_completions(event)
+
+    @kb.add("s-tab", filter=typing)
+    def _complete_back(event: KeyPressEvent) -> None:
+        if ui.input.complete_state:
+            ui.input.complete_previous()
+
+    @kb.add("c-c", filter=typing, eager=True)
+    def _quit(event: KeyPressEvent) -> None:
+        ui.quit()
+
+    @kb.add("c-d", filter=typing, eager=True)
+    def _eof(event: KeyPressEvent) -> None:
+        if ui.input.text:
+            ui.input.delete()
+        else:
+            ui.quit()
+
+    @kb.add("y", filter=confirming, eager=True)
+    @kb.add("Y", filter=confirming, eager=True)
+    def _yes(event: KeyPressEvent) -> None:
+        ui.confirm(True)
+
+    @kb.add("<any>", filter=confirming, eager=True)
+    @kb.add("c-c", filter=confirming, eager=True)
+    def _no(event: KeyPressEvent) -> None:
+        ui.confirm(False)
+
+    @kb.add("c-c", filter=asking, eager=True)
+    @kb.add("c-d", filter=asking, eager=True)
+    def _give_up(event: KeyPressEvent) -> None:
+        ui.cancel_question()
+
+    return kb
+
+
+def build_app(ui: ChatUI) -> Application[None]:
+    screen = ui.screen
+    messages = MessagesControl(screen)
+    asking = Condition(lambda: ui.question is not None)
+    confirming = Condition(lambda: ui.confirming is not None)
+    input_window = Window(
+        BufferControl(ui.input, input_processors=[BeforeInput(screen.prompt_message)]),
+        height=Dimension(min=1, max=6),
+        dont_extend_height=True,
+        wrap_lines=True,
+    )
+    body = HSplit(
+        [
+            Window(FormattedTextControl(screen.title_line), height=1, style="class:title"),
+            Window(messages, wrap_lines=False),
+            Window(FormattedTextControl(screen.status_line), height=1, style="class:status"),
+            ConditionalContainer(input_window, filter=~asking & ~confirming),
+            ConditionalContainer(
+                Window(FormattedTextControl(ui.question_line), height=1),
+                filter=confirming & ~asking,
+            ),
+            ConditionalContainer(
+                Window(
+                    BufferControl(
+                        ui.secret,
+                        input_processors=[
+                            PasswordProcessor(char=""),
+                            BeforeInput(ui.secret_prompt),
+                        ],
+                    ),
+                    height=1,
+                ),
+                filter=asking,
+            ),
+        ]
+    )
+    root = FloatContainer(
+        body,
+        floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8))],
+    )
+    return Application(
+        layout=Layout(root, focused_element=input_window),
+        key_bindings=_key_bindings(ui, messages),
+        style=STYLE,
+        full_screen=True,
+        color_depth=_DEPTHS[ui.depth],
+        enable_page_navigation_bindings=False,
+        mouse_support=False,
+    )
+
+
+class _Sink(io.TextIOBase):
+    """stdout and stderr while the screen is up: whatever a library prints becomes a line in
+    the status window instead of a mess over the screen."""
+
+    def __init__(self, screen: ChatScreen) -> None:
+        self.screen = screen
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            if line.strip():
+                with self.screen.lock:
+                    self.screen.windows.add(
+                        self.screen.windows.status, self.screen.make.error(line)
+                    )
+        self.screen.redraw()
+        return len(text)
 
 
 def _ask_nick(default: str) -> str | None:
@@ -211,24 +485,6 @@ def _connect(client: Client, asked: bool) -> bool:
     return True
 
 
-def _read_line(ui: ChatUI, session: PromptSession[str]) -> str | None:
-    """The next line to send, or None to quit (Ctrl-C, Ctrl-D, or the client closed)."""
-    try:
-        text = session.prompt()
-    except (KeyboardInterrupt, EOFError):
-        return None
-    if "\n" in text and text.count("\n") + 1 > PASTE_CONFIRM_LINES:
-        lines = text.count("\n") + 1
-        try:
-            ok = confirm(f"Send these {lines} lines as one message?")
-        except (KeyboardInterrupt, EOFError):
-            ok = False
-        if not ok:
-            ui.show(["paste not sent"])
-            return ""
-    return text
-
-
 def run_tui(
     *,
     addresses: Sequence[Address],
@@ -239,7 +495,12 @@ def run_tui(
     tls: ssl.SSLContext | ServerTrust | None = None,
     account: str = "",
     password: str = "",
+    timestamp: str = DEFAULT_TIMESTAMP,
+    log_dir: Path | str | None = None,
 ) -> int:
+    logs = ChatLogs(log_dir) if log_dir is not None else None
+    if logs is not None:
+        logs.check()
     if nick is None and account:
         nick = account  # an account's nick is its name: nothing to ask
     asked = nick is None
@@ -259,57 +520,54 @@ def run_tui(
         reconnect=True,
         backoff=Backoff(cap=5.0),
     )
-    ui = ChatUI(client, rooms[0] if rooms else None)
-    client.on_event = ui.on_event
+    depth = colour_depth()
+    screen = ChatScreen(
+        client,
+        rooms,
+        depth=depth,
+        timestamp=timestamp,
+        logs=logs,
+        mark=mark_for(getattr(sys.stdout, "encoding", None)),
+    )
+    ui = ChatUI(screen, depth)
+    client.on_event = screen.on_event
     if not _connect(client, asked):
         return 0
-    session: PromptSession[str] = PromptSession(
-        message=ui.prompt_message,
-        completer=ChatCompleter(ui),
-        complete_while_typing=False,
-        history=InMemoryHistory(),
-        bottom_toolbar=ui.toolbar,
-        erase_when_done=True,  # the line comes back rendered, from its ack
-    )
-    ui.session = session
+    ui.app = build_app(ui)
 
     def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
         ui.terminated = True
-        ui._stop_prompt()  # the loop below ends, and the client says Bye: a clean quit
+        ui.exit_app()  # the screen closes, and the client says Bye: a clean quit
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _chat(ui, client, session)
+        _chat(ui, client)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    closed = ui.closed
+    closed = screen.closed
     if closed is not None and closed.error is not None:
         print(f"chatctl: {closed.error}", file=sys.stderr)
         return int(closed.error.exit_code)
     return 0
 
 
-def _chat(ui: ChatUI, client: Client, session: PromptSession[str]) -> None:
+def _chat(ui: ChatUI, client: Client) -> None:
     """The session until the user quits (or SIGTERM) or the client closes; then Bye."""
-    reason = ""
-    with patch_stdout(raw=True):
-        welcome = client.welcome
-        who = welcome_text(welcome) if welcome is not None else client.nick
-        ui.show([f"connected to {client.addr} as {who}; /help lists the commands"])
-        while ui.closed is None and not ui.terminated:
-            line = _read_line(ui, session)
-            if line is None:
-                break
-            if not line.strip():
-                continue
-            outcome = ui.chat.run_line(line)
-            ui.show(outcome.info)
-            if outcome.sent is not None and not client.connected:
-                ui.show(["not connected: it goes out after the reconnect"])
-            if outcome.quit:
-                reason = outcome.quit_reason
-                break
-        client.close(reason)
+    screen = ui.screen
+    with screen.lock:
+        screen.greet()
+    screen.start()
+    app = ui.app
+    assert app is not None
+    sink = _Sink(screen)
+    try:
+        if screen.closed is None and not ui.terminated:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                app.run()
+    finally:
+        ui.cancel_question()
+        screen.stop()
+        client.close(screen.quit_reason or "")
 
 
-__all__ = ["PASTE_CONFIRM_LINES", "ChatCompleter", "ChatUI", "run_tui"]
+__all__ = ["PASTE_CONFIRM_LINES", "ChatCompleter", "ChatUI", "build_app", "run_tui"]
