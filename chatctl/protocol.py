@@ -82,6 +82,7 @@ class ErrorCode(enum.IntEnum):
     NICK_RESERVED = 211  # the nick is an account's, and this session is not logged in to it
     REGISTRATION_REFUSED = 212
     MSG_ID_REUSED = 213  # a msg_id this sender already used for another message
+    UNAVAILABLE = 214  # the server cannot store messages now (its cluster's Redis is down)
     # 3xx: why the server is ending the connection.
     HANDSHAKE_TIMEOUT = 300
     IDLE_TIMEOUT = 301

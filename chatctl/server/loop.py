@@ -28,9 +28,11 @@ import selectors
 import socket
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from chatctl import __version__
 from chatctl.address import format_addr
+from chatctl.cluster.url import RedisUrl, is_redis, parse_redis_url
 from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
@@ -77,6 +79,9 @@ from chatctl.server.verifier import Verifier
 from chatctl.store.base import Store
 from chatctl.store.registry import Registry
 from chatctl.store.url import open_registry, open_store
+
+if TYPE_CHECKING:
+    from chatctl.server.replication import Replication
 
 # The limits' names where the tests and the CLI have always found them.
 __all__ = [
@@ -133,7 +138,7 @@ class Server:
         self.peers: dict[int, Peer] = {}
         self._outbox = Outbox(self.peers, config.max_output)
         self._enqueue = self._outbox.enqueue
-        self._timers: Timers[Peer | Refused | None] = Timers()
+        self._timers: Timers[Peer | Refused | Replication | None] = Timers()
         self._closed = 0  # connections closed since the last housekeeping
         self._more_input: list[Peer] = []  # connections with frames left over from this turn
         self._backlog: set[Peer] = set()  # connections whose kernel buffer is full (want_write)
@@ -147,6 +152,7 @@ class Server:
         self._refusals = Refusals(self._sel, self._buf)
         self.hub: Hub | None = None
         self.tls: TlsSetup | None = None  # from the configuration, at bind()
+        self.cluster: Replication | None = None  # a node of a cluster (--data redis://)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -200,6 +206,8 @@ class Server:
         self.hub.may_register = self._may_create_room  # the same allowance: what persists
         self._verifier = Verifier(self._wake_w, self._client_of)
         self.hub.offload = self._verifier.submit
+        if is_redis(config.data):
+            self._join_cluster(parse_redis_url(config.data or ""))
         self._listeners.watch(self._sel, _LISTENER)
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
@@ -226,11 +234,35 @@ class Server:
                 self._abort(peer)
             self._refusals.close_all()
             self._verifier.close()
+            if self.cluster is not None:
+                self.cluster.close()
             registry.close()
             store.close()
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    def _join_cluster(self, url: RedisUrl) -> None:
+        """Become a node of the cluster at `url`: read the whole shared log before anyone is
+        admitted (raises ChatctlError when Redis cannot be used)."""
+        from chatctl.server.replication import Replication
+
+        assert self.hub is not None
+        cluster = Replication(
+            url,
+            self.hub,
+            self._sel,
+            self.journal,
+            dispatch=self._dispatch,
+            schedule=lambda when: self._timers.schedule(when, cluster),
+        )
+        self.cluster = cluster
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.close()
+            self._verifier.close()
+            raise
 
     @property
     def lingering_refusals(self) -> int:
@@ -264,6 +296,7 @@ class Server:
         timers = self._timers
         outbox = self._outbox
         store = self.store
+        cluster = self.cluster
         while not self._stop_requested:
             due = timers.next_at()
             more = self._more_input
@@ -284,8 +317,10 @@ class Server:
                     self._accept(key.fileobj)  # type: ignore[arg-type]
                 elif type(data) is Refused:
                     self._refusals.readable(data)
-                else:
+                elif data is _WAKEUP:
                     self._drain_wakeup()
+                else:  # a cluster node's connection to Redis (server/replication.py)
+                    data.ready(mask)
             if more:
                 self._more_input = []
                 for peer in more:
@@ -294,6 +329,8 @@ class Server:
                         self._frames(peer)
             if due is not None and due <= now:
                 self._run_timers(now)
+            if cluster is not None:
+                cluster.flush()
             store.flush()
             self._write_all()
 
@@ -323,7 +360,7 @@ class Server:
         peer = self.peers.get(cid)
         return peer.client.key if peer is not None else ""
 
-    def _schedule(self, when: float, peer: Peer | Refused | None) -> None:
+    def _schedule(self, when: float, peer: Peer | Refused | Replication | None) -> None:
         """Run a check of `peer` (or the housekeeping, for None; the end of a refused
         connection's grace) at `when`. A peer has one live check at a time: scheduling a new
         one makes the older entry stale."""
@@ -335,6 +372,8 @@ class Server:
         for when, peer in self._timers.due(now):
             if peer is None:
                 self._housekeeping(now)
+            elif peer is self.cluster:
+                self.cluster.tick(now)
             elif type(peer) is Refused:
                 self._refusals.close(peer)
             elif peer.check_at == when and peer.sock.fileno() >= 0:  # type: ignore[union-attr]
