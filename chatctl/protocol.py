@@ -773,6 +773,12 @@ class Connection:
         """Bytes received but not yet returned as events."""
         return len(self._buf) - self._pos
 
+    def next_frame_type(self) -> int | None:
+        """The type byte of the next frame received (complete or not), without decoding it;
+        None while fewer than its first three bytes are here."""
+        pos = self._pos
+        return self._buf[pos + 2] if len(self._buf) - pos > 2 else None
+
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:
             raise LocalProtocolError("data received after the end of the stream")

@@ -24,7 +24,7 @@ _leaves = st.one_of(
     st.binary(max_size=30),
     st.integers(-(2**63), 2**63 - 1),
     st.none(),
-    st.text(st.characters(blacklist_characters="\r\n"), min_size=1, max_size=12).map(
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12).map(
         lambda t: RedisError("ERR " + t)
     ),
 )
@@ -144,7 +144,9 @@ class PipelineMachine(RuleBasedStateMachine):
 TestPipeline = PipelineMachine.TestCase
 
 
-@given(st.binary(min_size=1, max_size=20).filter(lambda b: b[:1] not in b"+-:$*"))
+# Bytes that start no reply: neither a RESP2 type nor one of RESP3's, which hiredis reads too
+# (a Redis spoken to in RESP2 never sends those).
+@given(st.binary(min_size=1, max_size=20).filter(lambda b: b[:1] not in b"+-:$*_,#=(%~>|!"))
 def test_bytes_that_are_not_resp_are_a_protocol_error(garbage: bytes) -> None:
     pipeline: Pipeline[int] = Pipeline()
     pipeline.send(command("PING"), 0)

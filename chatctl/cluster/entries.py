@@ -1,9 +1,10 @@
 """The cluster's shared log: what nodes append to the Redis stream, and how it reads back.
 
-Every state change a node accepts goes into one stream (`STREAM`) as one entry with one field
-(`FIELD`): a MessagePack array whose first element names its kind. Every node reads the
-stream in order and applies each entry, so all of them apply the same changes in the same
-order (docs/cluster.md). Kinds so far:
+Every state change a node accepts goes into one stream (`STREAM`). A node appends what it
+accepted in one loop turn as one stream entry with one field (`FIELD`): a MessagePack array of
+entries, each an array whose first element names its kind. Every node reads the stream in
+order and applies each entry, so all of them apply the same changes in the same order
+(docs/cluster.md). Kinds so far:
 
 - `SayEntry`: a room message, as its node checked it; the room's seq is given by applying it.
 - `MarkEntry`: nothing to apply; its node learns from it that every proposal it made before
@@ -15,7 +16,7 @@ and every node skips the same bad entry. Sans-IO.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -46,33 +47,46 @@ class MarkEntry(msgspec.Struct, array_like=True, frozen=True, tag="mark"):
 Entry = SayEntry | MarkEntry
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Entry] = msgspec.msgpack.Decoder(Entry)
+_decoder: msgspec.msgpack.Decoder[list[Entry]] = msgspec.msgpack.Decoder(list[Entry])
 
 
-def encode_entry(entry: Entry) -> bytes:
-    return _encoder.encode(entry)
+def encode_entries(entries: list[Entry]) -> bytes:
+    """The payload of one stream entry."""
+    return _encoder.encode(entries)
 
 
 class Read(NamedTuple):
-    """One entry of an XREAD reply: its stream id, and the entry or what is wrong with it."""
+    """One entry of an XREAD reply: its stream id, and its entries, or what is wrong with it
+    (then there are none: every node skips the whole stream entry alike)."""
 
     id: bytes
-    entry: Entry | None
+    entries: list[Entry]
     problem: str = ""
 
 
-def decode_entry(payload: bytes) -> Entry | str:
-    """The entry, or what is wrong with it."""
+# Room names already found normalised: the check costs a regular expression, and a log
+# holds the same few names over and over.
+_good_rooms: dict[str, None] = {}
+
+
+def decode_entries(payload: bytes) -> list[Entry] | str:
+    """The entries of one stream entry's payload, or what is wrong with it."""
     try:
-        entry: Entry = _decoder.decode(payload)
+        entries = _decoder.decode(payload)
     except msgspec.DecodeError as exc:
-        return f"not an entry: {exc}"
-    if type(entry) is SayEntry:
-        if normalise_room(entry.room) != entry.room:
-            return f"a room name that is not normalised: {entry.room!r:.80}"
-        if not 0 < len(entry.msg_id) <= MSG_ID_MAX or not entry.text:
-            return "an empty text, or a msg_id empty or too long"
-    return entry
+        return f"not a list of entries: {exc}"
+    for entry in entries:
+        if type(entry) is SayEntry:
+            room = entry.room
+            if room not in _good_rooms:
+                if normalise_room(room) != room:
+                    return f"a room name that is not normalised: {room!r:.80}"
+                if len(_good_rooms) >= 4096:
+                    _good_rooms.clear()
+                _good_rooms[room] = None
+            if not 0 < len(entry.msg_id) <= MSG_ID_MAX or not entry.text:
+                return "an empty text, or a msg_id empty or too long"
+    return entries
 
 
 def read_entries(reply: Reply) -> list[Read]:
@@ -80,24 +94,23 @@ def read_entries(reply: Reply) -> list[Read]:
     when the reply is not shaped as XREAD's: the peer is not behaving as Redis."""
     if reply is None:
         return []
-    if not (isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], list)):
-        raise ValueError(f"not an XREAD reply: {reply!r:.200}")
-    stream = reply[0]
-    if len(stream) != 2 or stream[0] != STREAM or not isinstance(stream[1], list):
-        raise ValueError(f"not an XREAD reply for {STREAM!r}: {reply!r:.200}")
-    out: list[Read] = []
-    for item in stream[1]:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], bytes)):
-            raise ValueError(f"not a stream entry: {item!r:.200}")
-        stream_id, fields = item[0], item[1]
-        assert isinstance(stream_id, bytes)
-        if not (isinstance(fields, list) and len(fields) == 2 and fields[0] == FIELD):
-            out.append(Read(stream_id, None, f"unexpected fields: {fields!r:.80}"))
-            continue
-        payload = fields[1]
-        decoded = decode_entry(payload) if isinstance(payload, bytes) else "not bytes"
-        if isinstance(decoded, str):
-            out.append(Read(stream_id, None, decoded))
-        else:
-            out.append(Read(stream_id, decoded))
-    return out
+    shaped: Any = reply  # checked as it is taken apart: a wrong shape is a TypeError
+    try:
+        [[name, items]] = shaped
+        if name != STREAM:
+            raise ValueError(f"another stream: {name!r:.80}")
+        out: list[Read] = []
+        for stream_id, fields in items:
+            if type(stream_id) is not bytes:
+                raise ValueError(f"a stream id that is not a string: {stream_id!r:.80}")
+            if len(fields) != 2 or fields[0] != FIELD or type(fields[1]) is not bytes:
+                out.append(Read(stream_id, [], f"unexpected fields: {fields!r:.80}"))
+                continue
+            decoded = decode_entries(fields[1])
+            if isinstance(decoded, str):
+                out.append(Read(stream_id, [], decoded))
+            else:
+                out.append(Read(stream_id, decoded))
+        return out
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not an XREAD reply for {STREAM!r}: {exc}; {reply!r:.200}") from None

@@ -5,7 +5,8 @@ says so (`flush`, once per loop turn), reads and dispatches replies when its soc
 (`ready`), and reconnects after a failure with an exponential backoff (`tick`, at `wake_at`).
 Its `state` is DOWN, CONNECTING or READY; only READY takes commands. A command's callback
 always gets exactly one value: its reply, a `RedisError` reply, or `Unavailable` when the
-connection was lost before the reply came (`sent` says whether it may have run).
+connection was lost before the reply came (`sent` says whether it may have run); callbacks
+run in the order of their commands, whatever the outcome.
 
 No call here blocks but the name lookup, done once when the link is made (before the loop
 starts). The codec is resp.py; this module only moves its bytes.
@@ -136,10 +137,14 @@ class RedisLink:
     def call(self, *args: bytes | str | int, on_reply: OnReply) -> None:
         """Queue a command; `on_reply` gets its outcome. Refused at once (Unavailable, not
         sent) unless the link is READY."""
+        self.call_encoded(command(*args), on_reply)
+
+    def call_encoded(self, data: bytes, on_reply: OnReply) -> None:
+        """`call` for a command already encoded (resp.command, resp.command_ending_with)."""
         if self.state is not LinkState.READY:
             on_reply(Unavailable(f"Redis is unavailable: {self.error}", sent=False))
             return
-        self._pipeline.send(command(*args), on_reply)
+        self._pipeline.send(data, on_reply)
 
     # -- driven by the loop ------------------------------------------------------------------
 
@@ -289,10 +294,10 @@ class RedisLink:
         self._retry_at = self._clock() + self.backoff.next()
         unsent, unknown = self._pipeline.reset()
         self._on_down(reason)
+        for on_reply in unknown:  # in the order the commands were given: these came first
+            on_reply(Unavailable(reason, sent=True))
         for on_reply in unsent:
             on_reply(Unavailable(reason, sent=False))
-        for on_reply in unknown:
-            on_reply(Unavailable(reason, sent=True))
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None

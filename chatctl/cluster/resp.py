@@ -12,6 +12,7 @@ Nothing here touches a socket or a clock; link.py runs a Pipeline over a non-blo
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeAlias, TypeVar
 
 import hiredis
@@ -68,6 +69,17 @@ def command(*args: bytes | str | int) -> bytes:
         parts.append(data)
         parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def command_ending_with(*args: bytes | str | int) -> Callable[[bytes], bytes]:
+    """`command(*args, last)` as a function of `last`, for a command sent for every message:
+    the fixed arguments are encoded once."""
+    head = command(*args, b"")[: -len(b"$0\r\n\r\n")]  # the count is already args + 1
+
+    def encode(last: bytes) -> bytes:
+        return b"%s$%d\r\n%s\r\n" % (head, len(last), last)
+
+    return encode
 
 
 class Pipeline(Generic[T]):

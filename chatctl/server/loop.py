@@ -105,6 +105,9 @@ REGISTRY_WAIT_MS = 200
 # What a client may send while its password is checked (a Hello and what it pipelined after
 # it): past this, it is flooding.
 PAUSED_INPUT_MAX = 64 * 1024
+# What a client of a cluster node may send while waiting for the answer to a message that is
+# on its way through the shared log (a Say pipelined after it never waits).
+HELD_INPUT_MAX = 1024 * 1024
 _LISTENER = object()
 _WAKEUP = object()
 _READ = selectors.EVENT_READ
@@ -255,6 +258,7 @@ class Server:
             self.journal,
             dispatch=self._dispatch,
             schedule=lambda when: self._timers.schedule(when, cluster),
+            resume=self._resume,
         )
         self.cluster = cluster
         try:
@@ -263,6 +267,12 @@ class Server:
             cluster.close()
             self._verifier.close()
             raise
+
+    def _resume(self, peer: Peer) -> None:
+        """A connection whose frames waited for the cluster's answers: its turn comes next."""
+        if not peer.closing and not peer.more_input:
+            peer.more_input = True
+            self._more_input.append(peer)
 
     @property
     def lingering_refusals(self) -> int:
@@ -499,7 +509,17 @@ class Server:
         now_ms = self._now_ms
         meter = peer.meter if self.config.rate else None
         replay_room = self.config.max_output // 2
+        cluster = self.cluster
+        waiting = None if cluster is None else cluster.waiting
         for _ in range(FRAMES_PER_TURN):
+            if waiting and peer.cid in waiting and conn.next_frame_type() != Say.TYPE:
+                # A node of a cluster answers in order: what follows a Say still on its way
+                # through the log waits for its answer (replication.py).
+                if conn.buffered > HELD_INPUT_MAX:
+                    self._end(peer, ErrorCode.FLOODING, "flooding while its messages were stored")
+                else:
+                    cluster.stalled(peer)  # type: ignore[union-attr]
+                return
             event = conn.next_event()
             if event is NEED_DATA:
                 return
@@ -540,6 +560,8 @@ class Server:
                 deliveries = hub.handle(peer.cid, event, now_ms)
             if meter is not None and hub.last_cost > 1.0:
                 meter.charge(now, hub.last_cost - 1.0)
+            if waiting and peer.cid in waiting:
+                deliveries = cluster.hold(peer.cid, deliveries)  # type: ignore[union-attr]
             self._dispatch(deliveries)
             if peer.ended:
                 return

@@ -27,7 +27,10 @@ import itertools
 import secrets
 import selectors
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from chatctl.cluster.entries import (
     FIELD,
@@ -35,17 +38,20 @@ from chatctl.cluster.entries import (
     Entry,
     MarkEntry,
     SayEntry,
-    encode_entry,
+    encode_entries,
     read_entries,
 )
 from chatctl.cluster.link import LinkState, RedisLink, Unavailable
-from chatctl.cluster.resp import RedisError, Reply
+from chatctl.cluster.resp import RedisError, Reply, command_ending_with
 from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
 from chatctl.protocol import Error, ErrorCode, Say
 from chatctl.server.hub import Delivery, Hub, Session, deliver
 from chatctl.server.log import ServerLog
+
+if TYPE_CHECKING:
+    from chatctl.server.peer import Peer
 
 READ_COUNT = 1024  # entries per XREAD
 BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.REPLY_TIMEOUT)
@@ -54,13 +60,39 @@ BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.RE
 MAX_PENDING = 65_536
 START_TIMEOUT = 30.0  # to reach Redis and read the whole log at start-up
 RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
+# One stream entry holds at most this many entries, or this many bytes of text (and one more
+# message): what a turn proposes past that goes into another XADD of the same turn.
+BATCH_ENTRIES = 1024
+BATCH_TEXT = 1024 * 1024
+# Commands sent per turn or per read, encoded but for their last argument.
+_xadd = command_ending_with(b"XADD", STREAM, b"*", FIELD)
+_xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM)
+_xread_wait = command_ending_with(
+    b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS", STREAM
+)
 
 
-class Proposal:
-    __slots__ = ("msg_id", "rid", "session", "unknown")
+class Slot:
+    """A place among a connection's answers, kept in the order of its requests: what goes
+    there (`out`) may be known before the answers to earlier requests are."""
+
+    __slots__ = ("done", "out")
+
+    def __init__(self, out: list[Delivery] | None = None) -> None:
+        self.out = out or []
+        self.done = out is not None
+
+
+class Proposal(Slot):
+    """A Say on its way through the log; its Ack or Error goes in its place (as a Slot)
+    among its connection's answers."""
+
+    __slots__ = ("cid", "msg_id", "rid", "session", "unknown")
 
     def __init__(self, session: Session, msg_id: str, rid: str) -> None:
+        super().__init__()
         self.session = session
+        self.cid = session.cid  # the connection that sent it
         self.msg_id = msg_id
         self.rid = rid
         self.unknown = False  # the connection was lost before XADD's reply
@@ -80,6 +112,7 @@ class Replication:
         *,
         dispatch: Callable[[list[Delivery]], None],
         schedule: Callable[[float], None],
+        resume: Callable[[Peer], None],
         node: str = "",
     ) -> None:
         self.url = url
@@ -88,6 +121,12 @@ class Replication:
         self.node = node or secrets.token_hex(6)
         self._dispatch = dispatch
         self._schedule = schedule
+        self._resume = resume
+        # A connection's answers, in the order of its requests, from its oldest Say still on
+        # its way through the log: the loop hands no other request of it to the hub meanwhile
+        # (`stalled`), and holds the answers to its later Says (`hold`).
+        self.waiting: dict[int, deque[Slot]] = {}
+        self._stalled: dict[int, Peer] = {}
         self.writer = RedisLink(
             "writer",
             url,
@@ -107,6 +146,12 @@ class Replication:
         self.caught_up = False  # the reader has reached the end of the log once
         self.applied = 0  # entries applied since start, for the log and the tests
         self.pending: dict[int, Proposal] = {}  # by proposal number, in order
+        # This turn's entries, not sent yet, and their proposal numbers (0 for a mark).
+        self._batch: list[Entry] = []
+        self._batch_numbers: list[int] = []
+        self._batch_text = 0
+        self._adding: deque[list[int]] = deque()  # the proposal numbers of each XADD in flight
+        self.accepting = False  # both links ready and the log read: Says are taken
         self._numbers = itertools.count(1)
         self._wake_at: float | None = None
         self._read_again_at: float | None = None
@@ -136,6 +181,7 @@ class Replication:
                     key.data.ready(mask)
             self.flush()
         self._outage = ""
+        self._update()
         self.journal.info(
             "cluster",
             f"node {self.node} of the cluster at {self.url}: {self.applied} log entries applied",
@@ -144,14 +190,19 @@ class Replication:
         )
 
     def flush(self) -> None:
-        """Once per loop turn, before the store's flush: send what each link has queued."""
+        """Once per loop turn, before the store's flush: this turn's entries go in one XADD,
+        and each link sends what it has queued."""
+        if self._batch:
+            self._send_batch()
         self.writer.flush()
         self.reader.flush()
         self._wake_later()
 
     def tick(self, now: float) -> None:
         """The loop's timer: reconnects, deadlines, a read to try again."""
-        self._wake_at = None
+        if self._wake_at is not None and self._wake_at <= now:
+            self._wake_at = None  # that timer went off (an entry superseded by an earlier one
+            # goes off later, finds a later _wake_at, and adds no timer)
         self.writer.tick(now)
         self.reader.tick(now)
         if self._read_again_at is not None and now >= self._read_again_at:
@@ -163,54 +214,109 @@ class Replication:
         self.writer.close()
         self.reader.close()
 
-    @property
-    def available(self) -> bool:
-        return self.writer.ready_for_commands and self.reader.ready_for_commands and self.caught_up
+    def _update(self) -> None:
+        self.accepting = (
+            self.writer.ready_for_commands and self.reader.ready_for_commands and self.caught_up
+        )
 
     # -- proposing ---------------------------------------------------------------------------
 
     def propose(self, session: Session, name: str, say: Say, now_ms: int) -> list[Delivery]:
         """The hub's `propose`: a Say it checked goes to the log; nothing is delivered yet."""
-        if not self.available:
+        if not self.accepting:
             return [self._refusal(session.cid, say.msg_id, say.rid, self._outage or "starting")]
         if len(self.pending) >= MAX_PENDING:
             return [self._refusal(session.cid, say.msg_id, say.rid, "Redis is not keeping up")]
         number = next(self._numbers)
-        entry = SayEntry(
-            self.node,
-            number,
-            now_ms,
-            name,
-            session.nick,
-            session.sender_key,
-            say.msg_id,
-            say.text,
-            say.action,
+        proposal = self.pending[number] = Proposal(session, say.msg_id, say.rid)
+        queue = self.waiting.get(session.cid)
+        if queue is None:
+            queue = self.waiting[session.cid] = deque()
+        queue.append(proposal)
+        text = say.text
+        self._batch.append(
+            SayEntry(
+                self.node,
+                number,
+                now_ms,
+                name,
+                session.nick,
+                session.sender_key,
+                say.msg_id,
+                text,
+                say.action,
+            )
         )
-        self.pending[number] = Proposal(session, say.msg_id, say.rid)
-        self._append(entry, number)
+        self._batch_numbers.append(number)
+        self._batch_text += len(text)
+        if len(self._batch) >= BATCH_ENTRIES or self._batch_text >= BATCH_TEXT:
+            self._send_batch()
         return []
 
-    def _append(self, entry: Entry, number: int) -> None:
-        payload = encode_entry(entry)
-        on_reply = functools.partial(self._added, number)
-        self.writer.call(b"XADD", STREAM, b"*", FIELD, payload, on_reply=on_reply)
+    def _send_batch(self) -> None:
+        numbers = self._batch_numbers
+        self._adding.append(numbers)  # first: a refusal calls _added at once
+        payload = encode_entries(self._batch)
+        self._batch, self._batch_numbers, self._batch_text = [], [], 0
+        self.writer.call_encoded(_xadd(payload), self._added)
 
-    def _added(self, number: int, reply: Reply) -> None:
-        """XADD's reply: an id (the log has it: its Ack waits for the reader), or an error."""
-        proposal = self.pending.get(number)
-        if proposal is None or not isinstance(reply, RedisError):
-            return  # applied already, or a mark, or in the log now
-        if isinstance(reply, Unavailable) and reply.sent:
-            proposal.unknown = True  # it may be in the log: the log will say (see _settle)
+    def _added(self, reply: Reply) -> None:
+        """XADD's reply: an id (the log has them: their Acks wait for the reader), or an
+        error. Replies come in the order of the XADDs (`_adding`)."""
+        numbers = self._adding.popleft()
+        if not isinstance(reply, RedisError):
             return
-        del self.pending[number]
-        self._fail(proposal, str(reply))
+        in_doubt = isinstance(reply, Unavailable) and reply.sent
+        for number in numbers:
+            proposal = self.pending.get(number)
+            if proposal is None:
+                continue  # applied already, or a mark
+            if in_doubt:
+                proposal.unknown = True  # it may be in the log: the log will say (_settle)
+            else:
+                del self.pending[number]
+                self._fail(proposal, str(reply))
 
     def _fail(self, proposal: Proposal, why: str) -> None:
-        session = proposal.session
-        if self.hub.sessions.get(session.cid) is session:
-            self._dispatch([self._refusal(session.cid, proposal.msg_id, proposal.rid, why)])
+        cid = proposal.cid
+        self._answer(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
+
+    # -- a connection's answers in order -----------------------------------------------------
+
+    def hold(self, cid: int, deliveries: list[Delivery]) -> list[Delivery]:
+        """The loop's deliveries for a Say of connection `cid`, which has earlier Says still
+        on their way: its own answers wait behind theirs; the rest goes now."""
+        mine = [d for d in deliveries if _answers(d, cid)]
+        if mine:
+            self.waiting[cid].append(Slot(mine))
+            return [d for d in deliveries if not _answers(d, cid)]
+        return deliveries
+
+    def _answered(self, cid: int) -> None:
+        """Connection `cid` has every answer: the loop may hand its requests on again."""
+        del self.waiting[cid]
+        peer = self._stalled.pop(cid, None)
+        if peer is not None:
+            self._resume(peer)
+
+    def stalled(self, peer: Peer) -> None:
+        """The loop stopped handling `peer`'s frames until its answers are out."""
+        self._stalled[peer.cid] = peer
+
+    def _answer(self, cid: int, slot: Slot, out: list[Delivery]) -> None:
+        """A Say of connection `cid` is answered: what is due in order goes out."""
+        slot.out = out
+        slot.done = True
+        queue = self.waiting.get(cid)
+        if queue is None:
+            return
+        due: list[Delivery] = []
+        while queue and queue[0].done:
+            due += queue.popleft().out
+        if not queue:
+            self._answered(cid)
+        if due and cid in self.hub.sessions:  # not if it has gone (or been taken over) since
+            self._dispatch(due)
 
     @staticmethod
     def _refusal(cid: int, msg_id: str, rid: str, why: str) -> Delivery:
@@ -235,11 +341,8 @@ class Replication:
     # -- reading the log ---------------------------------------------------------------------
 
     def _read_next(self) -> None:
-        if self.caught_up:
-            args: tuple[bytes | int, ...] = (b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS)
-        else:
-            args = (b"COUNT", READ_COUNT)
-        self.reader.call(b"XREAD", *args, b"STREAMS", STREAM, self.last_id, on_reply=self._read)
+        xread = _xread_wait if self.caught_up else _xread_now
+        self.reader.call_encoded(xread(self.last_id), self._read)
 
     def _read(self, reply: Reply) -> None:
         if isinstance(reply, Unavailable):
@@ -254,29 +357,56 @@ class Replication:
             self._wake_later()
             return
         for read in reads:
-            self.last_id = read.id
-            self.applied += 1
-            if read.entry is None:  # every node skips it alike
+            if read.problem:  # every node skips it alike
                 self.journal.warning(
                     "cluster", f"log entry {read.id.decode(errors='replace')}: {read.problem}"
                 )
-                continue
-            self._apply(read.entry)
+            for entry in read.entries:
+                try:
+                    self._apply(entry)
+                except Exception as exc:  # a bug must cost one entry, never the node
+                    self.journal.error(
+                        "internal_error",
+                        f"applying log entry {read.id.decode(errors='replace')}: "
+                        f"{type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc(),
+                    )
+        if reads:
+            self.last_id = reads[-1].id
+            self.applied += len(reads)
         if not self.caught_up and len(reads) < READ_COUNT:
             self.caught_up = True
+            self._update()
         self._read_next()
 
     def _apply(self, entry: Entry) -> None:
-        mine = entry.node == self.node
-        proposal = self.pending.pop(entry.p, None) if mine else None
-        if mine:
-            self._settle(entry.p)
+        proposal = None
+        if entry.node == self.node:
+            pending = self.pending
+            proposal = pending.pop(entry.p, None)
+            if pending and next(iter(pending)) < entry.p:
+                self._settle(entry.p)
         if type(entry) is MarkEntry:
             return
         say: SayEntry = entry  # type: ignore[assignment]
-        sender = None if proposal is None else proposal.session
-        rid = "" if proposal is None else proposal.rid
-        self._dispatch(self.hub.apply_say(say, sender, rid))
+        if proposal is None:
+            self._dispatch(self.hub.apply_say(say, None))
+            return
+        cid = proposal.cid
+        session = proposal.session
+        # Its Ack goes to the connection that sent it (a connection that took its session
+        # over since resends what it did not see acknowledged).
+        out = self.hub.apply_say(say, session if session.cid == cid else None, proposal.rid)
+        queue = self.waiting[cid]
+        if queue[0] is proposal and (len(queue) == 1 or not queue[1].done):
+            # Its turn, and nothing ready waits behind it (the common case): out as it is.
+            queue.popleft()
+            if not queue:
+                self._answered(cid)
+            self._dispatch(out)
+            return
+        self._dispatch([d for d in out if not _answers(d, cid)])  # the room's copy: now
+        self._answer(cid, proposal, [d for d in out if _answers(d, cid)])
 
     # -- links going down and up -------------------------------------------------------------
 
@@ -288,6 +418,7 @@ class Replication:
                 reason=reason,
             )
         self._outage = f"Redis is unavailable: {reason}"
+        self._update()
         self._wake_later()
 
     def _reader_up(self) -> None:
@@ -296,10 +427,12 @@ class Replication:
 
     def _writer_up(self) -> None:
         if any(proposal.unknown for proposal in self.pending.values()):
-            self._append(MarkEntry(self.node, next(self._numbers)), 0)
+            self._batch.append(MarkEntry(self.node, next(self._numbers)))
+            self._batch_numbers.append(0)
         self._back()
 
     def _back(self) -> None:
+        self._update()
         if self._outage and self.writer.ready_for_commands and self.reader.ready_for_commands:
             self._outage = ""
             self.journal.info("cluster", f"Redis at {self.url} is reachable again")
@@ -313,3 +446,8 @@ class Replication:
         if self._wake_at is None or wake < self._wake_at:
             self._wake_at = wake
             self._schedule(wake)
+
+
+def _answers(d: Delivery, cid: int) -> bool:
+    """Whether `d` is for connection `cid` alone: an answer to its request."""
+    return d.to == (cid,) and d.skip != cid
