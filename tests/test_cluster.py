@@ -229,3 +229,48 @@ def test_answers_come_in_the_order_of_the_requests(tmp_path: Path) -> None:
                 if type(event) in (Ack, Pong, Error, Members):
                     kinds.append(type(event))
             assert kinds == [Ack, Pong, Error, Members, Ack]
+
+
+def test_a_node_that_would_number_messages_otherwise_does_not_start(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as redis, nodes(redis, 1) as (one,):
+        alice = Client.connect(one.host, one.port, "alice")
+        for k in range(3):
+            alice.say("lobby", f"m{k}")
+        for args, complaint in (
+            (["--retain-messages", "50"], "every node needs the same --retain-messages"),
+            (["--retain-age", "60"], "--retain-age does not work with --data redis://"),
+        ):
+            proc = run_chatctl("serve", "--port", "0", "--data", redis.url, *args, timeout=60)
+            assert proc.returncode == 1 and complaint in proc.stderr, proc.stderr
+        assert redis_call(redis.port, "XTRIM", STREAM, "MAXLEN", 1) == 2
+        proc = run_chatctl("serve", "--port", "0", "--data", redis.url, timeout=60)
+        assert proc.returncode == 1 and "has lost 2 of its 3 entries" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_client_of_a_killed_node_resumes_on_another_with_no_loss_and_no_duplicate(
+    tmp_path: Path,
+) -> None:
+    with redis_server(tmp_path) as redis, nodes(redis, 2) as (one, two):
+        bob = Client.connect(two.host, two.port, "bob")
+        alice = Client.connect(one.host, one.port, "alice", "lobby")
+        acks = [alice.say("lobby", f"a{k}", msg_id=f"k{k}") for k in range(5)]
+        seen = acks[-1].seq
+        one.stop()  # SIGKILL: alice's connection is gone with it
+        missed = [bob.say("lobby", f"b{k}").seq for k in range(3)]  # while she is away
+        again = Client(two.host, two.port)
+        # Her token is good on every node (one key for the cluster): her resends are hers.
+        assert again.hello("alice", token=alice.token).token == alice.token
+        resent = again.say("lobby", "a4", msg_id="k4")  # its Ack was lost, say
+        assert (resent.seq, resent.ts) == (acks[-1].seq, acks[-1].ts)  # the first copy's
+        again.send(Say(msg_id="k3", room="lobby", text="another text"))
+        reused = outcome(again, "k3")
+        assert isinstance(reused, Error) and reused.code == ErrorCode.MSG_ID_REUSED
+        # The resume replays exactly what she missed.
+        end = again.join("lobby", after=seen)
+        replay = [e for e in again.seen if type(e) is Message and e.room == "lobby"]
+        assert [(m.seq, m.text) for m in replay] == [(seq, f"b{k}") for k, seq in enumerate(missed)]
+        assert end.head == missed[-1]
+        assert sorted(logged_texts(redis)) == sorted(
+            [f"a{k}" for k in range(5)] + ["b0", "b1", "b2"]
+        )

@@ -433,6 +433,12 @@ class Hub:
                 out.append(deliver(room.targets, notice))
         return out
 
+    def use_secret(self, secret: bytes) -> None:
+        """Sign and check resume tokens with `secret` from now on, before anyone is admitted:
+        the nodes of a cluster share one, so that a client resumes on any node and its resends
+        are recognised there (server/replication.py)."""
+        self._secret = secret
+
     def nick_of(self, cid: int) -> str:
         session = self.sessions.get(cid)
         return session.nick if session else ""

@@ -1,12 +1,18 @@
 """A node of a cluster (`serve --data redis://...`): every node's hub applies one shared log.
 
 State-machine replication through one Redis stream (docs/cluster.md). A Say that passed every
-check of this node's hub is not stored at once: `propose` appends it to the stream (an XADD,
-queued; the loop sends everything queued once per turn). Every node, this one included,
-reads the stream in order on a second connection (XREAD, blocking on Redis's side only) and
-applies each entry to its hub (`Hub.apply_say`): the room's seq is the entry's place among
-the room's entries, the same on every node, and each node delivers it to its own members. The
-node that took the Say sends its Ack when it applies the entry: only after Redis has it.
+check of this node's hub is not stored at once: `propose` queues it, and the loop's `flush`
+appends everything queued in the turn as one stream entry (one XADD per turn). Every node,
+this one included, reads the stream in order on a second connection (XREAD, blocking on
+Redis's side only) and applies each entry to its hub (`Hub.apply_say`): the room's seq is the
+entry's place among the room's entries, the same on every node, and each node delivers it to
+its own members. The node that took the Say sends its Ack when it applies the entry: only
+after Redis has it.
+
+A connection's answers keep the order of its requests (docs/protocol.md §6.7): while one of
+its Says is on its way, the loop hands none of its other requests to the hub (`stalled`), and
+the immediate answers to its later Says (a refusal, a resend's Ack) wait behind the Ack
+(`hold`, `waiting`).
 
 Proposals whose outcome is unknown (the writer's connection was lost before XADD's reply)
 are settled by the log itself: a node's XADDs reach the stream in the order it sent them, so
@@ -59,6 +65,10 @@ BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.RE
 # refused (UNAVAILABLE) rather than queued without bound.
 MAX_PENDING = 65_536
 START_TIMEOUT = 30.0  # to reach Redis and read the whole log at start-up
+SETTINGS = b"chatctl:settings"  # what every node must agree on (see Replication._check)
+# The key resume tokens are signed with, the same on every node: a client resumes anywhere.
+# Whoever reads Redis can make tokens: Redis is as trusted as the nodes.
+SECRET = b"chatctl:secret"
 RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
 # One stream entry holds at most this many entries, or this many bytes of text (and one more
 # message): what a turn proposes past that goes into another XADD of the same turn.
@@ -163,13 +173,29 @@ class Replication:
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Connect both links and apply the whole log, before the server accepts anyone.
         Raises ChatctlError when Redis cannot be reached or the log not read in time."""
+        if self.hub.config.retain_age:
+            raise ChatctlError(
+                "--retain-age does not work with --data redis:// yet: nodes would forget "
+                "messages at different times (use --retain-messages)"
+            )
+        settings = b"retain_messages=%d" % self.hub.config.retain_messages
         self.writer.connect()
         self.reader.connect()
         deadline = time.monotonic() + timeout
-        while not (self.caught_up and self.writer.ready_for_commands):
+        replies: list[Reply] = []
+        asked = False
+        while not (self.caught_up and len(replies) == 5):
             for link in (self.writer, self.reader):
                 if link.state is LinkState.DOWN:
                     raise ChatctlError(f"cannot use Redis at {self.url}: {link.error}")
+            if not asked and self.writer.ready_for_commands:
+                asked = True
+                self.writer.call(b"SET", SETTINGS, settings, b"NX", on_reply=replies.append)
+                self.writer.call(b"GET", SETTINGS, on_reply=replies.append)
+                self.writer.call(b"XINFO", b"STREAM", STREAM, on_reply=replies.append)
+                secret = secrets.token_bytes(32)  # the first node's is everyone's
+                self.writer.call(b"SET", SECRET, secret, b"NX", on_reply=replies.append)
+                self.writer.call(b"GET", SECRET, on_reply=replies.append)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChatctlError(
@@ -180,6 +206,11 @@ class Replication:
                 if isinstance(key.data, RedisLink):
                     key.data.ready(mask)
             self.flush()
+        self._check(settings, replies[1], replies[2])
+        shared = replies[4]
+        if not isinstance(shared, bytes) or len(shared) < 32:
+            raise ChatctlError(f"Redis at {self.url}: no usable {SECRET.decode()}: {shared!r:.80}")
+        self.hub.use_secret(shared)
         self._outage = ""
         self._update()
         self.journal.info(
@@ -188,6 +219,30 @@ class Replication:
             node=self.node,
             applied=self.applied,
         )
+
+    def _check(self, settings: bytes, stored: Reply, info: Reply) -> None:
+        """Whether this node numbers messages as the others do: with the same settings (a
+        resend is recognised as long as its first copy is stored), and from the whole log."""
+        if stored != settings:
+            raise ChatctlError(
+                f"the cluster at {self.url} runs with {stored!r}, this node with "
+                f"{settings.decode()}: every node needs the same --retain-messages"
+            )
+        if isinstance(info, RedisError):
+            if "no such key" in str(info):
+                return  # a new cluster
+            raise ChatctlError(f"Redis at {self.url}: XINFO STREAM failed: {info}")
+        fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else {}
+        length, added = fields.get(b"length"), fields.get(b"entries-added")  # Redis 7
+        if not isinstance(length, int) or not isinstance(added, int):
+            raise ChatctlError(
+                f"Redis at {self.url} is older than 7.0 (XINFO STREAM: {info!r:.80})"
+            )
+        if length != added:
+            raise ChatctlError(
+                f"the log at {self.url} has lost {added - length} of its {added} entries "
+                "(trimmed or deleted): a node cannot rebuild the chat from it"
+            )
 
     def flush(self) -> None:
         """Once per loop turn, before the store's flush: this turn's entries go in one XADD,
