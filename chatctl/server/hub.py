@@ -777,7 +777,9 @@ class Hub:
             if problem is not None:
                 return [_refuse(cid, ErrorCode.NOT_PERMITTED, problem, msg_id)]
         store = self.store
-        earlier = store.find(session.sender_key, msg_id)
+        # A node of a cluster looks for the first copy of a resend when it applies the log
+        # (apply_say), on every node alike: once is enough.
+        earlier = store.find(session.sender_key, msg_id) if self.propose is None else None
         if earlier is None and self._tells and (session.sender_key, msg_id) in self._tells:
             return [_reused(cid, msg_id)]  # the id of a direct message
         if earlier is not None:

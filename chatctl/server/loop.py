@@ -560,7 +560,7 @@ class Server:
                 deliveries = hub.handle(peer.cid, event, now_ms)
             if meter is not None and hub.last_cost > 1.0:
                 meter.charge(now, hub.last_cost - 1.0)
-            if waiting and peer.cid in waiting:
+            if waiting and deliveries and peer.cid in waiting:
                 deliveries = cluster.hold(peer.cid, deliveries)  # type: ignore[union-attr]
             self._dispatch(deliveries)
             if peer.ended:

@@ -100,7 +100,8 @@ class Proposal(Slot):
     __slots__ = ("cid", "msg_id", "rid", "session", "unknown")
 
     def __init__(self, session: Session, msg_id: str, rid: str) -> None:
-        super().__init__()
+        self.out: list[Delivery] = []  # Slot's, set here: one is made per message
+        self.done = False
         self.session = session
         self.cid = session.cid  # the connection that sent it
         self.msg_id = msg_id
