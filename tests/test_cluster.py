@@ -6,13 +6,29 @@ node killed and started again rebuilds its history from the log."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from chatctl.cluster.entries import STREAM, SayEntry, decode_entries
-from chatctl.protocol import Ack, Error, ErrorCode, Event, Members, Message, Ping, Pong, Say, Who
+from chatctl.protocol import (
+    Ack,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    Event,
+    History,
+    HistoryEnd,
+    Join,
+    Members,
+    Message,
+    Ping,
+    Pong,
+    Say,
+    Who,
+)
 from tests.redis_servers import RedisServer, redis_call, redis_server
 from tests.servers import Client, ServeProcess, free_port, run_chatctl, serve_process
 
@@ -277,3 +293,89 @@ def test_a_client_of_a_killed_node_resumes_on_another_with_no_loss_and_no_duplic
         stored = [(m.seq, m.text) for m in carol.seen if type(m) is Message]
         texts = [f"a{k}" for k in range(5)] + ["b0", "b1", "b2"]
         assert stored == list(enumerate(texts, start=1))
+
+
+class Follower:
+    """A member of #lobby on one node, reading on a thread; when its node dies it resumes on
+    another (its token, then Join(after=the last seq it saw)), as the client library does."""
+
+    def __init__(self, nick: str, home: ServeProcess, fallback: ServeProcess) -> None:
+        self.nick = nick
+        self.fallback = fallback
+        self.got: list[tuple[int, str]] = []  # (seq, text) of every Message, in order
+        self.failure: BaseException | None = None
+        self.client = Client.connect(home.host, home.port, nick, "lobby")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.got or self.got[-1][1] != "end":
+                try:
+                    event = self.client.recv(WAIT)
+                except OSError:
+                    event = ConnectionClosed()
+                if type(event) is Message:
+                    self.got.append((event.seq, event.text))
+                elif type(event) is ConnectionClosed:
+                    token = self.client.token
+                    self.client = Client(self.fallback.host, self.fallback.port)
+                    self.client.hello(self.nick, token=token)
+                    after = self.got[-1][0] if self.got else 0
+                    self.client.send(Join(room="lobby", after=after))
+        except BaseException as exc:
+            self.failure = exc
+
+
+def test_a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    count, window = 1500, 50
+    with redis_server(tmp_path) as redis, nodes(redis, 3) as servers:
+        one, two, three = servers
+        followers = [
+            Follower(f"f{i}{j}", home, three if home is one else home)
+            for i, home in enumerate(servers)
+            for j in range(4)
+        ]
+        publisher = Client.connect(one.host, one.port, "pub")
+        acked: dict[str, Ack] = {}
+        unanswered: list[str] = []
+        for start in range(0, count + 1, window):
+            ids = [f"k{k}" for k in range(start, min(start + window, count))] or ["end"]
+            for msg_id in unanswered + ids:
+                text = "end" if msg_id == "end" else f"t{msg_id[1:]}"
+                publisher.send(Say(msg_id=msg_id, room="lobby", text=text))
+            unanswered += ids
+            if start == 10 * window:
+                one.stop()  # SIGKILL, a window on its way: its publisher moves to node two
+                token = publisher.token
+                publisher = Client(two.host, two.port)
+                assert publisher.hello("pub", token=token).token == token
+                continue  # what was not answered is sent again, with the next window
+            for msg_id in unanswered:
+                answer = outcome(publisher, msg_id)
+                assert isinstance(answer, Ack), answer
+                acked[msg_id] = answer
+            unanswered = []
+        for follower in followers:
+            follower.thread.join(timeout=WAIT)
+            assert follower.failure is None and not follower.thread.is_alive()
+        # Every follower saw every message once, in one order, numbered without a hole.
+        first = followers[0].got
+        assert [seq for seq, _ in first] == list(range(1, len(first) + 1))
+        assert len({text for _, text in first}) == len(first) == count + 1
+        for follower in followers[1:]:
+            assert follower.got == first
+        by_text = {text: seq for seq, text in first}
+        for msg_id, ack in acked.items():
+            text = "end" if msg_id == "end" else f"t{msg_id[1:]}"
+            assert by_text[text] == ack.seq
+        # The killed node, started again, holds the same history.
+        with serve_process("--data", redis.url) as again:
+            again.wait_for_line(r"log entries applied")
+            checker = Client.connect(again.host, again.port, "checker")
+            checker.send(History(room="lobby", after=0, limit=1000))
+            checker.wait_for(HistoryEnd)
+            replay = [(m.seq, m.text) for m in checker.seen if type(m) is Message]
+            assert replay == first[:1000]
