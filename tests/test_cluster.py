@@ -379,3 +379,21 @@ def test_a_node_killed_under_load_loses_and_duplicates_nothing_acknowledged(
             checker.wait_for(HistoryEnd)
             replay = [(m.seq, m.text) for m in checker.seen if type(m) is Message]
             assert replay == first[:1000]
+
+
+def test_a_burst_of_big_messages_is_split_over_several_entries(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as redis, nodes(redis, 2) as (one, two):
+        watcher = Client.connect(two.host, two.port, "watcher", "lobby")
+        alice = Client.connect(one.host, one.port, "alice")
+        texts = [f"{k:03d}" + "x" * 8000 for k in range(100)]  # 800,000 characters at once
+        alice.send_raw(
+            b"".join(
+                alice.conn.send(Say(msg_id=f"k{k}", room="lobby", text=text))
+                for k, text in enumerate(texts)
+            )
+        )
+        acks = [outcome(alice, f"k{k}") for k in range(100)]
+        assert [a.seq for a in acks if isinstance(a, Ack)] == list(range(1, 101))
+        assert [m.text for m in messages(watcher, 100)] == texts
+        length = redis_call(redis.port, "XLEN", STREAM)
+        assert isinstance(length, int) and length >= 4  # at most 256 Ki characters an entry

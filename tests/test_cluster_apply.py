@@ -21,7 +21,8 @@ from tests.test_hub import NOW, flatten
 
 NODES = 3
 SENDERS = 2  # per node; a sender's cid is 10 + its index, a member's 1
-ROOMS = ["lobby", "dev"]
+ROOMS = ["lobby", "dev"]  # every node's member joins these
+SAID = [*ROOMS, "ops"]  # and Says go to these: "ops" is created by its first message
 
 
 class Node:
@@ -65,7 +66,7 @@ STEPS = st.lists(
             st.just("say"),
             st.integers(0, NODES - 1),
             st.integers(0, SENDERS - 1),
-            st.sampled_from(ROOMS),
+            st.sampled_from(SAID),
             st.sampled_from(["1", "2", "3"]),
             st.sampled_from(["hi", "ho"]),
         ),
@@ -82,6 +83,8 @@ def test_every_node_applies_the_log_as_one_hub_would(steps: list[tuple[Any, ...]
     model = Hub(ServerConfig(), MemoryStore())
     model_cid = {}
     for node in nodes:
+        # Each room is counted once: it has members here, or history.
+        assert node.hub.room_count == len(set(node.hub.rooms) | set(node.hub.store.rooms()))
         for s in range(SENDERS):
             cid = 100 * (node.index + 1) + s
             model_cid[node.index, 10 + s] = cid
@@ -118,17 +121,22 @@ def test_every_node_applies_the_log_as_one_hub_would(steps: list[tuple[Any, ...]
             apply(step[1])
     apply(len(log))
 
-    for room in ROOMS:
+    for room in SAID:
         want = model.store.read(room, 0, 1000).messages
         for node in nodes:
             stored = node.hub.store.read(room, 0, 1000).messages
             assert list(map(fields, stored)) == list(map(fields, want))
             # Every member receives each message once, in seq order.
             got = [e for e in node.got.get(1, []) if type(e) is Message and e.room == room]
+            if room not in ROOMS:
+                assert got == []  # nobody is in it
+                continue
             assert [(m.seq, m.sender, m.text) for m in got] == [
                 (m.seq, m.sender, m.text) for m in want
             ]
     for node in nodes:
+        # Each room is counted once: it has members here, or history.
+        assert node.hub.room_count == len(set(node.hub.rooms) | set(node.hub.store.rooms()))
         for s in range(SENDERS):
             mine = [
                 (type(e).__name__, e.msg_id, getattr(e, "seq", None), getattr(e, "code", None))

@@ -288,6 +288,9 @@ class Hub:
         # Set on a node of a cluster (server/replication.py): a Say that passed every check
         # goes to the shared log instead of the store; it comes back through `apply_say`.
         self.propose: Callable[[Session, str, Say, int], list[Delivery]] | None = None
+        # A node of a cluster: rooms this node counted as created whose first message is still
+        # on its way through the log.
+        self.creating: dict[str, None] = {}
         self.room_count = len(store.rooms())
         # Rooms the server may know, 0: no cap.
         self.total_rooms = config.total_rooms if config.total_rooms > 0 else 1 << 62
@@ -784,10 +787,12 @@ class Hub:
             return [_reused(cid, msg_id)]  # the id of a direct message
         if earlier is not None:
             return [self._resent(cid, earlier, name, text, say.action, msg_id, say.rid)]
-        if room is None and not store.head(name):
+        if room is None and not store.head(name) and name not in self.creating:
             refused_room = self._create_room(session, name, msg_id)
             if refused_room is not None:
                 return [refused_room]
+            if self.propose is not None:
+                self.creating[name] = None  # counted once, not again by the Says behind it
         if self.propose is not None:  # a node of a cluster: the shared log decides (see there)
             return self.propose(session, name, say, now_ms)
         return self._commit_say(
@@ -852,15 +857,26 @@ class Hub:
         name, msg_id = said.room, said.msg_id
         earlier = self.store.find(said.sender_key, msg_id)
         if earlier is not None:
+            self.not_stored(name)
             if cid < 0:
                 return []
             out = [self._resent(cid, earlier, name, said.text, said.action, msg_id, rid)]
             return _answering(cid, rid, out, acked=True) if rid else out
-        if name not in self.rooms and not self.store.head(name):
-            self.room_count += sender is None  # the sender's node counted it when it was sent
+        if not self.store.head(name):  # the room's first message
+            counted = name in self.creating or name in self.rooms  # when sent, or joined
+            self.creating.pop(name, None)
+            self.room_count += not counted
         return self._commit_say(
             name, said.ts, said.nick, said.text, said.action, said.sender_key, msg_id, cid, rid
         )
+
+    def not_stored(self, name: str) -> None:
+        """A Say this node proposed to a cluster's log was not stored after all (a resend, or
+        Redis failed): the room it counted as created, if still empty, is not counted."""
+        if name in self.creating and not self.store.head(name):
+            del self.creating[name]
+            if name not in self.rooms:
+                self.room_count -= 1
 
     def _create_room(self, session: Session, name: str, msg_id: str = "") -> Delivery | None:
         """Count a room the server does not know yet (a logged-in creator owns it), or say

@@ -59,7 +59,10 @@ from chatctl.server.log import ServerLog
 if TYPE_CHECKING:
     from chatctl.server.peer import Peer
 
-READ_COUNT = 1024  # entries per XREAD
+# Stream entries per XREAD: with the batches' bounds below, a reply holds at most 16 entries
+# of about 1 MiB of UTF-8 text each (or one message, under max_frame), far below what the
+# link takes in one reply (resp.MAX_REPLY_BUFFER).
+READ_COUNT = 16
 BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.REPLY_TIMEOUT)
 # Says sent to Redis and not yet applied: past this, Redis is not keeping up and new ones are
 # refused (UNAVAILABLE) rather than queued without bound.
@@ -70,10 +73,10 @@ SETTINGS = b"chatctl:settings"  # what every node must agree on (see Replication
 # Whoever reads Redis can make tokens: Redis is as trusted as the nodes.
 SECRET = b"chatctl:secret"
 RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
-# One stream entry holds at most this many entries, or this many bytes of text (and one more
-# message): what a turn proposes past that goes into another XADD of the same turn.
+# One stream entry holds at most this many entries, and this many characters of text (or a
+# single message): what a turn proposes past that goes into another XADD of the same turn.
 BATCH_ENTRIES = 1024
-BATCH_TEXT = 1024 * 1024
+BATCH_TEXT = 256 * 1024
 # Commands sent per turn or per read, encoded but for their last argument.
 _xadd = command_ending_with(b"XADD", STREAM, b"*", FIELD)
 _xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM)
@@ -97,13 +100,14 @@ class Proposal(Slot):
     """A Say on its way through the log; its Ack or Error goes in its place (as a Slot)
     among its connection's answers."""
 
-    __slots__ = ("cid", "msg_id", "rid", "session", "unknown")
+    __slots__ = ("cid", "msg_id", "rid", "room", "session", "unknown")
 
-    def __init__(self, session: Session, msg_id: str, rid: str) -> None:
+    def __init__(self, session: Session, room: str, msg_id: str, rid: str) -> None:
         self.out: list[Delivery] = []  # Slot's, set here: one is made per message
         self.done = False
         self.session = session
         self.cid = session.cid  # the connection that sent it
+        self.room = room
         self.msg_id = msg_id
         self.rid = rid
         self.unknown = False  # the connection was lost before XADD's reply
@@ -283,13 +287,15 @@ class Replication:
             return [self._refusal(session.cid, say.msg_id, say.rid, self._outage or "starting")]
         if len(self.pending) >= MAX_PENDING:
             return [self._refusal(session.cid, say.msg_id, say.rid, "Redis is not keeping up")]
+        text = say.text
+        if self._batch and self._batch_text + len(text) > BATCH_TEXT:
+            self._send_batch()
         number = next(self._numbers)
-        proposal = self.pending[number] = Proposal(session, say.msg_id, say.rid)
+        proposal = self.pending[number] = Proposal(session, name, say.msg_id, say.rid)
         queue = self.waiting.get(session.cid)
         if queue is None:
             queue = self.waiting[session.cid] = deque()
         queue.append(proposal)
-        text = say.text
         self._batch.append(
             SayEntry(
                 self.node,
@@ -305,7 +311,7 @@ class Replication:
         )
         self._batch_numbers.append(number)
         self._batch_text += len(text)
-        if len(self._batch) >= BATCH_ENTRIES or self._batch_text >= BATCH_TEXT:
+        if len(self._batch) >= BATCH_ENTRIES:
             self._send_batch()
         return []
 
@@ -334,6 +340,7 @@ class Replication:
                 self._fail(proposal, str(reply))
 
     def _fail(self, proposal: Proposal, why: str) -> None:
+        self.hub.not_stored(proposal.room)
         cid = proposal.cid
         self._answer(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
 
