@@ -509,16 +509,16 @@ class Server:
         now_ms = self._now_ms
         meter = peer.meter if self.config.rate else None
         replay_room = self.config.max_output // 2
-        cluster = self.cluster
-        waiting = None if cluster is None else cluster.waiting
+        order = None if self.cluster is None else self.cluster.order
+        waiting = None if order is None else order.waiting
         for _ in range(FRAMES_PER_TURN):
             if waiting and peer.cid in waiting and conn.next_frame_type() != Say.TYPE:
                 # A node of a cluster answers in order: what follows a Say still on its way
-                # through the log waits for its answer (replication.py).
+                # through the log waits for its answer (answers.py).
                 if conn.buffered > HELD_INPUT_MAX:
                     self._end(peer, ErrorCode.FLOODING, "flooding while its messages were stored")
                 else:
-                    cluster.stalled(peer)  # type: ignore[union-attr]
+                    order.stalled(peer.cid, peer)  # type: ignore[union-attr]
                 return
             event = conn.next_event()
             if event is NEED_DATA:
@@ -561,7 +561,7 @@ class Server:
             if meter is not None and hub.last_cost > 1.0:
                 meter.charge(now, hub.last_cost - 1.0)
             if waiting and deliveries and peer.cid in waiting:
-                deliveries = cluster.hold(peer.cid, deliveries)  # type: ignore[union-attr]
+                deliveries = order.hold(peer.cid, deliveries)  # type: ignore[union-attr]
             self._dispatch(deliveries)
             if peer.ended:
                 return

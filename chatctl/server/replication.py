@@ -9,10 +9,8 @@ entry's place among the room's entries, the same on every node, and each node de
 its own members. The node that took the Say sends its Ack when it applies the entry: only
 after Redis has it.
 
-A connection's answers keep the order of its requests (docs/protocol.md §6.7): while one of
-its Says is on its way, the loop hands none of its other requests to the hub (`stalled`), and
-the immediate answers to its later Says (a refusal, a resend's Ack) wait behind the Ack
-(`hold`, `waiting`).
+A connection's answers keep the order of its requests (docs/protocol.md §6.7): a Say's Ack
+takes its place among them (`order`, answers.py) while the Say is on its way.
 
 Proposals whose outcome is unknown (the writer's connection was lost before XADD's reply)
 are settled by the log itself: a node's XADDs reach the stream in the order it sent them, so
@@ -53,6 +51,7 @@ from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
 from chatctl.protocol import Error, ErrorCode, Say
+from chatctl.server.answers import InOrder, Slot
 from chatctl.server.hub import Delivery, Hub, Session, deliver
 from chatctl.server.log import ServerLog
 
@@ -83,17 +82,6 @@ _xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STR
 _xread_wait = command_ending_with(
     b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS", STREAM
 )
-
-
-class Slot:
-    """A place among a connection's answers, kept in the order of its requests: what goes
-    there (`out`) may be known before the answers to earlier requests are."""
-
-    __slots__ = ("done", "out")
-
-    def __init__(self, out: list[Delivery] | None = None) -> None:
-        self.out = out or []
-        self.done = out is not None
 
 
 class Proposal(Slot):
@@ -136,12 +124,9 @@ class Replication:
         self.node = node or secrets.token_hex(6)
         self._dispatch = dispatch
         self._schedule = schedule
-        self._resume = resume
-        # A connection's answers, in the order of its requests, from its oldest Say still on
-        # its way through the log: the loop hands no other request of it to the hub meanwhile
-        # (`stalled`), and holds the answers to its later Says (`hold`).
-        self.waiting: dict[int, deque[Slot]] = {}
-        self._stalled: dict[int, Peer] = {}
+        # Each connection's answers in the order of its requests (answers.py): the loop
+        # consults it for every frame of a connection with a Say on its way.
+        self.order: InOrder[Peer] = InOrder(dispatch, lambda cid: cid in hub.sessions, resume)
         self.writer = RedisLink(
             "writer",
             url,
@@ -292,10 +277,7 @@ class Replication:
             self._send_batch()
         number = next(self._numbers)
         proposal = self.pending[number] = Proposal(session, name, say.msg_id, say.rid)
-        queue = self.waiting.get(session.cid)
-        if queue is None:
-            queue = self.waiting[session.cid] = deque()
-        queue.append(proposal)
+        self.order.later(session.cid, proposal)
         self._batch.append(
             SayEntry(
                 self.node,
@@ -342,44 +324,7 @@ class Replication:
     def _fail(self, proposal: Proposal, why: str) -> None:
         self.hub.not_stored(proposal.room)
         cid = proposal.cid
-        self._answer(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
-
-    # -- a connection's answers in order -----------------------------------------------------
-
-    def hold(self, cid: int, deliveries: list[Delivery]) -> list[Delivery]:
-        """The loop's deliveries for a Say of connection `cid`, which has earlier Says still
-        on their way: its own answers wait behind theirs; the rest goes now."""
-        mine = [d for d in deliveries if _answers(d, cid)]
-        if mine:
-            self.waiting[cid].append(Slot(mine))
-            return [d for d in deliveries if not _answers(d, cid)]
-        return deliveries
-
-    def _answered(self, cid: int) -> None:
-        """Connection `cid` has every answer: the loop may hand its requests on again."""
-        del self.waiting[cid]
-        peer = self._stalled.pop(cid, None)
-        if peer is not None:
-            self._resume(peer)
-
-    def stalled(self, peer: Peer) -> None:
-        """The loop stopped handling `peer`'s frames until its answers are out."""
-        self._stalled[peer.cid] = peer
-
-    def _answer(self, cid: int, slot: Slot, out: list[Delivery]) -> None:
-        """A Say of connection `cid` is answered: what is due in order goes out."""
-        slot.out = out
-        slot.done = True
-        queue = self.waiting.get(cid)
-        if queue is None:
-            return
-        due: list[Delivery] = []
-        while queue and queue[0].done:
-            due += queue.popleft().out
-        if not queue:
-            self._answered(cid)
-        if due and cid in self.hub.sessions:  # not if it has gone (or been taken over) since
-            self._dispatch(due)
+        self.order.answered(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
 
     @staticmethod
     def _refusal(cid: int, msg_id: str, rid: str, why: str) -> Delivery:
@@ -460,16 +405,7 @@ class Replication:
         # Its Ack goes to the connection that sent it (a connection that took its session
         # over since resends what it did not see acknowledged).
         out = self.hub.apply_say(say, session if session.cid == cid else None, proposal.rid)
-        queue = self.waiting[cid]
-        if queue[0] is proposal and (len(queue) == 1 or not queue[1].done):
-            # Its turn, and nothing ready waits behind it (the common case): out as it is.
-            queue.popleft()
-            if not queue:
-                self._answered(cid)
-            self._dispatch(out)
-            return
-        self._dispatch([d for d in out if not _answers(d, cid)])  # the room's copy: now
-        self._answer(cid, proposal, [d for d in out if _answers(d, cid)])
+        self.order.answered(cid, proposal, out)
 
     # -- links going down and up -------------------------------------------------------------
 
@@ -509,8 +445,3 @@ class Replication:
         if self._wake_at is None or wake < self._wake_at:
             self._wake_at = wake
             self._schedule(wake)
-
-
-def _answers(d: Delivery, cid: int) -> bool:
-    """Whether `d` is for connection `cid` alone: an answer to its request."""
-    return d.to == (cid,) and d.skip != cid
