@@ -85,6 +85,7 @@ class ErrorCode(enum.IntEnum):
     NICK_RESERVED = 211  # the nick is an account's, and this session is not logged in to it
     REGISTRATION_REFUSED = 212
     MSG_ID_REUSED = 213  # a msg_id this sender already used for another message
+    UNAVAILABLE = 214  # the server cannot store messages now (its cluster's Redis is down)
     # 3xx: why the server is ending the connection.
     HANDSHAKE_TIMEOUT = 300
     IDLE_TIMEOUT = 301
@@ -774,6 +775,12 @@ class Connection:
     def buffered(self) -> int:
         """Bytes received but not yet returned as events."""
         return len(self._buf) - self._pos
+
+    def next_frame_type(self) -> int | None:
+        """The type byte of the next frame received (complete or not), without decoding it;
+        None while fewer than its first three bytes are here."""
+        pos = self._pos
+        return self._buf[pos + 2] if len(self._buf) - pos > 2 else None
 
     def receive_data(self, data: bytes) -> None:
         if self._eof and data:

@@ -25,7 +25,7 @@ import hmac
 import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -118,6 +118,25 @@ class Pending(NamedTuple):
     event: Hello | Register
     origin: Origin
     account: str  # the account's name: to log in to ("" if none has it), or to register
+
+
+class Said(Protocol):
+    """A Say as a cluster's shared log holds it (cluster/entries.py's SayEntry)."""
+
+    @property
+    def room(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def nick(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def action(self) -> bool: ...
+    @property
+    def sender_key(self) -> str: ...
+    @property
+    def msg_id(self) -> str: ...
 
 
 class Busy(Exception):
@@ -267,6 +286,12 @@ class Hub:
         self.replay_budget = max(config.max_output // 2, 4096)
         self.last_cost = 1.0
         self.may_create_room: Callable[[int], bool] = _any_cid_may
+        # Set on a node of a cluster (server/replication.py): a Say that passed every check
+        # goes to the shared log instead of the store; it comes back through `apply_say`.
+        self.propose: Callable[[Session, str, Say, int], list[Delivery]] | None = None
+        # A node of a cluster: rooms this node counted as created whose first message is still
+        # on its way through the log.
+        self.creating: dict[str, None] = {}
         self.room_count = len(store.rooms())
         # Rooms the server may know, 0: no cap.
         self.total_rooms = config.total_rooms if config.total_rooms > 0 else 1 << 62
@@ -411,6 +436,12 @@ class Hub:
                 )
                 out.append(deliver(room.targets, notice))
         return out
+
+    def use_secret(self, secret: bytes) -> None:
+        """Sign and check resume tokens with `secret` from now on, before anyone is admitted:
+        the nodes of a cluster share one, so that a client resumes on any node and its resends
+        are recognised there (server/replication.py)."""
+        self._secret = secret
 
     def nick_of(self, cid: int) -> str:
         session = self.sessions.get(cid)
@@ -750,38 +781,103 @@ class Hub:
             if problem is not None:
                 return [_refuse(cid, ErrorCode.NOT_PERMITTED, problem, msg_id)]
         store = self.store
-        earlier = store.find(session.sender_key, msg_id)
+        # A node of a cluster looks for the first copy of a resend when it applies the log
+        # (apply_say), on every node alike: once is enough.
+        earlier = store.find(session.sender_key, msg_id) if self.propose is None else None
         if earlier is None and self._tells and (session.sender_key, msg_id) in self._tells:
             return [_reused(cid, msg_id)]  # the id of a direct message
         if earlier is not None:
-            if earlier.room != name or earlier.text != text or earlier.action != say.action:
-                return [_reused(cid, msg_id)]
-            # A resend after a reconnect: acknowledge again, deliver nothing.
-            again = encode_ack(
-                msg_id, earlier.ts, self._recipients(room, cid), earlier.room, earlier.seq, say.rid
-            )
-            return [Delivery((cid,), again)]
-        head = store.head(name)
+            return [self._resent(cid, earlier, name, text, say.action, msg_id, say.rid)]
+        if room is None and not store.head(name) and name not in self.creating:
+            refused_room = self._create_room(session, name, msg_id)
+            if refused_room is not None:
+                return [refused_room]
+            if self.propose is not None:
+                self.creating[name] = None  # counted once, not again by the Says behind it
+        if self.propose is not None:  # a node of a cluster: the shared log decides (see there)
+            return self.propose(session, name, say, now_ms)
+        return self._commit_say(
+            name, now_ms, session.nick, text, say.action, session.sender_key, msg_id, cid, say.rid
+        )
+
+    def _resent(
+        self,
+        cid: int,
+        earlier: StoredMessage,
+        name: str,
+        text: str,
+        action: bool,
+        msg_id: str,
+        rid: str,
+    ) -> Delivery:
+        """The answer to a Say whose msg_id this sender used for `earlier`: the same message
+        again (a resend after a reconnect) is acknowledged again and delivered to nobody."""
+        if earlier.room != name or earlier.text != text or earlier.action != action:
+            return _reused(cid, msg_id)
+        recipients = self._recipients(self.rooms.get(earlier.room), cid)
+        return Delivery((cid,), encode_ack(msg_id, earlier.ts, recipients, name, earlier.seq, rid))
+
+    def _commit_say(
+        self,
+        name: str,
+        ts: int,
+        nick: str,
+        text: str,
+        action: bool,
+        sender_key: str,
+        msg_id: str,
+        cid: int,
+        rid: str,
+    ) -> list[Delivery]:
+        """Store a message as the room's next one and deliver it to the room's members but
+        `cid`, with an Ack to `cid` (none for `cid` -1: a message of another node)."""
+        room = self.rooms.get(name)
+        seq = self.store.head(name) + 1
+        # Positional: a named tuple builds about twice as fast without keywords.
+        self.store.append(StoredMessage(name, seq, ts, nick, text, action, sender_key, msg_id))
         if room is None:
-            if not head:
-                refused_room = self._create_room(session, name, msg_id)
-                if refused_room is not None:
-                    return [refused_room]
             recipients = 0
         else:
             members = room.members
             recipients = len(members) - (cid in members)
-        # Positional: a named tuple builds about twice as fast without keywords.
-        store.append(
-            StoredMessage(
-                name, head + 1, now_ms, session.nick, text, say.action, session.sender_key, msg_id
-            )
+        out = []
+        if room is not None:
+            message = encode_message(name, seq, ts, nick, text, action)
+            out.append(Delivery(room.targets, message, cid))
+        if cid >= 0:
+            out.append(Delivery((cid,), encode_ack(msg_id, ts, recipients, name, seq, rid)))
+        return out
+
+    def apply_say(self, said: Said, sender: Session | None, rid: str = "") -> list[Delivery]:
+        """A Say read from a cluster's shared log, in the log's order, on every node alike:
+        stored as the room's next message (so every node numbers it the same) and delivered
+        to this node's members of the room. `sender`: the session that sent it, when it was
+        sent to this node and is still connected (it gets the Ack). A msg_id its sender has
+        already used is a resend that raced the first copy: nothing is stored."""
+        cid = -1 if sender is None or self.sessions.get(sender.cid) is not sender else sender.cid
+        name, msg_id = said.room, said.msg_id
+        earlier = self.store.find(said.sender_key, msg_id)
+        if earlier is not None:
+            self.not_stored(name)
+            if cid < 0:
+                return []
+            out = [self._resent(cid, earlier, name, said.text, said.action, msg_id, rid)]
+            return _answering(cid, rid, out, acked=True) if rid else out
+        if not self.store.head(name):  # the room's first message
+            counted = name in self.creating or name in self.rooms  # when sent, or joined
+            self.creating.pop(name, None)
+            self.room_count += not counted
+        return self._commit_say(
+            name, said.ts, said.nick, said.text, said.action, said.sender_key, msg_id, cid, rid
         )
-        ack = Delivery((cid,), encode_ack(msg_id, now_ms, recipients, name, head + 1, say.rid))
-        if room is None:
-            return [ack]
-        message = encode_message(name, head + 1, now_ms, session.nick, text, say.action)
-        return [Delivery(room.targets, message, cid), ack]
+
+    def not_stored(self, name: str) -> None:
+        """A Say this node proposed to a cluster's log was not stored after all (a resend, or
+        Redis failed): the room it counted as created, if still empty, is not counted."""
+        if name in self.creating and not self.store.head(name):
+            del self.creating[name]
+            if name not in self.rooms:
+                self.room_count -= 1
 
     def _create_room(self, session: Session, name: str, msg_id: str = "") -> Delivery | None:
         """Count a room the server does not know yet (a logged-in creator owns it), or say

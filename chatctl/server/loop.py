@@ -28,9 +28,11 @@ import selectors
 import socket
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from chatctl import __version__
 from chatctl.address import format_addr
+from chatctl.cluster.url import RedisUrl, is_redis, parse_redis_url
 from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
@@ -78,6 +80,9 @@ from chatctl.store.base import Store
 from chatctl.store.registry import Registry
 from chatctl.store.url import open_registry, open_store
 
+if TYPE_CHECKING:
+    from chatctl.server.replication import Replication
+
 # The limits' names where the tests and the CLI have always found them.
 __all__ = [
     "FD_RESERVE",
@@ -100,6 +105,9 @@ REGISTRY_WAIT_MS = 200
 # What a client may send while its password is checked (a Hello and what it pipelined after
 # it): past this, it is flooding.
 PAUSED_INPUT_MAX = 64 * 1024
+# What a client of a cluster node may send while waiting for the answer to a message that is
+# on its way through the shared log (a Say pipelined after it never waits).
+HELD_INPUT_MAX = 1024 * 1024
 _LISTENER = object()
 _WAKEUP = object()
 _READ = selectors.EVENT_READ
@@ -133,7 +141,7 @@ class Server:
         self.peers: dict[int, Peer] = {}
         self._outbox = Outbox(self.peers, config.max_output)
         self._enqueue = self._outbox.enqueue
-        self._timers: Timers[Peer | Refused | None] = Timers()
+        self._timers: Timers[Peer | Refused | Replication | None] = Timers()
         self._closed = 0  # connections closed since the last housekeeping
         self._more_input: list[Peer] = []  # connections with frames left over from this turn
         self._backlog: set[Peer] = set()  # connections whose kernel buffer is full (want_write)
@@ -147,6 +155,7 @@ class Server:
         self._refusals = Refusals(self._sel, self._buf)
         self.hub: Hub | None = None
         self.tls: TlsSetup | None = None  # from the configuration, at bind()
+        self.cluster: Replication | None = None  # a node of a cluster (--data redis://)
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -200,6 +209,8 @@ class Server:
         self.hub.may_register = self._may_create_room  # the same allowance: what persists
         self._verifier = Verifier(self._wake_w, self._client_of)
         self.hub.offload = self._verifier.submit
+        if is_redis(config.data):
+            self._join_cluster(parse_redis_url(config.data or ""))
         self._listeners.watch(self._sel, _LISTENER)
         self.journal.banner(f"chatctl {__version__} server {config.name!r}", self.limits_in_force())
         for host, port in self.addresses:
@@ -226,11 +237,42 @@ class Server:
                 self._abort(peer)
             self._refusals.close_all()
             self._verifier.close()
+            if self.cluster is not None:
+                self.cluster.close()
             registry.close()
             store.close()
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    def _join_cluster(self, url: RedisUrl) -> None:
+        """Become a node of the cluster at `url`: read the whole shared log before anyone is
+        admitted (raises ChatctlError when Redis cannot be used)."""
+        from chatctl.server.replication import Replication
+
+        assert self.hub is not None
+        cluster = Replication(
+            url,
+            self.hub,
+            self._sel,
+            self.journal,
+            dispatch=self._dispatch,
+            schedule=lambda when: self._timers.schedule(when, cluster),
+            resume=self._resume,
+        )
+        self.cluster = cluster
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.close()
+            self._verifier.close()
+            raise
+
+    def _resume(self, peer: Peer) -> None:
+        """A connection whose frames waited for the cluster's answers: its turn comes next."""
+        if not peer.closing and not peer.more_input:
+            peer.more_input = True
+            self._more_input.append(peer)
 
     @property
     def lingering_refusals(self) -> int:
@@ -264,6 +306,7 @@ class Server:
         timers = self._timers
         outbox = self._outbox
         store = self.store
+        cluster = self.cluster
         while not self._stop_requested:
             due = timers.next_at()
             more = self._more_input
@@ -284,8 +327,10 @@ class Server:
                     self._accept(key.fileobj)  # type: ignore[arg-type]
                 elif type(data) is Refused:
                     self._refusals.readable(data)
-                else:
+                elif data is _WAKEUP:
                     self._drain_wakeup()
+                else:  # a cluster node's connection to Redis (server/replication.py)
+                    data.ready(mask)
             if more:
                 self._more_input = []
                 for peer in more:
@@ -294,6 +339,8 @@ class Server:
                         self._frames(peer)
             if due is not None and due <= now:
                 self._run_timers(now)
+            if cluster is not None:
+                cluster.flush()
             store.flush()
             self._write_all()
 
@@ -323,7 +370,7 @@ class Server:
         peer = self.peers.get(cid)
         return peer.client.key if peer is not None else ""
 
-    def _schedule(self, when: float, peer: Peer | Refused | None) -> None:
+    def _schedule(self, when: float, peer: Peer | Refused | Replication | None) -> None:
         """Run a check of `peer` (or the housekeeping, for None; the end of a refused
         connection's grace) at `when`. A peer has one live check at a time: scheduling a new
         one makes the older entry stale."""
@@ -335,6 +382,8 @@ class Server:
         for when, peer in self._timers.due(now):
             if peer is None:
                 self._housekeeping(now)
+            elif peer is self.cluster:
+                self.cluster.tick(now)
             elif type(peer) is Refused:
                 self._refusals.close(peer)
             elif peer.check_at == when and peer.sock.fileno() >= 0:  # type: ignore[union-attr]
@@ -460,7 +509,17 @@ class Server:
         now_ms = self._now_ms
         meter = peer.meter if self.config.rate else None
         replay_room = self.config.max_output // 2
+        order = None if self.cluster is None else self.cluster.order
+        waiting = None if order is None else order.waiting
         for _ in range(FRAMES_PER_TURN):
+            if waiting and peer.cid in waiting and conn.next_frame_type() != Say.TYPE:
+                # A node of a cluster answers in order: what follows a Say still on its way
+                # through the log waits for its answer (answers.py).
+                if conn.buffered > HELD_INPUT_MAX:
+                    self._end(peer, ErrorCode.FLOODING, "flooding while its messages were stored")
+                else:
+                    order.stalled(peer.cid, peer)  # type: ignore[union-attr]
+                return
             event = conn.next_event()
             if event is NEED_DATA:
                 return
@@ -501,6 +560,8 @@ class Server:
                 deliveries = hub.handle(peer.cid, event, now_ms)
             if meter is not None and hub.last_cost > 1.0:
                 meter.charge(now, hub.last_cost - 1.0)
+            if waiting and deliveries and peer.cid in waiting:
+                deliveries = order.hold(peer.cid, deliveries)  # type: ignore[union-attr]
             self._dispatch(deliveries)
             if peer.ended:
                 return

@@ -1,12 +1,15 @@
 """Open the store, and the registry of accounts, that a `--data` value names: `:memory:`, or a
 directory (default: the XDG state directory) holding the durable SQLite store and
-accounts.sqlite3. New engines (a `redis://` URL) plug in here."""
+accounts.sqlite3, or `redis://HOST:PORT[/DB]`: a node of a cluster (docs/cluster.md), whose
+history is kept in this process as the shared log feeds it (server/replication.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from chatctl.cluster.url import is_redis, parse_redis_url
+from chatctl.errors import ChatctlError
 from chatctl.store.base import Store
 from chatctl.store.memory import MemoryStore
 from chatctl.store.registry import MemoryRegistry, Registry
@@ -24,6 +27,8 @@ def default_data_dir() -> Path:
 
 def data_directory(data: str | None) -> Path:
     """The directory a `--data` value other than ':memory:' names (None: the default)."""
+    if is_redis(data):
+        raise ChatctlError(f"--data {data} names no directory (a cluster node keeps no files)")
     return Path(data).expanduser() if data else default_data_dir()
 
 
@@ -31,8 +36,11 @@ def open_store(data: str | None, *, retain_messages: int, retain_age: float) -> 
     """The store for `--data`: ':memory:' keeps nothing; a directory (default: the XDG state
     directory, created if needed) holds a durable SQLite store. Raises ChatctlError with a
     one-line message when the directory cannot be used."""
-    if data == MEMORY:
-        return MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
+    if data == MEMORY or is_redis(data):
+        store = MemoryStore(retain_messages=retain_messages, retain_age=retain_age)
+        if data != MEMORY:
+            store.location = f"{parse_redis_url(data or '')} (history in memory, fed by the log)"
+        return store
     from chatctl.store.sqlite import SqliteStore
 
     return SqliteStore(data_directory(data), retain_messages=retain_messages, retain_age=retain_age)
@@ -44,7 +52,7 @@ def open_registry(data: str | None, *, busy_timeout_ms: int = 2000) -> Registry:
     accounts.sqlite3, which other processes may use at the same time (a writer waits up to
     `busy_timeout_ms` for another). Raises StoreError with a one-line message when the
     directory or the file cannot be used."""
-    if data == MEMORY:
+    if data == MEMORY or is_redis(data):  # a cluster node's accounts are not shared yet
         return MemoryRegistry()
     from chatctl.store.registry_sqlite import SqliteRegistry
 

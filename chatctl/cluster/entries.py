@@ -1,0 +1,116 @@
+"""The cluster's shared log: what nodes append to the Redis stream, and how it reads back.
+
+Every state change a node accepts goes into one stream (`STREAM`). A node appends what it
+accepted in one loop turn as one stream entry with one field (`FIELD`): a MessagePack array of
+entries, each an array whose first element names its kind. Every node reads the stream in
+order and applies each entry, so all of them apply the same changes in the same order
+(docs/cluster.md). Kinds so far:
+
+- `SayEntry`: a room message, as its node checked it; the room's seq is given by applying it.
+- `MarkEntry`: nothing to apply; its node learns from it that every proposal it made before
+  it and has not seen in the log is lost (see server/replication.py).
+
+Entries come from other processes: `read_entries` never raises on a bad one, it reports it,
+and every node skips the same bad entry. Sans-IO.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from chatctl.cluster.resp import Reply
+from chatctl.names import MSG_ID_MAX, normalise_room
+
+STREAM = b"chatctl:log"
+FIELD = b"e"
+
+
+class SayEntry(msgspec.Struct, array_like=True, frozen=True, tag="say"):
+    node: str  # the node it was sent to
+    p: int  # that node's proposal number: how the node finds its sender again
+    ts: int  # Unix milliseconds, the node's clock when it took the Say
+    room: str  # normalised
+    nick: str
+    sender_key: str  # store.base.sender_key_of(the sender's token): resends are recognised
+    msg_id: str
+    text: str
+    action: bool
+
+
+class MarkEntry(msgspec.Struct, array_like=True, frozen=True, tag="mark"):
+    node: str
+    p: int
+
+
+Entry = SayEntry | MarkEntry
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[list[Entry]] = msgspec.msgpack.Decoder(list[Entry])
+
+
+def encode_entries(entries: list[Entry]) -> bytes:
+    """The payload of one stream entry."""
+    return _encoder.encode(entries)
+
+
+class Read(NamedTuple):
+    """One entry of an XREAD reply: its stream id, and its entries, or what is wrong with it
+    (then there are none: every node skips the whole stream entry alike)."""
+
+    id: bytes
+    entries: list[Entry]
+    problem: str = ""
+
+
+# Room names already found normalised: the check costs a regular expression, and a log
+# holds the same few names over and over.
+_good_rooms: dict[str, None] = {}
+
+
+def decode_entries(payload: bytes) -> list[Entry] | str:
+    """The entries of one stream entry's payload, or what is wrong with it."""
+    try:
+        entries = _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        return f"not a list of entries: {exc}"
+    for entry in entries:
+        if type(entry) is SayEntry:
+            room = entry.room
+            if room not in _good_rooms:
+                if normalise_room(room) != room:
+                    return f"a room name that is not normalised: {room!r:.80}"
+                if len(_good_rooms) >= 4096:
+                    _good_rooms.clear()
+                _good_rooms[room] = None
+            if not 0 < len(entry.msg_id) <= MSG_ID_MAX or not entry.text:
+                return "an empty text, or a msg_id empty or too long"
+    return entries
+
+
+def read_entries(reply: Reply) -> list[Read]:
+    """The entries of a reply to `XREAD ... STREAMS STREAM id` (nil: none). Raises ValueError
+    when the reply is not shaped as XREAD's: the peer is not behaving as Redis."""
+    if reply is None:
+        return []
+    shaped: Any = reply  # checked as it is taken apart: a wrong shape is a TypeError
+    try:
+        [[name, items]] = shaped
+        if name != STREAM:
+            raise ValueError(f"another stream: {name!r:.80}")
+        out: list[Read] = []
+        for stream_id, fields in items:
+            if type(stream_id) is not bytes:
+                raise ValueError(f"a stream id that is not a string: {stream_id!r:.80}")
+            if len(fields) != 2 or fields[0] != FIELD or type(fields[1]) is not bytes:
+                out.append(Read(stream_id, [], f"unexpected fields: {fields!r:.80}"))
+                continue
+            decoded = decode_entries(fields[1])
+            if isinstance(decoded, str):
+                out.append(Read(stream_id, [], decoded))
+            else:
+                out.append(Read(stream_id, decoded))
+        return out
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not an XREAD reply for {STREAM!r}: {exc}; {reply!r:.200}") from None

@@ -1,0 +1,447 @@
+"""A node of a cluster (`serve --data redis://...`): every node's hub applies one shared log.
+
+State-machine replication through one Redis stream (docs/cluster.md). A Say that passed every
+check of this node's hub is not stored at once: `propose` queues it, and the loop's `flush`
+appends everything queued in the turn as one stream entry (one XADD per turn). Every node,
+this one included, reads the stream in order on a second connection (XREAD, blocking on
+Redis's side only) and applies each entry to its hub (`Hub.apply_say`): the room's seq is the
+entry's place among the room's entries, the same on every node, and each node delivers it to
+its own members. The node that took the Say sends its Ack when it applies the entry: only
+after Redis has it.
+
+A connection's answers keep the order of its requests (docs/protocol.md §6.7): a Say's Ack
+takes its place among them (`order`, answers.py) while the Say is on its way.
+
+Proposals whose outcome is unknown (the writer's connection was lost before XADD's reply)
+are settled by the log itself: a node's XADDs reach the stream in the order it sent them, so
+when the node applies one of its own entries, every earlier proposal of its own still waiting
+can no longer arrive. Such a proposal is answered with `214 UNAVAILABLE` (nothing stored, send
+it again). After a reconnect with proposals in doubt, the node appends a `MarkEntry` to settle
+them without waiting for the next message.
+
+While either connection is down, or the reader has not caught up with the stream yet, the
+node refuses Says with `214 UNAVAILABLE` and keeps serving everything else; both links
+reconnect with backoff (cluster/link.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import secrets
+import selectors
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from chatctl.cluster.entries import (
+    FIELD,
+    STREAM,
+    Entry,
+    MarkEntry,
+    SayEntry,
+    encode_entries,
+    read_entries,
+)
+from chatctl.cluster.link import LinkState, RedisLink, Unavailable
+from chatctl.cluster.resp import RedisError, Reply, command_ending_with
+from chatctl.cluster.url import RedisUrl
+from chatctl.errors import ChatctlError
+from chatctl.names import MSG_ID_MAX
+from chatctl.protocol import Error, ErrorCode, Say
+from chatctl.server.answers import InOrder, Slot
+from chatctl.server.hub import Delivery, Hub, Session, deliver
+from chatctl.server.log import ServerLog
+
+if TYPE_CHECKING:
+    from chatctl.server.peer import Peer
+
+# Stream entries per XREAD: with the batches' bounds below, a reply holds at most 16 entries
+# of about 1 MiB of UTF-8 text each (or one message, under max_frame), far below what the
+# link takes in one reply (resp.MAX_REPLY_BUFFER).
+READ_COUNT = 16
+BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.REPLY_TIMEOUT)
+# Says sent to Redis and not yet applied: past this, Redis is not keeping up and new ones are
+# refused (UNAVAILABLE) rather than queued without bound.
+MAX_PENDING = 65_536
+START_TIMEOUT = 30.0  # to reach Redis and read the whole log at start-up
+SETTINGS = b"chatctl:settings"  # what every node must agree on (see Replication._check)
+# The key resume tokens are signed with, the same on every node: a client resumes anywhere.
+# Whoever reads Redis can make tokens: Redis is as trusted as the nodes.
+SECRET = b"chatctl:secret"
+RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
+# One stream entry holds at most this many entries, and this many characters of text (or a
+# single message): what a turn proposes past that goes into another XADD of the same turn.
+BATCH_ENTRIES = 1024
+BATCH_TEXT = 256 * 1024
+# Commands sent per turn or per read, encoded but for their last argument.
+_xadd = command_ending_with(b"XADD", STREAM, b"*", FIELD)
+_xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM)
+_xread_wait = command_ending_with(
+    b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS", STREAM
+)
+
+
+class Proposal(Slot):
+    """A Say on its way through the log; its Ack or Error goes in its place (as a Slot)
+    among its connection's answers."""
+
+    __slots__ = ("cid", "msg_id", "rid", "room", "session", "unknown")
+
+    def __init__(self, session: Session, room: str, msg_id: str, rid: str) -> None:
+        self.out: list[Delivery] = []  # Slot's, set here: one is made per message
+        self.done = False
+        self.session = session
+        self.cid = session.cid  # the connection that sent it
+        self.room = room
+        self.msg_id = msg_id
+        self.rid = rid
+        self.unknown = False  # the connection was lost before XADD's reply
+
+
+class Replication:
+    """This node's part in the cluster: two links to Redis, the proposals waiting for the log,
+    and where the node has read the log to. `dispatch` takes the deliveries applying entries
+    makes; `schedule(when)` asks the loop to call `tick` then."""
+
+    def __init__(
+        self,
+        url: RedisUrl,
+        hub: Hub,
+        selector: selectors.BaseSelector,
+        journal: ServerLog,
+        *,
+        dispatch: Callable[[list[Delivery]], None],
+        schedule: Callable[[float], None],
+        resume: Callable[[Peer], None],
+        node: str = "",
+    ) -> None:
+        self.url = url
+        self.hub = hub
+        self.journal = journal
+        self.node = node or secrets.token_hex(6)
+        self._dispatch = dispatch
+        self._schedule = schedule
+        # Each connection's answers in the order of its requests (answers.py): the loop
+        # consults it for every frame of a connection with a Say on its way.
+        self.order: InOrder[Peer] = InOrder(dispatch, lambda cid: cid in hub.sessions, resume)
+        self.writer = RedisLink(
+            "writer",
+            url,
+            selector,
+            on_up=self._writer_up,
+            on_down=functools.partial(self._down, "writer"),
+        )
+        self.reader = RedisLink(
+            "reader",
+            url,
+            selector,
+            on_up=self._reader_up,
+            on_down=functools.partial(self._down, "reader"),
+        )
+        self._sel = selector
+        self.last_id = b"0-0"  # the last stream id applied
+        self.caught_up = False  # the reader has reached the end of the log once
+        self.applied = 0  # entries applied since start, for the log and the tests
+        self.pending: dict[int, Proposal] = {}  # by proposal number, in order
+        # This turn's entries, not sent yet, and their proposal numbers (0 for a mark).
+        self._batch: list[Entry] = []
+        self._batch_numbers: list[int] = []
+        self._batch_text = 0
+        self._adding: deque[list[int]] = deque()  # the proposal numbers of each XADD in flight
+        self.accepting = False  # both links ready and the log read: Says are taken
+        self._numbers = itertools.count(1)
+        self._wake_at: float | None = None
+        self._read_again_at: float | None = None
+        self._outage = ""  # why the node refuses Says now ("" while it takes them)
+        hub.propose = self.propose
+
+    # -- start, stop and the loop's calls ----------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Connect both links and apply the whole log, before the server accepts anyone.
+        Raises ChatctlError when Redis cannot be reached or the log not read in time."""
+        if self.hub.config.retain_age:
+            raise ChatctlError(
+                "--retain-age does not work with --data redis:// yet: nodes would forget "
+                "messages at different times (use --retain-messages)"
+            )
+        settings = b"retain_messages=%d" % self.hub.config.retain_messages
+        self.writer.connect()
+        self.reader.connect()
+        deadline = time.monotonic() + timeout
+        replies: list[Reply] = []
+        asked = False
+        while not (self.caught_up and len(replies) == 5):
+            for link in (self.writer, self.reader):
+                if link.state is LinkState.DOWN:
+                    raise ChatctlError(f"cannot use Redis at {self.url}: {link.error}")
+            if not asked and self.writer.ready_for_commands:
+                asked = True
+                self.writer.call(b"SET", SETTINGS, settings, b"NX", on_reply=replies.append)
+                self.writer.call(b"GET", SETTINGS, on_reply=replies.append)
+                self.writer.call(b"XINFO", b"STREAM", STREAM, on_reply=replies.append)
+                secret = secrets.token_bytes(32)  # the first node's is everyone's
+                self.writer.call(b"SET", SECRET, secret, b"NX", on_reply=replies.append)
+                self.writer.call(b"GET", SECRET, on_reply=replies.append)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChatctlError(
+                    f"Redis at {self.url}: the log was not read within {timeout:g} s "
+                    f"({self.applied} entries applied)"
+                )
+            for key, mask in self._sel.select(min(left, 0.5)):
+                if isinstance(key.data, RedisLink):
+                    key.data.ready(mask)
+            self.flush()
+        self._check(settings, replies[1], replies[2])
+        shared = replies[4]
+        if not isinstance(shared, bytes) or len(shared) < 32:
+            raise ChatctlError(f"Redis at {self.url}: no usable {SECRET.decode()}: {shared!r:.80}")
+        self.hub.use_secret(shared)
+        self._outage = ""
+        self._update()
+        self.journal.info(
+            "cluster",
+            f"node {self.node} of the cluster at {self.url}: {self.applied} log entries applied",
+            node=self.node,
+            applied=self.applied,
+        )
+
+    def _check(self, settings: bytes, stored: Reply, info: Reply) -> None:
+        """Whether this node numbers messages as the others do: with the same settings (a
+        resend is recognised as long as its first copy is stored), and from the whole log."""
+        if stored != settings:
+            raise ChatctlError(
+                f"the cluster at {self.url} runs with {stored!r}, this node with "
+                f"{settings.decode()}: every node needs the same --retain-messages"
+            )
+        if isinstance(info, RedisError):
+            if "no such key" in str(info):
+                return  # a new cluster
+            raise ChatctlError(f"Redis at {self.url}: XINFO STREAM failed: {info}")
+        fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else {}
+        length, added = fields.get(b"length"), fields.get(b"entries-added")  # Redis 7
+        if not isinstance(length, int) or not isinstance(added, int):
+            raise ChatctlError(
+                f"Redis at {self.url} is older than 7.0 (XINFO STREAM: {info!r:.80})"
+            )
+        if length != added:
+            raise ChatctlError(
+                f"the log at {self.url} has lost {added - length} of its {added} entries "
+                "(trimmed or deleted): a node cannot rebuild the chat from it"
+            )
+
+    def flush(self) -> None:
+        """Once per loop turn, before the store's flush: this turn's entries go in one XADD,
+        and each link sends what it has queued."""
+        if self._batch:
+            self._send_batch()
+        self.writer.flush()
+        self.reader.flush()
+        self._wake_later()
+
+    def tick(self, now: float) -> None:
+        """The loop's timer: reconnects, deadlines, a read to try again."""
+        if self._wake_at is not None and self._wake_at <= now:
+            self._wake_at = None  # that timer went off (an entry superseded by an earlier one
+            # goes off later, finds a later _wake_at, and adds no timer)
+        self.writer.tick(now)
+        self.reader.tick(now)
+        if self._read_again_at is not None and now >= self._read_again_at:
+            self._read_again_at = None
+            self._read_next()
+        self._wake_later()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.reader.close()
+
+    def _update(self) -> None:
+        self.accepting = (
+            self.writer.ready_for_commands and self.reader.ready_for_commands and self.caught_up
+        )
+
+    # -- proposing ---------------------------------------------------------------------------
+
+    def propose(self, session: Session, name: str, say: Say, now_ms: int) -> list[Delivery]:
+        """The hub's `propose`: a Say it checked goes to the log; nothing is delivered yet."""
+        if not self.accepting:
+            return [self._refusal(session.cid, say.msg_id, say.rid, self._outage or "starting")]
+        if len(self.pending) >= MAX_PENDING:
+            return [self._refusal(session.cid, say.msg_id, say.rid, "Redis is not keeping up")]
+        text = say.text
+        if self._batch and self._batch_text + len(text) > BATCH_TEXT:
+            self._send_batch()
+        number = next(self._numbers)
+        proposal = self.pending[number] = Proposal(session, name, say.msg_id, say.rid)
+        self.order.later(session.cid, proposal)
+        self._batch.append(
+            SayEntry(
+                self.node,
+                number,
+                now_ms,
+                name,
+                session.nick,
+                session.sender_key,
+                say.msg_id,
+                text,
+                say.action,
+            )
+        )
+        self._batch_numbers.append(number)
+        self._batch_text += len(text)
+        if len(self._batch) >= BATCH_ENTRIES:
+            self._send_batch()
+        return []
+
+    def _send_batch(self) -> None:
+        numbers = self._batch_numbers
+        self._adding.append(numbers)  # first: a refusal calls _added at once
+        payload = encode_entries(self._batch)
+        self._batch, self._batch_numbers, self._batch_text = [], [], 0
+        self.writer.call_encoded(_xadd(payload), self._added)
+
+    def _added(self, reply: Reply) -> None:
+        """XADD's reply: an id (the log has them: their Acks wait for the reader), or an
+        error. Replies come in the order of the XADDs (`_adding`)."""
+        numbers = self._adding.popleft()
+        if not isinstance(reply, RedisError):
+            return
+        in_doubt = isinstance(reply, Unavailable) and reply.sent
+        for number in numbers:
+            proposal = self.pending.get(number)
+            if proposal is None:
+                continue  # applied already, or a mark
+            if in_doubt:
+                proposal.unknown = True  # it may be in the log: the log will say (_settle)
+            else:
+                del self.pending[number]
+                self._fail(proposal, str(reply))
+
+    def _fail(self, proposal: Proposal, why: str) -> None:
+        self.hub.not_stored(proposal.room)
+        cid = proposal.cid
+        self.order.answered(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
+
+    @staticmethod
+    def _refusal(cid: int, msg_id: str, rid: str, why: str) -> Delivery:
+        error = Error(
+            code=ErrorCode.UNAVAILABLE,
+            message=f"the message was not stored ({why}): send it again later",
+            msg_id=msg_id[:MSG_ID_MAX],
+            rid=rid,
+        )
+        return deliver((cid,), error)
+
+    def _settle(self, number: int) -> None:
+        """This node's entry `number` was applied: its earlier proposals still waiting never
+        reached the log (its XADDs reach it in the order they were sent), and never will."""
+        pending = self.pending
+        while pending:
+            first = next(iter(pending))
+            if first >= number:
+                return
+            self._fail(pending.pop(first), "the connection to Redis was lost")
+
+    # -- reading the log ---------------------------------------------------------------------
+
+    def _read_next(self) -> None:
+        xread = _xread_wait if self.caught_up else _xread_now
+        self.reader.call_encoded(xread(self.last_id), self._read)
+
+    def _read(self, reply: Reply) -> None:
+        if isinstance(reply, Unavailable):
+            return  # the reader reads again from last_id once it is back (on_up)
+        try:
+            if isinstance(reply, RedisError):
+                raise ValueError(f"XREAD failed: {reply}")
+            reads = read_entries(reply)
+        except ValueError as exc:
+            self.journal.error("cluster", f"reading the log at {self.url}: {exc}")
+            self._read_again_at = time.monotonic() + RETRY_READ
+            self._wake_later()
+            return
+        for read in reads:
+            if read.problem:  # every node skips it alike
+                self.journal.warning(
+                    "cluster", f"log entry {read.id.decode(errors='replace')}: {read.problem}"
+                )
+            for entry in read.entries:
+                try:
+                    self._apply(entry)
+                except Exception as exc:  # a bug must cost one entry, never the node
+                    self.journal.error(
+                        "internal_error",
+                        f"applying log entry {read.id.decode(errors='replace')}: "
+                        f"{type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc(),
+                    )
+        if reads:
+            self.last_id = reads[-1].id
+            self.applied += len(reads)
+        if not self.caught_up and len(reads) < READ_COUNT:
+            self.caught_up = True
+            self._update()
+        self._read_next()
+
+    def _apply(self, entry: Entry) -> None:
+        proposal = None
+        if entry.node == self.node:
+            pending = self.pending
+            proposal = pending.pop(entry.p, None)
+            if pending and next(iter(pending)) < entry.p:
+                self._settle(entry.p)
+        if type(entry) is MarkEntry:
+            return
+        say: SayEntry = entry  # type: ignore[assignment]
+        if proposal is None:
+            self._dispatch(self.hub.apply_say(say, None))
+            return
+        cid = proposal.cid
+        session = proposal.session
+        # Its Ack goes to the connection that sent it (a connection that took its session
+        # over since resends what it did not see acknowledged).
+        out = self.hub.apply_say(say, session if session.cid == cid else None, proposal.rid)
+        self.order.answered(cid, proposal, out)
+
+    # -- links going down and up -------------------------------------------------------------
+
+    def _down(self, which: str, reason: str) -> None:
+        if not self._outage:
+            self.journal.warning(
+                "cluster",
+                f"Redis unavailable ({which}: {reason}): refusing new messages, reconnecting",
+                reason=reason,
+            )
+        self._outage = f"Redis is unavailable: {reason}"
+        self._update()
+        self._wake_later()
+
+    def _reader_up(self) -> None:
+        self._read_next()  # from last_id: nothing written meanwhile is missed
+        self._back()
+
+    def _writer_up(self) -> None:
+        if any(proposal.unknown for proposal in self.pending.values()):
+            self._batch.append(MarkEntry(self.node, next(self._numbers)))
+            self._batch_numbers.append(0)
+        self._back()
+
+    def _back(self) -> None:
+        self._update()
+        if self._outage and self.writer.ready_for_commands and self.reader.ready_for_commands:
+            self._outage = ""
+            self.journal.info("cluster", f"Redis at {self.url} is reachable again")
+
+    def _wake_later(self) -> None:
+        """Ask the loop for a `tick` at the earliest time a link or a retry needs one."""
+        times = [t for t in (self.writer.wake_at, self.reader.wake_at, self._read_again_at) if t]
+        if not times:
+            return
+        wake = min(times)
+        if self._wake_at is None or wake < self._wake_at:
+            self._wake_at = wake
+            self._schedule(wake)

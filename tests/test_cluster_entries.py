@@ -1,0 +1,102 @@
+"""The shared log's entries (chatctl/cluster/entries.py): what a node appends reads back the
+same; whatever else a stream holds is reported, never raised, and a reply that is not
+XREAD's is a ValueError, never anything else."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatctl.cluster.entries import (
+    FIELD,
+    STREAM,
+    Entry,
+    MarkEntry,
+    SayEntry,
+    decode_entries,
+    encode_entries,
+    read_entries,
+)
+from chatctl.cluster.resp import RedisError, Reply
+from tests.test_cluster_resp import REPLIES
+
+SAYS = st.builds(
+    SayEntry,
+    node=st.text(max_size=12),
+    p=st.integers(0, 2**63 - 1),
+    ts=st.integers(0, 2**53),
+    room=st.sampled_from(["lobby", "dev", "a.b-c_d"]),
+    nick=st.text(max_size=32),
+    sender_key=st.text(max_size=32),
+    msg_id=st.text(min_size=1, max_size=64),
+    text=st.text(min_size=1, max_size=50),
+    action=st.booleans(),
+)
+ENTRIES = st.lists(
+    st.one_of(SAYS, st.builds(MarkEntry, node=st.text(), p=st.integers(0, 2**63 - 1)))
+)
+
+
+def xread(*payloads: bytes) -> Reply:
+    return [[STREAM, [[b"%d-0" % i, [FIELD, payload]] for i, payload in enumerate(payloads)]]]
+
+
+@given(st.lists(ENTRIES, max_size=4))
+def test_what_nodes_append_reads_back_the_same(batches: list[list[Entry]]) -> None:
+    reads = read_entries(xread(*map(encode_entries, batches)))
+    assert [read.entries for read in reads] == batches
+    assert [read.id for read in reads] == [b"%d-0" % i for i in range(len(batches))]
+    assert not any(read.problem for read in reads)
+
+
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"\xc1", "not a list of entries"),
+        (msgspec.msgpack.encode([["say", "n", 1]]), "not a list of entries"),
+        (msgspec.msgpack.encode([["nope", "n", 1]]), "not a list of entries"),
+        (
+            encode_entries([SayEntry("n", 1, 0, "Lobby", "a", "k", "m", "hi", False)]),
+            "not normalised",
+        ),
+        (encode_entries([SayEntry("n", 1, 0, "lobby", "a", "k", "", "hi", False)]), "msg_id"),
+        (encode_entries([SayEntry("n", 1, 0, "lobby", "a", "k", "m", "", False)]), "empty text"),
+    ],
+)
+def test_a_bad_payload_is_reported_and_skipped_whole(payload: bytes, problem: str) -> None:
+    [read] = read_entries(xread(payload))
+    assert read.entries == [] and problem in read.problem
+    assert decode_entries(payload) == read.problem
+
+
+def test_other_fields_are_reported() -> None:
+    [read] = read_entries([[STREAM, [[b"1-0", [b"x", b"y", b"z", b"w"]]]]])
+    assert read.entries == [] and "unexpected fields" in read.problem
+
+
+@given(REPLIES)
+def test_any_reply_reads_as_entries_or_a_value_error(reply: Reply) -> None:
+    try:
+        reads = read_entries(reply)
+    except ValueError:
+        return
+    assert reply is None or isinstance(reply, list)
+    for read in reads:
+        assert isinstance(read.id, bytes)
+
+
+def test_the_shapes_of_xread_replies() -> None:
+    assert read_entries(None) == []
+    wrongs: list[Reply] = [
+        b"OK",
+        1,
+        [],
+        [[b"other", []]],
+        [[STREAM, [[1, [FIELD, b""]]]]],
+        RedisError("x"),
+    ]
+    for wrong in wrongs:
+        with pytest.raises(ValueError):
+            read_entries(wrong)
