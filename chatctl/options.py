@@ -453,7 +453,7 @@ DataDir = Annotated[
         "--data",
         envvar=_env("DATA"),
         metavar="DIR",
-        help="History and accounts; :memory:; redis://HOST:PORT[/DB] (a cluster).",
+        help="History and accounts; :memory:; redis://HOST:PORT (a cluster).",
         show_default="the XDG state dir",
         rich_help_panel=DATA,
     ),

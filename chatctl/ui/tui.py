@@ -24,7 +24,7 @@ import io
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
@@ -384,22 +384,28 @@ def _key_bindings(ui: ChatUI, messages: MessagesControl) -> KeyBindings:
     return kb
 
 
+def _formatted(lines: Callable[[], list[tuple[str, str]]]) -> Callable[[], StyleAndTextTuples]:
+    """chatscreen's (style, text) pairs as prompt_toolkit's type (a list of a wider union:
+    prompt_toolkit 3.0.53 no longer takes any callable where it wants formatted text)."""
+    return lambda: cast(StyleAndTextTuples, lines())
+
+
 def build_app(ui: ChatUI) -> Application[None]:
     screen = ui.screen
     messages = MessagesControl(screen)
     asking = Condition(lambda: ui.question is not None)
     confirming = Condition(lambda: ui.confirming is not None)
     input_window = Window(
-        BufferControl(ui.input, input_processors=[BeforeInput(screen.prompt_message)]),
+        BufferControl(ui.input, input_processors=[BeforeInput(_formatted(screen.prompt_message))]),
         height=Dimension(min=1, max=6),
         dont_extend_height=True,
         wrap_lines=True,
     )
     body = HSplit(
         [
-            Window(FormattedTextControl(screen.title_line), height=1, style="class:title"),
+            Window(FormattedTextControl(_formatted(screen.title_line)), height=1, style="class:title"),
             Window(messages, wrap_lines=False),
-            Window(FormattedTextControl(screen.status_line), height=1, style="class:status"),
+            Window(FormattedTextControl(_formatted(screen.status_line)), height=1, style="class:status"),
             ConditionalContainer(input_window, filter=~asking & ~confirming),
             ConditionalContainer(
                 Window(FormattedTextControl(ui.question_line), height=1),
