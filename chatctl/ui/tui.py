@@ -403,9 +403,13 @@ def build_app(ui: ChatUI) -> Application[None]:
     )
     body = HSplit(
         [
-            Window(FormattedTextControl(_formatted(screen.title_line)), height=1, style="class:title"),
+            Window(
+                FormattedTextControl(_formatted(screen.title_line)), height=1, style="class:title"
+            ),
             Window(messages, wrap_lines=False),
-            Window(FormattedTextControl(_formatted(screen.status_line)), height=1, style="class:status"),
+            Window(
+                FormattedTextControl(_formatted(screen.status_line)), height=1, style="class:status"
+            ),
             ConditionalContainer(input_window, filter=~asking & ~confirming),
             ConditionalContainer(
                 Window(FormattedTextControl(ui.question_line), height=1),
