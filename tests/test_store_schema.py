@@ -114,3 +114,19 @@ def test_a_resend_is_found_within_the_senders_window_and_after_a_restart(tmp_pat
     wide = SqliteStore(tmp_path)  # the default window, 4,096, holds them all
     assert wide.find("key", "lobby-1") is not None
     wide.close()
+
+
+def test_messages_the_age_limit_hid_stay_hidden_after_a_restart(tmp_path: Path) -> None:
+    """A chunk holding a visible message stays whole after trim, the expired ones in it
+    hidden: the visible floor is stored with the trim, so a restart (or a kill) does not
+    show them again. Found by the stateful test."""
+    store = SqliteStore(tmp_path, retain_messages=0, retain_age=0.05)
+    store.append(StoredMessage("dev", 1, 1_000, "ann", "old"))
+    store.append(StoredMessage("dev", 2, 1_051, "ann", "new"))
+    assert store.trim(1_051) == 0  # one chunk, still holding seq 2: nothing deleted
+    assert [m.seq for m in store.latest("dev", 5)] == [2]
+    store.crash()
+    again = SqliteStore(tmp_path, retain_messages=0, retain_age=0.05)
+    assert [m.seq for m in again.latest("dev", 5)] == [2]
+    assert again.read("dev", 0, 5).gap == (1, 1)
+    again.close()

@@ -128,8 +128,13 @@ CREATE TABLE IF NOT EXISTS sent (
     PRIMARY KEY (key_hash, batch, room)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_by_room ON sent (room, last);
--- One row per room: the head survives the trimming of every message.
-CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, head INTEGER NOT NULL) WITHOUT ROWID;
+-- One row per room: the head survives the trimming of every message; first is the lowest seq
+-- the age limit left visible (a chunk may still hold older messages, hidden).
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    head INTEGER NOT NULL,
+    first INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
 """
 _INSERT_CHUNK = (
     "INSERT OR IGNORE INTO chunks (room, first, last, ts_max, body) VALUES (?, ?, ?, ?, ?)"
@@ -139,6 +144,7 @@ _INSERT_SENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ROOM = "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)"
+_UPSERT_ROOM = "INSERT OR REPLACE INTO rooms (room, head, first) VALUES (?, ?, ?)"
 _ROOM, _TS, _TEXT, _KEY = itemgetter(0), itemgetter(2), itemgetter(4), itemgetter(6)
 # Reads decode a chunk at a time; the chunk count of a read is what the tests watch.
 _CHUNKS_FROM = "SELECT body FROM chunks WHERE room = ? AND last >= ? ORDER BY first"
@@ -377,6 +383,9 @@ class SqliteStore:
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            if "first" not in {row[1] for row in db.execute("PRAGMA table_info(rooms)")}:
+                # The rooms table of schemas 1 to 4 (CREATE IF NOT EXISTS kept it).
+                db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
             self._load(db)
             self._replay_journal(db, tokens_in_clear=version in (1, 2, 3))
         except sqlite3.Error as exc:
@@ -412,14 +421,14 @@ class SqliteStore:
         self._journal.empty()
 
     def _load(self, db: sqlite3.Connection) -> None:
-        for room, head in db.execute("SELECT room, head FROM rooms").fetchall():
+        for room, head, visible in db.execute("SELECT room, head, first FROM rooms").fetchall():
             low, high = db.execute(
                 "SELECT min(first), max(last) FROM chunks WHERE room = ?", (room,)
             ).fetchone()
             top = max(head, high or 0)
             self._heads[room] = top
             self._kept[room] = low if low is not None else top + 1
-            self._first[room] = max(self._kept[room], self._count_floor(top))
+            self._first[room] = max(self._kept[room], self._count_floor(top), visible)
         ids: list[tuple[str, str]] = []
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
             ids += [(key, msg_id) for msg_id, _ in marshal.loads(blob)]
@@ -650,6 +659,8 @@ class SqliteStore:
                     target = self._first_unexpired(db, room, first, head, cutoff)
                     if target > first:
                         self._forget_below(room, target)
+                        # Durable with the trim: a chunk may keep the hidden ones.
+                        db.execute(_UPSERT_ROOM, (room, head, target))
                 kept = self._kept[room]
                 # Chunks go whole: the budget may be passed by less than one.
                 upto = min(self._first[room], kept + budget + CHUNK_MESSAGES)
@@ -660,7 +671,7 @@ class SqliteStore:
                     (room, upto, upto),
                 )
                 db.execute("DELETE FROM sent WHERE room = ? AND last < ?", (room, upto))
-                db.execute("INSERT OR REPLACE INTO rooms (room, head) VALUES (?, ?)", (room, head))
+                db.execute(_UPSERT_ROOM, (room, head, self._first[room]))
                 (low,) = db.execute(
                     "SELECT min(first) FROM chunks WHERE room = ?", (room,)
                 ).fetchone()
@@ -682,8 +693,9 @@ class SqliteStore:
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
         """Retention never takes ids out of the resend filter, so a busy server's filter would
         grow for ever: once it has taken 4 times the stored messages, build a successor from
-        `sent`, `filter_chunk` rows per trim() call in key order, while new ids go into both;
-        then swap. Rows written during the scan went into the successor already."""
+        `sent` in key order, about `filter_chunk` ids per trim() call (whole rows: a row holds
+        at most a move's worth), while new ids go into both; then swap. Rows written during
+        the scan went into the successor already."""
         if self._next_ids is None:
             stored = sum(head - self._kept[room] + 1 for room, head in self._heads.items())
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
@@ -694,16 +706,22 @@ class SqliteStore:
         assert self._scan_from is not None
         add = self._next_ids.add
         rows = db.execute(
-            "SELECT key_hash, batch, room, sender_key, ids FROM sent"
-            " WHERE (key_hash, batch, room) > (?, ?, ?) ORDER BY key_hash, batch, room LIMIT ?",
-            (*self._scan_from, self._filter_chunk),
-        ).fetchall()
-        for hashed, batch, room, key, blob in rows:
-            for msg_id, _ in marshal.loads(blob):
-                add(key, msg_id)
-            self._scan_from = (hashed, batch, room)
-        if len(rows) < self._filter_chunk:
-            self._stored_ids, self._next_ids, self._scan_from = self._next_ids, None, None
+            "SELECT key_hash, batch, room, sender_key, n, ids FROM sent"
+            " WHERE (key_hash, batch, room) > (?, ?, ?) ORDER BY key_hash, batch, room",
+            self._scan_from,
+        )
+        budget = self._filter_chunk
+        try:
+            for hashed, batch, room, key, n, blob in rows:
+                for msg_id, _ in marshal.loads(blob):
+                    add(key, msg_id)
+                self._scan_from = (hashed, batch, room)
+                budget -= n
+                if budget <= 0:
+                    return
+        finally:
+            rows.close()
+        self._stored_ids, self._next_ids, self._scan_from = self._next_ids, None, None
 
     def close(self) -> None:
         if self._db is not None:
