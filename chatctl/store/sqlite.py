@@ -245,36 +245,29 @@ def _decode(body: bytes) -> list[tuple[int, int, str, str, int, str, str]]:
     return rows
 
 
-def _messages(room: str, bodies: Iterable[tuple[bytes]], start: int) -> Iterator[StoredMessage]:
-    """The messages of the chunks `bodies` (rows of one column) of `room`, in their order,
-    from seq `start` on, sharing one string object for each sender and sender key among them
-    (as messages from the hub do: a tail holds many)."""
+def _messages(
+    room: str, bodies: Iterable[tuple[bytes]], start: int, *, newest_first: bool = False
+) -> Iterator[StoredMessage]:
+    """The messages of the chunks `bodies` (rows of one column) of `room` from seq `start` on:
+    in their order, or with `newest_first` (chunks newest first) newest first, ending at
+    `start`. One string object for each sender and sender key among them, as messages from
+    the hub share them (a tail, which a read may refill, holds many)."""
     shared: dict[str, str] = {}
     share = shared.setdefault
     for (body,) in bodies:
         if len(shared) > 4096:
             shared.clear()
-        for seq, ts, sender, text, action, key, msg_id in _decode(body):
-            if seq >= start:
-                yield StoredMessage(
-                    room,
-                    seq,
-                    ts,
-                    share(sender, sender),
-                    text,
-                    bool(action),
-                    share(key, key),
-                    msg_id,
-                )
-
-
-def _newest_first(room: str, bodies: Iterable[tuple[bytes]], first: int) -> Iterator[StoredMessage]:
-    """The messages of the chunks `bodies`, newest chunk first, newest first, down to `first`."""
-    for (body,) in bodies:
-        for seq, ts, sender, text, action, key, msg_id in reversed(_decode(body)):
-            if seq < first:
-                return
-            yield StoredMessage(room, seq, ts, sender, text, bool(action), key, msg_id)
+        rows = _decode(body)
+        if newest_first:
+            rows.reverse()
+        for seq, ts, sender, text, action, key, msg_id in rows:
+            if seq < start:
+                if newest_first:
+                    return
+                continue
+            yield StoredMessage(
+                room, seq, ts, share(sender, sender), text, bool(action), share(key, key), msg_id
+            )
 
 
 class SqliteStore:
@@ -561,7 +554,7 @@ class SqliteStore:
                 return found
         cursor = self._query(_CHUNKS_NEWEST, (room,))
         try:
-            newest = _newest_first(room, cursor, first)
+            newest = _messages(room, cursor, first, newest_first=True)
             found = take((m for m, _ in zip(newest, range(limit), strict=False)), max_bytes)
         finally:
             cursor.close()
