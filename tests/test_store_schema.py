@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import marshal
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
 from chatctl.store.base import StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
-from chatctl.store.sqlite import DB_NAME, SqliteStore
+from chatctl.store.journal import JOURNAL_NAME
+from chatctl.store.sqlite import _SCHEMA, DB_NAME, SCHEMA_VERSION, SqliteStore, key_hash
 
 VERSION_1 = """
 CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
@@ -130,3 +134,43 @@ def test_messages_the_age_limit_hid_stay_hidden_after_a_restart(tmp_path: Path) 
     assert [m.seq for m in again.latest("dev", 5)] == [2]
     assert again.read("dev", 0, 5).gap == (1, 1)
     again.close()
+
+
+def test_a_schema_5_database_and_journal_are_read_as_they_are(tmp_path: Path) -> None:
+    """Schema 5 marshalled its chunks, `sent` ids and journal records; 6 writes MessagePack
+    and reads both, so opening a 5 rewrites nothing, and an older server is kept out."""
+    key = sender_key_of("key")
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(_SCHEMA)
+    rows = [(1, 10, "ann", "hi", 0, key, "m1"), (2, 11, "ann", "again", 1, key, "")]
+    db.execute("INSERT INTO chunks VALUES ('lobby', 1, 2, 11, ?)", (marshal.dumps(rows),))
+    db.execute(
+        "INSERT INTO sent VALUES (?, 1, 'lobby', ?, 1, 1, ?)",
+        (key_hash(key), key, marshal.dumps([("m1", 1)])),
+    )
+    db.execute("INSERT INTO rooms VALUES ('lobby', 2, 1)")
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    # What a schema-5 server killed with a message journaled and not yet in SQLite leaves.
+    body = marshal.dumps([("lobby", 3, 12, "bo", "late", 0, key, "m3")])
+    (tmp_path / JOURNAL_NAME).write_bytes(struct.pack("!II", len(body), zlib.crc32(body)) + body)
+    store = SqliteStore(tmp_path)
+    assert store.head("lobby") == 3
+    assert store.find(key, "m1") == StoredMessage("lobby", 1, 10, "ann", "hi", False, key, "m1")
+    assert store.find(key, "m3") == StoredMessage("lobby", 3, 12, "bo", "late", False, key, "m3")
+    store.append(StoredMessage("lobby", 4, 13, "cy", "new", True, "", "m4"))
+    store.close()
+    again = SqliteStore(tmp_path)
+    assert [(m.seq, m.text, m.action) for m in again.read("lobby", 0, 10).messages] == [
+        (1, "hi", False),
+        (2, "again", True),
+        (3, "late", False),
+        (4, "new", True),
+    ]
+    assert again.find("", "m4") is not None and again.find(key, "m1") is not None
+    assert again.stored_rows() == 4
+    again.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()

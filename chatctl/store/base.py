@@ -22,12 +22,13 @@ def sender_key_of(token: str) -> str:
     return hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-class StoredMessage(msgspec.Struct, frozen=True, gc=False):
+class StoredMessage(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One message as stored. One is built for every message on the hot path and the history
     in memory holds up to hundreds of thousands: a msgspec Struct is built in C (about a
     third of a named tuple's time), and with gc=False (its fields are strings, ints and a
     bool: it can never be in a reference cycle) the garbage collector never scans it.
-    Build it positionally: keywords cost more."""
+    Build it positionally: keywords cost more. The SQLite store writes lists of them to its
+    journal and chunks with msgspec, each as an array (`array_like`: no field names)."""
 
     room: str
     seq: int

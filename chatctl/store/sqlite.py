@@ -16,7 +16,7 @@ explains the choice.
 
 Layout (schema 5): messages are stored in chunks, one SQLite row per run of up to
 `chunk_messages` consecutive messages of a room (and at most CHUNK_TEXT_BYTES of their
-text), marshalled: every SQL row costs ~1.5-2 us to insert and as much to delete whatever its
+text), encoded by msgspec: every SQL row costs ~1.5-2 us to insert and as much to delete whatever its
 width, so a row per message cost more than everything else a message does (docs/history.md
 has the measurements). Resends are found through `sent`: per sender (a hash of its key),
 room and move into SQLite, the ids it sent and their seqs, one row however many there are.
@@ -39,7 +39,7 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the resend dict at most `sync_rows` messages, the
-resend filter ~16 bits per stored id (512 KiB at least), and SQLite's page cache 16 MiB. So
+resend filter ~13 bits per stored id (414 KiB at least), and SQLite's page cache 16 MiB. So
 10,000 rooms cost ~2 MiB plus at most 32 MiB of tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
@@ -48,8 +48,9 @@ MemoryStore does), the age limit when `trim` runs; either way rows leave the dat
 batches so that one call never stalls the loop. The `rooms` table keeps each room's head so
 that sequence numbers continue after everything was trimmed or the server restarted.
 
-Resends (`find`): the ids not yet in SQLite answer from a dict; a Bloom filter of every stored
-id says for certain when an id is new; only a "maybe" reads SQL: the sender's `sent` rows,
+Resends (`find`): a Bloom filter of every stored id says for certain when an id is new; a
+"maybe" looks among the messages not yet in SQLite (a dict, built then), then reads SQL: the
+sender's `sent` rows,
 newest first, until RESEND_WINDOW of its ids were looked at (the protocol promises that
 window, docs/protocol.md), each row's ids tested with one substring search before it is
 decoded.
@@ -70,21 +71,25 @@ import sqlite3
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Literal
+
+import msgspec
 
 from chatctl.protocol import UNACKED_MAX
 from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
-from chatctl.store.journal import JOURNAL_NAME, Journal, Row
+from chatctl.store.journal import ENCODER, JOURNAL_NAME, MARSHALLED, MESSAGES, Journal
 
 # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
 # sender_key_of(token), not the token; 5: chunks of messages and per-sender `sent` rows
-# instead of a row per message (see _SCHEMA).
-SCHEMA_VERSION = 5
+# instead of a row per message (see _SCHEMA); 6: new chunks and `sent` ids in MessagePack
+# (msgspec) instead of marshal, about 10x cheaper to write; 5's marshalled ones still read,
+# so 5 becomes 6 without rewriting anything (the version keeps older servers out).
+SCHEMA_VERSION = 6
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
 # The in-memory tails: their budget, and what each costs against it (see the module's
@@ -104,9 +109,10 @@ CHUNK_TEXT_BYTES = 64 * 1024
 RESEND_WINDOW = UNACKED_MAX
 
 _SCHEMA = """
--- A run of consecutive messages of one room: body is marshal of a list of
--- (seq, ts, sender, text, action, sender_key, msg_id), first to last. ts_max lets the age
--- limit skip whole chunks.
+-- A run of consecutive messages of one room: body is a MessagePack array of StoredMessage
+-- arrays (room, seq, ts, sender, text, action, sender_key, msg_id), first to last (or, written
+-- by schema 5, marshal of a list of (seq, ts, sender, text, action, sender_key, msg_id)).
+-- ts_max lets the age limit skip whole chunks.
 CREATE TABLE IF NOT EXISTS chunks (
     room TEXT NOT NULL,
     first INTEGER NOT NULL,
@@ -116,7 +122,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     PRIMARY KEY (room, first)
 ) WITHOUT ROWID;
 -- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and move into
--- SQLite (batch, increasing), the n ids it sent: marshal of a list of (msg_id, seq).
+-- SQLite (batch, increasing), the n ids it sent: a MessagePack array of [msg_id, seq] pairs
+-- (schema 5: marshal of a list of (msg_id, seq)).
 CREATE TABLE IF NOT EXISTS sent (
     key_hash INTEGER NOT NULL,
     batch INTEGER NOT NULL,
@@ -145,7 +152,15 @@ _INSERT_SENT = (
 )
 _INSERT_ROOM = "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)"
 _UPSERT_ROOM = "INSERT OR REPLACE INTO rooms (room, head, first) VALUES (?, ?, ?)"
-_ROOM, _TS, _TEXT, _KEY = itemgetter(0), itemgetter(2), itemgetter(4), itemgetter(6)
+_ROOM, _SEQ, _TS, _TEXT = (
+    attrgetter("room"),
+    attrgetter("seq"),
+    attrgetter("ts"),
+    attrgetter("text"),
+)
+_KEY, _ID = attrgetter("sender_key"), attrgetter("msg_id")
+_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
+_FIRST = itemgetter(0)
 # Reads decode a chunk at a time; the chunk count of a read is what the tests watch.
 _CHUNKS_FROM = "SELECT body FROM chunks WHERE room = ? AND last >= ? ORDER BY first"
 _CHUNKS_NEWEST = "SELECT body FROM chunks WHERE room = ? ORDER BY first DESC"
@@ -157,7 +172,6 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     in chunks. secure_delete and a checkpoint leave no copy of a token in the file's free
     space or in the WAL."""
     db.create_function("sender_key_of", 1, sender_key_of, deterministic=True)
-    db.execute("PRAGMA secure_delete=ON")
     db.executescript(f"BEGIN; {_SCHEMA}")  # the transaction stays open until the COMMIT
     columns = "room, seq, ts, sender, text, action, sender_key, msg_id"
     if version < 4:
@@ -171,13 +185,15 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         if not some:
             break
         batch += 1
-        _write_rows(db, some, batch)
+        messages = [
+            StoredMessage(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in some
+        ]
+        _write_rows(db, messages, batch)
     db.executemany(_INSERT_ROOM, db.execute("SELECT DISTINCT room FROM chunks").fetchall())
     db.execute("DROP TABLE messages")
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.execute("PRAGMA secure_delete=OFF")
 
 
 def key_hash(sender_key: str) -> int:
@@ -185,23 +201,18 @@ def key_hash(sender_key: str) -> int:
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
-def _write_rows(db: sqlite3.Connection, rows: list[Row], batch: int) -> None:
-    """Insert `rows` (any rooms, each room's in seq order) as chunks and `sent` rows. Runs
-    once per move into SQLite over thousands of rows: per row, only C-level work (slices,
-    itemgetter, comprehensions) where it can."""
-    by_room: dict[str, list[Row]] = {}
-    if rows[0][0] == rows[-1][0] and len(set(map(_ROOM, rows))) == 1:
-        by_room[rows[0][0]] = rows  # the common case under load: one busy room
-    else:
-        for row in rows:
-            run = by_room.get(row[0])
-            if run is None:
-                by_room[row[0]] = [row]
-            else:
-                run.append(row)
+def _write_rows(db: sqlite3.Connection, messages: list[StoredMessage], batch: int) -> None:
+    """Insert `messages` (any rooms, each room's in seq order) as chunks and `sent` rows. Runs
+    once per move into SQLite over thousands of messages: no Python per message, only C
+    (msgspec, attrgetter, map, compress, a stable sort) where it can."""
+    if len(set(map(_ROOM, messages))) == 1:
+        runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
+    else:  # a stable sort keeps each room's order
+        runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
     chunks = []
     sent: list[tuple[int, int, str, str, int, int, bytes]] = []
-    for room, run in by_room.items():
+    for room, grouped in runs:
+        run = grouped if isinstance(grouped, list) else list(grouped)
         start = 0
         while start < len(run):
             part = run[start : start + CHUNK_MESSAGES]
@@ -209,14 +220,23 @@ def _write_rows(db: sqlite3.Connection, rows: list[Row], batch: int) -> None:
             sizes = list(itertools.accumulate(map(len, map(_TEXT, part))))
             part = part[: bisect.bisect_right(sizes, CHUNK_TEXT_BYTES) + 1]
             start += len(part)
-            body = [row[1:] for row in part]
-            chunks.append((room, part[0][1], part[-1][1], max(map(_TS, part)), marshal.dumps(body)))
-        keys = set(map(_KEY, run))
-        for key in keys:
-            ids = [(row[7], row[1]) for row in run if row[7] and (len(keys) == 1 or row[6] == key)]
+            chunks.append(
+                (room, part[0].seq, part[-1].seq, max(map(_TS, part)), ENCODER.encode(part))
+            )
+        keys = list(map(_KEY, run))
+        distinct = set(keys)
+        for key in distinct:
+            mine = (
+                run if len(distinct) == 1 else list(itertools.compress(run, map(key.__eq__, keys)))
+            )
+            ids = list(
+                itertools.compress(
+                    zip(map(_ID, mine), map(_SEQ, mine), strict=False), map(_ID, mine)
+                )
+            )
             if ids:
                 sent.append(
-                    (key_hash(key), batch, room, key, ids[-1][1], len(ids), marshal.dumps(ids))
+                    (key_hash(key), batch, room, key, ids[-1][1], len(ids), ENCODER.encode(ids))
                 )
     db.executemany(_INSERT_CHUNK, chunks)
     db.executemany(_INSERT_SENT, sent)
@@ -240,9 +260,23 @@ def _tail_cost(tail: deque[StoredMessage]) -> int:
     return TAIL_ROOM_COST + sum(map(_message_cost, tail))
 
 
-def _decode(body: bytes) -> list[tuple[int, int, str, str, int, str, str]]:
-    rows: list[tuple[int, int, str, str, int, str, str]] = marshal.loads(body)
-    return rows
+def _chunk(room: str, body: bytes) -> list[StoredMessage]:
+    """The messages of a chunk of `room`, first to last: decoded by msgspec in C, or written
+    by schema 5 (marshalled tuples without the room)."""
+    if body[0] in MARSHALLED:
+        return [
+            StoredMessage(room, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6])
+            for r in marshal.loads(body)
+        ]
+    return MESSAGES.decode(body)
+
+
+def _ids(blob: bytes) -> list[tuple[str, int]]:
+    """The (msg_id, seq) pairs of a `sent` row."""
+    if blob[0] in MARSHALLED:
+        pairs: list[tuple[str, int]] = marshal.loads(blob)
+        return pairs
+    return _IDS.decode(blob)
 
 
 def _messages(
@@ -250,24 +284,38 @@ def _messages(
 ) -> Iterator[StoredMessage]:
     """The messages of the chunks `bodies` (rows of one column) of `room` from seq `start` on:
     in their order, or with `newest_first` (chunks newest first) newest first, ending at
-    `start`. One string object for each sender and sender key among them, as messages from
-    the hub share them (a tail, which a read may refill, holds many)."""
-    shared: dict[str, str] = {}
-    share = shared.setdefault
+    `start`."""
     for (body,) in bodies:
-        if len(shared) > 4096:
-            shared.clear()
-        rows = _decode(body)
+        messages = _chunk(room, body)
         if newest_first:
-            rows.reverse()
-        for seq, ts, sender, text, action, key, msg_id in rows:
-            if seq < start:
+            messages.reverse()
+        for message in messages:
+            if message.seq < start:
                 if newest_first:
                     return
                 continue
-            yield StoredMessage(
-                room, seq, ts, share(sender, sender), text, bool(action), share(key, key), msg_id
-            )
+            yield message
+
+
+def _shared(room: str, messages: list[StoredMessage]) -> list[StoredMessage]:
+    """`messages` read from chunks, made to share one string object for the room and for
+    each sender and sender key, as messages from the hub do: a tail holds many, and its
+    budget counts them shared."""
+    shared: dict[str, str] = {}
+    share = shared.setdefault
+    return [
+        StoredMessage(
+            room,
+            m.seq,
+            m.ts,
+            share(m.sender, m.sender),
+            m.text,
+            m.action,
+            share(m.sender_key, m.sender_key),
+            m.msg_id,
+        )
+        for m in messages
+    ]
 
 
 class SqliteStore:
@@ -315,15 +363,17 @@ class SqliteStore:
         self._tail_last = ""
         # ts of the message at _first, when known: lets trim skip rooms with nothing expired.
         self._oldest_ts: dict[str, int] = {}
-        self._pending: list[Row] = []  # appended, not yet durable
-        self._journaled: list[Row] = []  # durable in the journal, not yet in SQLite
+        self._pending: list[StoredMessage] = []  # appended, not yet durable
+        self._journaled: list[StoredMessage] = []  # durable in the journal, not yet in SQLite
         self._new_rooms: list[str] = []
         self._appended_since_trim = 0
         self._batch = 0  # the last `sent.batch` written
-        # Resend detection without SQL for the common case, a new id: the ids not yet in
-        # SQLite answer from a dict, and a filter of every stored id says for certain when an
-        # id is new; only a "maybe" (a real resend, or ~0.3%) asks SQL.
-        self._recent_ids: dict[tuple[str, str], StoredMessage] = {}
+        # Resend detection without SQL for the common case, a new id: a filter of every
+        # stored id says for certain when an id is new; a "maybe" (a real resend, or ~0.2%)
+        # looks in the messages not yet in SQLite (through dicts built only then, and kept
+        # until those move on), then in SQL.
+        self._recent: dict[tuple[str, str], StoredMessage] = {}  # of _journaled[:_indexed]
+        self._indexed = 0
         self._stored_ids = IdFilter(1 << 18)
         # The filter's successor while it is being built, and where its scan of `sent` is
         # (the primary key of the last row read; None: not started).
@@ -368,10 +418,14 @@ class SqliteStore:
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute("PRAGMA wal_autocheckpoint=10000")
             db.execute("PRAGMA cache_size=-16384")  # KiB: the hot pages of big rooms stay in
+            # Trimmed history is overwritten, not only unlinked from the tree, whatever the
+            # build's default (Debian's is on, SQLite's off): retention means gone from the
+            # file. It costs ~0.2 us a message at full speed (the freed pages are written).
+            db.execute("PRAGMA secure_delete=ON")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version in (1, 2, 3, 4):
                 _migrate(db, version)
-            elif version not in (0, SCHEMA_VERSION):
+            elif version not in (0, 5, SCHEMA_VERSION):  # 5 reads as 6
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
@@ -390,26 +444,30 @@ class SqliteStore:
         leaves rows it has). A journal left by a schema-3 server holds tokens, not their
         hashes."""
         self._journal = Journal.open(self.directory / JOURNAL_NAME)
-        rows, torn = self._journal.replay()
+        messages, torn = self._journal.replay()
         if tokens_in_clear:
-            rows = [(*row[:6], sender_key_of(row[6]) if row[6] else "", row[7]) for row in rows]
+            messages = [
+                msgspec.structs.replace(m, sender_key=sender_key_of(m.sender_key))
+                if m.sender_key
+                else m
+                for m in messages
+            ]
         if torn:
             self.notes.append(
                 f"{self._journal.path}: dropped {torn} bytes of a write cut short at the end "
                 "(a kill or crash during the write; it was never acknowledged)"
             )
-        rows = [row for row in rows if row[1] > self._heads.get(row[0], 0)]
-        if rows:
-            self._journaled = rows
-            self._new_rooms = list({row[0]: None for row in rows if row[0] not in self._heads})
-            for row in rows:
-                room, seq = row[0], row[1]
+        messages = [m for m in messages if m.seq > self._heads.get(m.room, 0)]
+        if messages:
+            self._journaled = messages
+            self._new_rooms = list({m.room: None for m in messages if m.room not in self._heads})
+            for m in messages:
+                room, seq = m.room, m.seq
                 if room not in self._heads:
                     self._first[room] = self._kept[room] = 1
                 self._heads[room] = seq
                 self._first[room] = max(self._first[room], self._count_floor(seq))
-                if row[7]:
-                    self._stored_ids.add(row[6], row[7])
+            self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
             self._sync()
         self._journal.empty()
 
@@ -424,11 +482,9 @@ class SqliteStore:
             self._first[room] = max(self._kept[room], self._count_floor(top), visible)
         ids: list[tuple[str, str]] = []
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
-            ids += [(key, msg_id) for msg_id, _ in marshal.loads(blob)]
+            ids += zip(itertools.repeat(key), map(_FIRST, _ids(blob)))
         self._stored_ids = IdFilter(len(ids) + (1 << 18))
-        add = self._stored_ids.add
-        for key, msg_id in ids:
-            add(key, msg_id)
+        self._stored_ids.add_many(ids)
         (batch,) = db.execute("SELECT max(batch) FROM sent").fetchone()
         self._batch = batch or 0
 
@@ -452,11 +508,8 @@ class SqliteStore:
             self._first[room] = self._kept[room] = 1
         self._heads[room] = seq
         text = message.text
-        key = message.sender_key
         msg_id = message.msg_id
-        self._pending.append(
-            (room, seq, message.ts, message.sender, text, int(message.action), key, msg_id)
-        )
+        self._pending.append(message)
         # The tail, its cost counted and its place in the order of appends kept.
         cost = (len(text) if text.isascii() else 8 * len(text)) + 8 * len(msg_id)
         tail = self._tails.get(room)
@@ -480,16 +533,19 @@ class SqliteStore:
         if retain and seq - retain >= self._first[room]:
             self._forget_below(room, seq - retain + 1)
         if msg_id:
-            self._recent_ids[(key, msg_id)] = message
-            self._stored_ids.add(key, msg_id)
+            pair = (message.sender_key, msg_id)
+            self._stored_ids.add(pair)  # rbloom's, in C (counted in flush)
             if self._next_ids is not None:
-                self._next_ids.add(key, msg_id)
+                self._next_ids.add(pair)
 
     def flush(self) -> None:
         if not self._pending:
             return
         # Nothing of this batch may be acknowledged if this raises: the server must stop.
         self._journal_or_closed().append(self._pending, fsync=self._fsync)
+        self._stored_ids.added(len(self._pending))
+        if self._next_ids is not None:
+            self._next_ids.added(len(self._pending))
         self._journaled += self._pending
         self._appended_since_trim += len(self._pending)
         self._pending.clear()
@@ -514,7 +570,8 @@ class SqliteStore:
         self._journal_or_closed().empty()
         self._journaled.clear()
         self._new_rooms.clear()
-        self._recent_ids.clear()
+        self._recent.clear()
+        self._indexed = 0
 
     def read(self, room: str, after: int, limit: int, max_bytes: int | None = None) -> ReadResult:
         head = self._heads.get(room, 0)
@@ -574,7 +631,7 @@ class SqliteStore:
             return
         self._drop_tail(room)
         last = self._tail_last
-        self._new_tail(room, newest)
+        self._new_tail(room, _shared(room, newest))
         self._tail_order.move_to_end(room, last=False)
         self._tail_last = "" if last == room else last
         self.tail_used += cost
@@ -588,14 +645,18 @@ class SqliteStore:
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         if not msg_id:
             return None
-        known = self._recent_ids.get((sender_key, msg_id))
+        pair = (sender_key, msg_id)
+        for layer in self._stored_ids.layers:  # IdFilter.may_contain, inlined: every Say asks
+            if pair in layer:
+                break
+        else:
+            return None
+        known = self._not_in_sql(sender_key, msg_id)
         if known is not None:
             return known if known.seq >= self._first[known.room] else None
-        if not self._stored_ids.may_contain(sender_key, msg_id):
-            return None
-        # Every row not in SQLite yet is in _recent_ids, so SQL alone is exact here: the
+        # Every message not in SQLite yet was looked at, so SQL alone is exact here: the
         # sender's rows, newest first, within the window. One substring search tells
-        # whether a row can hold the id (its UTF-8 is in the marshalled list as it is).
+        # whether a row can hold the id (its UTF-8 is in the encoded list as it is).
         needle = msg_id.encode("utf-8", "surrogatepass")
         seen = 0
         rows = self._connection().execute(
@@ -608,7 +669,7 @@ class SqliteStore:
                 if key != sender_key or last < self._first[room]:
                     continue
                 if needle in blob:
-                    for candidate, seq in marshal.loads(blob):
+                    for candidate, seq in _ids(blob):
                         if candidate == msg_id and seq >= self._first[room]:
                             return self._message_at(room, seq)
                 seen += n
@@ -617,6 +678,20 @@ class SqliteStore:
         finally:
             rows.close()
         return None
+
+    def _not_in_sql(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        """The message `msg_id` of `sender_key` among those not in SQLite yet: this turn's
+        (few: looked through) and the journaled ones (through a dict, extended to the ones
+        journaled since the last look and dropped when they move into SQLite)."""
+        for message in reversed(self._pending):
+            if message.msg_id == msg_id and message.sender_key == sender_key:
+                return message
+        recent = self._recent
+        if self._indexed < len(self._journaled):
+            new = self._journaled[self._indexed :]
+            recent.update(zip(zip(map(_KEY, new), map(_ID, new), strict=False), new, strict=False))
+            self._indexed = len(self._journaled)
+        return recent.get((sender_key, msg_id))
 
     def _message_at(self, room: str, seq: int) -> StoredMessage | None:
         cursor = self._connection().execute(
@@ -697,7 +772,7 @@ class SqliteStore:
             self._next_ids = IdFilter(stored + (1 << 18))
             self._scan_from = (-1, 0, "")
         assert self._scan_from is not None
-        add = self._next_ids.add
+        add_many = self._next_ids.add_many
         rows = db.execute(
             "SELECT key_hash, batch, room, sender_key, n, ids FROM sent"
             " WHERE (key_hash, batch, room) > (?, ?, ?) ORDER BY key_hash, batch, room",
@@ -706,8 +781,7 @@ class SqliteStore:
         budget = self._filter_chunk
         try:
             for hashed, batch, room, key, n, blob in rows:
-                for msg_id, _ in marshal.loads(blob):
-                    add(key, msg_id)
+                add_many(list(zip(itertools.repeat(key), map(_FIRST, _ids(blob)))))
                 self._scan_from = (hashed, batch, room)
                 budget -= n
                 if budget <= 0:
@@ -732,7 +806,8 @@ class SqliteStore:
         self.flush()
         self._sync()
         return sum(
-            len(_decode(body)) for (body,) in self._connection().execute("SELECT body FROM chunks")
+            len(_chunk("", body))
+            for (body,) in self._connection().execute("SELECT body FROM chunks")
         )
 
     def crash(self) -> None:
@@ -790,7 +865,8 @@ class SqliteStore:
         )
         try:
             for (body,) in chunks:
-                for seq, ts, *_ in _decode(body):
+                for message in _chunk(room, body):
+                    seq, ts = message.seq, message.ts
                     if seq >= first and ts >= cutoff:
                         if seq == first:
                             if len(self._oldest_ts) >= OLDEST_TS_MAX:
