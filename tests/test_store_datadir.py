@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chatctl.store.base import StoredMessage
@@ -102,6 +103,12 @@ def record(body: bytes) -> bytes:
         marshal.dumps({"not": "a list"}),
         marshal.dumps([("lobby", 1, "ts?", "ann", "hi", 0, "", "", 0)]),
         marshal.dumps([("lobby", 1)]),
+        # Schema 6 writes MessagePack (the first byte tells it from schema 5's marshal).
+        msgspec.msgpack.encode({"not": "a list"}),
+        msgspec.msgpack.encode([["lobby", 1, "ts?", "ann", "hi", False, "", ""]]),
+        msgspec.msgpack.encode([["lobby", 1]]),
+        msgspec.msgpack.encode([["lobby", 1, 1, "ann", "hi", False, "", ""]])[:-1] + b"\xc1",
+        b"",
     ],
 )
 def test_a_journal_record_with_a_good_checksum_and_bad_content_is_one_line(
