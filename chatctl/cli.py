@@ -440,7 +440,12 @@ def bench(
     sweep: o.Sweep = None,
     tls_ca: o.TlsCa = None,
 ) -> None:
-    """Load-test a chatctl, Redis or NATS server and verify nothing was lost."""
+    """Load-test a chatctl, Redis or NATS server and verify nothing was lost.
+
+    Without --target, a chatctl server is started for the run. With several
+    chatctl nodes of one cluster (--target chat://h1:1060,chat://h2:1060),
+    publishers and subscribers are dealt to the nodes round-robin, and a
+    connection whose node goes away resumes on the next node of the list."""
     params = Params(
         scenario=scenario,
         publishers=pub,

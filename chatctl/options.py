@@ -745,7 +745,7 @@ Target = Annotated[
         "--target",
         envvar=_env("BENCH_TARGET"),
         metavar="URL",
-        help="A chatctl address, redis://, nats:// or irc:// (default: start one).",
+        help="chatctl address(es: A,B,C = cluster nodes), redis://, nats://, irc://.",
         rich_help_panel=TARGET,
     ),
 ]

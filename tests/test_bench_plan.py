@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from chatctl import protocol as p
 from chatctl.bench.adapters import ADAPTERS, Kind, SetupFailed
 from chatctl.bench.params import Params, Scenario
-from chatctl.bench.plan import TLS_SCHEMES, BadBenchOption, Target, make_plan, parse_target
+from chatctl.bench.plan import (
+    TLS_SCHEMES,
+    BadBenchOption,
+    Target,
+    make_plan,
+    parse_target,
+    parse_targets,
+)
 from chatctl.errors import ExitCode
 from tests.servers import run_chatctl
 
@@ -183,3 +190,63 @@ def test_rooms_are_named_for_an_operator_or_as_given() -> None:
     for bad in ("bad!room", "x" * 63):
         with pytest.raises(BadBenchOption, match="--room"):
             make_plan(Params(scenario=Scenario.rooms, rooms=10, clients=10, room=bad), target)
+
+
+# Several targets: the nodes of one chatctl cluster ---------------------------------------------
+
+node_urls = st.lists(
+    st.builds(lambda host, port: Target(kind=Kind.chatctl, host=host, port=port), hosts, ports),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda t: (t.host, t.port),
+)
+
+
+@given(node_urls, st.booleans(), st.sampled_from([",", ", ", " ,"]))
+def test_property_target_lists_round_trip(targets: list[Target], scheme: bool, sep: str) -> None:
+    text = sep.join(("chat://" if scheme else "") + t.url for t in targets)
+    assert parse_targets(text) == tuple(targets)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("127.0.0.1:1,", "an empty address"),
+        ("127.0.0.1:1,127.0.0.1:1", "listed twice"),
+        ("chat://127.0.0.1:1,tls://127.0.0.1:2", "mixes TLS"),
+        ("127.0.0.1:1,redis://127.0.0.1:2", "chatctl nodes"),
+        ("nats://127.0.0.1:1,nats://127.0.0.1:2", "chatctl nodes"),
+        ("127.0.0.1:1,127.0.0.1", "expected HOST:PORT"),
+    ],
+)
+def test_bad_target_lists_are_clear_errors(text: str, problem: str) -> None:
+    with pytest.raises(BadBenchOption, match=problem):
+        parse_targets(text)
+
+
+@given(
+    st.sampled_from([Scenario.fanout, Scenario.room, Scenario.rooms, Scenario.connect]),
+    st.integers(1, 5),
+    st.integers(1, 40),
+    st.integers(2, 40),
+    st.integers(1, 5),
+)
+def test_property_clients_are_dealt_to_the_nodes_round_robin(
+    scenario: Scenario, pubs: int, subs: int, clients: int, n_nodes: int
+) -> None:
+    nodes = tuple(
+        Target(kind=Kind.chatctl, host="127.0.0.1", port=1000 + i) for i in range(n_nodes)
+    )
+    params = Params(
+        scenario=scenario, publishers=pubs, subscribers=subs, clients=clients, workers=3
+    )
+    plan = make_plan(params, nodes[0], nodes[1:])
+    assert plan.targets == nodes
+    for role in ("pub", "sub"):
+        # Publishers (clients that publish) and pure subscribers are each dealt in turn.
+        group = [
+            c for c in plan.clients if (c.pub >= 0 if role == "pub" else c.pub < 0 and c.sub >= 0)
+        ]
+        assert [c.node for c in group] == [i % n_nodes for i in range(len(group))]
+    dealt = [spec for share in plan.shares() for spec in share]
+    assert {(s.client, s.node) for s in dealt} == {(c.index, c.node) for c in plan.clients}

@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from chatctl import protocol as p
-from chatctl.bench.payload import HEADER_LEN, make_payload, parse_payload
-from chatctl.bench.scan import Gaps, RoundBuffer, Verifier, find_payloads
+from chatctl.bench.payload import HEADER_LEN, MIN_SIZE, make_payload, parse_payload
+from chatctl.bench.scan import (
+    Gaps,
+    RoomSeq,
+    RoundBuffer,
+    Verifier,
+    find_payloads,
+    last_seq_field,
+)
 
 Record = tuple[int, int, int]  # pub, seq, ts
 
@@ -220,3 +227,55 @@ def test_property_segments_with_a_pattern(reads: list[bytes], data: st.DataObjec
         if any(len(tail) < e for e in ends):
             expected.append(i)
     assert rb.segments_with(ping) == expected
+
+
+# A chatctl subscriber's place in its room, for resuming on another node --------------------
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.integers(1, 3), min_size=1, max_size=40),  # gaps between successive seqs
+    st.lists(st.integers(1, 400), min_size=1, max_size=60),  # read sizes
+    st.booleans(),  # acks (with a seq of their own) between the messages
+    st.integers(MIN_SIZE, 120),
+)
+def test_property_room_seq_is_the_message_of_the_last_whole_payload(
+    steps: list[int], sizes: list[int], acks: bool, size: int
+) -> None:
+    """However a stream of Message frames (and Acks, which carry a room seq too) is cut into
+    reads, after each round RoomSeq.last is the seq of the message whose payload was the last
+    one found whole: what `Join(after=last)` must resume after."""
+    stream, ends = b"", []  # ends: (where a payload's header ends, its message's seq)
+    seq = 0
+    for k, step in enumerate(steps):
+        seq += step
+        payload = make_payload(0, k, 0, size)
+        frame = p.encode(
+            p.Message(room="r", seq=seq, ts=1, sender="b0s0", text=payload.decode("ascii"))
+        )
+        at = frame.index(payload)
+        ends.append((len(stream) + at + HEADER_LEN, seq))
+        stream += frame
+        if acks:
+            stream += p.encode(p.Ack(msg_id="m", ts=1, recipients=2, room="r", seq=seq + 1))
+    room = RoomSeq(last=-1)
+    tail, done, rb = b"", 0, RoundBuffer(size=1 << 16, max_read=MAX_READ)
+    reads = itertools.cycle(sizes)
+    while done < len(stream):
+        chunk = stream[done : done + next(reads)]
+        done += len(chunk)
+        rb.clear()
+        rb.slot(tail)[: len(chunk)] = chunk
+        tail = rb.commit(len(chunk), 0)
+        got = find_payloads(rb.array(), rb.segments())
+        room.feed(rb.buf, rb.starts[0], rb.ends[0], int(got.pos[-1]) if len(got.pos) else -1)
+        whole = [s for end, s in ends if end <= done]
+        assert room.last == (whole[-1] if whole else -1)
+
+
+def test_last_seq_field_wants_the_whole_number() -> None:
+    body = b'{"room":"r","seq":1234,"ts":1}'
+    assert last_seq_field(body, 0, len(body)) == 1234
+    cut = body.index(b"1234") + 2  # "seq":12| -- more digits may follow in the next read
+    assert last_seq_field(body, 0, cut) is None
+    assert last_seq_field(b'"seq":7,' + body[:cut], 0, 8 + cut) == 7

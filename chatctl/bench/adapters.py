@@ -8,13 +8,14 @@ MARK (see scan.py), which none of the four framings can produce.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from chatctl import protocol as p
-from chatctl.bench.payload import MIN_SIZE, payload_template
+from chatctl.bench.payload import HEADER_LEN, MIN_SIZE, parse_payload, payload_template
 from chatctl.errors import ChatctlError
 
 
@@ -34,6 +35,15 @@ class Setup:
     arrives and returns (bytes to send, finished)."""
 
     first: bytes = b""
+    # What a chatctl server said during set-up, for a connection that may have to resume on
+    # another node: its resume token, and the room's latest seq when it joined.
+    token: str = ""
+    head: int = 0
+    # A resumption's: the seq it rejoined after, and the (publisher, seq) of the bench
+    # payloads it read on the way, in order.
+    after: int = 0
+    replayed: Sequence[tuple[int, int]] = ()
+    rest = b""  # received after the end of the set-up
 
     def feed(self, data: bytes) -> tuple[bytes, bool]:
         raise NotImplementedError
@@ -70,6 +80,9 @@ class Adapter:
     connect_parallel: int = 0
     # Seconds of set-up deadline allowed per connection, beyond CONNECT_TIMEOUT.
     setup_per_conn: float = 0.001
+    # A server that can resume a session on another node of its cluster (chatctl): the set-up
+    # of such a resumption, taking (name, room, token, after, sub); None: it cannot.
+    resume: Callable[[str, str | None, str, int, bool], Setup] | None = None
 
     def setup(self, *, name: str, room: str | None, sub: bool, pub: bool) -> Setup:
         return _SETUPS[self.kind](name, room, sub, pub)
@@ -107,6 +120,7 @@ class Adapter:
 
 
 MAX_SETUP_REPLY = 64 * 1024
+DEFAULT_REPLAY_LIMIT = 1000  # a chatctl server's, when its Welcome does not say
 
 
 def _bounded(buf: bytes, who: str) -> bytes:
@@ -133,26 +147,117 @@ class ChatctlSetup(Setup):
         self.conn.receive_data(data)
         out = b""
         while True:
-            try:
-                event = self.conn.next_event()
-            except p.ProtocolError as exc:
-                raise SetupFailed(f"chatctl server: {exc}") from None
+            event = _next_event(self.conn)
             if event is p.NEED_DATA:
                 return out, False
             if isinstance(event, p.Welcome):
+                self.token = event.token
                 if self.room is None:
                     return out, True
                 # Who is answered after the Join is done: its Members reply marks the end.
                 out += self.conn.send(p.Join(room=self.room, history=0))
                 out += self.conn.send(p.Who(room=self.room))
+            elif isinstance(event, p.HistoryEnd) and event.room == self.room:
+                self.head = event.head
             elif isinstance(event, p.Members) and event.room == self.room:
                 return out, True
-            elif isinstance(event, p.Error):
-                raise SetupFailed(f"chatctl server refused: {event.message} ({event.code})")
-            elif isinstance(event, p.Bye):
-                raise SetupFailed(f"chatctl server said bye: {event.reason} ({event.code})")
-            elif isinstance(event, p.ConnectionClosed):
-                raise SetupFailed("chatctl server closed the connection during set-up")
+            else:
+                _chatctl_refusal(event)
+
+
+def _next_event(conn: p.Connection) -> p.Event | p.NeedData:
+    try:
+        return conn.next_event()
+    except p.ProtocolError as exc:
+        raise SetupFailed(f"chatctl server: {exc}") from None
+
+
+def _chatctl_refusal(event: p.Event | p.NeedData) -> None:
+    """Raise SetupFailed for an event that ends a chatctl set-up."""
+    if isinstance(event, p.Error):
+        raise SetupFailed(f"chatctl server refused: {event.message} ({event.code})")
+    if isinstance(event, p.Bye):
+        raise SetupFailed(f"chatctl server said bye: {event.reason} ({event.code})")
+    if isinstance(event, p.ConnectionClosed):
+        raise SetupFailed("chatctl server closed the connection during set-up")
+
+
+class ChatctlResume(Setup):
+    """A connection whose node went away, on another node of the cluster: Hello with the
+    session's resume token (so that its resent msg_ids are recognised), then Join the room
+    again. A publisher joins without history. A subscriber joins with `after` (the seq of
+    the last message it got), and parses what follows itself until it has it all: the
+    Join's replay stops at the server's replay limit (its HistoryEnd's head says how far
+    it should have gone), so it asks for the rest in History pages while the room's live
+    messages, after that head, come in behind them. Their payloads are kept in `replayed`,
+    in the order they must be verified in (the replay and pages, then the live ones); the
+    set-up ends once the pages reach the head, at the end of a read that leaves less than a
+    frame's start unparsed, and the live messages after it are the run's traffic again."""
+
+    def __init__(self, name: str, room: str | None, token: str, after: int, sub: bool) -> None:
+        self.conn = p.Connection(p.Role.CLIENT)
+        self.room, self.after, self.sub = room, after, sub
+        self.token = token
+        self.page = DEFAULT_REPLAY_LIMIT
+        self.head = -1  # the Join's HistoryEnd: the replay must reach it
+        self.replayed: list[tuple[int, int]] = []  # (publisher, seq) of bench payloads
+        self.live: list[tuple[int, int]] = []
+        self.last_live = 0
+        self.asked = after  # where the Join's replay, or the last page, began
+        self.caught_up = False
+        self.first = self.conn.send(p.Hello(version=p.PROTOCOL_VERSION, nick=name, token=token))
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        self.conn.receive_data(data)
+        room, out = self.room, b""
+        while True:
+            event = _next_event(self.conn)
+            if event is p.NEED_DATA:
+                rest = self.conn.buffered
+                if self.caught_up and rest < min(HEADER_LEN, len(data) + 1):
+                    # The start of a frame (too short to hold its seq or a payload) goes
+                    # on to the worker's scan, as the tail of the read before.
+                    self.rest = data[len(data) - rest :]
+                    self.replayed += self.live
+                    self.after = max(self.after, self.last_live)
+                    return out, True
+                return out, False
+            if isinstance(event, p.Welcome):
+                if room is None:
+                    return out, True
+                if not self.sub:
+                    return p.encode(p.Join(room=room, history=0)), True
+                self.page = event.limits.get("replay_limit", DEFAULT_REPLAY_LIMIT) or 1
+                out += p.encode(p.Join(room=room, after=self.after))
+            elif room is None:
+                continue
+            elif isinstance(event, p.Message) and event.room == room:
+                self._message(event)
+            elif isinstance(event, p.Gap) and event.room == room:
+                self.after = max(self.after, event.last)  # gone: they count as lost
+            elif isinstance(event, p.HistoryEnd) and event.room == room:
+                if self.head < 0:
+                    self.head = event.head  # the Join's: the live messages follow it
+                if self.after >= self.head or self.after == self.asked:
+                    self.caught_up = True  # (a page that brought nothing: the rest is lost)
+                else:
+                    self.asked = self.after
+                    out += p.encode(p.History(room=room, after=self.after, limit=self.page))
+            else:
+                _chatctl_refusal(event)
+
+    def _message(self, m: p.Message) -> None:
+        if m.history:
+            if m.seq <= self.after or m.seq > self.head >= 0:
+                return  # a page overlapping what the replay brought, or the live messages
+            self.after = m.seq
+            into = self.replayed
+        else:
+            self.last_live = m.seq
+            into = self.live
+        with contextlib.suppress(ValueError):
+            pub, seq, _ = parse_payload(m.text.encode())
+            into.append((pub, seq))
 
 
 def _chatctl_publisher(pub: int, room: str, size: int) -> Callable[[int, int], bytes]:
@@ -185,6 +290,7 @@ CHATCTL = Adapter(
     farewell=p.HEADER.pack(p.MAGIC, p.Bye.TYPE, 0, 0)[:4],
     window=512,
     goodbye=_chatctl_goodbye,
+    resume=ChatctlResume,
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from chatctl.bench.adapters import Kind
 from chatctl.bench.local import local_server
 from chatctl.bench.params import SWEEPABLE, Params, Scenario
-from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_target
+from chatctl.bench.plan import BadBenchOption, Target, make_plan, parse_targets
 from chatctl.bench.report import LiveDisplay, describe, print_tables, write_csv, write_json
 from chatctl.bench.results import RunResult
 from chatctl.bench.runner import run_plan
@@ -63,17 +63,17 @@ def kept_note(rooms: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def _target(
+def _targets(
     target: str | None, tls_ca: str | None, size: int
-) -> Iterator[tuple[Target, int | None]]:
+) -> Iterator[tuple[tuple[Target, ...], int | None]]:
     if target is None:
         with local_server(max_text=size) as (t, pid):
-            yield t, pid
+            yield (t,), pid
         return
-    t = parse_target(target, tls_ca)
-    if t.tls:
-        make_context(t.tls_ca)  # an unusable CA file fails here, not in every worker
-    yield t, None
+    targets = parse_targets(target, tls_ca)
+    if targets[0].tls:
+        make_context(targets[0].tls_ca)  # an unusable CA file fails here, not in every worker
+    yield targets, None
 
 
 def run_series(
@@ -85,9 +85,9 @@ def run_series(
     """Run each parameter set in turn against one target (a local server is started once).
     The rooms whose messages a live chatctl server keeps in its history are added to `kept`."""
     runs = []
-    with _target(target, tls_ca, max(p.size for p in params)) as (t, pid):
+    with _targets(target, tls_ca, max(p.size for p in params)) as ((t, *others), pid):
         for p in params:
-            plan = make_plan(p, t)
+            plan = make_plan(p, t, tuple(others))
             if kept is not None and t.kind is Kind.chatctl and not t.launched:
                 kept.extend(r for r in plan.rooms if r not in kept)
             total = 0 if not p.messages else plan.n_pubs * p.messages

@@ -75,13 +75,18 @@ def local_server(max_text: int = 0, data: str = ":memory:") -> Iterator[tuple[Ta
             host, port = _wait_listening(proc, log_path)
             yield Target(kind=Kind.chatctl, host=host, port=port, launched=True), proc.pid
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it is still there 10 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _with_data(data: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chatctl.address import BadAddress, format_addr, parse_address
 from chatctl.bench.adapters import ADAPTERS, Adapter, Kind
@@ -81,6 +81,28 @@ def parse_target(text: str, tls_ca: str | None = None) -> Target:
     )
 
 
+def parse_targets(text: str, tls_ca: str | None = None) -> tuple[Target, ...]:
+    """A --target that may list several chatctl nodes of one cluster, comma-separated
+    (`chat://h1:1060,chat://h2:1060`), as the clients' failover lists do. Several addresses
+    must all be chatctl, all plain or all TLS, each named once."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise BadBenchOption(f"--target {text!r}: an empty address in the list")
+    targets = tuple(parse_target(item, tls_ca) for item in items)
+    if len(targets) > 1:
+        first = targets[0]
+        if any(t.kind is not Kind.chatctl for t in targets):
+            raise BadBenchOption(
+                f"--target {text!r}: several addresses are for chatctl nodes of one cluster "
+                "(a Redis, NATS or IRC target is one address)"
+            )
+        if any(t.tls != first.tls for t in targets):
+            raise BadBenchOption(f"--target {text!r}: mixes TLS and plain addresses")
+        if len({(t.host, t.port) for t in targets}) != len(targets):
+            raise BadBenchOption(f"--target {text!r}: an address is listed twice")
+    return targets
+
+
 @dataclass(frozen=True, kw_only=True)
 class Client:
     """A simulated user. `pub` and `sub` are global indices (-1: does not publish/subscribe)."""
@@ -90,6 +112,7 @@ class Client:
     room: str | None
     pub: int = -1
     sub: int = -1
+    node: int = 0  # the index of the target (cluster node) it connects to first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,12 +124,14 @@ class ConnSpec:
     room: str | None
     pub: int = -1
     sub: int = -1
+    node: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     params: Params
-    target: Target
+    target: Target  # the first of `targets`: what the report names, and the kind of server
+    targets: tuple[Target, ...]  # several: nodes of one chatctl cluster, clients spread over them
     run_id: str
     clients: tuple[Client, ...]
     n_pubs: int
@@ -152,10 +177,18 @@ class Plan:
         split = self.target.adapter.separate_pub_conn
         for c in self.clients:
             if split and c.pub >= 0 and c.sub >= 0:
-                out.append(ConnSpec(client=c.index, name=c.name, room=c.room, sub=c.sub))
-                out.append(ConnSpec(client=c.index, name=c.name + "p", room=c.room, pub=c.pub))
+                out.append(
+                    ConnSpec(client=c.index, name=c.name, room=c.room, sub=c.sub, node=c.node)
+                )
+                out.append(
+                    ConnSpec(client=c.index, name=c.name + "p", room=c.room, pub=c.pub, node=c.node)
+                )
             else:
-                out.append(ConnSpec(client=c.index, name=c.name, room=c.room, pub=c.pub, sub=c.sub))
+                out.append(
+                    ConnSpec(
+                        client=c.index, name=c.name, room=c.room, pub=c.pub, sub=c.sub, node=c.node
+                    )
+                )
         return out
 
     def shares(self) -> list[list[ConnSpec]]:
@@ -198,7 +231,27 @@ def room_names(params: Params, run_id: str) -> list[str]:
     return [f"{stem}-{i}" for i in range(n)]
 
 
-def make_plan(params: Params, target: Target) -> Plan:
+def spread(clients: list[Client], nodes: int) -> list[Client]:
+    """Deal the clients out to `nodes` targets round-robin, publishers and subscribers each on
+    their own count, so that 1 publisher and 100 subscribers on three nodes put the publisher
+    on the first and 34, 33 and 33 subscribers on the three."""
+    if nodes <= 1:
+        return clients
+    out, pubs, subs, other = [], 0, 0, 0
+    for c in clients:
+        if c.pub >= 0:
+            node, pubs = pubs % nodes, pubs + 1
+        elif c.sub >= 0:
+            node, subs = subs % nodes, subs + 1
+        else:
+            node, other = other % nodes, other + 1
+        out.append(replace(c, node=node))
+    return out
+
+
+def make_plan(params: Params, target: Target, others: tuple[Target, ...] = ()) -> Plan:
+    """The run's plan against `target`, and with `others` the nodes of a cluster that the
+    clients are spread over."""
     run_id = secrets.token_hex(3)
     base = f"b{run_id}"
     s = params.scenario
@@ -225,6 +278,7 @@ def make_plan(params: Params, target: Target) -> Plan:
         ]
     else:
         clients += [Client(index=i, name=f"{base}c{i}", room=None) for i in range(params.clients)]
+    clients = spread(clients, 1 + len(others))
     pubs = [c for c in clients if c.pub >= 0]
     if len(pubs) > MAX_PUBLISHERS:
         raise BadBenchOption(f"at most {MAX_PUBLISHERS} publishers")
@@ -242,6 +296,7 @@ def make_plan(params: Params, target: Target) -> Plan:
     return Plan(
         params=params,
         target=target,
+        targets=(target, *others),
         run_id=run_id,
         clients=tuple(clients),
         n_pubs=len(pubs),
@@ -280,4 +335,5 @@ class WorkerResult:
     pub_last_ns: list[int] = field(default_factory=list)
     refused: int = 0
     disconnects: int = 0
+    reconnects: int = 0  # connections moved to another node of a cluster, and resumed there
     server_said: str = ""

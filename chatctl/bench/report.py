@@ -155,6 +155,8 @@ def result_table(r: RunResult) -> Table:
             f"({r.server.per_connection:,} B per connection)",
         )
     t.add_row("disconnects", f"{r.disconnects:,} (connections the server closed mid-run)")
+    if r.reconnects:
+        t.add_row("reconnects", f"{r.reconnects:,} (resumed on another node of the cluster)")
     if r.server_said:
         t.add_row("  server said", r.server_said)
     if r.refused:

@@ -90,6 +90,7 @@ class RunResult:
     verification: Verification
     connect: Connect
     disconnects: int
+    reconnects: int
     refused: int
     server_said: str
     server: Server
@@ -164,7 +165,7 @@ def merge(
     connect_rate = connected * NS / max(max(lasts) - min(firsts), 1000) if firsts and lasts else 0.0
     return RunResult(
         scenario=str(params.scenario),
-        target=plan.target.url,
+        target=",".join(t.url for t in plan.targets),
         kind=str(plan.target.kind),
         launched=plan.target.launched,
         params=params,
@@ -199,6 +200,7 @@ def merge(
             first_error=next((p.first_error for p in parts if p.first_error), ""),
         ),
         disconnects=sum(p.disconnects for p in parts),
+        reconnects=sum(p.reconnects for p in parts),
         refused=sum(p.refused for p in parts),
         server_said=next((p.server_said for p in parts if p.server_said), ""),
         server=server,

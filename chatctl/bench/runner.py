@@ -44,17 +44,22 @@ class WorkerFailed(ChatctlError):
 
 
 def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -> RunResult:
-    try:
-        socket.getaddrinfo(plan.target.host, plan.target.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConnectFailed(f"cannot resolve {plan.target.host}: {exc}") from None
+    for t in plan.targets:
+        try:
+            socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ConnectFailed(f"cannot resolve {t.host}: {exc}") from None
     ctx = multiprocessing.get_context("spawn")
     shares = [s for s in plan.shares() if s]
     pipes: list[Pipe] = []
     procs: list[BaseProcess] = []
-    if server_pid is None and plan.target.host in ("127.0.0.1", "::1", "localhost"):
-        server_pid = listening_pid(plan.target.port)
-    rss_before = rss_bytes(server_pid)
+    # The servers measured: the one started for the run, or each local target's (the nodes of
+    # a cluster on this machine add up; one that is gone by the end of the run is left out).
+    pids = [server_pid] if server_pid is not None else []
+    if server_pid is None:
+        local = [t for t in plan.targets if t.host in ("127.0.0.1", "::1", "localhost")]
+        pids = [pid for t in local if (pid := listening_pid(t.port)) is not None]
+    rss_before = _rss(pids)
     started = time.monotonic()
     clean = False
     try:
@@ -78,22 +83,26 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
             raise ConnectFailed(
                 f"{failed} of {connected + failed} bench connections failed: {first_error}"
             )
-        rss_after = rss_bytes(server_pid)
-        cpu_before = cpu_seconds(server_pid)
+        rss_after = _rss(pids)
+        cpu_before = _cpu(pids)
         if plan.params.scenario is Scenario.connect:
             _broadcast(pipes, ("stop",))
         else:
             _drive(plan, pipes, progress, started)
         parts: list[WorkerResult] = [r[1] for r in _gather(pipes, "result")]
-        cpu_after = cpu_seconds(server_pid)
-        cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else 0.0
+        cpu_after = _cpu(pids)
+        cpu = sum(
+            after - before
+            for pid, before in cpu_before.items()
+            if (after := cpu_after.get(pid)) is not None
+        )
         sent = sum(sum(w.sent) for w in parts)
-        rss_after = max(rss_after, rss_bytes(server_pid))
+        rss_after = max(rss_after, _rss(pids))
         _broadcast(pipes, ("stop",))
         elapsed = time.monotonic() - started
         per_conn = (rss_after - rss_before) // connected if connected and rss_after else 0
         server = Server(
-            pid=server_pid or 0,
+            pid=pids[0] if pids else 0,
             rss_before=rss_before,
             rss_after=rss_after,
             per_connection=max(per_conn, 0),
@@ -112,6 +121,15 @@ def run_plan(plan: Plan, *, server_pid: int | None, progress: Progress | None) -
                 worker.join(timeout=5)
         for pipe in pipes:
             pipe.close()
+
+
+def _rss(pids: list[int]) -> int:
+    return sum(rss_bytes(pid) for pid in pids)
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each server still there to ask."""
+    return {pid: cpu for pid in pids if (cpu := cpu_seconds(pid)) is not None}
 
 
 def _drive(plan: Plan, pipes: list[Pipe], progress: Progress | None, started: float) -> None:

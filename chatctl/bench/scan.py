@@ -153,6 +153,7 @@ class Payloads:
     pub: I64
     seq: I64
     ts: I64
+    pos: I64  # where each payload starts in the round buffer
 
 
 def find_payloads(arr: U8, segs: Segments) -> Payloads:
@@ -162,7 +163,7 @@ def find_payloads(arr: U8, segs: Segments) -> Payloads:
     n = len(pos)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Payloads(seg=empty, pub=empty, seq=empty, ts=empty)
+        return Payloads(seg=empty, pub=empty, seq=empty, ts=empty, pos=empty)
     # Each payload's 24 hex digits as one row, copied out of the buffer through a strided view.
     rows = as_strided(arr, shape=(len(arr) - _DIGITS + 1, _DIGITS), strides=(1, 1))
     text = rows[pos + len(MARK)]
@@ -173,7 +174,7 @@ def find_payloads(arr: U8, segs: Segments) -> Payloads:
     words8 = bad.view(np.uint64)
     valid = (words8[:, 0] | words8[:, 1] | words8[:, 2]) == 0
     if not valid.all():  # a corrupted payload: dropped here, so it counts as lost
-        seg, digit, n = seg[valid], digit[valid], int(valid.sum())
+        seg, pos, digit, n = seg[valid], pos[valid], digit[valid], int(valid.sum())
     # Pairs of hex digits to bytes, placed right-aligned in three big-endian 8-byte words.
     cols = np.ascontiguousarray(digit.T)
     octets = (cols[0::2] << 4) | cols[1::2]
@@ -183,7 +184,48 @@ def find_payloads(arr: U8, segs: Segments) -> Payloads:
         words[end - digits // 2 : end] = octets[at : at + digits // 2]
         at += digits // 2
     values = np.ascontiguousarray(words.T).view(">u8").astype(np.int64)
-    return Payloads(seg=seg, pub=values[:, 0], seq=values[:, 1], ts=values[:, 2])
+    return Payloads(seg=seg, pub=values[:, 0], seq=values[:, 1], ts=values[:, 2], pos=pos)
+
+
+SEQ_FIELD = b'"seq":'  # a chatctl Message's (and Ack's) room sequence number, in its JSON body
+
+
+def last_seq_field(buf: bytes | bytearray, start: int, end: int) -> int | None:
+    """The value of the last complete `"seq":N` in buf[start:end] (its digits ended by `,`
+    or `}` before `end`), or None. Payloads (hex digits and dots), nicks and room names
+    cannot hold the pattern."""
+    at = end
+    while (at := buf.rfind(SEQ_FIELD, start, at)) >= 0:
+        first = stop = at + len(SEQ_FIELD)
+        while stop < end and 0x30 <= buf[stop] <= 0x39:
+            stop += 1
+        if first < stop < end and buf[stop] in b",}":
+            return int(buf[first:stop])
+    return None
+
+
+@dataclass(kw_only=True)
+class RoomSeq:
+    """Where one chatctl subscriber is in its room: `last` is the seq of the message that
+    carried the last whole payload it received, so that on another node `Join(after=last)`
+    replays exactly what it has not had. Fed each receive segment (bytes `start`..`end` of
+    the round buffer, the carried tail first) and where its last whole payload starts (-1:
+    none), so it costs two searches per segment, none per message.
+
+    A payload's own frame holds the last `"seq":` before it; when that field came in an
+    earlier read than the payload (beyond the carried tail), it is the last complete one
+    seen then: `field`."""
+
+    last: int = 0
+    field: int = 0
+
+    def feed(self, buf: bytes | bytearray, start: int, end: int, last_payload: int) -> None:
+        if last_payload >= 0:
+            own = last_seq_field(buf, start, last_payload)
+            self.last = own if own is not None else self.field
+        seen = last_seq_field(buf, start, end)
+        if seen is not None:
+            self.field = seen
 
 
 class Gaps:

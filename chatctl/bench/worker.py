@@ -20,7 +20,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
@@ -30,6 +30,7 @@ from chatctl.bench.adapters import MAX_SETUP_REPLY, Adapter, PingAnswers, Setup,
 from chatctl.bench.histogram import Histogram
 from chatctl.bench.plan import ConnSpec, Plan, WorkerResult
 from chatctl.bench.scan import (
+    RoomSeq,
     RoundBuffer,
     Segments,
     Verifier,
@@ -52,6 +53,8 @@ DRAIN_IDLE = 3.0  # seconds without a new delivery after publishing ends: the re
 NS = 1_000_000_000
 GOODBYE_WITHIN = 3.0  # seconds to leave a live server's rooms cleanly at the end
 FAREWELL_WITHIN = 1024  # bytes at the end of a read searched for a server's closing words
+RESUME_WITHIN = 20.0  # seconds a connection keeps trying the other nodes of a cluster
+RETRY_PAUSE = 0.2  # seconds between two passes over a cluster's nodes that all failed
 
 
 class Conn:
@@ -63,12 +66,19 @@ class Conn:
         "closed",
         "first_measured",
         "first_ns",
+        "give_up_at",
         "last_ns",
         "limit",
         "make",
+        "moving",
+        "msg_len",
+        "node",
         "pending",
         "phase",
         "pub_done",
+        "resumed",
+        "retry_at",
+        "room_seq",
         "seq",
         "setup",
         "sock",
@@ -77,6 +87,9 @@ class Conn:
         "t_start",
         "tail",
         "tls",
+        "token",
+        "tries",
+        "unacked",
     )
 
     def __init__(self, spec: ConnSpec, sub: int) -> None:
@@ -102,6 +115,17 @@ class Conn:
         self.last_ns = 0
         self.pub_done = False
         self.phase = 0  # ns: at a fixed rate, publishers' schedules are spread over one period
+        # on a cluster (several targets): what moving to another node and resuming takes
+        self.node = spec.node  # the target connected to
+        self.token = ""  # the session's resume token
+        self.room_seq = RoomSeq()  # a subscriber's place in its room
+        self.unacked: deque[tuple[int, bytes]] = deque()  # (first seq, bytes) of sent batches
+        self.msg_len = 0  # the bytes of one publish (all of a publisher's are as long)
+        self.moving = False  # connecting to another node, or waiting to
+        self.resumed = False  # has moved at least once
+        self.tries = 0  # nodes tried in the current pass over the list
+        self.retry_at = 0  # ns: when a connection waiting after a failed pass tries again
+        self.give_up_at = 0  # ns: when a moving connection stops trying
 
 
 def raise_nofile_limit() -> None:
@@ -148,6 +172,12 @@ class Worker:
         self.hist = Histogram()
         self.connect_hist = Histogram()
         self.result = WorkerResult(sub_ids=sub_ids, pub_ids=[c.spec.pub for c in self.pubs])
+        # Several targets are the nodes of one cluster: a connection whose node goes away
+        # moves to the next and resumes there, when the server can resume.
+        self.resume = self.adapter.resume if len(plan.targets) > 1 else None
+        self.addrs: list[tuple[Any, ...]] = []
+        self.movers: set[Conn] = set()  # connections moving to another node
+        self.waiting: set[Conn] = set()  # ... of which those pausing after a failed pass
         self.round = RoundBuffer(ROUND_BUF, MAX_READ)
         self.scratch = memoryview(bytearray(SETUP_READ))  # plaintext during set-up
         self.tls_context: ssl.SSLContext | None = None
@@ -213,7 +243,7 @@ class Worker:
         goodbye = self.adapter.goodbye
         if goodbye is None:
             return
-        live = [c for c in self.conns if not c.closed and c.sock is not None]
+        live = [c for c in self.conns if not c.closed and not c.moving and c.sock is not None]
         for c in live:
             self.write(c, goodbye(c.spec.room))
         deadline = time.monotonic() + GOODBYE_WITHIN
@@ -237,7 +267,10 @@ class Worker:
 
     def connect_all(self) -> None:
         t = self.plan.target
-        info = socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
+        self.addrs = [
+            socket.getaddrinfo(x.host, x.port, type=socket.SOCK_STREAM)[0]
+            for x in self.plan.targets
+        ]
         if t.tls:
             self.tls_context = make_context(t.tls_ca)
         todo = deque(self.conns)
@@ -255,24 +288,10 @@ class Worker:
                 c.t_start = time.monotonic_ns()
                 first = first or c.t_start
                 try:
-                    sock = socket.socket(info[0], info[1], info[2])
+                    self.start_connect(c)
                 except OSError as exc:
-                    self.fail(c, f"socket: {exc}")
+                    self.fail(c, str(exc))
                     continue
-                c.sock = sock
-                if self.adapter.answers is not None:
-                    c.answers = self.adapter.answers()
-                if self.tls_context is not None:
-                    c.tls = TlsPipe(self.tls_context, t.host)
-                    if self.adapter.tls_after is not None:
-                        c.clear = b""
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = sock.connect_ex(info[4])
-                if err not in (0, errno.EINPROGRESS):
-                    self.fail(c, f"connect to {t.address}: {errno.errorcode.get(err, err)}")
-                    continue
-                self.sel.register(sock, selectors.EVENT_WRITE, c)
                 inflight.add(c)
             for key, mask in self.sel.select(0.1):
                 c = key.data
@@ -302,6 +321,26 @@ class Worker:
         self.result.connect_first_ns, self.result.connect_last_ns = first, last
         self.result.connect_hist = self.connect_hist.to_wire()
 
+    def start_connect(self, c: Conn) -> None:
+        """Open c's socket to its node and start connecting; its set-up follows in
+        advance_setup. OSError when that fails at once."""
+        t, info = self.plan.targets[c.node], self.addrs[c.node]
+        sock = socket.socket(info[0], info[1], info[2])
+        c.sock = sock
+        if self.adapter.answers is not None:
+            c.answers = self.adapter.answers()
+        if self.tls_context is not None:
+            c.tls = TlsPipe(self.tls_context, t.host)
+            if self.adapter.tls_after is not None:
+                c.clear = b""
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = sock.connect_ex(info[4])
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise OSError(f"connect to {t.address}: {errno.errorcode.get(err, err)}")
+        self.sel.register(sock, selectors.EVENT_WRITE, c)
+
     def advance_setup(self, c: Conn, mask: int) -> bool:
         """Move one connection's set-up along; True once it is ready."""
         sock, setup, tls = c.sock, c.setup, c.tls
@@ -319,7 +358,7 @@ class Worker:
         data = sock.recv(tls.read_size(SETUP_READ) if tls is not None else SETUP_READ)
         if not data:
             if tls is not None and not tls.ready and c.clear is None:
-                address = self.plan.target.address
+                address = self.plan.targets[c.node].address
                 raise SetupFailed(
                     f"{address} closed the connection in the TLS handshake: it does not speak "
                     "TLS, or not to this bench"
@@ -333,11 +372,15 @@ class Worker:
         if out:
             sock.sendall(tls.encrypt(out) if tls is not None else out)
         if done:
+            c.token = setup.token
+            if not c.moving:
+                c.room_seq.last = c.room_seq.field = setup.head
             c.setup = None
             if c.spec.pub >= 0:
                 c.make = self.adapter.publisher(
                     pub=c.spec.pub, room=c.spec.room or "", size=self.params.size
                 )
+                c.msg_len = len(c.make(0, 0))
         return done
 
     def setup_tls(self, c: Conn, tls: TlsPipe, data: bytes) -> bytes:
@@ -446,6 +489,9 @@ class Worker:
             if c is None:
                 self.control()
                 continue
+            if c.moving:
+                self.advance_move(c, mask)
+                continue
             if mask & selectors.EVENT_WRITE:
                 self.flush(c)
             if mask & selectors.EVENT_READ:
@@ -458,9 +504,15 @@ class Worker:
         self.periodic(now)
 
     def can_write(self, c: Conn) -> bool:
-        return not (c.pub_done or c.blocked or c.closed)
+        return not (c.pub_done or c.blocked or c.closed or c.moving)
 
     def periodic(self, now: int) -> None:
+        if self.movers:
+            for c in [c for c in self.movers if now > c.give_up_at]:
+                self.give_up(c)  # even one whose connect hangs
+            for c in [c for c in self.waiting if now >= c.retry_at]:
+                self.waiting.discard(c)
+                self.try_node(c, now)
         if now - self.last_progress_ns > PROGRESS_EVERY * NS:
             self.last_progress_ns = now
             sent = sum(c.seq for c in self.pubs)
@@ -469,7 +521,7 @@ class Worker:
         if keepalive and now - self.last_keepalive_ns > KEEPALIVE_EVERY * NS:
             self.last_keepalive_ns = now
             for c in self.conns:
-                if not c.closed:
+                if not c.closed and not c.moving:
                     self.write(c, keepalive)
         if self.publishing and not self.pubs_reported and all(c.pub_done for c in self.pubs):
             self.pubs_reported = True
@@ -540,11 +592,13 @@ class Worker:
         if c.first_measured >= 0 and seq + n > c.first_measured:
             c.first_ns = c.first_ns or now
         c.seq = seq + n
+        if self.resume is not None:
+            c.unacked.append((seq, data))  # sent again on another node if its own goes away
         self.write(c, data)
         return True
 
     def write(self, c: Conn, data: bytes) -> None:
-        if c.closed:
+        if c.closed or c.moving:
             return
         if c.tls is not None:
             try:
@@ -556,7 +610,7 @@ class Worker:
 
     def send_raw(self, c: Conn, data: bytes) -> None:
         """Bytes as they go on the wire (ciphertext with TLS), after anything still pending."""
-        if c.closed:
+        if c.closed or c.moving:
             return
         if c.pending:
             c.pending += data
@@ -575,7 +629,7 @@ class Worker:
             self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
 
     def flush(self, c: Conn) -> None:
-        if c.closed or not c.pending:
+        if c.closed or c.moving or not c.pending:
             return
         assert c.sock is not None
         try:
@@ -593,11 +647,109 @@ class Worker:
     def lost_connection(self, c: Conn) -> None:
         if not c.closed and not self.finished:
             self.result.disconnects += 1
+            if self.resume is not None and c.token:
+                self.move(c)
+                return
         if c.sub >= 0:
             self.sub_closed[c.sub] = True
             self.last_check_delivered = -1  # look at completeness again
         self.close(c)
         c.pub_done = True
+
+    # -- moving to another node of a cluster ---------------------------------------------------
+
+    def move(self, c: Conn) -> None:
+        """c's node went away: connect to the next node of the list and resume there (a
+        subscriber from the last message it got, a publisher sending again what was not
+        acknowledged). Nodes that fail are passed over; after a pass where all failed, a
+        pause; after RESUME_WITHIN, the connection is given up (what it misses counts lost)."""
+        now = time.monotonic_ns()
+        if not c.moving:
+            c.moving = c.resumed = True
+            c.give_up_at = now + int(RESUME_WITHIN * NS)
+            c.tries = 0
+            self.movers.add(c)
+        self.drop_socket(c)
+        c.tail, c.pending, c.blocked, c.clear, c.tls = b"", b"", False, None, None
+        self.unfinished_pings.discard(c)
+        c.node = (c.node + 1) % len(self.addrs)
+        c.tries += 1
+        if c.tries > len(self.addrs):  # a whole pass failed
+            c.tries = 0
+            c.retry_at = now + int(RETRY_PAUSE * NS)
+            self.waiting.add(c)
+            return
+        self.try_node(c, now)
+
+    def try_node(self, c: Conn, now: int) -> None:
+        if now > c.give_up_at:
+            self.give_up(c)
+            return
+        resume = self.resume
+        assert resume is not None
+        sub = c.spec.sub >= 0
+        c.setup = resume(c.spec.name, c.spec.room, c.token, c.room_seq.last, sub)
+        try:
+            self.start_connect(c)
+        except OSError:
+            self.move(c)
+
+    def advance_move(self, c: Conn, mask: int) -> None:
+        setup = c.setup
+        try:
+            done = self.advance_setup(c, mask)
+        except (OSError, ssl.SSLError, SetupFailed):
+            self.move(c)
+            return
+        if not done:
+            return
+        assert setup is not None
+        c.moving = False
+        self.movers.discard(c)
+        self.result.reconnects += 1
+        self.last_check_delivered = -1  # look at completeness again
+        if c.sub >= 0:
+            c.room_seq.last = c.room_seq.field = setup.after
+            c.tail = setup.rest
+            self.take_replayed(c, setup.replayed)
+        if c.unacked:  # whatever is not known to be stored, again, with the same msg_ids
+            first = c.unacked[0][0]
+            data = b"".join(d for _, d in c.unacked)[(c.acked - first) * c.msg_len :]
+            self.write(c, data)
+
+    def take_replayed(self, c: Conn, replayed: Sequence[tuple[int, int]]) -> None:
+        """Verify what a moving subscriber read in History pages before it rejoined (not its
+        own messages, which it does not otherwise receive); no latency is taken of them."""
+        n_pubs = self.verifier.n_pubs
+        mine = [(pub, seq) for pub, seq in replayed if pub != c.spec.pub and pub < n_pubs]
+        if not mine:
+            return
+        pubs, seqs = zip(*mine, strict=True)
+        subs = np.full(len(mine), c.sub, dtype=np.int64)
+        self.verifier.feed(subs, np.array(pubs, dtype=np.int64), np.array(seqs, dtype=np.int64))
+        self.last_delivery_ns = time.monotonic_ns()
+
+    def give_up(self, c: Conn) -> None:
+        self.drop_socket(c)
+        c.moving = False
+        self.movers.discard(c)
+        self.waiting.discard(c)
+        self.result.failed += 1
+        self.result.first_error = self.result.first_error or (
+            f"no node of the cluster took the connection back within {RESUME_WITHIN:.0f} s"
+        )
+        c.closed = True
+        if c.sub >= 0:
+            self.sub_closed[c.sub] = True
+            self.last_check_delivered = -1
+        c.pub_done = True
+
+    def drop_socket(self, c: Conn) -> None:
+        if c.sock is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.sel.unregister(c.sock)
+            c.sock.close()
+            c.sock = None
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -610,7 +762,7 @@ class Worker:
         for c in readable[start:] + readable[:start]:
             if rnd.full:
                 break  # the rest stay readable for the next round
-            if c.closed:
+            if c.closed or c.moving:
                 continue
             assert c.sock is not None
             try:
@@ -682,8 +834,17 @@ class Worker:
                     # A publisher's measured window ends when its last message is acknowledged.
                     c.last_ns = rnd.times[i]
                 c.acked += acks
+                if c.unacked:
+                    self.forget_acked(c)
                 if refused is not None:
                     self.result.refused += rnd.count_new(i, refused)
+
+    @staticmethod
+    def forget_acked(c: Conn) -> None:
+        """Drop the sent batches whose every message is acknowledged."""
+        unacked, size, acked = c.unacked, c.msg_len, c.acked
+        while unacked and unacked[0][0] + len(unacked[0][1]) // size <= acked:
+            unacked.popleft()
 
     def take_payloads(
         self,
@@ -693,6 +854,8 @@ class Worker:
         times: np.ndarray[Any, np.dtype[np.int64]],
     ) -> None:
         found = find_payloads(arr, segs)
+        if self.resume is not None:
+            self.track_rooms(found.seg, found.pos, conns)
         if len(found.seg) == 0:
             return
         seg_sub = np.array([c.sub for c in conns], dtype=np.int64)
@@ -700,6 +863,11 @@ class Worker:
         # Only verified connections, and only publishers that exist: a payload naming another
         # (a corrupted or hostile stream) is not counted, so whatever it replaced shows as lost.
         mine = (sub >= 0) & (found.pub < self.verifier.n_pubs)
+        if self.resume is not None:
+            # A connection that resumed on another node replays its room from where it was,
+            # its own messages included, which it does not otherwise receive.
+            own = np.array([c.spec.pub if c.resumed else -1 for c in conns], dtype=np.int64)
+            mine &= found.pub != own[found.seg]
         if not mine.all():
             found_seg, sub = found.seg[mine], sub[mine]
             pub, seq, ts = found.pub[mine], found.seq[mine], found.ts[mine]
@@ -719,6 +887,19 @@ class Worker:
         s, t = seg_sub[seg_hit], times[seg_hit]
         self.last_ns[s] = t
         self.first_ns[s] = np.where(self.first_ns[s] == 0, t, self.first_ns[s])
+
+    def track_rooms(
+        self, seg: np.ndarray[Any, Any], pos: np.ndarray[Any, Any], conns: list[Conn]
+    ) -> None:
+        """Each subscriber's place in its room (see scan.RoomSeq), from this round."""
+        last = np.full(len(conns), -1, dtype=np.int64)
+        if len(seg):
+            ends = np.append(seg[1:] != seg[:-1], True)  # payloads are in buffer order
+            last[seg[ends]] = pos[ends]
+        rnd = self.round
+        for i, c in enumerate(conns):
+            if c.spec.sub >= 0:
+                c.room_seq.feed(rnd.buf, rnd.starts[i], rnd.ends[i], int(last[i]))
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -744,7 +925,8 @@ class Worker:
                 self.finished = True
                 return
         live_subs = not self.sub_closed.all()
-        if not live_subs or now - self.last_delivery_ns > DRAIN_IDLE * NS:
+        idle = now - self.last_delivery_ns > DRAIN_IDLE * NS and not self.movers
+        if not live_subs or idle:
             self.finished = True
 
     def finish(self) -> None:
