@@ -513,6 +513,19 @@ RetainAge = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+NodeLease = Annotated[
+    float,
+    typer.Option(
+        "--node-lease",
+        envvar=_env("NODE_LEASE"),
+        min=1.0,
+        max=3600.0,
+        metavar="SECONDS",
+        help="With --data redis://: a node silent this long is gone, its members dropped "
+        "(the same on every node).",
+        rich_help_panel=DATA,
+    ),
+]
 
 TlsCert = Annotated[
     str | None,
