@@ -521,8 +521,7 @@ NodeLease = Annotated[
         min=1.0,
         max=3600.0,
         metavar="SECONDS",
-        help="With --data redis://: a node silent this long is gone, its members dropped "
-        "(the same on every node).",
+        help="Cluster: a node silent this long is gone (same on every node).",
         rich_help_panel=DATA,
     ),
 ]
