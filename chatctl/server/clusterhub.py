@@ -301,6 +301,17 @@ class ClusterHub(Hub):
         )
         return self._submit(entry, Request(cid, part.rid))
 
+    def _put_out(self, victim: Session, name: str, notice: Notice, now_ms: int) -> None:
+        """A kick or ban: the victim (one of this node's) leaves through the log, so that
+        every node's members change alike; the other nodes' members hear it as `left`, with
+        the kick's reason (room settings are each node's own: docs/cluster.md)."""
+        if self.log is None:
+            super()._put_out(victim, name, notice, now_ms)
+            return
+        reason = clip_reason(f"{notice.kind} by {notice.nick}: {notice.reason}".rstrip(": "))
+        entry = PartEntry(self.node, self._number(), now_ms, victim.sender_key, name, reason)
+        self._submit(entry, Request(-1))  # like a connection's end: it must reach the log
+
     def _change_nick(self, session: Session, change: ChangeNick, now_ms: int) -> list[Delivery]:
         if self.log is None:
             return super()._change_nick(session, change, now_ms)

@@ -1225,7 +1225,7 @@ class Hub:
             ]
             out.append(deliver(tuple(audience), notice))
             for victim in out_of_room:
-                self._leave(victim, name)
+                self._put_out(victim, name, notice, now_ms)
             return out
         if action == "invite":
             invitee = self.nicks.get(account_key(target))
@@ -1236,6 +1236,11 @@ class Hub:
             ):
                 audience[invitee.cid] = None
         return [deliver(tuple(audience), notice)]
+
+    def _put_out(self, victim: Session, name: str, notice: Notice, now_ms: int) -> None:
+        """A kick or ban (`notice`, already delivered) puts `victim` out of room `name`."""
+        del notice, now_ms
+        self._leave(victim, name)
 
     def _leave(self, session: Session, name: str) -> None:
         room = self.rooms[name]

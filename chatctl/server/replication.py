@@ -54,6 +54,7 @@ from chatctl.cluster.entries import (
     Entry,
     JoinEntry,
     MarkEntry,
+    PartEntry,
     SayEntry,
     encode_entries,
     read_entries,
@@ -309,7 +310,7 @@ class Replication:
 
     def submit(self, entry: Entry, request: Request) -> list[Delivery]:
         """ClusterHub's `Log.submit`: `entry` goes to the log, its answer comes when it is
-        applied. A connection's end (cid -1) is never refused: it waits for Redis."""
+        applied. A connection's end or a kick (cid -1) is never refused: it waits for Redis."""
         request.entry = entry
         if request.cid < 0:
             if self.accepting:
@@ -333,9 +334,10 @@ class Replication:
             self._send_batch()
 
     def _resubmit(self, request: Request) -> None:
-        """A connection's end that did not reach the log goes again, under a new number."""
+        """A connection's end (or a kick) that did not reach the log goes again, under a new
+        number."""
         entry = request.entry
-        assert type(entry) is EndEntry
+        assert type(entry) is EndEntry or type(entry) is PartEntry
         request.entry = entry = msgspec.structs.replace(entry, node=self.node, p=self.number())
         request.unknown = False
         self._queue(entry.p, request, entry)
