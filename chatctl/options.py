@@ -513,6 +513,18 @@ RetainAge = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+NodeLease = Annotated[
+    float,
+    typer.Option(
+        "--node-lease",
+        envvar=_env("NODE_LEASE"),
+        min=1.0,
+        max=3600.0,
+        metavar="SECONDS",
+        help="Cluster: a node silent this long is gone (same on every node).",
+        rich_help_panel=DATA,
+    ),
+]
 
 TlsCert = Annotated[
     str | None,

@@ -6,13 +6,29 @@ and every member on every node receives each message once, in seq order."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatctl.cluster.entries import SayEntry
-from chatctl.protocol import Ack, Error, ErrorCode, Hello, Join, Message, Say
+from chatctl.cluster.entries import Entry, SayEntry
+from chatctl.protocol import (
+    Ack,
+    ChangeNick,
+    Error,
+    ErrorCode,
+    Event,
+    Hello,
+    Join,
+    Message,
+    Part,
+    Say,
+    Tell,
+    Welcome,
+    Who,
+)
+from chatctl.server.clusterhub import ClusterHub, Request
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Delivery, Hub, Session
 from chatctl.store.base import StoredMessage
@@ -150,3 +166,160 @@ def test_every_node_applies_the_log_as_one_hub_would(steps: list[tuple[Any, ...]
             ]
             assert mine == wanted
             assert all(code in (None, ErrorCode.MSG_ID_REUSED) for *_, code in mine)
+
+
+# -- sessions, rooms, nicks and direct messages ---------------------------------------------
+#
+# Three ClusterHubs propose to one log; every hub applies it in order. Held to a model, one
+# standalone hub that handles each request at its place in the log (and each request a node
+# answered at once, at that time): every client receives exactly what it would receive from
+# the model (Welcome's nick, notices, Members, errors, direct messages and Acks, in order),
+# and every hub holds the model's nicks and room members. A client with a request on its way
+# sends nothing else meanwhile, as the event loop stalls it (answers.py).
+
+CLIENTS = 3  # per node; client c of node n has cid c + 1 there, 100 * (n + 1) + c in the model
+NICKS = ["ann", "bob", "Ann", "cy"]
+MEMBER_ROOMS = ["lobby", "dev"]
+Pending = tuple[int, Entry, Request]
+
+
+class LogOf:
+    """A node's `Log`: its proposals go to the shared list."""
+
+    def __init__(self, node: str, log: list[Pending], index: int) -> None:
+        self.node = node
+        self._log = log
+        self._index = index
+        self._numbers = itertools.count(1)
+
+    def number(self) -> int:
+        return next(self._numbers)
+
+    def submit(self, entry: Entry, request: Request) -> list[Delivery]:
+        self._log.append((self._index, entry, request))
+        return []
+
+
+def view(event: Event) -> object:
+    """What a client sees, but the token (each hub makes its own)."""
+    if type(event) is Welcome:
+        return ("Welcome", event.nick)
+    return event
+
+
+def act(kind: str, arg: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
+    """A client's step: (kind, node, client, arg)."""
+    return st.tuples(st.just(kind), st.integers(0, NODES - 1), st.integers(0, CLIENTS - 1), arg)
+
+
+ACTIONS = st.lists(
+    st.one_of(
+        *(act(kind, st.sampled_from(NICKS)) for kind in ("hello", "nick", "tell")),
+        *(act(kind, st.sampled_from(MEMBER_ROOMS)) for kind in ("join", "part", "who")),
+        act("bye", st.booleans()),
+        st.tuples(st.just("apply"), st.integers(1, 4)),
+    ),
+    min_size=10,
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(ACTIONS)
+def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
+    actions: list[tuple[Any, ...]],
+) -> None:
+    log: list[Pending] = []
+    hubs = []
+    for n in range(NODES):
+        hub = ClusterHub(ServerConfig(), MemoryStore())
+        hub.log = LogOf(f"node{n}", log, n)
+        hubs.append(hub)
+    model = Hub(ServerConfig(), MemoryStore())
+    got: dict[tuple[int, int], list[object]] = {}  # (node, client): what it received
+    wanted: dict[tuple[int, int], list[object]] = {}  # what the model sends it
+    ids = itertools.count()
+    connected: set[tuple[int, int]] = set()  # its Hello was sent, and it has not gone
+    waiting: set[tuple[int, int]] = set()  # a request of it on its way through the log
+    to_client = {100 * (n + 1) + c: (n, c) for n in range(NODES) for c in range(CLIENTS)}
+
+    def receive(n: int, deliveries: list[Delivery]) -> None:
+        for cid, event in flatten(deliveries):
+            got.setdefault((n, cid - 1), []).append(view(event))
+
+    def model_does(n: int, c: int, event: Event | None, *, clean: bool = False) -> None:
+        cid = 100 * (n + 1) + c
+        if event is None:
+            out = model.disconnect(cid, "bye" if clean else "lost", NOW, clean=clean)
+        else:
+            out = model.handle(cid, event, NOW)
+        for to, e in flatten(out):
+            wanted.setdefault(to_client[to], []).append(view(e))
+
+    requests: dict[int, tuple[int, int, Event | None, bool]] = {}  # id(entry) -> request
+
+    def apply(count: int) -> None:
+        nonlocal log
+        for origin, entry, request in log[:count]:
+            for n, hub in enumerate(hubs):
+                receive(n, hub.apply(entry, request if n == origin else None))
+            n, c, event, clean = requests.pop(id(entry))
+            model_does(n, c, event, clean=clean)
+            if request.cid >= 0:
+                waiting.discard((n, c))
+        del log[:count]
+
+    for action in actions:
+        if action[0] == "apply":
+            apply(action[1])
+            continue
+        kind, n, c, arg = action
+        hub = hubs[n]
+        if (n, c) in waiting or (kind == "hello") == ((n, c) in connected):
+            continue  # stalled, or not connected (or already)
+        event: Event | None
+        if kind == "hello":
+            event = Hello(version=1, nick=arg)
+            connected.add((n, c))
+        elif kind == "join":
+            event = Join(room=arg, history=0)
+        elif kind == "part":
+            event = Part(room=arg)
+        elif kind == "nick":
+            event = ChangeNick(nick=arg)
+        elif kind == "tell":
+            event = Tell(to=arg, msg_id=f"t{next(ids)}", text="psst")
+        elif kind == "who":
+            event = Who(room=arg)
+        else:
+            event = None
+            connected.discard((n, c))
+        before = len(log)
+        if event is None:
+            receive(n, hub.disconnect(c + 1, "bye" if arg else "lost", NOW, clean=arg))
+        else:
+            receive(n, hub.handle(c + 1, event, NOW))
+        if len(log) > before:
+            [(_, entry, request)] = log[before:]
+            requests[id(entry)] = (n, c, event, bool(arg) if event is None else False)
+            if request.cid >= 0:
+                waiting.add((n, c))
+        else:
+            assert event is not None and kind != "hello"  # answered at once: so does the model
+            model_does(n, c, event)
+    apply(len(log))
+
+    assert got == wanted
+    for hub in hubs:
+        assert set(hub.nicks) == set(model.nicks)
+        assert set(hub.by_key) == {s.sender_key for s in hub.nicks.values()}
+        assert set(hub.rooms) == set(model.rooms)
+        for name, room in hub.rooms.items():
+            members = {
+                hub.sessions.get(c, hub.elsewhere.get(c)) for c in (*room.members, *room.remote)
+            }
+            assert sorted(s.nick for s in members if s) == sorted(
+                model.sessions[c].nick for c in model.rooms[name].members
+            )
+            assert room.size == len(model.rooms[name].members)
+        assert hub.room_count == model.room_count

@@ -12,9 +12,15 @@ from hypothesis import strategies as st
 from chatctl.cluster.entries import (
     FIELD,
     STREAM,
+    EndEntry,
     Entry,
+    HelloEntry,
+    JoinEntry,
     MarkEntry,
+    NickEntry,
+    PartEntry,
     SayEntry,
+    TellEntry,
     decode_entries,
     encode_entries,
     read_entries,
@@ -34,8 +40,43 @@ SAYS = st.builds(
     text=st.text(min_size=1, max_size=50),
     action=st.booleans(),
 )
+NODE = {"node": st.text(max_size=12), "p": st.integers(0, 2**63 - 1), "ts": st.integers(0, 2**53)}
+NICKS = st.sampled_from(["ann", "Bob_2", "x" * 32, "[q]"])
+ROOMS = st.sampled_from(["lobby", "dev", "a.b-c_d"])
 ENTRIES = st.lists(
-    st.one_of(SAYS, st.builds(MarkEntry, node=st.text(), p=st.integers(0, 2**63 - 1)))
+    st.one_of(
+        SAYS,
+        st.builds(MarkEntry, node=st.text(), p=st.integers(0, 2**63 - 1)),
+        st.builds(
+            HelloEntry,
+            **NODE,
+            key=st.text(max_size=32),
+            fresh=st.text(min_size=1, max_size=32),
+            nick=NICKS,
+            account=st.text(max_size=32),
+        ),
+        st.builds(
+            EndEntry,
+            **NODE,
+            key=st.text(),
+            since=st.integers(0, 2**63 - 1),
+            reason=st.text(),
+            clean=st.booleans(),
+        ),
+        st.builds(JoinEntry, **NODE, key=st.text(), room=ROOMS),
+        st.builds(PartEntry, **NODE, key=st.text(), room=ROOMS, reason=st.text()),
+        st.builds(NickEntry, **NODE, key=st.text(), nick=NICKS),
+        st.builds(
+            TellEntry,
+            **NODE,
+            key=st.text(),
+            nick=st.text(),
+            to=st.text(),
+            msg_id=st.text(min_size=1, max_size=64),
+            text=st.text(min_size=1),
+            action=st.booleans(),
+        ),
+    )
 )
 
 
@@ -63,6 +104,12 @@ def test_what_nodes_append_reads_back_the_same(batches: list[list[Entry]]) -> No
         ),
         (encode_entries([SayEntry("n", 1, 0, "lobby", "a", "k", "", "hi", False)]), "msg_id"),
         (encode_entries([SayEntry("n", 1, 0, "lobby", "a", "k", "m", "", False)]), "empty text"),
+        (encode_entries([JoinEntry("n", 1, 0, "k", "#Lobby")]), "not normalised"),
+        (encode_entries([PartEntry("n", 1, 0, "k", "", "")]), "not normalised"),
+        (encode_entries([HelloEntry("n", 1, 0, "", "f", "1abc", "")]), "nick that is not valid"),
+        (encode_entries([HelloEntry("n", 1, 0, "", "", "abc", "")]), "without a session key"),
+        (encode_entries([NickEntry("n", 1, 0, "k", "a b")]), "nick that is not valid"),
+        (encode_entries([TellEntry("n", 1, 0, "k", "a", "b", "", "hi", False)]), "msg_id"),
     ],
 )
 def test_a_bad_payload_is_reported_and_skipped_whole(payload: bytes, problem: str) -> None:

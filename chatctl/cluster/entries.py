@@ -8,7 +8,16 @@ order and applies each entry, so all of them apply the same changes in the same 
 
 - `SayEntry`: a room message, as its node checked it; the room's seq is given by applying it.
 - `MarkEntry`: nothing to apply; its node learns from it that every proposal it made before
-  it and has not seen in the log is lost (see server/replication.py).
+  it and has not seen in the log is lost (see server/replication.py). A node appends one as
+  its beat when it has appended nothing else for a while: its lease (cluster/leases.py).
+- `HelloEntry`, `EndEntry`: a session starts on a node (or moves to it: a resume), and ends.
+  A session is named by its `key`, store.base.sender_key_of(its resume token), the same on
+  every node; a session's `since` is the `p` of the HelloEntry that put it on its node.
+- `JoinEntry`, `PartEntry`, `NickEntry`: a session's rooms and nick.
+- `TellEntry`: a direct message; only the recipient's node delivers it.
+
+Every entry names its `node` and that node's proposal number `p`; more kinds (accounts, room
+settings) would be added the same way: a tagged array, checked here, applied by every hub.
 
 Entries come from other processes: `read_entries` never raises on a bad one, it reports it,
 and every node skips the same bad entry. Sans-IO.
@@ -21,7 +30,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from chatctl.cluster.resp import Reply
-from chatctl.names import MSG_ID_MAX, normalise_room
+from chatctl.names import MSG_ID_MAX, nick_problem, normalise_room
 
 STREAM = b"chatctl:log"
 FIELD = b"e"
@@ -44,7 +53,64 @@ class MarkEntry(msgspec.Struct, array_like=True, frozen=True, tag="mark"):
     p: int
 
 
-Entry = SayEntry | MarkEntry
+class HelloEntry(msgspec.Struct, array_like=True, frozen=True, tag="hello"):
+    node: str
+    p: int
+    ts: int
+    key: str  # the session to resume (a valid token's sender key), or ""
+    fresh: str  # the sender key of a new token: the session's if none is resumed
+    nick: str  # asked for (a login's defaults to its account's name); checked
+    account: str  # "" for a guest; the proposing node checked the password
+
+
+class EndEntry(msgspec.Struct, array_like=True, frozen=True, tag="end"):
+    node: str
+    p: int
+    ts: int
+    key: str
+    since: int  # the session's `since` on `node`: a later tenancy of it is not ended
+    reason: str
+    clean: bool  # a Bye (its rooms hear `left`) rather than a lost connection (`dropped`)
+
+
+class JoinEntry(msgspec.Struct, array_like=True, frozen=True, tag="join"):
+    node: str
+    p: int
+    ts: int
+    key: str
+    room: str  # normalised
+
+
+class PartEntry(msgspec.Struct, array_like=True, frozen=True, tag="part"):
+    node: str
+    p: int
+    ts: int
+    key: str
+    room: str  # normalised
+    reason: str
+
+
+class NickEntry(msgspec.Struct, array_like=True, frozen=True, tag="nick"):
+    node: str
+    p: int
+    ts: int
+    key: str
+    nick: str  # checked
+
+
+class TellEntry(msgspec.Struct, array_like=True, frozen=True, tag="tell"):
+    node: str
+    p: int
+    ts: int
+    key: str  # the sender's session
+    nick: str  # the sender's
+    to: str  # the recipient's nick, as sent
+    msg_id: str
+    text: str
+    action: bool
+
+
+Entry = SayEntry | MarkEntry | HelloEntry | EndEntry | JoinEntry | PartEntry | NickEntry | TellEntry
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[list[Entry]] = msgspec.msgpack.Decoder(list[Entry])
@@ -76,16 +142,24 @@ def decode_entries(payload: bytes) -> list[Entry] | str:
     except msgspec.DecodeError as exc:
         return f"not a list of entries: {exc}"
     for entry in entries:
-        if type(entry) is SayEntry:
-            room = entry.room
+        kind = type(entry)
+        if kind is SayEntry or kind is JoinEntry or kind is PartEntry:
+            room = entry.room  # type: ignore[union-attr]
             if room not in _good_rooms:
                 if normalise_room(room) != room:
                     return f"a room name that is not normalised: {room!r:.80}"
                 if len(_good_rooms) >= 4096:
                     _good_rooms.clear()
                 _good_rooms[room] = None
-            if not 0 < len(entry.msg_id) <= MSG_ID_MAX or not entry.text:
+        if kind is SayEntry or kind is TellEntry:
+            if not 0 < len(entry.msg_id) <= MSG_ID_MAX or not entry.text:  # type: ignore[union-attr]
                 return "an empty text, or a msg_id empty or too long"
+        elif kind is HelloEntry or kind is NickEntry:
+            problem = nick_problem(entry.nick)  # type: ignore[union-attr]
+            if problem is not None:
+                return f"a nick that is not valid: {problem}"
+            if kind is HelloEntry and not entry.fresh:  # type: ignore[union-attr]
+                return "a hello without a session key"
     return entries
 
 

@@ -80,4 +80,7 @@ class ServerConfig:
     total_output: int = 256 * 1024 * 1024
     retain_messages: int = 100_000
     retain_age: float = 0.0
+    # A node of a cluster whose log entries stop for this long is gone: its members are
+    # dropped everywhere (docs/cluster.md). The same on every node.
+    node_lease: float = 10.0
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)

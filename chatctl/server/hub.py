@@ -186,9 +186,22 @@ def control(cid: int, event: Welcome | Bye) -> Delivery:
 
 class Session:
     """A welcomed connection: its nick, its account ("" for a guest), where it connected
-    from, its resume token and its rooms."""
+    from, its resume token and its rooms. On a node of a cluster, also the sessions of the
+    other nodes (server/clusterhub.py): those have a negative `cid` (no connection here), no
+    token, and their `node`; `since` numbers a session's stay on its node."""
 
-    __slots__ = ("account", "cid", "key", "nick", "origin", "rooms", "sender_key", "token")
+    __slots__ = (
+        "account",
+        "cid",
+        "key",
+        "nick",
+        "node",
+        "origin",
+        "rooms",
+        "sender_key",
+        "since",
+        "token",
+    )
 
     def __init__(self, cid: int, nick: str, token: str) -> None:
         self.cid = cid
@@ -199,6 +212,8 @@ class Session:
         self.token = token
         self.sender_key = sender_key_of(token)  # what the store keeps: never the token
         self.rooms: dict[str, None] = {}  # an ordered set
+        self.node = ""
+        self.since = 0
 
     @property
     def identity(self) -> str:
@@ -207,22 +222,37 @@ class Session:
 
 
 class Room:
-    __slots__ = ("members", "name", "targets")
+    """A room's members: this server's connections (`members`), and on a node of a cluster
+    the other nodes' sessions too (`remote`, by their negative cids): they count and are
+    listed, but nothing is delivered to them here."""
+
+    __slots__ = ("members", "name", "remote", "targets")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[int, None] = {}
+        self.remote: dict[int, None] = {}
         # An immutable snapshot of `members`, rebuilt on every change, so a Delivery can hold
         # it without copying per message.
         self.targets: tuple[int, ...] = ()
 
     def add(self, cid: int) -> None:
+        if cid < 0:
+            self.remote[cid] = None
+            return
         self.members[cid] = None
         self.targets = tuple(self.members)
 
     def remove(self, cid: int) -> None:
+        if cid < 0:
+            del self.remote[cid]
+            return
         del self.members[cid]
         self.targets = tuple(self.members)
+
+    @property
+    def size(self) -> int:
+        return len(self.members) + len(self.remote)
 
 
 def _any_cid_may(cid: int) -> bool:
@@ -275,6 +305,8 @@ class Hub:
         self._guesses: dict[tuple[str, str], int] = {}  # (account, password) -> logins queued
         self.may_register: Callable[[int], bool] = _any_cid_may
         self.sessions: dict[int, Session] = {}
+        # A cluster's sessions on no connection of this node, by negative cid (clusterhub.py).
+        self.elsewhere: dict[int, Session] = {}
         self.nicks: dict[str, Session] = {}  # casefolded nick -> session
         self.tokens: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {}  # rooms with members
@@ -428,7 +460,7 @@ class Hub:
         for name in session.rooms:
             room = self.rooms[name]
             room.remove(cid)
-            if not room.members:
+            if not room.size:
                 self._vacate(name)
             else:
                 notice = Notice(
@@ -588,27 +620,19 @@ class Hub:
             problem = nick_problem(nick)
             if problem is not None:
                 return [control(cid, Bye(code=ErrorCode.INVALID_NICK, reason=problem))]
-            reserved = self._reserved_for_other(nick, account)  # a registry lookup: once
-            if reserved and account:
-                nick = account
-            holder = self.nicks.get(nick.casefold())
-            if (
-                holder is not None
-                and account
-                and not holder.account
-                and (account_key(account) == nick.casefold())
-            ):
-                out += self._rename(holder, self._free_variant(holder.nick), now_ms)
-            elif holder is not None or (reserved and not account):
-                nick = self._free_variant(nick)
+            nick = self._claim(nick, account, now_ms, out)
             session = Session(cid, nick, token if valid else self._token_for(account))
             session.account = account
             session.origin = origin
             self.nicks[session.key] = session
             self.tokens[session.token] = session
         self.sessions[cid] = session
+        out.append(self._welcomed(cid, hello.version, session))
+        return out
+
+    def _welcomed(self, cid: int, version: int, session: Session) -> Delivery:
         welcome = Welcome(
-            protocol=min(hello.version, PROTOCOL_VERSION),
+            protocol=min(version, PROTOCOL_VERSION),
             server=self.config.name,
             version=__version__,
             nick=session.nick,
@@ -616,8 +640,26 @@ class Hub:
             limits=self.limits,
             account=session.account,
         )
-        out.append(control(cid, welcome))
-        return out
+        return control(cid, welcome)
+
+    def _claim(self, nick: str, account: str, now_ms: int, out: list[Delivery]) -> str:
+        """The nick a new session asking for the valid `nick` gets: a guest gets a free
+        variant of a nick that is taken or an account's; a login gets its account's name,
+        whose guest holder is renamed to a variant (its notices go to `out`)."""
+        reserved = self._reserved_for_other(nick, account)  # a registry lookup: once
+        if reserved and account:
+            nick = account
+        holder = self.nicks.get(nick.casefold())
+        if (
+            holder is not None
+            and account
+            and not holder.account
+            and (account_key(account) == nick.casefold())
+        ):
+            out += self._rename(holder, self._free_variant(holder.nick), now_ms)
+        elif holder is not None or (reserved and not account):
+            nick = self._free_variant(nick)
+        return nick
 
     def _reserved_for_other(self, nick: str, account: str) -> bool:
         """Whether `nick` is an account's name other than `account`'s."""
@@ -839,7 +881,7 @@ class Hub:
             recipients = 0
         else:
             members = room.members
-            recipients = len(members) - (cid in members)
+            recipients = len(members) - (cid in members) + len(room.remote)
         out = []
         if room is not None:
             message = encode_message(name, seq, ts, nick, text, action)
@@ -913,7 +955,7 @@ class Hub:
     def _recipients(room: Room | None, cid: int) -> int:
         if room is None:
             return 0
-        return len(room.members) - (cid in room.members)
+        return room.size - (cid in room.members)
 
     def _tell(self, session: Session, tell: Tell, now_ms: int) -> list[Delivery]:
         """A direct message. Direct messages are not stored, so their resends are recognised
@@ -1052,9 +1094,9 @@ class Hub:
         session.nick = nick
         session.key = nick.casefold()
         self.nicks[session.key] = session
-        audience: dict[int, None] = {session.cid: None}
+        audience: dict[int, None] = {session.cid: None} if session.cid >= 0 else {}
         for name in session.rooms:
-            audience.update(self.rooms[name].members)
+            audience.update(dict.fromkeys(self.rooms[name].targets))
         notice = Notice(kind="renamed", nick=old, ts=now_ms, new_nick=nick)
         return [deliver(tuple(audience), notice)]
 
@@ -1068,7 +1110,7 @@ class Hub:
             return [refused]
         room = self.rooms.get(name)
         if room is not None:
-            self.last_cost = 1.0 + len(room.members) / 1000
+            self.last_cost = 1.0 + room.size / 1000
         return [self._members(session.cid, name)]
 
     def _private(self, session: Session, name: str) -> Delivery | None:
@@ -1082,7 +1124,11 @@ class Hub:
         """The member list, cut (alphabetically) to what fits in one frame of `max_frame`:
         a client rejects any larger frame, and a room may have more members than that."""
         room = self.rooms.get(name)
-        nicks = [] if room is None else [self.sessions[c].nick for c in room.members]
+        if room is None:
+            nicks = []
+        else:
+            nicks = [self.sessions[c].nick for c in room.members]
+            nicks += [self.elsewhere[c].nick for c in room.remote]
         nicks.sort(key=str.casefold)
         budget = self.frame_budget
         for i, nick in enumerate(nicks):
@@ -1108,7 +1154,7 @@ class Hub:
         # Rooms with stored history count too: they can be joined and read.
         rooms = dict.fromkeys(self.store.rooms(), 0)
         for name, room in self.rooms.items():
-            rooms[name] = len(room.members)
+            rooms[name] = room.size
         for name, settings in self.rules.settings.items():
             if settings.private and name in rooms and self._private(session, name) is not None:
                 del rooms[name]
@@ -1179,19 +1225,28 @@ class Hub:
             ]
             out.append(deliver(tuple(audience), notice))
             for victim in out_of_room:
-                self._leave(victim, name)
+                self._put_out(victim, name, notice, now_ms)
             return out
         if action == "invite":
             invitee = self.nicks.get(account_key(target))
-            if invitee is not None and invitee.identity == account_key(target):
+            if (
+                invitee is not None
+                and invitee.identity == account_key(target)
+                and invitee.cid >= 0  # another node's session hears of it there, if at all
+            ):
                 audience[invitee.cid] = None
         return [deliver(tuple(audience), notice)]
+
+    def _put_out(self, victim: Session, name: str, notice: Notice, now_ms: int) -> None:
+        """A kick or ban (`notice`, already delivered) puts `victim` out of room `name`."""
+        del notice, now_ms
+        self._leave(victim, name)
 
     def _leave(self, session: Session, name: str) -> None:
         room = self.rooms[name]
         room.remove(session.cid)
         del session.rooms[name]
-        if not room.members:
+        if not room.size:
             self._vacate(name)
 
     # -- history replay ----------------------------------------------------------------------

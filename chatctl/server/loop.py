@@ -204,7 +204,12 @@ class Server:
             # must not stall long behind it.
             registry = open_registry(config.data, busy_timeout_ms=REGISTRY_WAIT_MS)
         self.registry = registry
-        self.hub = Hub(config, store, registry)
+        if is_redis(config.data):
+            from chatctl.server.clusterhub import ClusterHub
+
+            self.hub = ClusterHub(config, store, registry)
+        else:
+            self.hub = Hub(config, store, registry)
         self.hub.may_create_room = self._may_create_room
         self.hub.may_register = self._may_create_room  # the same allowance: what persists
         self._verifier = Verifier(self._wake_w, self._client_of)
@@ -248,9 +253,10 @@ class Server:
     def _join_cluster(self, url: RedisUrl) -> None:
         """Become a node of the cluster at `url`: read the whole shared log before anyone is
         admitted (raises ChatctlError when Redis cannot be used)."""
+        from chatctl.server.clusterhub import ClusterHub
         from chatctl.server.replication import Replication
 
-        assert self.hub is not None
+        assert isinstance(self.hub, ClusterHub)
         cluster = Replication(
             url,
             self.hub,
@@ -259,6 +265,7 @@ class Server:
             dispatch=self._dispatch,
             schedule=lambda when: self._timers.schedule(when, cluster),
             resume=self._resume,
+            gone=self._node_gone,
         )
         self.cluster = cluster
         try:
@@ -267,6 +274,12 @@ class Server:
             cluster.close()
             self._verifier.close()
             raise
+
+    def _node_gone(self) -> None:
+        """This node lost its place in the cluster (replication.py): every connection goes;
+        its client resumes, here (under the node's new id) or at another node."""
+        for peer in list(self.peers.values()):
+            self._end(peer, ErrorCode.SERVER_SHUTDOWN, "this server lost its cluster: reconnect")
 
     def _resume(self, peer: Peer) -> None:
         """A connection whose frames waited for the cluster's answers: its turn comes next."""
@@ -512,9 +525,14 @@ class Server:
         order = None if self.cluster is None else self.cluster.order
         waiting = None if order is None else order.waiting
         for _ in range(FRAMES_PER_TURN):
-            if waiting and peer.cid in waiting and conn.next_frame_type() != Say.TYPE:
-                # A node of a cluster answers in order: what follows a Say still on its way
-                # through the log waits for its answer (answers.py).
+            if (
+                waiting
+                and peer.cid in waiting
+                and (conn.next_frame_type() != Say.TYPE or not peer.welcomed)
+            ):
+                # A node of a cluster answers in order: what follows a request still on its
+                # way through the log waits for its answer (answers.py), but a welcomed
+                # connection's Says (their answers are held behind it).
                 if conn.buffered > HELD_INPUT_MAX:
                     self._end(peer, ErrorCode.FLOODING, "flooding while its messages were stored")
                 else:

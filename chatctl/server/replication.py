@@ -22,6 +22,15 @@ them without waiting for the next message.
 While either connection is down, or the reader has not caught up with the stream yet, the
 node refuses Says with `214 UNAVAILABLE` and keeps serving everything else; both links
 reconnect with backoff (cluster/link.py).
+
+Sessions, nicks, rooms' members and direct messages go through the log the same way
+(server/clusterhub.py proposes them through `submit`, and applies them): a request's answer
+is made when the node reads its entry back. A connection's end must reach the log whatever
+happens: it waits for Redis, and is sent again when it is lost. The node appends a beat (a
+MarkEntry) when it has appended nothing for a fifth of the lease; a node whose entries stop
+for a lease is gone (cluster/leases.py): every node drops its sessions at the same entry, and
+a node that finds itself gone (it was cut off from Redis) closes its connections and goes on
+under a new node id.
 """
 
 from __future__ import annotations
@@ -36,15 +45,21 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from chatctl.cluster.entries import (
     FIELD,
     STREAM,
+    EndEntry,
     Entry,
+    JoinEntry,
     MarkEntry,
+    PartEntry,
     SayEntry,
     encode_entries,
     read_entries,
 )
+from chatctl.cluster.leases import Leases, stream_ms
 from chatctl.cluster.link import LinkState, RedisLink, Unavailable
 from chatctl.cluster.resp import RedisError, Reply, command_ending_with
 from chatctl.cluster.url import RedisUrl
@@ -52,7 +67,8 @@ from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
 from chatctl.protocol import Error, ErrorCode, Say
 from chatctl.server.answers import InOrder, Slot
-from chatctl.server.hub import Delivery, Hub, Session, deliver
+from chatctl.server.clusterhub import ClusterHub, Request
+from chatctl.server.hub import Delivery, Session, deliver
 from chatctl.server.log import ServerLog
 
 if TYPE_CHECKING:
@@ -109,13 +125,14 @@ class Replication:
     def __init__(
         self,
         url: RedisUrl,
-        hub: Hub,
+        hub: ClusterHub,
         selector: selectors.BaseSelector,
         journal: ServerLog,
         *,
         dispatch: Callable[[list[Delivery]], None],
         schedule: Callable[[float], None],
         resume: Callable[[Peer], None],
+        gone: Callable[[], None] = lambda: None,
         node: str = "",
     ) -> None:
         self.url = url
@@ -124,9 +141,17 @@ class Replication:
         self.node = node or secrets.token_hex(6)
         self._dispatch = dispatch
         self._schedule = schedule
+        self._on_gone = gone  # this node was found gone: the loop closes every connection
         # Each connection's answers in the order of its requests (answers.py): the loop
-        # consults it for every frame of a connection with a Say on its way.
-        self.order: InOrder[Peer] = InOrder(dispatch, lambda cid: cid in hub.sessions, resume)
+        # consults it for every frame of a connection with a request on its way.
+        self.order: InOrder[Peer] = InOrder(
+            dispatch, lambda cid: cid in hub.sessions or cid in hub.arriving, resume
+        )
+        lease_ms = round(hub.config.node_lease * 1000)
+        self.leases = Leases(lease_ms)
+        self._beat = lease_ms / 5000  # seconds without an entry of its own before a beat
+        self._appended_at = 0.0  # when this node last sent an XADD (monotonic)
+        self._ends: list[Request] = []  # connections' ends waiting for Redis
         self.writer = RedisLink(
             "writer",
             url,
@@ -145,7 +170,7 @@ class Replication:
         self.last_id = b"0-0"  # the last stream id applied
         self.caught_up = False  # the reader has reached the end of the log once
         self.applied = 0  # entries applied since start, for the log and the tests
-        self.pending: dict[int, Proposal] = {}  # by proposal number, in order
+        self.pending: dict[int, Proposal | Request] = {}  # by proposal number, in order
         # This turn's entries, not sent yet, and their proposal numbers (0 for a mark).
         self._batch: list[Entry] = []
         self._batch_numbers: list[int] = []
@@ -157,6 +182,7 @@ class Replication:
         self._read_again_at: float | None = None
         self._outage = ""  # why the node refuses Says now ("" while it takes them)
         hub.propose = self.propose
+        hub.log = self
 
     # -- start, stop and the loop's calls ----------------------------------------------------
 
@@ -168,7 +194,10 @@ class Replication:
                 "--retain-age does not work with --data redis:// yet: nodes would forget "
                 "messages at different times (use --retain-messages)"
             )
-        settings = b"retain_messages=%d" % self.hub.config.retain_messages
+        settings = b"retain_messages=%d node_lease_ms=%d" % (
+            self.hub.config.retain_messages,
+            self.leases.lease_ms,
+        )
         self.writer.connect()
         self.reader.connect()
         deadline = time.monotonic() + timeout
@@ -216,7 +245,8 @@ class Replication:
         if stored != settings:
             raise ChatctlError(
                 f"the cluster at {self.url} runs with {stored!r}, this node with "
-                f"{settings.decode()}: every node needs the same --retain-messages"
+                f"{settings.decode()}: every node needs the same --retain-messages and "
+                "--node-lease"
             )
         if isinstance(info, RedisError):
             if "no such key" in str(info):
@@ -237,6 +267,10 @@ class Replication:
     def flush(self) -> None:
         """Once per loop turn, before the store's flush: this turn's entries go in one XADD,
         and each link sends what it has queued."""
+        if self._ends and self.accepting:
+            ends, self._ends = self._ends, []
+            for request in ends:
+                self._resubmit(request)
         if self._batch:
             self._send_batch()
         self.writer.flush()
@@ -253,6 +287,10 @@ class Replication:
         if self._read_again_at is not None and now >= self._read_again_at:
             self._read_again_at = None
             self._read_next()
+        if now >= self._appended_at + self._beat and self.writer.ready_for_commands:
+            self._batch.append(MarkEntry(self.node, next(self._numbers)))  # the lease's beat
+            self._batch_numbers.append(0)
+            self._appended_at = now  # (sent by the flush that ends this turn)
         self._wake_later()
 
     def close(self) -> None:
@@ -265,6 +303,44 @@ class Replication:
         )
 
     # -- proposing ---------------------------------------------------------------------------
+
+    def number(self) -> int:
+        """The next proposal number (ClusterHub's `Log`)."""
+        return next(self._numbers)
+
+    def submit(self, entry: Entry, request: Request) -> list[Delivery]:
+        """ClusterHub's `Log.submit`: `entry` goes to the log, its answer comes when it is
+        applied. A connection's end or a kick (cid -1) is never refused: it waits for Redis."""
+        request.entry = entry
+        if request.cid < 0:
+            if self.accepting:
+                self._queue(entry.p, request, entry)
+            else:
+                self._ends.append(request)
+            return []
+        if not self.accepting:
+            return request.refusal(self._outage or "starting")
+        if len(self.pending) >= MAX_PENDING:
+            return request.refusal("Redis is not keeping up")
+        self.order.later(request.cid, request)
+        self._queue(entry.p, request, entry)
+        return []
+
+    def _queue(self, number: int, item: Proposal | Request, entry: Entry) -> None:
+        self.pending[number] = item
+        self._batch.append(entry)
+        self._batch_numbers.append(number)
+        if len(self._batch) >= BATCH_ENTRIES:
+            self._send_batch()
+
+    def _resubmit(self, request: Request) -> None:
+        """A connection's end (or a kick) that did not reach the log goes again, under a new
+        number."""
+        entry = request.entry
+        assert type(entry) is EndEntry or type(entry) is PartEntry
+        request.entry = entry = msgspec.structs.replace(entry, node=self.node, p=self.number())
+        request.unknown = False
+        self._queue(entry.p, request, entry)
 
     def propose(self, session: Session, name: str, say: Say, now_ms: int) -> list[Delivery]:
         """The hub's `propose`: a Say it checked goes to the log; nothing is delivered yet."""
@@ -298,6 +374,7 @@ class Replication:
         return []
 
     def _send_batch(self) -> None:
+        self._appended_at = time.monotonic()
         numbers = self._batch_numbers
         self._adding.append(numbers)  # first: a refusal calls _added at once
         payload = encode_entries(self._batch)
@@ -321,9 +398,23 @@ class Replication:
                 del self.pending[number]
                 self._fail(proposal, str(reply))
 
-    def _fail(self, proposal: Proposal, why: str) -> None:
-        self.hub.not_stored(proposal.room)
+    def _fail(self, proposal: Proposal | Request, why: str) -> None:
         cid = proposal.cid
+        if type(proposal) is Request:
+            entry = proposal.entry
+            if cid < 0:  # a connection's end: it must reach the log
+                if self.accepting:
+                    self._resubmit(proposal)
+                else:
+                    self._ends.append(proposal)
+                return
+            if type(entry) is JoinEntry:
+                self.hub.not_stored(entry.room)
+            self.order.answered(cid, proposal, proposal.refusal(why))
+            self.hub.arriving.pop(cid, None)
+            return
+        assert type(proposal) is Proposal
+        self.hub.not_stored(proposal.room)
         self.order.answered(cid, proposal, [self._refusal(cid, proposal.msg_id, proposal.rid, why)])
 
     @staticmethod
@@ -364,12 +455,19 @@ class Replication:
             self._read_again_at = time.monotonic() + RETRY_READ
             self._wake_later()
             return
+        leases = self.leases
         for read in reads:
+            entries = read.entries
+            node = entries[0].node if entries else None  # one XADD: one node's
+            for gone in leases.advance(stream_ms(read.id), node):
+                self._gone(gone, leases.clock)
             if read.problem:  # every node skips it alike
                 self.journal.warning(
                     "cluster", f"log entry {read.id.decode(errors='replace')}: {read.problem}"
                 )
-            for entry in read.entries:
+            if node is not None and leases.is_gone(node):
+                continue  # appended after its node was found gone: every node skips it
+            for entry in entries:
                 try:
                     self._apply(entry)
                 except Exception as exc:  # a bug must cost one entry, never the node
@@ -388,24 +486,59 @@ class Replication:
         self._read_next()
 
     def _apply(self, entry: Entry) -> None:
-        proposal = None
+        proposal: Proposal | Request | None = None
         if entry.node == self.node:
             pending = self.pending
             proposal = pending.pop(entry.p, None)
             if pending and next(iter(pending)) < entry.p:
                 self._settle(entry.p)
-        if type(entry) is MarkEntry:
+        kind = type(entry)
+        if kind is MarkEntry:
+            return
+        if kind is not SayEntry:
+            request: Request | None = proposal  # type: ignore[assignment]
+            out = self.hub.apply(entry, request)
+            if request is None or request.cid < 0:
+                self._dispatch(out)
+            else:
+                self.order.answered(request.cid, request, out)
             return
         say: SayEntry = entry  # type: ignore[assignment]
         if proposal is None:
             self._dispatch(self.hub.apply_say(say, None))
             return
+        assert type(proposal) is Proposal
         cid = proposal.cid
         session = proposal.session
         # Its Ack goes to the connection that sent it (a connection that took its session
         # over since resends what it did not see acknowledged).
         out = self.hub.apply_say(say, session if session.cid == cid else None, proposal.rid)
         self.order.answered(cid, proposal, out)
+
+    def _gone(self, node: str, now_ms: int) -> None:
+        """`node`'s lease ended at this place in the log: its sessions are dropped here as on
+        every node. When it is this node (cut off from Redis for a lease), its connections
+        are closed (their clients resume, here or elsewhere) and it goes on as a new node."""
+        self._dispatch(self.hub.apply_gone(node, now_ms))
+        if node != self.node:
+            self.journal.info(
+                "cluster", f"node {node} is gone: its sessions are dropped", node=node
+            )
+            return
+        self.node = secrets.token_hex(6)
+        self.journal.warning(
+            "cluster",
+            f"this node ({node}) was found gone (no entry in the log for a lease): closing "
+            f"every connection, and going on as node {self.node}",
+            node=self.node,
+        )
+        pending, self.pending = self.pending, {}
+        self._batch, self._batch_numbers, self._batch_text = [], [], 0
+        self._ends.clear()
+        for proposal in pending.values():
+            if proposal.cid >= 0:
+                self._fail(proposal, "this server lost its place in the cluster")
+        self._on_gone()
 
     # -- links going down and up -------------------------------------------------------------
 
@@ -438,7 +571,11 @@ class Replication:
 
     def _wake_later(self) -> None:
         """Ask the loop for a `tick` at the earliest time a link or a retry needs one."""
-        times = [t for t in (self.writer.wake_at, self.reader.wake_at, self._read_again_at) if t]
+        # The beat's time, while the writer can send it (it is back: the next flush asks).
+        beat = self._appended_at + self._beat if self.writer.ready_for_commands else None
+        times = [
+            t for t in (self.writer.wake_at, self.reader.wake_at, self._read_again_at, beat) if t
+        ]
         if not times:
             return
         wake = min(times)
