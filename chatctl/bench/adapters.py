@@ -202,6 +202,11 @@ class ChatctlResume(Setup):
         self.head = -1  # the Join's HistoryEnd: the replay must reach it
         self.replayed: list[tuple[int, int]] = []  # (publisher, seq) of bench payloads
         self.live: list[tuple[int, int]] = []
+        # The first and last live message's seq. A session that moved to this node while
+        # still a member gets its room's live messages from the Welcome on, before the Join's
+        # replay: the replay and pages fill in below the first one, and a replayed message
+        # at or past it is a duplicate (as the client library does it, client/session.py).
+        self.first_live = 0
         self.last_live = 0
         self.asked = after  # where the Join's replay, or the last page, began
         self.caught_up = False
@@ -238,7 +243,8 @@ class ChatctlResume(Setup):
             elif isinstance(event, p.HistoryEnd) and event.room == room:
                 if self.head < 0:
                     self.head = event.head  # the Join's: the live messages follow it
-                if self.after >= self.head or self.after == self.asked:
+                target = min(self.head, self.first_live - 1) if self.first_live else self.head
+                if self.after >= target or self.after == self.asked:
                     self.caught_up = True  # (a page that brought nothing: the rest is lost)
                 else:
                     self.asked = self.after
@@ -248,11 +254,12 @@ class ChatctlResume(Setup):
 
     def _message(self, m: p.Message) -> None:
         if m.history:
-            if m.seq <= self.after or m.seq > self.head >= 0:
+            if m.seq <= self.after or m.seq > self.head >= 0 or 0 < self.first_live <= m.seq:
                 return  # a page overlapping what the replay brought, or the live messages
             self.after = m.seq
             into = self.replayed
         else:
+            self.first_live = self.first_live or m.seq
             self.last_live = m.seq
             into = self.live
         with contextlib.suppress(ValueError):
