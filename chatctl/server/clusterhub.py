@@ -345,11 +345,11 @@ class ClusterHub(Hub):
         )
         return self._submit(entry, Request(cid, request.rid))
 
-    def _own(self, name: str, account: str, session: Session) -> None:
+    def _own(self, name: str, account: str) -> None:
         """`account` creates room `name`: a claim goes to the log before the Join or Say
         that creates it, and every node gives it the room if it is still new then."""
         if self.log is None:
-            super()._own(name, account, session)
+            super()._own(name, account)
             return
         entry = ClaimEntry(self.node, self._number(), name, account)
         self._submit(entry, Request(-1))
@@ -727,9 +727,15 @@ class ClusterHub(Hub):
         connected to it), and puts a kicked or banned member out."""
         cid = self._asker(request, self._tenant(entry.key, entry.node))
         out = self._moderated(
-            cid, entry.nick, entry.account, entry.room, entry.action, entry.target,
-            entry.text, entry.ts,
-        )  # fmt: skip
+            cid,
+            entry.nick,
+            entry.account,
+            entry.room,
+            entry.action,
+            entry.target,
+            entry.text,
+            entry.ts,
+        )
         return self._answer(request, out) if cid >= 0 else out
 
     @staticmethod

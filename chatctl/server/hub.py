@@ -937,13 +937,12 @@ class Hub:
             if session.account and name != DEFAULT_ROOM:
                 # The room everyone lands in belongs to nobody: the first account to touch
                 # it must not be able to make it private or ban the others.
-                self._own(name, session.account, session)
+                self._own(name, session.account)
             return None
         return deliver((cid,), error)
 
-    def _own(self, name: str, account: str, session: Session) -> None:
-        """`account` (of `session`) creates room `name`: it owns it."""
-        del session
+    def _own(self, name: str, account: str) -> None:
+        """`account` creates room `name`: it owns it."""
         self.rules.created(name, account)
 
     def _vacate(self, name: str) -> None:
@@ -1194,9 +1193,15 @@ class Hub:
         if name is None:
             return [_bad_room(cid, request.room)]
         return self._moderated(
-            cid, session.nick, session.account, name, request.action, request.target,
-            request.text, now_ms,
-        )  # fmt: skip
+            cid,
+            session.nick,
+            session.account,
+            name,
+            request.action,
+            request.target,
+            request.text,
+            now_ms,
+        )
 
     def _kick_target(self, name: str, target: str) -> str:
         """The nick a kick of `target` from room `name` puts out; raises Refusal."""
