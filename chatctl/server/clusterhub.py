@@ -54,7 +54,7 @@ from chatctl.protocol import (
     encode,
 )
 from chatctl.server.answers import Slot
-from chatctl.server.config import ServerConfig
+from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 from chatctl.server.hub import (
     MODERATE_COST,
     TELLS_KEPT,
@@ -681,8 +681,11 @@ class ClusterHub(Hub):
                 if len(self._tells) > TELLS_KEPT:
                     del self._tells[next(iter(self._tells))]
                 if target.cid >= 0:  # only the recipient's node delivers it
+                    # Its sender's nick now: a guest's may have gone to an account's owner
+                    # since the Tell was proposed.
+                    sender = self.by_key.get(entry.key)
                     dm = DirectMessage(
-                        sender=entry.nick,
+                        sender=entry.nick if sender is None else sender.nick,
                         to=target.nick,
                         ts=entry.ts,
                         text=entry.text,
@@ -717,7 +720,7 @@ class ClusterHub(Hub):
     def _apply_claim(self, entry: ClaimEntry, request: Request | None) -> list[Delivery]:
         del request
         name = entry.room
-        if name not in self.rooms and not self.store.head(name):
+        if name not in self.rooms and not self.store.head(name) and name != DEFAULT_ROOM:
             self.rules.created(name, entry.account)  # nothing if it has settings already
         return []
 
