@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import hypothesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatctl.cluster.entries import Entry, SayEntry
+from chatctl.cluster.entries import AccountEntry, ClaimEntry, Entry, SayEntry, apply_account
 from chatctl.protocol import (
     Ack,
     ChangeNick,
@@ -22,15 +23,18 @@ from chatctl.protocol import (
     Hello,
     Join,
     Message,
+    Moderate,
+    Notice,
     Part,
+    Register,
     Say,
     Tell,
     Welcome,
     Who,
 )
 from chatctl.server.clusterhub import ClusterHub, Request
-from chatctl.server.config import ServerConfig
-from chatctl.server.hub import Delivery, Hub, Session
+from chatctl.server.config import Registration, ServerConfig
+from chatctl.server.hub import Check, Delivery, Hub, Session
 from chatctl.store.base import StoredMessage
 from chatctl.store.memory import MemoryStore
 from tests.test_hub import NOW, flatten
@@ -174,12 +178,33 @@ def test_every_node_applies_the_log_as_one_hub_would(steps: list[tuple[Any, ...]
 # standalone hub that handles each request at its place in the log (and each request a node
 # answered at once, at that time): every client receives exactly what it would receive from
 # the model (Welcome's nick, notices, Members, errors, direct messages and Acks, in order),
-# and every hub holds the model's nicks and room members. A client with a request on its way
-# sends nothing else meanwhile, as the event loop stalls it (answers.py).
+# and every hub holds the model's nicks, room members, accounts and room settings. A client with
+# a request on its way sends nothing else meanwhile, as the event loop stalls it (answers.py).
+# Clients register their nicks, log in to accounts and moderate rooms too; a password's "hash"
+# is made by a stand-in for scrypt (the hubs' `offload`), the same on every hub.
 
 CLIENTS = 3  # per node; client c of node n has cid c + 1 there, 100 * (n + 1) + c in the model
 NICKS = ["ann", "bob", "Ann", "cy"]
-MEMBER_ROOMS = ["lobby", "dev"]
+MEMBER_ROOMS = ["lobby", "dev", "hr"]
+MODERATIONS = st.tuples(
+    st.sampled_from(MEMBER_ROOMS[1:]),
+    st.sampled_from(
+        ["private", "public", "invite", "uninvite", "kick", "ban", "unban", "op", "topic"]
+    ),
+    st.sampled_from(NICKS),
+)
+PASSWORD = "a good password"
+
+
+def fake_scrypt(check: Check) -> bool | str:
+    """A password check or hash, at no cost: `offload` for the hubs of these tests."""
+    return check.stored == "h:" + check.password if check.stored else "h:" + check.password
+
+
+def config() -> ServerConfig:
+    return ServerConfig(registration=Registration.open)
+
+
 Pending = tuple[int, Entry, Request]
 
 
@@ -217,25 +242,47 @@ ACTIONS = st.lists(
         *(act(kind, st.sampled_from(NICKS)) for kind in ("hello", "nick", "tell")),
         *(act(kind, st.sampled_from(MEMBER_ROOMS)) for kind in ("join", "part", "who")),
         act("bye", st.booleans()),
+        act("register", st.just(PASSWORD)),
+        act("login", st.sampled_from(NICKS)),
+        act("moderate", MODERATIONS),
+        st.tuples(st.just("moderate"), st.just(0), st.just(0), MODERATIONS),  # the owner's
+        st.tuples(st.just("moderate"), st.just(0), st.just(0), MODERATIONS),
+        st.tuples(st.just("operator"), st.sampled_from(NICKS)),  # chatctl accounts add
         st.tuples(st.just("apply"), st.integers(1, 4)),
     ),
     min_size=10,
     max_size=60,
 )
+# Often, a first client registers "cy" and makes two rooms its own: the rest has accounts and
+# settings to work with.
+PRELUDE = [
+    ("hello", 0, 0, "cy"),
+    ("apply", 1),
+    ("register", 0, 0, PASSWORD),
+    ("apply", 1),
+    ("join", 0, 0, "dev"),
+    ("apply", 2),
+    ("join", 0, 0, "hr"),
+    ("apply", 2),
+]
 
 
 @settings(max_examples=300)
-@given(ACTIONS)
+@given(ACTIONS, st.booleans())
 def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
-    actions: list[tuple[Any, ...]],
+    actions: list[tuple[Any, ...]], prelude: bool
 ) -> None:
+    if prelude:
+        actions = PRELUDE + actions
     log: list[Pending] = []
     hubs = []
     for n in range(NODES):
-        hub = ClusterHub(ServerConfig(), MemoryStore())
+        hub = ClusterHub(config(), MemoryStore())
         hub.log = LogOf(f"node{n}", log, n)
+        hub.offload = fake_scrypt
         hubs.append(hub)
-    model = Hub(ServerConfig(), MemoryStore())
+    model = Hub(config(), MemoryStore())
+    model.offload = fake_scrypt
     got: dict[tuple[int, int], list[object]] = {}  # (node, client): what it received
     wanted: dict[tuple[int, int], list[object]] = {}  # what the model sends it
     ids = itertools.count()
@@ -247,14 +294,23 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
         for cid, event in flatten(deliveries):
             got.setdefault((n, cid - 1), []).append(view(event))
 
+    # Clients whose connection has ended, and how many of their ends the model has still to
+    # see: what the model sends them meanwhile goes nowhere (a node delivers nothing to a
+    # connection that is gone; the model ends its session at its place in the log).
+    ending: dict[tuple[int, int], int] = {}
+
     def model_does(n: int, c: int, event: Event | None, *, clean: bool = False) -> None:
         cid = 100 * (n + 1) + c
         if event is None:
             out = model.disconnect(cid, "bye" if clean else "lost", NOW, clean=clean)
+            ending[n, c] -= 1
+            if not ending[n, c]:
+                del ending[n, c]
         else:
             out = model.handle(cid, event, NOW)
         for to, e in flatten(out):
-            wanted.setdefault(to_client[to], []).append(view(e))
+            if to_client[to] not in ending:
+                wanted.setdefault(to_client[to], []).append(view(e))
 
     requests: dict[int, tuple[int, int, Event | None, bool]] = {}  # id(entry) -> request
 
@@ -263,6 +319,11 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
         for origin, entry, request in log[:count]:
             for n, hub in enumerate(hubs):
                 receive(n, hub.apply(entry, request if n == origin else None))
+            if type(entry) is ClaimEntry:
+                continue  # the model owns its room with the Join that follows it
+            if origin < 0:  # the operator's: its tool writes the model's registry
+                apply_account(model.registry, entry)  # type: ignore[arg-type]
+                continue
             n, c, event, clean = requests.pop(id(entry))
             model_does(n, c, event, clean=clean)
             if request.cid >= 0:
@@ -273,14 +334,28 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
         if action[0] == "apply":
             apply(action[1])
             continue
+        if action[0] == "operator":
+            added = AccountEntry("cli", 1, NOW, "add", action[1], "h:" + PASSWORD, "")
+            log.append((-1, added, Request(-1)))
+            continue
         kind, n, c, arg = action
         hub = hubs[n]
-        if (n, c) in waiting or (kind == "hello") == ((n, c) in connected):
+        if (n, c) in waiting or (kind in ("hello", "login")) == ((n, c) in connected):
             continue  # stalled, or not connected (or already)
         event: Event | None
         if kind == "hello":
             event = Hello(version=1, nick=arg)
             connected.add((n, c))
+        elif kind == "login":
+            if model.registry.account(arg) is None:
+                continue  # a failed login counts against the node's throttle, not the model's
+            event = Hello(version=1, nick="", account=arg, password=PASSWORD)
+            connected.add((n, c))
+        elif kind == "register":
+            event = Register(password=arg)
+        elif kind == "moderate":
+            room, what, target = arg
+            event = Moderate(room=room, action=what, target=target, text="why")
         elif kind == "join":
             event = Join(room=arg, history=0)
         elif kind == "part":
@@ -294,13 +369,15 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
         else:
             event = None
             connected.discard((n, c))
+            ending[n, c] = ending.get((n, c), 0) + 1
         before = len(log)
         if event is None:
             receive(n, hub.disconnect(c + 1, "bye" if arg else "lost", NOW, clean=arg))
         else:
             receive(n, hub.handle(c + 1, event, NOW))
         if len(log) > before:
-            [(_, entry, request)] = log[before:]
+            *claims, (_, entry, request) = log[before:]
+            assert all(type(claim) is ClaimEntry for _, claim, _ in claims)
             requests[id(entry)] = (n, c, event, bool(arg) if event is None else False)
             if request.cid >= 0:
                 waiting.add((n, c))
@@ -310,6 +387,13 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
     apply(len(log))
 
     assert got == wanted
+    hypothesis.event(f"accounts: {min(model.registry.account_count(), 2)}")
+    hypothesis.event(f"owned rooms: {sum(bool(s.owner) for s in model.rules.settings.values())}")
+    notices = {e.kind for seen in got.values() for e in seen if type(e) is Notice}
+    hypothesis.event(
+        f"moderated: {bool(notices & {'private', 'invited', 'kicked', 'banned', 'op'})}"
+    )
+    hypothesis.event(f"renamed: {'renamed' in notices}")
     for hub in hubs:
         assert set(hub.nicks) == set(model.nicks)
         assert set(hub.by_key) == {s.sender_key for s in hub.nicks.values()}
@@ -323,3 +407,8 @@ def test_every_node_applies_sessions_rooms_and_nicks_as_one_hub_would(
             )
             assert room.size == len(model.rooms[name].members)
         assert hub.room_count == model.room_count
+        assert hub.registry.accounts() == model.registry.accounts()
+        assert hub.rules.settings == model.rules.settings
+        assert {s.account for s in hub.by_key.values()} == {
+            s.account for s in model.sessions.values()
+        }

@@ -10,13 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatctl.cluster.entries import (
+    ACCOUNT_ACTIONS,
     FIELD,
     STREAM,
+    AccountEntry,
+    ClaimEntry,
     EndEntry,
     Entry,
     HelloEntry,
     JoinEntry,
     MarkEntry,
+    ModerateEntry,
     NickEntry,
     PartEntry,
     SayEntry,
@@ -26,6 +30,7 @@ from chatctl.cluster.entries import (
     read_entries,
 )
 from chatctl.cluster.resp import RedisError, Reply
+from chatctl.protocol import MODERATE_ACTIONS
 from tests.test_cluster_resp import REPLIES
 
 SAYS = st.builds(
@@ -76,6 +81,30 @@ ENTRIES = st.lists(
             text=st.text(min_size=1),
             action=st.booleans(),
         ),
+        st.sampled_from(ACCOUNT_ACTIONS).flatmap(
+            lambda action: st.builds(
+                AccountEntry,
+                **NODE,
+                action=st.just(action),
+                name=NICKS,
+                password_hash=st.just("") if action == "remove" else st.text(min_size=1),
+                key=st.text(min_size=1) if action == "register" else st.just(""),
+            )
+        ),
+        st.builds(
+            ClaimEntry, node=st.text(), p=st.integers(0, 2**63 - 1), room=ROOMS, account=NICKS
+        ),
+        st.builds(
+            ModerateEntry,
+            **NODE,
+            key=st.text(),
+            nick=NICKS,
+            account=st.one_of(st.just(""), NICKS),
+            room=ROOMS,
+            action=st.sampled_from(MODERATE_ACTIONS),
+            target=st.text(max_size=40),
+            text=st.text(max_size=300),
+        ),
     )
 )
 
@@ -110,6 +139,32 @@ def test_what_nodes_append_reads_back_the_same(batches: list[list[Entry]]) -> No
         (encode_entries([HelloEntry("n", 1, 0, "", "", "abc", "")]), "without a session key"),
         (encode_entries([NickEntry("n", 1, 0, "k", "a b")]), "nick that is not valid"),
         (encode_entries([TellEntry("n", 1, 0, "k", "a", "b", "", "hi", False)]), "msg_id"),
+        (encode_entries([AccountEntry("n", 1, 0, "grant", "ann", "h", "")]), "not one"),
+        (encode_entries([AccountEntry("n", 1, 0, "add", "a b", "h", "")]), "name that is not"),
+        (encode_entries([AccountEntry("n", 1, 0, "add", "ann", "", "")]), "hash"),
+        (encode_entries([AccountEntry("n", 1, 0, "remove", "ann", "h", "")]), "hash"),
+        (encode_entries([AccountEntry("n", 1, 0, "register", "ann", "h", "")]), "session"),
+        (encode_entries([AccountEntry("n", 1, 0, "add", "ann", "h", "k")]), "session"),
+        (encode_entries([ClaimEntry("n", 1, "Dev", "ann")]), "not normalised"),
+        (encode_entries([ClaimEntry("n", 1, "dev", "")]), "no valid account"),
+        (
+            encode_entries([ModerateEntry("n", 1, 0, "k", "ann", "ann", "dev", "x", "", "")]),
+            "not one",
+        ),
+        (
+            encode_entries([ModerateEntry("n", 1, 0, "k", "", "ann", "dev", "kick", "", "")]),
+            "no valid nick",
+        ),
+        (
+            encode_entries([ModerateEntry("n", 1, 0, "k", "a", "", "#dev", "kick", "b", "")]),
+            "not normalised",
+        ),
+        (
+            encode_entries(
+                [ModerateEntry("n", 1, 0, "k", "a", "", "dev", "topic", "", "x" * 2000)]
+            ),
+            "too long",
+        ),
     ],
 )
 def test_a_bad_payload_is_reported_and_skipped_whole(payload: bytes, problem: str) -> None:

@@ -15,9 +15,15 @@ order and applies each entry, so all of them apply the same changes in the same 
   every node; a session's `since` is the `p` of the HelloEntry that put it on its node.
 - `JoinEntry`, `PartEntry`, `NickEntry`: a session's rooms and nick.
 - `TellEntry`: a direct message; only the recipient's node delivers it.
+- `AccountEntry`: an account made (by a session's Register, or the operator's `chatctl
+  accounts add`), given a new password, or removed; `apply_account` is the one rule every
+  node, and `chatctl accounts` against a cluster, applies to it. It carries the password's
+  hash: the proposer derives it once, never every node.
+- `ClaimEntry`, `ModerateEntry`: a room's settings: its owner (the account that creates it),
+  and one change by its owner or an operator (server/moderation.py).
 
-Every entry names its `node` and that node's proposal number `p`; more kinds (accounts, room
-settings) would be added the same way: a tagged array, checked here, applied by every hub.
+Every entry names its `node` and that node's proposal number `p`; a new kind is added the
+same way: a tagged array, checked here, applied by every hub.
 
 Entries come from other processes: `read_entries` never raises on a bad one, it reports it,
 and every node skips the same bad entry. Sans-IO.
@@ -30,10 +36,15 @@ from typing import Any, NamedTuple
 import msgspec
 
 from chatctl.cluster.resp import Reply
-from chatctl.names import MSG_ID_MAX, nick_problem, normalise_room
+from chatctl.names import MSG_ID_MAX, nick_problem, normalise_room, quote
+from chatctl.protocol import MODERATE_ACTIONS
+from chatctl.store.registry import REGISTERED_MAX, TOPIC_MAX, Registry
 
 STREAM = b"chatctl:log"
 FIELD = b"e"
+# What every node must agree on (server/replication.py writes and checks it): "retain_messages=N
+# node_lease_ms=N".
+SETTINGS = b"chatctl:settings"
 
 
 class SayEntry(msgspec.Struct, array_like=True, frozen=True, tag="say"):
@@ -110,7 +121,57 @@ class TellEntry(msgspec.Struct, array_like=True, frozen=True, tag="tell"):
     action: bool
 
 
-Entry = SayEntry | MarkEntry | HelloEntry | EndEntry | JoinEntry | PartEntry | NickEntry | TellEntry
+class AccountEntry(msgspec.Struct, array_like=True, frozen=True, tag="account"):
+    node: str
+    p: int
+    ts: int
+    action: str  # one of ACCOUNT_ACTIONS
+    name: str  # the account's (a valid nick)
+    password_hash: str  # passwords.hash_password's, made by the proposer; "" for "remove"
+    key: str  # "register": the registering session's sender key; else ""
+
+
+# "register": a session makes its nick an account (docs/protocol.md §6.6); the others are the
+# operator's `chatctl accounts add|passwd|remove`.
+ACCOUNT_ACTIONS = ("register", "add", "passwd", "remove")
+
+
+class ClaimEntry(msgspec.Struct, array_like=True, frozen=True, tag="claim"):
+    """`account` creates `room` (a Join or Say of it follows): it owns it if the room is
+    still new when this is applied."""
+
+    node: str
+    p: int
+    room: str  # normalised
+    account: str
+
+
+class ModerateEntry(msgspec.Struct, array_like=True, frozen=True, tag="moderate"):
+    node: str
+    p: int
+    ts: int
+    key: str  # the moderator's session
+    nick: str  # the moderator's, for the notice
+    account: str  # the moderator's: the settings say what it may do
+    room: str  # normalised
+    action: str  # one of protocol.MODERATE_ACTIONS
+    target: str
+    text: str
+
+
+Entry = (
+    SayEntry
+    | MarkEntry
+    | HelloEntry
+    | EndEntry
+    | JoinEntry
+    | PartEntry
+    | NickEntry
+    | TellEntry
+    | AccountEntry
+    | ClaimEntry
+    | ModerateEntry
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[list[Entry]] = msgspec.msgpack.Decoder(list[Entry])
@@ -143,7 +204,13 @@ def decode_entries(payload: bytes) -> list[Entry] | str:
         return f"not a list of entries: {exc}"
     for entry in entries:
         kind = type(entry)
-        if kind is SayEntry or kind is JoinEntry or kind is PartEntry:
+        if (
+            kind is SayEntry
+            or kind is JoinEntry
+            or kind is PartEntry
+            or kind is ModerateEntry
+            or kind is ClaimEntry
+        ):
             room = entry.room  # type: ignore[union-attr]
             if room not in _good_rooms:
                 if normalise_room(room) != room:
@@ -160,7 +227,55 @@ def decode_entries(payload: bytes) -> list[Entry] | str:
                 return f"a nick that is not valid: {problem}"
             if kind is HelloEntry and not entry.fresh:  # type: ignore[union-attr]
                 return "a hello without a session key"
+        elif kind is AccountEntry or kind is ClaimEntry or kind is ModerateEntry:
+            problem = _problem(entry)
+            if problem:
+                return problem
     return entries
+
+
+def _problem(entry: Entry) -> str:
+    """What is wrong with an account, claim or moderation entry ("" if nothing)."""
+    if type(entry) is AccountEntry:
+        if entry.action not in ACCOUNT_ACTIONS:
+            return f"an account action that is not one: {entry.action!r:.40}"
+        if nick_problem(entry.name) is not None:
+            return f"an account name that is not valid: {entry.name!r:.80}"
+        if (entry.action == "remove") != (not entry.password_hash):
+            return "an account entry with a password hash where none belongs, or without one"
+        if (entry.action == "register") != bool(entry.key):
+            return "a registration without its session, or another action with one"
+    elif type(entry) is ClaimEntry:
+        if nick_problem(entry.account) is not None:
+            return "a room claimed by no valid account"
+    elif type(entry) is ModerateEntry:
+        if entry.action not in MODERATE_ACTIONS:
+            return f"a moderation action that is not one: {entry.action!r:.40}"
+        if nick_problem(entry.nick) is not None:
+            return "a moderation by no valid nick"
+        if len(entry.target) > 4 * TOPIC_MAX or len(entry.text) > 4 * TOPIC_MAX:
+            return "a moderation's target or text too long"  # the rules refuse far less
+    return ""
+
+
+def apply_account(registry: Registry, entry: AccountEntry) -> str:
+    """Apply `entry` to `registry` as every node applies it, in log order: why nothing changed,
+    or "" when it did. Only the registry decides (not the session that registered), so that
+    `chatctl accounts`, which holds no sessions, rebuilds the nodes' accounts exactly."""
+    name, action = entry.name, entry.action
+    if action in {"register", "add"}:
+        existing = registry.account(name)
+        if existing is not None:
+            return f"account {quote(existing.name)} exists already"
+        if action == "register" and registry.account_count() >= REGISTERED_MAX:
+            return "this server takes no more registrations: ask its operator"
+        registry.add_account(name, entry.password_hash, entry.ts)
+        return ""
+    if action == "passwd":
+        done = registry.set_password(name, entry.password_hash)
+    else:
+        done = registry.remove_account(name)
+    return "" if done else f"no account {quote(name)}"
 
 
 def read_entries(reply: Reply) -> list[Read]:

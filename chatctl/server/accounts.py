@@ -2,7 +2,8 @@
 
 The accounts live in the data directory's accounts.sqlite3 (store/registry_sqlite.py), which a
 running server shares: these functions may run while it serves. `--data :memory:` is refused,
-since such a server's accounts exist only inside its process.
+since such a server's accounts exist only inside its process. With `--data redis://...`, they
+are a cluster's: a change is an entry of its log, which every node applies (cluster/accounts.py).
 
 A name follows the nick rules (names.py), because an account reserves the nick of the same
 name. A password is never a command-line argument (other users see those in `ps`): it comes
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TextIO
 
+from chatctl.cluster.accounts import ClusterAccounts
+from chatctl.cluster.url import is_redis, parse_redis_url
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.names import nick_problem, quote
 from chatctl.passwords import hash_password, password_problem
@@ -61,6 +64,9 @@ def read_password(name: str, *, stdin: TextIO | None = None) -> str:
 
 def add(data: str | None, name: str, password: PasswordSource) -> None:
     """Create account `name`; an error when one of that name (any case) exists."""
+    if is_redis(data):
+        _cluster_change(data, "add", name, password)
+        return
     with _registry(data, name) as registry:
         existing = registry.account(name)
         if existing is not None:
@@ -71,6 +77,9 @@ def add(data: str | None, name: str, password: PasswordSource) -> None:
 
 def passwd(data: str | None, name: str, password: PasswordSource) -> None:
     """Give account `name` a new password; an error when there is no such account."""
+    if is_redis(data):
+        _cluster_change(data, "passwd", name, password)
+        return
     with _registry(data, name) as registry:
         if registry.account(name) is None or not registry.set_password(name, _hash(password)):
             raise ChatctlError(f"no account {quote(name)}")
@@ -78,6 +87,9 @@ def passwd(data: str | None, name: str, password: PasswordSource) -> None:
 
 def remove(data: str | None, name: str) -> None:
     """Delete account `name`; an error when there is no such account."""
+    if is_redis(data):
+        _cluster_change(data, "remove", name, None)
+        return
     with _registry(data, name) as registry:
         if not registry.remove_account(name):
             raise ChatctlError(f"no account {quote(name)}")
@@ -86,8 +98,13 @@ def remove(data: str | None, name: str) -> None:
 def list_accounts(data: str | None, *, json_out: bool = False, out: TextIO | None = None) -> None:
     """Print every account, by name: its name and creation time (ISO 8601, UTC), one a line;
     with `json_out`, one JSON array of {"name", "created", "created_ms"}."""
-    with _registry(data, None) as registry:
-        accounts = registry.accounts()
+    if is_redis(data):
+        with _cluster(data or "", None) as cluster:
+            cluster.read()
+            accounts = cluster.log.registry.accounts()
+    else:
+        with _registry(data, None) as registry:
+            accounts = registry.accounts()
     stream = sys.stdout if out is None else out
     if json_out:
         rows = [{"name": a.name, "created": _iso(a), "created_ms": a.created_ms} for a in accounts]
@@ -111,14 +128,46 @@ def _registry(data: str | None, name: str | None) -> Iterator[Registry]:
             "exist only inside its process); give the server's data directory",
             ExitCode.USAGE,
         )
-    problem = None if name is None else nick_problem(name)
-    if name is not None and problem is not None:
-        raise ChatctlError(f"invalid account name {quote(name)}: {problem}", ExitCode.USAGE)
+    _check_name(name)
     registry = open_registry(data)
     try:
         yield registry
     finally:
         registry.close()
+
+
+@contextmanager
+def _cluster(data: str, name: str | None) -> Iterator[ClusterAccounts]:
+    """The accounts of the cluster `data` names, its connection closed after."""
+    _check_name(name)
+    cluster = ClusterAccounts(parse_redis_url(data))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _cluster_change(
+    data: str | None, action: str, name: str, password: PasswordSource | None
+) -> None:
+    """A change appended to the cluster's log. What it will find is checked first (before a
+    password is asked for), and its outcome is read back: the log's order decides."""
+    with _cluster(data or "", name) as cluster:
+        cluster.read()
+        existing = cluster.log.registry.account(name)
+        if action == "add" and existing is not None:
+            raise ChatctlError(f"account {quote(existing.name)} exists already")
+        if action != "add" and existing is None:
+            raise ChatctlError(f"no account {quote(name)}")
+        refused = cluster.change(action, name, "" if password is None else _hash(password))
+        if refused:
+            raise ChatctlError(refused)
+
+
+def _check_name(name: str | None) -> None:
+    problem = None if name is None else nick_problem(name)
+    if name is not None and problem is not None:
+        raise ChatctlError(f"invalid account name {quote(name)}: {problem}", ExitCode.USAGE)
 
 
 def _hash(password: PasswordSource) -> str:

@@ -24,13 +24,17 @@ from collections.abc import Callable
 from typing import Protocol
 
 from chatctl.cluster.entries import (
+    AccountEntry,
+    ClaimEntry,
     EndEntry,
     Entry,
     HelloEntry,
     JoinEntry,
+    ModerateEntry,
     NickEntry,
     PartEntry,
     TellEntry,
+    apply_account,
 )
 from chatctl.names import clip_reason, nick_problem, normalise_room, quote
 from chatctl.protocol import (
@@ -42,27 +46,33 @@ from chatctl.protocol import (
     ErrorCode,
     Hello,
     Join,
+    Moderate,
     Notice,
     Part,
+    Register,
     Tell,
     encode,
 )
 from chatctl.server.answers import Slot
-from chatctl.server.config import ServerConfig
+from chatctl.server.config import DEFAULT_ROOM, ServerConfig
 from chatctl.server.hub import (
+    MODERATE_COST,
     TELLS_KEPT,
     Delivery,
     Hub,
     Origin,
+    Pending,
     Room,
     Session,
     _answering,
     _bad_room,
+    _bye,
     _refuse,
     _reused,
     control,
     deliver,
 )
+from chatctl.server.moderation import Refusal
 from chatctl.store.base import Store, sender_key_of
 from chatctl.store.registry import Registry, account_key
 
@@ -162,6 +172,9 @@ class ClusterHub(Hub):
             PartEntry: self._apply_part,  # type: ignore[dict-item]
             NickEntry: self._apply_nick,  # type: ignore[dict-item]
             TellEntry: self._apply_tell,  # type: ignore[dict-item]
+            AccountEntry: self._apply_account,  # type: ignore[dict-item]
+            ClaimEntry: self._apply_claim,  # type: ignore[dict-item]
+            ModerateEntry: self._apply_moderate,  # type: ignore[dict-item]
         }
 
     @property
@@ -301,16 +314,62 @@ class ClusterHub(Hub):
         )
         return self._submit(entry, Request(cid, part.rid))
 
-    def _put_out(self, victim: Session, name: str, notice: Notice, now_ms: int) -> None:
-        """A kick or ban: the victim (one of this node's) leaves through the log, so that
-        every node's members change alike; the other nodes' members hear it as `left`, with
-        the kick's reason (room settings are each node's own: docs/cluster.md)."""
+    def _moderate(self, session: Session, request: Moderate, now_ms: int) -> list[Delivery]:
+        """Checked against the settings now (what they refuse is answered at once), then
+        proposed: every node does it when the log brings it back (`_apply_moderate`)."""
         if self.log is None:
-            super()._put_out(victim, name, notice, now_ms)
+            return super()._moderate(session, request, now_ms)
+        cid = session.cid
+        self.last_cost = MODERATE_COST
+        name = normalise_room(request.room)
+        if name is None:
+            return [_bad_room(cid, request.room)]
+        action, target = request.action, request.target
+        try:
+            if action == "kick":
+                target = self._kick_target(name, target)
+            self.rules.check(name, session.account, action, target, request.text)
+        except Refusal as refusal:
+            return [_refuse(cid, refusal.code, str(refusal))]
+        entry = ModerateEntry(
+            self.node,
+            self._number(),
+            now_ms,
+            session.sender_key,
+            session.nick,
+            session.account,
+            name,
+            action,
+            request.target,
+            request.text,
+        )
+        return self._submit(entry, Request(cid, request.rid))
+
+    def _own(self, name: str, account: str) -> None:
+        """`account` creates room `name`: a claim goes to the log before the Join or Say
+        that creates it, and every node gives it the room if it is still new then."""
+        if self.log is None:
+            super()._own(name, account)
             return
-        reason = clip_reason(f"{notice.kind} by {notice.nick}: {notice.reason}".rstrip(": "))
-        entry = PartEntry(self.node, self._number(), now_ms, victim.sender_key, name, reason)
-        self._submit(entry, Request(-1))  # like a connection's end: it must reach the log
+        entry = ClaimEntry(self.node, self._number(), name, account)
+        self._submit(entry, Request(-1))
+
+    def _registered(self, cid: int, pending: Pending, hashed: str, now_ms: int) -> list[Delivery]:
+        """The password is hashed (here, once): the account goes to the log with its hash."""
+        session = self.sessions.get(cid)
+        if self.log is None or session is None or not hashed:
+            return super()._registered(cid, pending, hashed, now_ms)
+        entry = AccountEntry(
+            self.node,
+            self._number(),
+            now_ms,
+            "register",
+            pending.account,
+            hashed,
+            session.sender_key,
+        )
+        rid = pending.event.rid if type(pending.event) is Register else ""
+        return self._submit(entry, Request(cid, rid))
 
     def _change_nick(self, session: Session, change: ChangeNick, now_ms: int) -> list[Delivery]:
         if self.log is None:
@@ -404,6 +463,11 @@ class ClusterHub(Hub):
         if request is not None and self.arriving.get(request.cid) is request:
             del self.arriving[request.cid]
             cid = request.cid
+        if entry.account and self.registry.account(entry.account) is None:
+            # Removed (`chatctl accounts remove`) after its password was checked.
+            if cid < 0:
+                return []
+            return [_bye(cid, ErrorCode.LOGIN_FAILED, "wrong account name or password")]
         key, token = entry.key, request.token if request is not None else ""
         old = self.by_key.get(key) if key else None
         if old is not None and account_key(old.account) != account_key(entry.account):
@@ -512,12 +576,19 @@ class ClusterHub(Hub):
         cid = self._asker(request, session)
         out: list[Delivery] = []
         if session is not None and name not in session.rooms:
-            if len(session.rooms) >= self.config.max_rooms:
+            problem = self.rules.entry_problem(name, session.identity, session.account)
+            if problem is not None or len(session.rooms) >= self.config.max_rooms:
+                # Full, or banned or made private since it was proposed.
                 if request is not None:
                     self.not_stored(name)
                 if cid < 0:
                     return []
-                return self._answer(request, [self._too_many_rooms(cid)])
+                refused = (
+                    _refuse(cid, ErrorCode.NOT_PERMITTED, problem)
+                    if problem is not None and len(session.rooms) < self.config.max_rooms
+                    else self._too_many_rooms(cid)
+                )
+                return self._answer(request, [refused])
             room = self.rooms.get(name)
             if room is None:
                 if not self.store.head(name):
@@ -558,12 +629,15 @@ class ClusterHub(Hub):
             return []
         nick = entry.nick
         holder = self.nicks.get(nick.casefold())
+        refused: Delivery | None = None
         if holder is not None and holder is not session:
-            if cid < 0:
-                return []
-            return self._answer(
-                request, [_refuse(cid, ErrorCode.NICK_IN_USE, f"{nick!r} is taken")]
-            )
+            refused = _refuse(cid, ErrorCode.NICK_IN_USE, f"{nick!r} is taken")
+        elif nick.casefold() != session.key and self._reserved_for_other(nick, session.account):
+            # Registered since it was proposed.
+            message = f"{quote(nick)} belongs to an account: log in to it to use it"
+            refused = _refuse(cid, ErrorCode.NICK_RESERVED, message)
+        if refused is not None:
+            return self._answer(request, [refused]) if cid >= 0 else []
         notice = Notice(kind="renamed", nick=session.nick, ts=entry.ts, new_nick=nick)
         if nick != session.nick:
             del self.nicks[session.key]
@@ -607,8 +681,11 @@ class ClusterHub(Hub):
                 if len(self._tells) > TELLS_KEPT:
                     del self._tells[next(iter(self._tells))]
                 if target.cid >= 0:  # only the recipient's node delivers it
+                    # Its sender's nick now: a guest's may have gone to an account's owner
+                    # since the Tell was proposed.
+                    sender = self.by_key.get(entry.key)
                     dm = DirectMessage(
-                        sender=entry.nick,
+                        sender=entry.nick if sender is None else sender.nick,
                         to=target.nick,
                         ts=entry.ts,
                         text=entry.text,
@@ -619,6 +696,50 @@ class ClusterHub(Hub):
         if cid < 0:
             return [d for d in out if d.to != (-1,)]
         return self._answer(request, out)
+
+    def _apply_account(self, entry: AccountEntry, request: Request | None) -> list[Delivery]:
+        """An account made, given a password or removed: the registry decides alone, the
+        same on every node (apply_account); a registration also logs its session in."""
+        refused = apply_account(self.registry, entry)
+        if entry.action != "register":
+            return []
+        session = self._tenant(entry.key, entry.node)
+        cid = self._asker(request, session)
+        if not refused and session is not None and session.nick == entry.name:
+            # The session keeps its token for now, but resuming it takes the account's login
+            # from here on (see _apply_hello), which a reconnect then gets a new token with.
+            session.account = entry.name
+            notice = Notice(kind="registered", nick=entry.name, ts=entry.ts)
+            return self._answer(request, [deliver((cid,), notice)]) if cid >= 0 else []
+        if cid < 0:
+            return []
+        taken = self.registry.account(entry.name) is not None
+        message = f"{quote(entry.name)} is already an account" if taken else refused
+        return self._answer(request, [_refuse(cid, ErrorCode.REGISTRATION_REFUSED, message)])
+
+    def _apply_claim(self, entry: ClaimEntry, request: Request | None) -> list[Delivery]:
+        del request
+        name = entry.room
+        if name not in self.rooms and not self.store.head(name) and name != DEFAULT_ROOM:
+            self.rules.created(name, entry.account)  # nothing if it has settings already
+        return []
+
+    def _apply_moderate(self, entry: ModerateEntry, request: Request | None) -> list[Delivery]:
+        """Checked again against the settings as they are now, and done: every node changes
+        them alike, announces the change to its own members of the room (and to an invitee
+        connected to it), and puts a kicked or banned member out."""
+        cid = self._asker(request, self._tenant(entry.key, entry.node))
+        out = self._moderated(
+            cid,
+            entry.nick,
+            entry.account,
+            entry.room,
+            entry.action,
+            entry.target,
+            entry.text,
+            entry.ts,
+        )
+        return self._answer(request, out) if cid >= 0 else out
 
     @staticmethod
     def _answer(request: Request | None, out: list[Delivery]) -> list[Delivery]:

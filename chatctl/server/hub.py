@@ -82,16 +82,13 @@ from chatctl.server.admission import LoginThrottle
 from chatctl.server.config import DEFAULT_ROOM, AuthMode, Registration, ServerConfig
 from chatctl.server.moderation import NOTICE_OF, Refusal, RoomRules
 from chatctl.store.base import Store, StoredMessage, sender_key_of
-from chatctl.store.registry import MemoryRegistry, Registry, account_key
+from chatctl.store.registry import REGISTERED_MAX, MemoryRegistry, Registry, account_key
 
 INSECURE = "passwords are accepted only over TLS or from this machine (loopback)"
 NONCE_LENGTH = 22  # secrets.token_urlsafe(16)
 TOKEN_LENGTH = NONCE_LENGTH + 16  # and 12 bytes of MAC in base64
 REGISTER_COST = 10.0  # rate-meter tokens: it hashes a password and writes the registry
 MODERATE_COST = 5.0  # a durable write of the room's settings
-# Accounts past which in-chat registration stops (the operator's `chatctl accounts add` does
-# not): what anonymous clients can make the server store is bounded.
-REGISTERED_MAX = 100_000
 TELLS_KEPT = 100_000  # direct messages remembered for resends: ~15 MB at most
 
 
@@ -940,9 +937,13 @@ class Hub:
             if session.account and name != DEFAULT_ROOM:
                 # The room everyone lands in belongs to nobody: the first account to touch
                 # it must not be able to make it private or ban the others.
-                self.rules.created(name, session.account)
+                self._own(name, session.account)
             return None
         return deliver((cid,), error)
+
+    def _own(self, name: str, account: str) -> None:
+        """`account` creates room `name`: it owns it."""
+        self.rules.created(name, account)
 
     def _vacate(self, name: str) -> None:
         """The last member left room `name`: forget it, and stop counting it unless it
@@ -1191,56 +1192,79 @@ class Hub:
         name = normalise_room(request.room)
         if name is None:
             return [_bad_room(cid, request.room)]
-        action, target = request.action, request.target
+        return self._moderated(
+            cid,
+            session.nick,
+            session.account,
+            name,
+            request.action,
+            request.target,
+            request.text,
+            now_ms,
+        )
+
+    def _kick_target(self, name: str, target: str) -> str:
+        """The nick a kick of `target` from room `name` puts out; raises Refusal."""
+        victim = self.nicks.get(target.casefold())
+        if victim is None or name not in victim.rooms:
+            raise Refusal(f"{quote(target)} is not in #{name}", ErrorCode.NO_SUCH_NICK)
+        if self.rules.owns(name, victim.account):
+            raise Refusal(f"the owner of #{name} cannot be kicked or banned")
+        return victim.nick
+
+    def _moderated(
+        self,
+        cid: int,
+        nick: str,
+        account: str,
+        name: str,
+        action: str,
+        target: str,
+        text: str,
+        now_ms: int,
+    ) -> list[Delivery]:
+        """A Moderate by `nick` (logged in as `account`) of connection `cid` (-1: of another
+        node of a cluster, whose log brings it here), checked against the settings and done;
+        the notices for this server's connections."""
         try:
             if action == "kick":
-                victim = self.nicks.get(target.casefold())
-                if victim is None or name not in victim.rooms:
-                    raise Refusal(f"{quote(target)} is not in #{name}", ErrorCode.NO_SUCH_NICK)
-                if self.rules.owns(name, victim.account):
-                    raise Refusal(f"the owner of #{name} cannot be kicked or banned")
-                target = victim.nick
-            self.rules.moderate(name, session.account, action, target, request.text)
+                target = self._kick_target(name, target)
+            self.rules.moderate(name, account, action, target, text)
         except Refusal as refusal:
-            return [_refuse(cid, refusal.code, str(refusal))]
+            return [_refuse(cid, refusal.code, str(refusal))] if cid >= 0 else []
         notice = Notice(
             kind=NOTICE_OF[action],
-            nick=session.nick,
+            nick=nick,
             ts=now_ms,
             room=name,
             target=target,
-            reason=clip_reason(request.text) if action != "topic" else request.text,
+            reason=clip_reason(text) if action != "topic" else text,
         )
         room = self.rooms.get(name)
         audience: dict[int, None] = dict.fromkeys(room.targets if room else ())
-        audience[cid] = None
-        out: list[Delivery] = []
-        if action in ("kick", "ban"):
-            key = account_key(target)
-            out_of_room = [
-                self.sessions[c]
-                for c in (room.targets if room else ())
-                if (self.sessions[c].key == key or self.sessions[c].identity == key)
-                and not self.rules.owns(name, self.sessions[c].account)
-            ]
-            out.append(deliver(tuple(audience), notice))
-            for victim in out_of_room:
-                self._put_out(victim, name, notice, now_ms)
-            return out
+        if cid >= 0:
+            audience[cid] = None
         if action == "invite":
             invitee = self.nicks.get(account_key(target))
             if (
                 invitee is not None
                 and invitee.identity == account_key(target)
-                and invitee.cid >= 0  # another node's session hears of it there, if at all
+                and invitee.cid >= 0  # another node's session hears of it there
             ):
                 audience[invitee.cid] = None
-        return [deliver(tuple(audience), notice)]
-
-    def _put_out(self, victim: Session, name: str, notice: Notice, now_ms: int) -> None:
-        """A kick or ban (`notice`, already delivered) puts `victim` out of room `name`."""
-        del notice, now_ms
-        self._leave(victim, name)
+        out = [deliver(tuple(audience), notice)] if audience else []
+        if action in ("kick", "ban") and room is not None:
+            # Every server puts them out (a cluster's other nodes' members too, by their
+            # negative cids): each applies the same change.
+            key = account_key(target)
+            members = [self.sessions[c] for c in room.members]
+            members += [self.elsewhere[c] for c in room.remote]
+            for victim in members:
+                if key in (victim.key, victim.identity) and not self.rules.owns(
+                    name, victim.account
+                ):
+                    self._leave(victim, name)
+        return out
 
     def _leave(self, session: Session, name: str) -> None:
         room = self.rooms[name]

@@ -95,6 +95,15 @@ class RoomRules:
         """Apply one Moderate request by `account` ("" for a guest) and return the new
         settings (saved). Raises Refusal. Kicks change no settings: the hub removes the
         member; they are checked here like the rest."""
+        new = self.check(room, account, action, target, text)
+        if new is not self.settings[room]:
+            self._save(new)
+        return new
+
+    def check(self, room: str, account: str, action: str, target: str, text: str) -> RoomSettings:
+        """The settings `moderate` would make, without saving them; raises Refusal. (A node
+        of a cluster refuses at once what the settings refuse now; it is checked again when
+        the log brings it back.)"""
         if action not in NOTICE_OF:
             raise Refusal(
                 f"{quote(action)} is not a moderation action ({', '.join(MODERATE_ACTIONS)})",
@@ -143,8 +152,6 @@ class RoomRules:
             new = s.replace(ops=_added(s.ops, who))
         elif action == "deop":
             new = s.replace(ops=s.ops - {who})
-        if new is not s:
-            self._save(new)
         return new
 
     def _save(self, settings: RoomSettings) -> None:

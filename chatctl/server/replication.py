@@ -49,12 +49,12 @@ import msgspec
 
 from chatctl.cluster.entries import (
     FIELD,
+    SETTINGS,
     STREAM,
     EndEntry,
     Entry,
     JoinEntry,
     MarkEntry,
-    PartEntry,
     SayEntry,
     encode_entries,
     read_entries,
@@ -83,7 +83,6 @@ BLOCK_MS = 2000  # how long Redis holds an XREAD with nothing new (under link.RE
 # refused (UNAVAILABLE) rather than queued without bound.
 MAX_PENDING = 65_536
 START_TIMEOUT = 30.0  # to reach Redis and read the whole log at start-up
-SETTINGS = b"chatctl:settings"  # what every node must agree on (see Replication._check)
 # The key resume tokens are signed with, the same on every node: a client resumes anywhere.
 # Whoever reads Redis can make tokens: Redis is as trusted as the nodes.
 SECRET = b"chatctl:secret"
@@ -310,12 +309,13 @@ class Replication:
 
     def submit(self, entry: Entry, request: Request) -> list[Delivery]:
         """ClusterHub's `Log.submit`: `entry` goes to the log, its answer comes when it is
-        applied. A connection's end or a kick (cid -1) is never refused: it waits for Redis."""
+        applied. A connection's end (cid -1) is never refused: it waits for Redis. A room's
+        claim (cid -1 too) goes with the Join or Say behind it, or is dropped with it."""
         request.entry = entry
         if request.cid < 0:
             if self.accepting:
                 self._queue(entry.p, request, entry)
-            else:
+            elif type(entry) is EndEntry:
                 self._ends.append(request)
             return []
         if not self.accepting:
@@ -334,10 +334,9 @@ class Replication:
             self._send_batch()
 
     def _resubmit(self, request: Request) -> None:
-        """A connection's end (or a kick) that did not reach the log goes again, under a new
-        number."""
+        """A connection's end that did not reach the log goes again, under a new number."""
         entry = request.entry
-        assert type(entry) is EndEntry or type(entry) is PartEntry
+        assert type(entry) is EndEntry
         request.entry = entry = msgspec.structs.replace(entry, node=self.node, p=self.number())
         request.unknown = False
         self._queue(entry.p, request, entry)
@@ -402,8 +401,10 @@ class Replication:
         cid = proposal.cid
         if type(proposal) is Request:
             entry = proposal.entry
-            if cid < 0:  # a connection's end: it must reach the log
-                if self.accepting:
+            if cid < 0:
+                if type(entry) is not EndEntry:
+                    return  # a room's claim: the Join or Say behind it fails with it
+                if self.accepting:  # a connection's end: it must reach the log
                     self._resubmit(proposal)
                 else:
                     self._ends.append(proposal)

@@ -18,6 +18,9 @@ from typing import Protocol
 # Bounds on what one room's settings may hold (a hostile owner could otherwise grow them).
 TOPIC_MAX = 300
 LIST_MAX = 1000  # entries in each of ops, invited and banned
+# Accounts past which in-chat registration stops (the operator's `chatctl accounts add` does
+# not): what anonymous clients can make the server store is bounded.
+REGISTERED_MAX = 100_000
 
 
 def account_key(name: str) -> str:

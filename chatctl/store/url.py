@@ -52,7 +52,7 @@ def open_registry(data: str | None, *, busy_timeout_ms: int = 2000) -> Registry:
     accounts.sqlite3, which other processes may use at the same time (a writer waits up to
     `busy_timeout_ms` for another). Raises StoreError with a one-line message when the
     directory or the file cannot be used."""
-    if data == MEMORY or is_redis(data):  # a cluster node's accounts are not shared yet
+    if data == MEMORY or is_redis(data):  # a node's: fed by the log (server/clusterhub.py)
         return MemoryRegistry()
     from chatctl.store.registry_sqlite import SqliteRegistry
 
