@@ -525,6 +525,18 @@ NodeLease = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+RedisReplicas = Annotated[
+    int,
+    typer.Option(
+        "--redis-replicas",
+        envvar=_env("REDIS_REPLICAS"),
+        min=0,
+        max=16,
+        metavar="N",
+        help="Cluster: ack a message once N Redis replicas have it (WAIT).",
+        rich_help_panel=DATA,
+    ),
+]
 
 TlsCert = Annotated[
     str | None,

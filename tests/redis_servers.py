@@ -4,7 +4,8 @@ again on the same port; and a blocking one-command client built on chatctl's own
 - `redis_server(tmp_path)`: a context manager yielding a `RedisServer` (skips the test when
   redis-server is not installed); killed at exit, and with the test process in any case.
 - `RedisServer.kill()` (SIGKILL) / `.start()`: the same port, the same directory (with
-  `aof=True`, what it had acknowledged survives: `appendfsync always`).
+  `aof=True`, what it had acknowledged survives: `appendfsync always`); `replica_of=PORT`
+  makes it a replica of another.
 - `redis_call(port, *args)`: one command, its reply (errors as values).
 """
 
@@ -26,10 +27,13 @@ from tests.test_bench_run import wait_listening
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, aof: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, aof: bool = False, replica_of: int | None = None
+    ) -> None:
         self.port = free_port()
         self.directory = directory
         self.aof = aof
+        self.replica_of = replica_of  # a replica of the Redis on this port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,6 +47,8 @@ class RedisServer:
             else ["--appendonly", "no"]
         )
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(
             [*argv, *persistence, "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
@@ -59,10 +65,12 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(directory: Path, *, aof: bool = False) -> Iterator[RedisServer]:
+def redis_server(
+    directory: Path, *, aof: bool = False, replica_of: int | None = None
+) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = RedisServer(directory, aof=aof)
+    server = RedisServer(directory, aof=aof, replica_of=replica_of)
     server.start()
     try:
         yield server

@@ -83,4 +83,7 @@ class ServerConfig:
     # A node of a cluster whose log entries stop for this long is gone: its members are
     # dropped everywhere (docs/cluster.md). The same on every node.
     node_lease: float = 10.0
+    # A node of a cluster acknowledges what it proposed once this many of Redis's replicas
+    # have it too (WAIT after each XADD; docs/cluster.md). 0: once Redis has it.
+    redis_replicas: int = 0
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)

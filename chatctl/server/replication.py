@@ -61,12 +61,12 @@ from chatctl.cluster.entries import (
 )
 from chatctl.cluster.leases import Leases, stream_ms
 from chatctl.cluster.link import LinkState, RedisLink, Unavailable
-from chatctl.cluster.resp import RedisError, Reply, command_ending_with
+from chatctl.cluster.resp import RedisError, Reply, command, command_ending_with
 from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
 from chatctl.protocol import Error, ErrorCode, Say
-from chatctl.server.answers import InOrder, Slot
+from chatctl.server.answers import InOrder, Slot, answers
 from chatctl.server.clusterhub import ClusterHub, Request
 from chatctl.server.hub import Delivery, Session, deliver
 from chatctl.server.log import ServerLog
@@ -91,6 +91,9 @@ RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
 # single message): what a turn proposes past that goes into another XADD of the same turn.
 BATCH_ENTRIES = 1024
 BATCH_TEXT = 256 * 1024
+# With --redis-replicas N, each XADD is followed by WAIT N WAIT_MS on the same connection:
+# what this node proposed in it is acknowledged once N replicas have it too.
+WAIT_MS = 1000
 # Commands sent per turn or per read, encoded but for their last argument.
 _xadd = command_ending_with(b"XADD", STREAM, b"*", FIELD)
 _xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM)
@@ -114,6 +117,20 @@ class Proposal(Slot):
         self.msg_id = msg_id
         self.rid = rid
         self.unknown = False  # the connection was lost before XADD's reply
+
+
+class _Wait:
+    """One XADD's WAIT: whether its reply has come (`known`) and what fell short (`failure`,
+    "" when enough replicas had it); the answers to this node's entries in that XADD that
+    were applied before it came (`held`), each (cid, its slot, its deliveries)."""
+
+    __slots__ = ("failure", "held", "known", "numbers")
+
+    def __init__(self, numbers: list[int]) -> None:
+        self.numbers = numbers
+        self.known = False
+        self.failure = ""
+        self.held: list[tuple[int, Proposal | Request, list[Delivery]]] = []
 
 
 class Replication:
@@ -180,6 +197,13 @@ class Replication:
         self._wake_at: float | None = None
         self._read_again_at: float | None = None
         self._outage = ""  # why the node refuses Says now ("" while it takes them)
+        # --redis-replicas: each XADD's WAIT, in the order of their replies, and the WAIT of
+        # each of this node's entries not applied yet (by proposal number).
+        self.replicas = hub.config.redis_replicas
+        self._wait_command = command(b"WAIT", self.replicas, WAIT_MS)
+        self._waits: deque[_Wait] = deque()
+        self._wait_of: dict[int, _Wait] = {}
+        self._replicas_short = False  # the last WAIT fell short (logged once per spell)
         hub.propose = self.propose
         hub.log = self
 
@@ -379,6 +403,64 @@ class Replication:
         payload = encode_entries(self._batch)
         self._batch, self._batch_numbers, self._batch_text = [], [], 0
         self.writer.call_encoded(_xadd(payload), self._added)
+        if self.replicas:
+            wait = _Wait(numbers)
+            self._waits.append(wait)  # first, as above
+            for number in numbers:
+                if number:
+                    self._wait_of[number] = wait
+            self.writer.call_encoded(self._wait_command, self._waited)
+
+    def _waited(self, reply: Reply) -> None:
+        """WAIT's reply (in the order of the XADDs): how many replicas have everything this
+        connection wrote. Short of --redis-replicas (its timeout passed), or no reply: the
+        Says and Tells of that XADD are not acknowledged but refused (214), though the log
+        has them; the resend the client makes is recognised and acknowledged then."""
+        wait = self._waits.popleft()
+        if isinstance(reply, int) and reply >= self.replicas:
+            failure = ""
+        elif isinstance(reply, int):
+            failure = f"{reply} of {self.replicas} Redis replicas had it within {WAIT_MS} ms"
+        else:
+            why = str(reply) if isinstance(reply, RedisError) else f"{reply!r:.80}"
+            failure = f"the Redis replicas were not heard from: {why}"
+        if bool(failure) != self._replicas_short:
+            self._replicas_short = bool(failure)
+            if failure:
+                self.journal.warning(
+                    "cluster", f"messages are not acknowledged until replicated: {failure}"
+                )
+            else:
+                self.journal.info("cluster", f"{self.replicas} Redis replicas keep up again")
+        wait.known, wait.failure = True, failure
+        for number in wait.numbers:
+            if number not in self.pending:  # applied already, or never will be
+                self._wait_of.pop(number, None)
+        held, wait.held = wait.held, []
+        for cid, item, out in held:
+            self._answer(cid, item, out, wait)
+
+    def _answer(
+        self, cid: int, item: Proposal | Request, out: list[Delivery], wait: _Wait | None
+    ) -> None:
+        """`item`'s answer `out` goes in its place among `cid`'s answers; with replicas to
+        wait for, once they have it (or, for a Say or a Tell, a refusal if they fell short)."""
+        if wait is not None:
+            if not wait.known:
+                wait.held.append((cid, item, out))
+                return
+            if wait.failure:
+                msg_id = item.msg_id
+                if msg_id or type(item) is Proposal:
+                    error = Error(
+                        code=ErrorCode.UNAVAILABLE,
+                        message=f"not acknowledged ({wait.failure}): send it again (a resend "
+                        "is recognised)",
+                        msg_id=msg_id[:MSG_ID_MAX],
+                        rid=item.rid,
+                    )
+                    out = [d for d in out if not answers(d, cid)] + [deliver((cid,), error)]
+        self.order.answered(cid, item, out)
 
     def _added(self, reply: Reply) -> None:
         """XADD's reply: an id (the log has them: their Acks wait for the reader), or an
@@ -436,6 +518,7 @@ class Replication:
             first = next(iter(pending))
             if first >= number:
                 return
+            self._wait_of.pop(first, None)
             self._fail(pending.pop(first), "the connection to Redis was lost")
 
     # -- reading the log ---------------------------------------------------------------------
@@ -488,9 +571,12 @@ class Replication:
 
     def _apply(self, entry: Entry) -> None:
         proposal: Proposal | Request | None = None
+        wait: _Wait | None = None
         if entry.node == self.node:
             pending = self.pending
             proposal = pending.pop(entry.p, None)
+            if self._wait_of:
+                wait = self._wait_of.pop(entry.p, None)
             if pending and next(iter(pending)) < entry.p:
                 self._settle(entry.p)
         kind = type(entry)
@@ -502,7 +588,7 @@ class Replication:
             if request is None or request.cid < 0:
                 self._dispatch(out)
             else:
-                self.order.answered(request.cid, request, out)
+                self._answer(request.cid, request, out, wait)
             return
         say: SayEntry = entry  # type: ignore[assignment]
         if proposal is None:
@@ -514,7 +600,10 @@ class Replication:
         # Its Ack goes to the connection that sent it (a connection that took its session
         # over since resends what it did not see acknowledged).
         out = self.hub.apply_say(say, session if session.cid == cid else None, proposal.rid)
-        self.order.answered(cid, proposal, out)
+        if wait is None:
+            self.order.answered(cid, proposal, out)
+        else:
+            self._answer(cid, proposal, out, wait)
 
     def _gone(self, node: str, now_ms: int) -> None:
         """`node`'s lease ended at this place in the log: its sessions are dropped here as on
@@ -534,6 +623,7 @@ class Replication:
             node=self.node,
         )
         pending, self.pending = self.pending, {}
+        self._wait_of.clear()
         self._batch, self._batch_numbers, self._batch_text = [], [], 0
         self._ends.clear()
         for proposal in pending.values():
