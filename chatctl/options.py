@@ -453,7 +453,7 @@ DataDir = Annotated[
         "--data",
         envvar=_env("DATA"),
         metavar="DIR",
-        help="History and accounts; :memory:; redis://HOST:PORT (a cluster).",
+        help="Store: DIR, :memory:, redis://HOST:PORT.",
         show_default="the XDG state dir",
         rich_help_panel=DATA,
     ),
@@ -521,7 +521,7 @@ NodeLease = Annotated[
         min=1.0,
         max=3600.0,
         metavar="SECONDS",
-        help="Cluster: a node silent this long is gone (same on every node).",
+        help="Cluster: silence that ends a node.",
         rich_help_panel=DATA,
     ),
 ]
@@ -533,7 +533,7 @@ RedisReplicas = Annotated[
         min=0,
         max=16,
         metavar="N",
-        help="Cluster: ack a message once N Redis replicas have it (WAIT).",
+        help="Cluster: replicas an ack waits for.",
         rich_help_panel=DATA,
     ),
 ]
