@@ -525,6 +525,18 @@ NodeLease = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+SnapshotEvery = Annotated[
+    int,
+    typer.Option(
+        "--snapshot-every",
+        envvar=_env("SNAPSHOT_EVERY"),
+        min=10,
+        metavar="ENTRIES",
+        help="Cluster: log entries between snapshots; the log is trimmed behind them "
+        "(same on every node).",
+        rich_help_panel=DATA,
+    ),
+]
 
 TlsCert = Annotated[
     str | None,

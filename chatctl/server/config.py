@@ -83,4 +83,7 @@ class ServerConfig:
     # A node of a cluster whose log entries stop for this long is gone: its members are
     # dropped everywhere (docs/cluster.md). The same on every node.
     node_lease: float = 10.0
+    # A node of a cluster: stream entries of the log between snapshots, after which the log
+    # is trimmed (docs/cluster.md). The same on every node.
+    snapshot_every: int = 10_000
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)
