@@ -31,6 +31,11 @@ MarkEntry) when it has appended nothing for a fifth of the lease; a node whose e
 for a lease is gone (cluster/leases.py): every node drops its sessions at the same entry, and
 a node that finds itself gone (it was cut off from Redis) closes its connections and goes on
 under a new node id.
+
+The log is trimmed behind snapshots (cluster/snapshot.py): a node loads the current one
+before reading the log from its position, writes one when one falls due at an entry it
+appended, and, since every stream entry names the one before it, notices when the entries it
+needs next were trimmed (it fell behind): it then loads the snapshot again, as a new node.
 """
 
 from __future__ import annotations
