@@ -537,6 +537,20 @@ RedisReplicas = Annotated[
         rich_help_panel=DATA,
     ),
 ]
+# A tuning knob of a cluster, documented in docs/cluster.md: kept out of `serve --help`, which
+# is held short (tests/test_cli_help.py).
+SnapshotEvery = Annotated[
+    int,
+    typer.Option(
+        "--snapshot-every",
+        hidden=True,
+        envvar=_env("SNAPSHOT_EVERY"),
+        min=10,
+        metavar="ENTRIES",
+        help="Cluster: log entries between snapshots (same on every node).",
+        rich_help_panel=DATA,
+    ),
+]
 
 TlsCert = Annotated[
     str | None,

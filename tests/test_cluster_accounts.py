@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from chatctl.cluster.entries import STREAM
 from chatctl.protocol import (
     Ack,
     Bye,
@@ -29,7 +30,7 @@ from chatctl.protocol import (
     Register,
     Tell,
 )
-from tests.redis_servers import RedisServer, redis_server
+from tests.redis_servers import RedisServer, redis_call, redis_server
 from tests.servers import Client, ServeProcess, run_chatctl, serve_process
 from tests.test_cluster_members import WAIT, listed
 
@@ -256,3 +257,30 @@ def test_accounts_on_a_cluster_add_passwd_remove(tmp_path: Path) -> None:
         caught_up(other)
         refused_login(two, "erin", "battery staple")
         assert accounts(redis, "list").stdout == ""
+
+
+def test_accounts_on_a_cluster_whose_log_was_trimmed_start_from_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """`chatctl accounts` rebuilds the accounts as a node does: from the current snapshot (the
+    registration's entry is trimmed away) and the log after it; and its own change is
+    appended as a node appends (naming the entry before), so no node finds a hole."""
+    with redis_server(tmp_path) as redis:
+        options = ("--rate", "0", "--snapshot-every", "10", "--registration", "open")
+        with serve_process("--data", redis.url, *options) as node:
+            assert accounts(redis, "add", "Erin", stdin=f"{PASSWORD}\n").returncode == 0
+            alice = Client.connect(node.host, node.port, "alice", "lobby")
+            for n in range(40):  # past a few snapshots: the log below them is trimmed
+                alice.say("lobby", f"filler {n}")
+            first = redis_call(redis.port, "XRANGE", STREAM, "-", "+", "COUNT", 1)
+            assert isinstance(first, list) and first and isinstance(first[0], list)
+            assert first[0][0] != b"0-1"  # the registration's entry is gone
+            until_trimmed = accounts(redis, "add", "erin", stdin=f"{PASSWORD}\n")
+            assert until_trimmed.returncode == 1
+            assert "account 'Erin' exists already" in until_trimmed.stderr
+            assert '"name": "Erin"' in accounts(redis, "list", "--json").stdout
+            assert accounts(redis, "add", "Fay", stdin=f"{PASSWORD}\n").returncode == 0
+            caught_up(alice)
+            login(node, "fay")  # the node took the command's entry: no hole, no restart
+            assert alice.say("lobby", "still here").seq == 41
+            assert not any("fell behind" in line for line in node.lines)

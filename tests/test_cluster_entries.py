@@ -173,6 +173,17 @@ def test_a_bad_payload_is_reported_and_skipped_whole(payload: bytes, problem: st
     assert decode_entries(payload) == read.problem
 
 
+def test_an_entry_names_the_one_before_it() -> None:
+    payload = encode_entries([MarkEntry("n", 1)])
+    [new, old] = read_entries(
+        [[STREAM, [[b"2-0", [FIELD, payload, b"p", b"1-0"]], [b"3-0", [FIELD, payload]]]]]
+    )
+    assert (new.prev, new.size, new.entries) == (b"1-0", len(payload), [MarkEntry("n", 1)])
+    assert (old.prev, old.entries) == (b"", [MarkEntry("n", 1)])  # it does not say
+    [bad] = read_entries([[STREAM, [[b"4-0", [FIELD, b"\xc1", b"p", b"3-0"]]]]])
+    assert bad.prev == b"3-0" and bad.problem  # skipped, but the chain goes on
+
+
 def test_other_fields_are_reported() -> None:
     [read] = read_entries([[STREAM, [[b"1-0", [b"x", b"y", b"z", b"w"]]]]])
     assert read.entries == [] and "unexpected fields" in read.problem

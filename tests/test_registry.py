@@ -165,6 +165,11 @@ class RegistryMachine(RuleBasedStateMachine):
         self.model.save_room(settings)
         self.real[which].save_room(settings)
 
+    @rule(which=WHICH, settings=ROOM_SETTINGS)
+    def forget_room(self, which: int, settings: RoomSettings) -> None:
+        self.model.forget_room(settings.room)  # a room with settings, or one without
+        self.real[which].forget_room(settings.room)
+
     @rule()
     def reopen(self) -> None:
         for registry in self.real:

@@ -1,10 +1,12 @@
 """The accounts a cluster's log holds, for `chatctl accounts --data redis://...`.
 
 An operator's change is appended to the log as an `AccountEntry`, like a node's proposal, and
-its outcome is what every node makes of it: `LogAccounts` rebuilds the accounts by applying
-every account entry of the log, from its start, with the nodes' own rule
-(entries.apply_account) and skipping what the nodes skip (a bad stream entry, and what a node
-appended after its lease ended: cluster/leases.py). Reading up to the change's own entry then
+its outcome is what every node makes of it: `LogAccounts` rebuilds the accounts as a node
+does, from the current snapshot's (cluster/snapshot.py; the log below it is trimmed) and then
+every account entry of the log after it, with the nodes' own rule (entries.apply_account),
+skipping what the nodes skip (a bad stream entry, and what a node appended after its lease
+ended: cluster/leases.py). The change is appended as a node appends (the APPEND script, so
+that the entry names the one before it). Reading up to the change's own entry then
 gives its outcome: "exists already" when another entry took the name first. `LogAccounts` is
 sans-IO; `ClusterAccounts` drives it over a blocking connection (a short-lived command, not a
 node's loop).
@@ -18,7 +20,8 @@ import time
 
 from chatctl.cluster.blocking import BlockingRedis
 from chatctl.cluster.entries import (
-    FIELD,
+    APPEND,
+    LAST,
     SETTINGS,
     STREAM,
     AccountEntry,
@@ -29,12 +32,14 @@ from chatctl.cluster.entries import (
 )
 from chatctl.cluster.leases import Leases, stream_ms
 from chatctl.cluster.resp import RedisError
+from chatctl.cluster.snapshot import POINTER, Snapshot, chunks_key, decode_snapshot, read_pointer
 from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.store.registry import MemoryRegistry
 
 DEFAULT_LEASE_MS = 10_000  # when no node has started yet: no node's entry to skip anyway
 READ_COUNT = 1024
+LOAD_TRIES = 10  # snapshots superseded while being read, before giving up
 
 
 class LogAccounts:
@@ -42,6 +47,14 @@ class LogAccounts:
         self.registry = MemoryRegistry()
         self.leases = Leases(lease_ms)
         self.last_id = b"0-0"  # the last stream id read
+
+    def load(self, snapshot: Snapshot) -> None:
+        """Start from `snapshot` (the log is read on from its position), as a node does."""
+        self.registry = MemoryRegistry()
+        for account in snapshot.accounts:
+            self.registry.add_account(account.name, account.password_hash, account.created_ms)
+        self.leases.load(snapshot.clock, snapshot.last, snapshot.gone)
+        self.last_id = snapshot.position.encode()
 
     def feed(self, reads: list[Read], mine: bytes = b"") -> str | None:
         """Apply `reads`, in log order (stopping after stream entry `mine`, when among them):
@@ -81,9 +94,32 @@ class ClusterAccounts:
         self._redis = BlockingRedis(url)
         try:
             self.log = LogAccounts(lease_of(self._redis.call(b"GET", SETTINGS)))
+            self._load_snapshot()
         except BaseException:
             self._redis.close()
             raise
+
+    def _load_snapshot(self) -> None:
+        """The current snapshot, if there is one: its accounts and its place in the log."""
+        for _ in range(LOAD_TRIES):
+            pointer = read_pointer(self._redis.call(b"HGETALL", POINTER))
+            if isinstance(pointer, str):
+                raise ChatctlError(f"Redis at {self.url}: the snapshot's pointer: {pointer}")
+            if pointer is None:
+                return  # no snapshot: the log is whole
+            key = chunks_key(pointer.id)
+            chunks = [self._redis.call(b"HGET", key, i) for i in range(pointer.chunks)]
+            if not all(type(chunk) is bytes for chunk in chunks):
+                continue  # superseded (and deleted) while it was read: the next one
+            snapshot = decode_snapshot(chunks)  # type: ignore[arg-type]
+            if isinstance(snapshot, str):
+                raise ChatctlError(f"Redis at {self.url}: the snapshot: {snapshot}")
+            self.log.load(snapshot)
+            return
+        raise ChatctlError(
+            f"Redis at {self.url}: no snapshot could be read in {LOAD_TRIES} tries (each was "
+            "superseded while it was read)"
+        )
 
     def read(self, mine: bytes = b"") -> str | None:
         """Read the log to its end (or up to stream entry `mine`): `LogAccounts.feed`'s."""
@@ -113,9 +149,9 @@ class ClusterAccounts:
             password_hash,
             "",
         )
-        stream_id = self._redis.call(b"XADD", STREAM, b"*", FIELD, encode_entries([entry]))
+        stream_id = self._redis.call(b"EVAL", APPEND, 2, STREAM, LAST, encode_entries([entry]))
         if not isinstance(stream_id, bytes):
-            raise ChatctlError(f"Redis at {self.url}: XADD failed: {stream_id!r:.80}")
+            raise ChatctlError(f"Redis at {self.url}: appending failed: {stream_id!r:.80}")
         outcome = self.read(stream_id)
         if outcome is None:
             raise ChatctlError(

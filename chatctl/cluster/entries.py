@@ -45,6 +45,17 @@ FIELD = b"e"
 # What every node must agree on (server/replication.py writes and checks it): "retain_messages=N
 # node_lease_ms=N".
 SETTINGS = b"chatctl:settings"
+# Each stream entry names the one before it (PREV_FIELD), so that a reader notices entries
+# it never read (trimmed, or deleted) instead of applying the log with a hole: a node appends
+# with APPEND, which keeps the id of the latest entry in LAST ("0-0" before the first).
+PREV_FIELD = b"p"
+LAST = b"chatctl:log:last"
+APPEND = b"""
+local prev = redis.call('GET', KEYS[2]) or '0-0'
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'p', prev)
+redis.call('SET', KEYS[2], id)
+return id
+"""
 
 
 class SayEntry(msgspec.Struct, array_like=True, frozen=True, tag="say"):
@@ -184,11 +195,14 @@ def encode_entries(entries: list[Entry]) -> bytes:
 
 class Read(NamedTuple):
     """One entry of an XREAD reply: its stream id, and its entries, or what is wrong with it
-    (then there are none: every node skips the whole stream entry alike)."""
+    (then there are none: every node skips the whole stream entry alike); the id of the
+    entry before it ("" when it does not say), and its payload's size."""
 
     id: bytes
     entries: list[Entry]
     problem: str = ""
+    prev: bytes = b""
+    size: int = 0
 
 
 # Room names already found normalised: the check costs a regular expression, and a log
@@ -292,14 +306,19 @@ def read_entries(reply: Reply) -> list[Read]:
         for stream_id, fields in items:
             if type(stream_id) is not bytes:
                 raise ValueError(f"a stream id that is not a string: {stream_id!r:.80}")
-            if len(fields) != 2 or fields[0] != FIELD or type(fields[1]) is not bytes:
-                out.append(Read(stream_id, [], f"unexpected fields: {fields!r:.80}"))
+            prev = b""
+            shaped_ok = len(fields) == 2
+            if len(fields) == 4 and fields[2] == PREV_FIELD and type(fields[3]) is bytes:
+                prev, shaped_ok = fields[3], True
+            if not shaped_ok or fields[0] != FIELD or type(fields[1]) is not bytes:
+                out.append(Read(stream_id, [], f"unexpected fields: {fields!r:.80}", prev))
                 continue
-            decoded = decode_entries(fields[1])
+            payload = fields[1]
+            decoded = decode_entries(payload)
             if isinstance(decoded, str):
-                out.append(Read(stream_id, [], decoded))
+                out.append(Read(stream_id, [], decoded, prev, len(payload)))
             else:
-                out.append(Read(stream_id, decoded))
+                out.append(Read(stream_id, decoded, "", prev, len(payload)))
         return out
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not an XREAD reply for {STREAM!r}: {exc}; {reply!r:.200}") from None

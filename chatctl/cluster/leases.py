@@ -55,3 +55,9 @@ class Leases:
 
     def is_gone(self, node: str) -> bool:
         return node in self.gone
+
+    def load(self, clock_ms: int, last: list[tuple[str, int]], gone: list[str]) -> None:
+        """The leases as a snapshot holds them (cluster/snapshot.py)."""
+        self.clock = clock_ms
+        self.last = dict(last)
+        self.gone = dict.fromkeys(gone)

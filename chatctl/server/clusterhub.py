@@ -71,6 +71,7 @@ from chatctl.server.hub import (
     _reused,
     control,
     deliver,
+    tell_digest,
 )
 from chatctl.server.moderation import Refusal
 from chatctl.store.base import Store, sender_key_of
@@ -662,7 +663,7 @@ class ClusterHub(Hub):
         msg_id = entry.msg_id
         out: list[Delivery] = []
         key = (entry.key, msg_id)
-        digest = hash((entry.to.casefold(), entry.text, entry.action))
+        digest = tell_digest(entry.to, entry.text, entry.action)
         earlier = self._tells.get(key)
         if earlier is not None:
             if earlier[0] != digest:

@@ -86,4 +86,7 @@ class ServerConfig:
     # A node of a cluster acknowledges what it proposed once this many of Redis's replicas
     # have it too (WAIT after each XADD; docs/cluster.md). 0: once Redis has it.
     redis_replicas: int = 0
+    # A node of a cluster: stream entries of the log between snapshots, after which the log
+    # is trimmed (docs/cluster.md). The same on every node.
+    snapshot_every: int = 10_000
     trim_interval: float = 5.0  # seconds between retention passes (off the hot path)

@@ -967,7 +967,7 @@ class Hub:
         if refused is not None:
             return refused
         key = (session.sender_key, tell.msg_id)
-        digest = hash((tell.to.casefold(), tell.text, tell.action))
+        digest = tell_digest(tell.to, tell.text, tell.action)
         earlier = self._tells.get(key)
         if earlier is not None:
             if earlier[0] != digest:
@@ -1354,6 +1354,13 @@ def _answering(cid: int, rid: str, out: list[Delivery], *, acked: bool = False) 
             answered.append(Delivery(d.to, d.data, cid))
             answered.append(Delivery((cid,), mine))
     return answered
+
+
+def tell_digest(to: str, text: str, action: bool) -> int:
+    """What a direct message is recognised by when resent: the same on every node of a
+    cluster and across restarts (a snapshot keeps it), unlike `hash` of a str."""
+    data = f"{to.casefold()}\0{int(action)}{text}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def _login_keys(hello: Hello, origin: Origin) -> tuple[str, str]:

@@ -31,6 +31,11 @@ MarkEntry) when it has appended nothing for a fifth of the lease; a node whose e
 for a lease is gone (cluster/leases.py): every node drops its sessions at the same entry, and
 a node that finds itself gone (it was cut off from Redis) closes its connections and goes on
 under a new node id.
+
+The log is trimmed behind snapshots (cluster/snapshot.py): a node loads the current one
+before reading the log from its position, writes one when one falls due at an entry it
+appended, and, since every stream entry names the one before it, notices when the entries it
+needs next were trimmed (it fell behind): it then loads the snapshot again, as a new node.
 """
 
 from __future__ import annotations
@@ -48,13 +53,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from chatctl.cluster.entries import (
-    FIELD,
+    APPEND,
+    LAST,
     SETTINGS,
     STREAM,
     EndEntry,
     Entry,
     JoinEntry,
     MarkEntry,
+    Read,
     SayEntry,
     encode_entries,
     read_entries,
@@ -62,6 +69,18 @@ from chatctl.cluster.entries import (
 from chatctl.cluster.leases import Leases, stream_ms
 from chatctl.cluster.link import LinkState, RedisLink, Unavailable
 from chatctl.cluster.resp import RedisError, Reply, command, command_ending_with
+from chatctl.cluster.snapshot import (
+    COMMIT,
+    POINTER,
+    WRITING_MS,
+    Pointer,
+    Snapshot,
+    SnapshotPolicy,
+    chunks_key,
+    decode_snapshot,
+    encode_snapshot,
+    read_pointer,
+)
 from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
@@ -69,6 +88,7 @@ from chatctl.protocol import Error, ErrorCode, Say
 from chatctl.server.answers import InOrder, Slot, answers
 from chatctl.server.clusterhub import ClusterHub, Request
 from chatctl.server.hub import Delivery, Session, deliver
+from chatctl.server.hubstate import capture, restore
 from chatctl.server.log import ServerLog
 
 if TYPE_CHECKING:
@@ -87,6 +107,7 @@ START_TIMEOUT = 30.0  # to reach Redis and read the whole log at start-up
 # Whoever reads Redis can make tokens: Redis is as trusted as the nodes.
 SECRET = b"chatctl:secret"
 RETRY_READ = 1.0  # seconds before reading again after an error reply to XREAD
+LOAD_TRIES = 5  # snapshots superseded while being loaded, in a row, before giving up
 # One stream entry holds at most this many entries, and this many characters of text (or a
 # single message): what a turn proposes past that goes into another XADD of the same turn.
 BATCH_ENTRIES = 1024
@@ -95,7 +116,7 @@ BATCH_TEXT = 256 * 1024
 # what this node proposed in it is acknowledged once N replicas have it too.
 WAIT_MS = 1000
 # Commands sent per turn or per read, encoded but for their last argument.
-_xadd = command_ending_with(b"XADD", STREAM, b"*", FIELD)
+_xadd = command_ending_with(b"EVAL", APPEND, 2, STREAM, LAST)  # XADD, naming the entry before
 _xread_now = command_ending_with(b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM)
 _xread_wait = command_ending_with(
     b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS", STREAM
@@ -204,6 +225,15 @@ class Replication:
         self._waits: deque[_Wait] = deque()
         self._wait_of: dict[int, _Wait] = {}
         self._replicas_short = False  # the last WAIT fell short (logged once per spell)
+        # Snapshots (cluster/snapshot.py): when one falls due, and the one being loaded.
+        self.policy = SnapshotPolicy(hub.config.snapshot_every)
+        self._loading = True  # the reader loads the current snapshot before reading the log
+        self._load_tries = 0  # holes and superseded snapshots since the reader last caught up
+        self._chunks: list[Reply] = []
+        self._broken = ""  # the log has a hole no snapshot covers: this node cannot go on
+        self.loaded_from = b""  # the position of the snapshot loaded last
+        self.snapshots_written = 0
+        self.started = False
         hub.propose = self.propose
         hub.log = self
 
@@ -217,9 +247,10 @@ class Replication:
                 "--retain-age does not work with --data redis:// yet: nodes would forget "
                 "messages at different times (use --retain-messages)"
             )
-        settings = b"retain_messages=%d node_lease_ms=%d" % (
+        settings = b"retain_messages=%d node_lease_ms=%d snapshot_every=%d" % (
             self.hub.config.retain_messages,
             self.leases.lease_ms,
+            self.policy.every_entries,
         )
         self.writer.connect()
         self.reader.connect()
@@ -227,6 +258,8 @@ class Replication:
         replies: list[Reply] = []
         asked = False
         while not (self.caught_up and len(replies) == 5):
+            if self._broken:
+                raise ChatctlError(f"Redis at {self.url}: {self._broken}")
             for link in (self.writer, self.reader):
                 if link.state is LinkState.DOWN:
                     raise ChatctlError(f"cannot use Redis at {self.url}: {link.error}")
@@ -253,38 +286,36 @@ class Replication:
         if not isinstance(shared, bytes) or len(shared) < 32:
             raise ChatctlError(f"Redis at {self.url}: no usable {SECRET.decode()}: {shared!r:.80}")
         self.hub.use_secret(shared)
+        self.started = True
         self._outage = ""
         self._update()
         self.journal.info(
             "cluster",
-            f"node {self.node} of the cluster at {self.url}: {self.applied} log entries applied",
+            f"node {self.node} of the cluster at {self.url}: "
+            + (f"snapshot at {self.loaded_from.decode()} loaded, " if self.loaded_from else "")
+            + f"{self.applied} log entries applied",
             node=self.node,
             applied=self.applied,
         )
 
     def _check(self, settings: bytes, stored: Reply, info: Reply) -> None:
         """Whether this node numbers messages as the others do: with the same settings (a
-        resend is recognised as long as its first copy is stored), and from the whole log."""
+        resend is recognised as long as its first copy is stored). Whether it read the
+        whole log since the snapshot it loaded, if any, is the reader's to check (`_hole`)."""
         if stored != settings:
             raise ChatctlError(
                 f"the cluster at {self.url} runs with {stored!r}, this node with "
-                f"{settings.decode()}: every node needs the same --retain-messages and "
-                "--node-lease"
+                f"{settings.decode()}: every node needs the same --retain-messages, "
+                "--node-lease and --snapshot-every"
             )
         if isinstance(info, RedisError):
             if "no such key" in str(info):
                 return  # a new cluster
             raise ChatctlError(f"Redis at {self.url}: XINFO STREAM failed: {info}")
         fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else {}
-        length, added = fields.get(b"length"), fields.get(b"entries-added")  # Redis 7
-        if not isinstance(length, int) or not isinstance(added, int):
+        if not isinstance(fields.get(b"entries-added"), int):  # Redis 7
             raise ChatctlError(
                 f"Redis at {self.url} is older than 7.0 (XINFO STREAM: {info!r:.80})"
-            )
-        if length != added:
-            raise ChatctlError(
-                f"the log at {self.url} has lost {added - length} of its {added} entries "
-                "(trimmed or deleted): a node cannot rebuild the chat from it"
             )
 
     def flush(self) -> None:
@@ -309,7 +340,10 @@ class Replication:
         self.reader.tick(now)
         if self._read_again_at is not None and now >= self._read_again_at:
             self._read_again_at = None
-            self._read_next()
+            if self._loading:
+                self._load_snapshot()
+            else:
+                self._read_next()
         if now >= self._appended_at + self._beat and self.writer.ready_for_commands:
             self._batch.append(MarkEntry(self.node, next(self._numbers)))  # the lease's beat
             self._batch_numbers.append(0)
@@ -541,6 +575,9 @@ class Replication:
             return
         leases = self.leases
         for read in reads:
+            if read.prev and read.prev != self.last_id:
+                self._hole(read)
+                return
             entries = read.entries
             node = entries[0].node if entries else None  # one XADD: one node's
             for gone in leases.advance(stream_ms(read.id), node):
@@ -550,7 +587,8 @@ class Replication:
                     "cluster", f"log entry {read.id.decode(errors='replace')}: {read.problem}"
                 )
             if node is not None and leases.is_gone(node):
-                continue  # appended after its node was found gone: every node skips it
+                node = None  # appended after its node was found gone: every node skips it
+                entries = []
             for entry in entries:
                 try:
                     self._apply(entry)
@@ -561,11 +599,13 @@ class Replication:
                         f"{type(exc).__name__}: {exc}",
                         traceback=traceback.format_exc(),
                     )
-        if reads:
-            self.last_id = reads[-1].id
-            self.applied += len(reads)
+            self.last_id = read.id
+            self.applied += 1
+            if self.policy.due(read.size) and node == self.node:
+                self._write_snapshot(read.id)
         if not self.caught_up and len(reads) < READ_COUNT:
             self.caught_up = True
+            self._load_tries = 0
             self._update()
         self._read_next()
 
@@ -615,12 +655,20 @@ class Replication:
                 "cluster", f"node {node} is gone: its sessions are dropped", node=node
             )
             return
-        self.node = secrets.token_hex(6)
+        self._lose_place(
+            f"this node ({node}) was found gone (no entry in the log for a lease)",
+            "this server lost its place in the cluster",
+        )
+
+    def _lose_place(self, why: str, told: str) -> None:
+        """This node's sessions are no longer its own in the cluster's state: it closes every
+        connection (their clients resume, here or elsewhere) and goes on as a new node."""
+        old, self.node = self.node, secrets.token_hex(6)
         self.journal.warning(
             "cluster",
-            f"this node ({node}) was found gone (no entry in the log for a lease): closing "
-            f"every connection, and going on as node {self.node}",
+            f"{why}: closing every connection, and going on as node {self.node}",
             node=self.node,
+            old=old,
         )
         pending, self.pending = self.pending, {}
         self._wait_of.clear()
@@ -628,8 +676,131 @@ class Replication:
         self._ends.clear()
         for proposal in pending.values():
             if proposal.cid >= 0:
-                self._fail(proposal, "this server lost its place in the cluster")
+                self._fail(proposal, told)
         self._on_gone()
+
+    # -- snapshots (cluster/snapshot.py) -----------------------------------------------------
+
+    def _write_snapshot(self, position: bytes) -> None:
+        """This node appended the stream entry at `position`, where a snapshot fell due: the
+        state now (after applying it) goes to Redis, pipelined on the writer; the commit
+        makes it current and trims the log below the previous one."""
+        writer = self.writer
+        if not writer.ready_for_commands:
+            self.journal.warning("cluster", "a snapshot fell due while Redis is unavailable")
+            return
+        started = time.perf_counter()
+        chunks = encode_snapshot(capture(self.hub, position, self.leases))
+        spent = time.perf_counter() - started
+        size = sum(map(len, chunks))
+        key = chunks_key(position)
+        writer.call(b"DEL", key, on_reply=_ignore)
+        for i, chunk in enumerate(chunks):
+            writer.call(b"HSET", key, i, chunk, on_reply=_ignore)
+        writer.call(b"PEXPIRE", key, WRITING_MS, on_reply=_ignore)
+        committed = functools.partial(self._committed, position, size, spent)
+        writer.call(
+            b"EVAL", COMMIT, 3, POINTER, key, STREAM, position, len(chunks), size,
+            on_reply=committed,
+        )  # fmt: skip
+
+    def _committed(self, position: bytes, size: int, spent: float, reply: Reply) -> None:
+        where = position.decode(errors="replace")
+        if reply == 1:
+            self.snapshots_written += 1
+            self.journal.info(
+                "cluster",
+                f"snapshot at {where} written ({size} bytes, built in {spent * 1000:.1f} ms); "
+                "the log is trimmed below the one before it",
+                position=where,
+                bytes=size,
+            )
+        elif reply != 0:  # 0: a later one is current already
+            self.journal.warning("cluster", f"the snapshot at {where} was not stored: {reply!r}")
+
+    def _load_snapshot(self) -> None:
+        """Read the current snapshot (if any) on the reader; the log is read from its
+        position once it is loaded (`_loaded`)."""
+        if self._load_tries > LOAD_TRIES:
+            self._stop(
+                f"no snapshot could be loaded and read on from in {LOAD_TRIES} tries (each was "
+                "superseded, and the log trimmed, before this node read it)"
+            )
+            return
+        self._chunks = []
+        self.reader.call(b"HGETALL", POINTER, on_reply=self._pointed)
+
+    def _pointed(self, reply: Reply) -> None:
+        if isinstance(reply, Unavailable):
+            return  # loaded again once the reader is back (_reader_up)
+        pointer = read_pointer(reply)
+        if isinstance(pointer, str):
+            self._stop(f"the snapshot's pointer: {pointer}")
+        elif pointer is None:
+            if self._load_tries:  # after a hole
+                self._stop(
+                    "the log lost entries this node had not read (trimmed or deleted), and no "
+                    "snapshot covers them: a node cannot rebuild the chat from it"
+                )
+                return
+            self._loaded()
+        else:
+            key = chunks_key(pointer.id)
+            for i in range(pointer.chunks):
+                last = i == pointer.chunks - 1
+                got = functools.partial(self._chunk, pointer, last)
+                self.reader.call(b"HGET", key, i, on_reply=got)
+
+    def _chunk(self, pointer: Pointer, last: bool, reply: Reply) -> None:
+        if isinstance(reply, Unavailable):
+            return
+        self._chunks.append(reply)
+        if not last:
+            return
+        chunks, self._chunks = self._chunks, []
+        if not all(type(chunk) is bytes for chunk in chunks):
+            self._load_tries += 1
+            self._load_snapshot()  # superseded (and deleted) while it was read: the next one
+            return
+        snapshot = decode_snapshot(chunks)  # type: ignore[arg-type]
+        if isinstance(snapshot, str):
+            self._stop(f"the snapshot at {pointer.id.decode(errors='replace')}: {snapshot}")
+            return
+        self._loaded(snapshot)
+
+    def _loaded(self, snapshot: Snapshot | None = None) -> None:
+        if snapshot is not None:
+            restore(self.hub, self.leases, snapshot)
+            self.last_id = self.loaded_from = snapshot.position.encode()
+            self.policy.restart()
+        self._loading = False
+        self._read_next()
+
+    def _hole(self, read: Read) -> None:
+        """The next entry follows one this node never read: it fell behind the log's trim
+        point. It loads the current snapshot again (its clients go: its state is replaced)."""
+        behind = self.last_id.decode(errors="replace")
+        why = (
+            f"the log's entries after {behind} were trimmed before this node read them "
+            f"(the next one follows {read.prev.decode(errors='replace')})"
+        )
+        self.caught_up = False
+        self._update()
+        self._loading = True
+        self._load_tries += 1
+        if self.loaded_from or self.applied:
+            self._lose_place(why, "this server fell behind the cluster")
+        self._load_snapshot()
+
+    def _stop(self, why: str) -> None:
+        """This node cannot rebuild the cluster's state: it takes nothing any more (and does
+        not start)."""
+        self._broken = why
+        self._loading = True
+        self.caught_up = False
+        self._update()
+        if self.started:  # else start() raises it
+            self.journal.error("cluster", f"Redis at {self.url}: {why}")
 
     # -- links going down and up -------------------------------------------------------------
 
@@ -645,7 +816,10 @@ class Replication:
         self._wake_later()
 
     def _reader_up(self) -> None:
-        self._read_next()  # from last_id: nothing written meanwhile is missed
+        if self._loading:
+            self._load_snapshot()
+        else:
+            self._read_next()  # from last_id: nothing written meanwhile is missed
         self._back()
 
     def _writer_up(self) -> None:
@@ -673,3 +847,8 @@ class Replication:
         if self._wake_at is None or wake < self._wake_at:
             self._wake_at = wake
             self._schedule(wake)
+
+
+def _ignore(reply: Reply) -> None:
+    """A reply the commit that follows settles (COMMIT checks that every chunk is there)."""
+    del reply

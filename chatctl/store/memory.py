@@ -93,6 +93,24 @@ class MemoryStore:
     def close(self) -> None:
         pass
 
+    def export(self) -> tuple[list[tuple[str, int]], list[StoredMessage]]:
+        """Every room's head, and every retained message, room by room, oldest first: a
+        cluster's snapshot (cluster/snapshot.py)."""
+        return list(self._heads.items()), [m for log in self._rooms.values() for m in log]
+
+    def load(self, heads: list[tuple[str, int]], messages: list[StoredMessage]) -> None:
+        """Replace everything by what `export` gave."""
+        self._rooms.clear()
+        self._by_id.clear()
+        self._heads = dict(heads)
+        for message in messages:
+            log = self._rooms.get(message.room)
+            if log is None:
+                log = self._rooms[message.room] = deque()
+            log.append(message)
+            if message.msg_id:
+                self._by_id[(message.sender_key, message.msg_id)] = message
+
     def _forget(self, message: StoredMessage) -> None:
         if message.msg_id:
             self._by_id.pop((message.sender_key, message.msg_id), None)

@@ -84,6 +84,9 @@ class Registry(Protocol):
     def save_room(self, settings: RoomSettings) -> None:
         """Store a room's settings (replacing any), durably before it returns."""
 
+    def forget_room(self, room: str) -> None:
+        """Drop a room's settings, if any (a cluster node loading a snapshot that has none)."""
+
     def close(self) -> None:
         """Idempotent."""
 
@@ -131,6 +134,9 @@ class MemoryRegistry:
 
     def save_room(self, settings: RoomSettings) -> None:
         self._rooms[settings.room] = settings
+
+    def forget_room(self, room: str) -> None:
+        self._rooms.pop(room, None)
 
     def close(self) -> None:
         pass

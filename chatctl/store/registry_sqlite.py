@@ -212,6 +212,10 @@ class SqliteRegistry:
                 ),
             )
 
+    def forget_room(self, room: str) -> None:
+        with self._failing("write"):
+            self._connection().execute("DELETE FROM rooms WHERE room = ?", (room,))
+
     def close(self) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
