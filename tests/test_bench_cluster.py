@@ -66,7 +66,8 @@ def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    assert proc.returncode == 0, err
+    # On failure, the report's end too: its verification says what went wrong.
+    assert proc.returncode == 0, f"{err}\n{out[-3000:]}"
     data: dict[str, Any] = json.loads(out)
     return data
 
