@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from chatctl.protocol import Ack, Error, ErrorCode, Say
+from chatctl.protocol import Ack, Error, ErrorCode, Members, Say, Tell, Who
 from tests.redis_servers import RedisServer, redis_call, redis_server
 from tests.servers import Client, serve_process
 from tests.test_cluster import WAIT, logged_texts, messages, outcome
@@ -80,3 +80,38 @@ def test_more_replicas_than_redis_has_refuses_every_say(tmp_path: Path) -> None:
         refused = outcome(alice, "a1")
         assert isinstance(refused, Error) and refused.code == ErrorCode.UNAVAILABLE
         assert "0 of 2 Redis replicas had it within 1000 ms" in refused.message
+
+
+def test_while_the_replica_is_away_answers_stay_prompt_and_tells_are_refused_too(
+    tmp_path: Path,
+) -> None:
+    """Says sent over many loop turns while the replica is away are each answered (214)
+    within a few of WAIT's 1 s timeouts, not one timeout after another; a Tell is refused
+    like a Say."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "r").mkdir()
+    with (
+        redis_server(tmp_path / "m", aof=True) as master,
+        redis_server(tmp_path / "r", replica_of=master.port) as replica,
+    ):
+        wait_for_replicas(master, 1)
+        with serve_process("--data", master.url, "--rate", "0", "--redis-replicas", "1") as node:
+            bob = Client.connect(node.host, node.port, "bob", "lobby")
+            alice = Client.connect(node.host, node.port, "alice", "lobby")
+            assert alice.say("lobby", "before", msg_id="a0").seq == 1
+            replica.kill()
+            started = time.monotonic()
+            for n in range(12):
+                alice.send(Say(msg_id=f"a{n + 1}", room="lobby", text=f"m{n}"))
+                # A Who is answered at once, not through the log: a loop turn has passed.
+                rid = f"w{n}"
+                bob.send(Who(room="lobby", rid=rid))
+                assert bob.wait_for(Members, timeout=WAIT).rid == rid
+            answers = [outcome(alice, f"a{n + 1}") for n in range(12)]
+            took = time.monotonic() - started
+            assert all(isinstance(a, Error) and a.code == ErrorCode.UNAVAILABLE for a in answers)
+            assert took < 6.0, took
+            alice.send(Tell(msg_id="t1", to="bob", text="psst"))
+            told = outcome(alice, "t1")
+            assert isinstance(told, Error) and told.code == ErrorCode.UNAVAILABLE
+            assert "Redis replicas" in told.message

@@ -63,6 +63,7 @@ from chatctl.cluster.entries import (
     MarkEntry,
     Read,
     SayEntry,
+    TellEntry,
     encode_entries,
     read_entries,
 )
@@ -325,11 +326,28 @@ class Replication:
             ends, self._ends = self._ends, []
             for request in ends:
                 self._resubmit(request)
-        if self._batch:
+        if self._batch and not self._held_back():
             self._send_batch()
         self.writer.flush()
         self.reader.flush()
         self._wake_later()
+
+    def _held_back(self) -> bool:
+        """With --redis-replicas, one XADD and its WAIT at a time: WAIT holds the writer's
+        connection in Redis, so XADDs sent behind it would each wait out its timeout in
+        turn. What comes meanwhile gathers in the next batch (refused once that is full)."""
+        return bool(self.replicas and self._waits)
+
+    def _room_for(self, text: int) -> bool:
+        """Whether an entry with `text` characters of text fits in this turn's batch: when
+        the batch is full it is sent first, unless held back (then: no room)."""
+        if self._batch and (
+            len(self._batch) >= BATCH_ENTRIES or self._batch_text + text > BATCH_TEXT
+        ):
+            if self._held_back():
+                return False
+            self._send_batch()
+        return True
 
     def tick(self, now: float) -> None:
         """The loop's timer: reconnects, deadlines, a read to try again."""
@@ -370,16 +388,19 @@ class Replication:
         applied. A connection's end (cid -1) is never refused: it waits for Redis. A room's
         claim (cid -1 too) goes with the Join or Say behind it, or is dropped with it."""
         request.entry = entry
+        text = len(entry.text) if type(entry) is TellEntry else 0
         if request.cid < 0:
-            if self.accepting:
+            if self.accepting and len(self.pending) < MAX_PENDING and self._room_for(text):
                 self._queue(entry.p, request, entry)
             elif type(entry) is EndEntry:
-                self._ends.append(request)
-            return []
+                self._ends.append(request)  # it must reach the log: tried again at flush
+            return []  # (a room's claim is dropped: the Join or Say behind it is refused)
         if not self.accepting:
             return request.refusal(self._outage or "starting")
         if len(self.pending) >= MAX_PENDING:
             return request.refusal("Redis is not keeping up")
+        if not self._room_for(text):
+            return request.refusal("the Redis replicas are not keeping up")
         self.order.later(request.cid, request)
         self._queue(entry.p, request, entry)
         return []
@@ -388,26 +409,33 @@ class Replication:
         self.pending[number] = item
         self._batch.append(entry)
         self._batch_numbers.append(number)
-        if len(self._batch) >= BATCH_ENTRIES:
-            self._send_batch()
+        if type(entry) is TellEntry:
+            self._batch_text += len(entry.text)  # counted as a Say's is
 
     def _resubmit(self, request: Request) -> None:
         """A connection's end that did not reach the log goes again, under a new number."""
         entry = request.entry
         assert type(entry) is EndEntry
+        if not self._room_for(0):
+            self._ends.append(request)  # held back: at a later flush
+            return
         request.entry = entry = msgspec.structs.replace(entry, node=self.node, p=self.number())
         request.unknown = False
         self._queue(entry.p, request, entry)
 
     def propose(self, session: Session, name: str, say: Say, now_ms: int) -> list[Delivery]:
         """The hub's `propose`: a Say it checked goes to the log; nothing is delivered yet."""
-        if not self.accepting:
-            return [self._refusal(session.cid, say.msg_id, say.rid, self._outage or "starting")]
-        if len(self.pending) >= MAX_PENDING:
-            return [self._refusal(session.cid, say.msg_id, say.rid, "Redis is not keeping up")]
         text = say.text
-        if self._batch and self._batch_text + len(text) > BATCH_TEXT:
-            self._send_batch()
+        why = ""
+        if not self.accepting:
+            why = self._outage or "starting"
+        elif len(self.pending) >= MAX_PENDING:
+            why = "Redis is not keeping up"
+        elif not self._room_for(len(text)):
+            why = "the Redis replicas are not keeping up"
+        if why:
+            self.hub.not_stored(name)  # a room it was about to create is not made
+            return [self._refusal(session.cid, say.msg_id, say.rid, why)]
         number = next(self._numbers)
         proposal = self.pending[number] = Proposal(session, name, say.msg_id, say.rid)
         self.order.later(session.cid, proposal)
@@ -426,8 +454,6 @@ class Replication:
         )
         self._batch_numbers.append(number)
         self._batch_text += len(text)
-        if len(self._batch) >= BATCH_ENTRIES:
-            self._send_batch()
         return []
 
     def _send_batch(self) -> None:
@@ -473,6 +499,8 @@ class Replication:
         held, wait.held = wait.held, []
         for cid, item, out in held:
             self._answer(cid, item, out, wait)
+        if self._batch and not self._waits:
+            self._send_batch()  # what gathered behind it (sent by the loop's flush)
 
     def _answer(
         self, cid: int, item: Proposal | Request, out: list[Delivery], wait: _Wait | None
@@ -694,10 +722,14 @@ class Replication:
         spent = time.perf_counter() - started
         size = sum(map(len, chunks))
         key = chunks_key(position)
+        # In one transaction: a writer killed while sending leaves nothing (Redis drops a
+        # MULTI its client never finished), never chunks without their expiry.
+        writer.call(b"MULTI", on_reply=_ignore)
         writer.call(b"DEL", key, on_reply=_ignore)
         for i, chunk in enumerate(chunks):
             writer.call(b"HSET", key, i, chunk, on_reply=_ignore)
         writer.call(b"PEXPIRE", key, WRITING_MS, on_reply=_ignore)
+        writer.call(b"EXEC", on_reply=_ignore)
         committed = functools.partial(self._committed, position, size, spent)
         writer.call(
             b"EVAL", COMMIT, 3, POINTER, key, STREAM, position, len(chunks), size,

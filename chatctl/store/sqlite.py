@@ -14,7 +14,7 @@ cut may lose the last writes (no fsync), as with synchronous=NORMAL; synchronous
 the journal at every flush (about 3.6 ms on the development machine). docs/history.md
 explains the choice.
 
-Layout (schema 5): messages are stored in chunks, one SQLite row per run of up to
+Layout (schema 6; schema 5's marshalled chunks and ids still read): messages are stored in chunks, one SQLite row per run of up to
 `chunk_messages` consecutive messages of a room (and at most CHUNK_TEXT_BYTES of their
 text), encoded by msgspec: every SQL row costs ~1.5-2 us to insert and as much to delete whatever its
 width, so a row per message cost more than everything else a message does (docs/history.md
