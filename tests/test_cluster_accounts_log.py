@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatctl.cluster.accounts import DEFAULT_LEASE_MS, LogAccounts, lease_of
+from chatctl.cluster.accounts import DEFAULT_LEASE_MS, Hole, LogAccounts, lease_of
 from chatctl.cluster.entries import (
     FIELD,
+    PREV_FIELD,
     STREAM,
     AccountEntry,
     Entry,
@@ -130,3 +131,22 @@ def test_the_lease_comes_from_the_clusters_settings() -> None:
     assert lease_of(None) == DEFAULT_LEASE_MS
     with pytest.raises(ChatctlError):
         lease_of(b"something else")
+
+
+def test_entries_that_do_not_follow_the_last_one_read_are_a_hole() -> None:
+    """Each stream entry names the one before it: reading on after a trim that took entries
+    not read yet is noticed (the command then starts again from the current snapshot)."""
+    log = LogAccounts(DEFAULT_LEASE_MS)
+    first: Any = [
+        b"1000-0",
+        [FIELD, encode_entries([entry("add", "ann", "h")]), PREV_FIELD, b"0-0"],
+    ]
+    log.feed(read_entries([[STREAM, [first]]]))
+    assert log.last_id == b"1000-0"
+    later: Any = [
+        b"3000-0",
+        [FIELD, encode_entries([entry("add", "bob", "h")]), PREV_FIELD, b"2000-0"],
+    ]
+    with pytest.raises(Hole):
+        log.feed(read_entries([[STREAM, [later]]]))
+    assert [a.name for a in log.registry.accounts()] == ["ann"]  # nothing of it applied

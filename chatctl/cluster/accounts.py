@@ -42,6 +42,11 @@ READ_COUNT = 1024
 LOAD_TRIES = 10  # snapshots superseded while being read, before giving up
 
 
+class Hole(Exception):
+    """The log lost entries after the last one read (trimmed meanwhile): start again from
+    the current snapshot."""
+
+
 class LogAccounts:
     def __init__(self, lease_ms: int) -> None:
         self.registry = MemoryRegistry()
@@ -61,6 +66,8 @@ class LogAccounts:
         the outcome of `mine`'s change ("" done, else why not), or None if not read yet."""
         leases = self.leases
         for read in reads:
+            if read.prev and read.prev != self.last_id:
+                raise Hole(read.prev)
             self.last_id = read.id
             entries = read.entries
             node = entries[0].node if entries else None  # one XADD: one node's
@@ -122,7 +129,19 @@ class ClusterAccounts:
         )
 
     def read(self, mine: bytes = b"") -> str | None:
-        """Read the log to its end (or up to stream entry `mine`): `LogAccounts.feed`'s."""
+        """Read the log to its end (or up to stream entry `mine`): `LogAccounts.feed`'s;
+        from the current snapshot again if entries were trimmed before they were read."""
+        for _ in range(LOAD_TRIES):
+            try:
+                return self._read(mine)
+            except Hole:
+                self._load_snapshot()
+        raise ChatctlError(
+            f"Redis at {self.url}: the log was trimmed faster than it could be read "
+            f"({LOAD_TRIES} tries)"
+        )
+
+    def _read(self, mine: bytes) -> str | None:
         while True:
             reply = self._redis.call(
                 b"XREAD", b"COUNT", READ_COUNT, b"STREAMS", STREAM, self.log.last_id

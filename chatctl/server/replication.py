@@ -85,10 +85,10 @@ from chatctl.cluster.snapshot import (
 from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
-from chatctl.protocol import Error, ErrorCode, Say
+from chatctl.protocol import Bye, Error, ErrorCode, Say
 from chatctl.server.answers import InOrder, Slot, answers
 from chatctl.server.clusterhub import ClusterHub, Request
-from chatctl.server.hub import Delivery, Session, deliver
+from chatctl.server.hub import Delivery, Session, control, deliver
 from chatctl.server.hubstate import capture, restore
 from chatctl.server.log import ServerLog
 
@@ -281,6 +281,12 @@ class Replication:
             for key, mask in self._sel.select(min(left, 0.5)):
                 if isinstance(key.data, RedisLink):
                     key.data.ready(mask)
+            if self._read_again_at is not None and time.monotonic() >= self._read_again_at:
+                self._read_again_at = None  # a load (or read) to try again: no tick() yet
+                if self._loading:
+                    self._load_snapshot()
+                else:
+                    self._read_next()
             self.flush()
         self._check(settings, replies[1], replies[2])
         shared = replies[4]
@@ -609,7 +615,7 @@ class Replication:
             entries = read.entries
             node = entries[0].node if entries else None  # one XADD: one node's
             for gone in leases.advance(stream_ms(read.id), node):
-                self._gone(gone, leases.clock)
+                self._guarded(f"dropping node {gone}'s sessions", self._gone, gone, leases.clock)
             if read.problem:  # every node skips it alike
                 self.journal.warning(
                     "cluster", f"log entry {read.id.decode(errors='replace')}: {read.problem}"
@@ -617,25 +623,30 @@ class Replication:
             if node is not None and leases.is_gone(node):
                 node = None  # appended after its node was found gone: every node skips it
                 entries = []
+            where = read.id.decode(errors="replace")
             for entry in entries:
-                try:
-                    self._apply(entry)
-                except Exception as exc:  # a bug must cost one entry, never the node
-                    self.journal.error(
-                        "internal_error",
-                        f"applying log entry {read.id.decode(errors='replace')}: "
-                        f"{type(exc).__name__}: {exc}",
-                        traceback=traceback.format_exc(),
-                    )
+                self._guarded(f"applying log entry {where}", self._apply, entry)
             self.last_id = read.id
             self.applied += 1
             if self.policy.due(read.size) and node == self.node:
-                self._write_snapshot(read.id)
+                self._guarded(f"writing the snapshot at {where}", self._write_snapshot, read.id)
         if not self.caught_up and len(reads) < READ_COUNT:
             self.caught_up = True
             self._load_tries = 0
             self._update()
         self._read_next()
+
+    def _guarded(self, what: str, action: Callable[..., None], *args: object) -> None:
+        """`action(*args)`, where a bug costs that one step (logged), never the node: these
+        run in a link's callback, straight from the event loop."""
+        try:
+            action(*args)
+        except Exception as exc:
+            self.journal.error(
+                "internal_error",
+                f"{what}: {type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
 
     def _apply(self, entry: Entry) -> None:
         proposal: Proposal | Request | None = None
@@ -647,10 +658,21 @@ class Replication:
                 wait = self._wait_of.pop(entry.p, None)
             if pending and next(iter(pending)) < entry.p:
                 self._settle(entry.p)
-        kind = type(entry)
-        if kind is MarkEntry:
+        if type(entry) is MarkEntry:
             return
-        if kind is not SayEntry:
+        try:
+            self._apply_change(entry, proposal, wait)
+        except Exception:
+            # Its connection would wait for this answer for ever: it is closed instead.
+            if proposal is not None and proposal.cid >= 0:
+                bye = Bye(code=ErrorCode.SERVER_ERROR, reason="internal server error")
+                self.order.answered(proposal.cid, proposal, [control(proposal.cid, bye)])
+            raise
+
+    def _apply_change(
+        self, entry: Entry, proposal: Proposal | Request | None, wait: _Wait | None
+    ) -> None:
+        if type(entry) is not SayEntry:
             request: Request | None = proposal  # type: ignore[assignment]
             out = self.hub.apply(entry, request)
             if request is None or request.cid < 0:
@@ -658,7 +680,7 @@ class Replication:
             else:
                 self._answer(request.cid, request, out, wait)
             return
-        say: SayEntry = entry  # type: ignore[assignment]
+        say: SayEntry = entry
         if proposal is None:
             self._dispatch(self.hub.apply_say(say, None))
             return
@@ -765,6 +787,9 @@ class Replication:
     def _pointed(self, reply: Reply) -> None:
         if isinstance(reply, Unavailable):
             return  # loaded again once the reader is back (_reader_up)
+        if isinstance(reply, RedisError):
+            self._load_later(reply)
+            return
         pointer = read_pointer(reply)
         if isinstance(pointer, str):
             self._stop(f"the snapshot's pointer: {pointer}")
@@ -790,6 +815,10 @@ class Replication:
         if not last:
             return
         chunks, self._chunks = self._chunks, []
+        error = next((c for c in chunks if isinstance(c, RedisError)), None)
+        if error is not None:
+            self._load_later(error)
+            return
         if not all(type(chunk) is bytes for chunk in chunks):
             self._load_tries += 1
             self._load_snapshot()  # superseded (and deleted) while it was read: the next one
@@ -800,9 +829,25 @@ class Replication:
             return
         self._loaded(snapshot)
 
+    def _load_later(self, error: RedisError) -> None:
+        """An error reply while loading the snapshot (Redis still loading its AOF after a
+        restart, say): not the snapshot's fault; try again a little later."""
+        self.journal.warning("cluster", f"loading the snapshot from {self.url}: {error}")
+        self._read_again_at = time.monotonic() + RETRY_READ
+        self._wake_later()
+
     def _loaded(self, snapshot: Snapshot | None = None) -> None:
         if snapshot is not None:
-            restore(self.hub, self.leases, snapshot)
+            try:
+                restore(self.hub, self.leases, snapshot)
+            except Exception as exc:  # a half-restored hub must not take part
+                self.journal.error(
+                    "internal_error",
+                    f"loading the snapshot: {type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(),
+                )
+                self._stop(f"the snapshot at {snapshot.position} could not be loaded: {exc}")
+                return
             self.last_id = self.loaded_from = snapshot.position.encode()
             self.policy.restart()
         self._loading = False
