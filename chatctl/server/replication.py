@@ -190,6 +190,8 @@ class Replication:
         self._beat = lease_ms / 5000  # seconds without an entry of its own before a beat
         self._appended_at = 0.0  # when this node last sent an XADD (monotonic)
         self._ends: list[Request] = []  # connections' ends waiting for Redis
+        self._ends_at = 0.0  # not retried before (monotonic): after an error reply, a pause
+        self._losing = False  # closing every connection after losing its place (no ends)
         self.writer = RedisLink(
             "writer",
             url,
@@ -328,7 +330,7 @@ class Replication:
     def flush(self) -> None:
         """Once per loop turn, before the store's flush: this turn's entries go in one XADD,
         and each link sends what it has queued."""
-        if self._ends and self.accepting:
+        if self._ends and self.accepting and time.monotonic() >= self._ends_at:
             ends, self._ends = self._ends, []
             for request in ends:
                 self._resubmit(request)
@@ -395,6 +397,8 @@ class Replication:
         claim (cid -1 too) goes with the Join or Say behind it, or is dropped with it."""
         request.entry = entry
         text = len(entry.text) if type(entry) is TellEntry else 0
+        if self._losing:
+            return []  # its sessions are this node's old id's: dropped with its lease
         if request.cid < 0:
             if self.accepting and len(self.pending) < MAX_PENDING and self._room_for(text):
                 self._queue(entry.p, request, entry)
@@ -554,10 +558,11 @@ class Replication:
             if cid < 0:
                 if type(entry) is not EndEntry:
                     return  # a room's claim: the Join or Say behind it fails with it
-                if self.accepting:  # a connection's end: it must reach the log
-                    self._resubmit(proposal)
-                else:
-                    self._ends.append(proposal)
+                # A connection's end must reach the log: again at a flush, a little later
+                # (Redis answering every XADD with an error must not make a busy loop).
+                self._ends.append(proposal)
+                self._ends_at = time.monotonic() + RETRY_READ
+                self._wake_later()
                 return
             if type(entry) is JoinEntry:
                 self.hub.not_stored(entry.room)
@@ -727,7 +732,11 @@ class Replication:
         for proposal in pending.values():
             if proposal.cid >= 0:
                 self._fail(proposal, told)
-        self._on_gone()
+        self._losing = True
+        try:
+            self._on_gone()
+        finally:
+            self._losing = False
 
     # -- snapshots (cluster/snapshot.py) -----------------------------------------------------
 
@@ -916,7 +925,15 @@ class Replication:
         # The beat's time, while the writer can send it (it is back: the next flush asks).
         beat = self._appended_at + self._beat if self.writer.ready_for_commands else None
         times = [
-            t for t in (self.writer.wake_at, self.reader.wake_at, self._read_again_at, beat) if t
+            t
+            for t in (
+                self.writer.wake_at,
+                self.reader.wake_at,
+                self._read_again_at,
+                beat,
+                self._ends_at if self._ends else None,
+            )
+            if t
         ]
         if not times:
             return
