@@ -228,10 +228,11 @@ class ChatctlResume(Setup):
                     return out, True
                 return out, False
             if isinstance(event, p.Welcome):
-                if room is None:
-                    return out, True
-                if not self.sub:
-                    return p.encode(p.Join(room=room, history=0)), True
+                if room is None or not self.sub:
+                    # What came behind the Welcome in this read goes on to the worker's scan.
+                    rest = self.conn.buffered
+                    self.rest = data[len(data) - rest :] if rest else b""
+                    return (b"" if room is None else p.encode(p.Join(room=room, history=0))), True
                 self.page = event.limits.get("replay_limit", DEFAULT_REPLAY_LIMIT) or 1
                 out += p.encode(p.Join(room=room, after=self.after))
             elif room is None:
