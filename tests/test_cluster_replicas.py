@@ -7,11 +7,13 @@ with the first copy's seq."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from chatctl.protocol import Ack, Error, ErrorCode, Members, Say, Tell, Who
 from tests.redis_servers import RedisServer, redis_call, redis_server
-from tests.servers import Client, serve_process
+from tests.servers import Client, ServeProcess, serve_process
 from tests.test_cluster import WAIT, logged_texts, messages, outcome
 
 
@@ -34,9 +36,10 @@ def wait_for_replicas(master: RedisServer, count: int) -> None:
         time.sleep(0.05)  # polling Redis for a condition, with a deadline
 
 
-def test_acks_wait_for_the_replica_and_a_say_it_missed_is_refused_then_recognised(
-    tmp_path: Path,
-) -> None:
+@contextmanager
+def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, ServeProcess]]:
+    """A Redis master with AOF, one replica that has caught up, and a node that waits for
+    one replica (`--redis-replicas 1`): (the master, the replica, the node)."""
     (tmp_path / "m").mkdir()
     (tmp_path / "r").mkdir()
     with (
@@ -45,29 +48,36 @@ def test_acks_wait_for_the_replica_and_a_say_it_missed_is_refused_then_recognise
     ):
         wait_for_replicas(master, 1)
         with serve_process("--data", master.url, "--rate", "0", "--redis-replicas", "1") as node:
-            bob = Client.connect(node.host, node.port, "bob", "lobby")
-            alice = Client.connect(node.host, node.port, "alice", "lobby")
-            first = alice.say("lobby", "replicated", msg_id="a1")
-            assert isinstance(first, Ack) and first.seq == 1
-            assert logged_texts(replica) == ["replicated"]  # acked: the replica has it
-            replica.kill()
-            alice.send(Say(msg_id="a2", room="lobby", text="not replicated"))
-            refused = outcome(alice, "a2")
-            assert isinstance(refused, Error) and refused.code == ErrorCode.UNAVAILABLE
-            assert "0 of 1 Redis replicas" in refused.message and "resend" in refused.message
-            node.wait_for_line("messages are not acknowledged until replicated")
-            # The log has it all the same: every member receives it, once.
-            assert [(m.seq, m.text) for m in messages(bob, 2)] == [
-                (1, "replicated"),
-                (2, "not replicated"),
-            ]
-            replica.start()
-            wait_for_replicas(master, 1)
-            again = alice.say("lobby", "not replicated", msg_id="a2")  # the resend
-            assert isinstance(again, Ack) and again.seq == 2
-            node.wait_for_line("1 Redis replicas keep up again")
-            after = alice.say("lobby", "later", msg_id="a3")
-            assert isinstance(after, Ack) and after.seq == 3
+            yield master, replica, node
+
+
+def test_acks_wait_for_the_replica_and_a_say_it_missed_is_refused_then_recognised(
+    tmp_path: Path,
+) -> None:
+    with replicated(tmp_path) as (master, replica, node):
+        bob = Client.connect(node.host, node.port, "bob", "lobby")
+        alice = Client.connect(node.host, node.port, "alice", "lobby")
+        first = alice.say("lobby", "replicated", msg_id="a1")
+        assert isinstance(first, Ack) and first.seq == 1
+        assert logged_texts(replica) == ["replicated"]  # acked: the replica has it
+        replica.kill()
+        alice.send(Say(msg_id="a2", room="lobby", text="not replicated"))
+        refused = outcome(alice, "a2")
+        assert isinstance(refused, Error) and refused.code == ErrorCode.UNAVAILABLE
+        assert "0 of 1 Redis replicas" in refused.message and "resend" in refused.message
+        node.wait_for_line("messages are not acknowledged until replicated")
+        # The log has it all the same: every member receives it, once.
+        assert [(m.seq, m.text) for m in messages(bob, 2)] == [
+            (1, "replicated"),
+            (2, "not replicated"),
+        ]
+        replica.start()
+        wait_for_replicas(master, 1)
+        again = alice.say("lobby", "not replicated", msg_id="a2")  # the resend
+        assert isinstance(again, Ack) and again.seq == 2
+        node.wait_for_line("1 Redis replicas keep up again")
+        after = alice.say("lobby", "later", msg_id="a3")
+        assert isinstance(after, Ack) and after.seq == 3
 
 
 def test_more_replicas_than_redis_has_refuses_every_say(tmp_path: Path) -> None:
@@ -88,30 +98,23 @@ def test_while_the_replica_is_away_answers_stay_prompt_and_tells_are_refused_too
     """Says sent over many loop turns while the replica is away are each answered (214)
     within a few of WAIT's 1 s timeouts, not one timeout after another; a Tell is refused
     like a Say."""
-    (tmp_path / "m").mkdir()
-    (tmp_path / "r").mkdir()
-    with (
-        redis_server(tmp_path / "m", aof=True) as master,
-        redis_server(tmp_path / "r", replica_of=master.port) as replica,
-    ):
-        wait_for_replicas(master, 1)
-        with serve_process("--data", master.url, "--rate", "0", "--redis-replicas", "1") as node:
-            bob = Client.connect(node.host, node.port, "bob", "lobby")
-            alice = Client.connect(node.host, node.port, "alice", "lobby")
-            assert alice.say("lobby", "before", msg_id="a0").seq == 1
-            replica.kill()
-            started = time.monotonic()
-            for n in range(12):
-                alice.send(Say(msg_id=f"a{n + 1}", room="lobby", text=f"m{n}"))
-                # A Who is answered at once, not through the log: a loop turn has passed.
-                rid = f"w{n}"
-                bob.send(Who(room="lobby", rid=rid))
-                assert bob.wait_for(Members, timeout=WAIT).rid == rid
-            answers = [outcome(alice, f"a{n + 1}") for n in range(12)]
-            took = time.monotonic() - started
-            assert all(isinstance(a, Error) and a.code == ErrorCode.UNAVAILABLE for a in answers)
-            assert took < 6.0, took
-            alice.send(Tell(msg_id="t1", to="bob", text="psst"))
-            told = outcome(alice, "t1")
-            assert isinstance(told, Error) and told.code == ErrorCode.UNAVAILABLE
-            assert "Redis replicas" in told.message
+    with replicated(tmp_path) as (_master, replica, node):
+        bob = Client.connect(node.host, node.port, "bob", "lobby")
+        alice = Client.connect(node.host, node.port, "alice", "lobby")
+        assert alice.say("lobby", "before", msg_id="a0").seq == 1
+        replica.kill()
+        started = time.monotonic()
+        for n in range(12):
+            alice.send(Say(msg_id=f"a{n + 1}", room="lobby", text=f"m{n}"))
+            # A Who is answered at once, not through the log: a loop turn has passed.
+            rid = f"w{n}"
+            bob.send(Who(room="lobby", rid=rid))
+            assert bob.wait_for(Members, timeout=WAIT).rid == rid
+        answers = [outcome(alice, f"a{n + 1}") for n in range(12)]
+        took = time.monotonic() - started
+        assert all(isinstance(a, Error) and a.code == ErrorCode.UNAVAILABLE for a in answers)
+        assert took < 6.0, took
+        alice.send(Tell(msg_id="t1", to="bob", text="psst"))
+        told = outcome(alice, "t1")
+        assert isinstance(told, Error) and told.code == ErrorCode.UNAVAILABLE
+        assert "Redis replicas" in told.message
