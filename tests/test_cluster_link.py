@@ -18,8 +18,8 @@ import pytest
 
 from chatctl.cluster.link import LinkState, RedisLink, Unavailable
 from chatctl.cluster.resp import RedisError, Reply
-from chatctl.cluster.url import RedisUrl, parse_redis_url
 from chatctl.errors import ChatctlError
+from chatctl.redis_url import RedisUrl, parse_redis_url
 from tests.redis_servers import redis_call, redis_server
 from tests.servers import free_port
 

@@ -33,8 +33,8 @@ from chatctl.cluster.entries import (
 from chatctl.cluster.leases import Leases, stream_ms
 from chatctl.cluster.resp import RedisError
 from chatctl.cluster.snapshot import POINTER, Snapshot, chunks_key, decode_snapshot, read_pointer
-from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
+from chatctl.redis_url import RedisUrl
 from chatctl.store.registry import MemoryRegistry
 
 DEFAULT_LEASE_MS = 10_000  # when no node has started yet: no node's entry to skip anyway

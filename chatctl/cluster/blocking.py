@@ -8,8 +8,8 @@ import socket
 import time
 
 from chatctl.cluster.resp import Pipeline, Reply, RespProtocolError, command
-from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
+from chatctl.redis_url import RedisUrl
 
 TIMEOUT = 10.0  # for the connection and for each reply
 

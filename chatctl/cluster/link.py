@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 
 from chatctl.cluster.resp import Pipeline, RedisError, Reply, RespProtocolError, command
-from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
+from chatctl.redis_url import RedisUrl
 
 OnReply = Callable[[Reply], None]
 READ_CHUNK = 256 * 1024

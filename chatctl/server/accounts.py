@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from chatctl.cluster.accounts import ClusterAccounts
-from chatctl.cluster.url import is_redis, parse_redis_url
 from chatctl.errors import ChatctlError, ExitCode
 from chatctl.names import nick_problem, quote
 from chatctl.passwords import hash_password, password_problem
+from chatctl.redis_url import is_redis, parse_redis_url
 from chatctl.store.registry import Account, Registry
 from chatctl.store.url import MEMORY, open_registry
 

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 
 from chatctl import __version__
 from chatctl.address import format_addr
-from chatctl.cluster.url import RedisUrl, is_redis, parse_redis_url
 from chatctl.names import clip_reason
 from chatctl.protocol import (
     NEED_DATA,
@@ -55,6 +54,7 @@ from chatctl.protocol import (
     Welcome,
     encode,
 )
+from chatctl.redis_url import RedisUrl, is_redis, parse_redis_url
 from chatctl.server import heap
 from chatctl.server.admission import (
     FD_RESERVE,

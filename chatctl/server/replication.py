@@ -82,10 +82,10 @@ from chatctl.cluster.snapshot import (
     encode_snapshot,
     read_pointer,
 )
-from chatctl.cluster.url import RedisUrl
 from chatctl.errors import ChatctlError
 from chatctl.names import MSG_ID_MAX
 from chatctl.protocol import Bye, Error, ErrorCode, Say
+from chatctl.redis_url import RedisUrl
 from chatctl.server.answers import InOrder, Slot, answers
 from chatctl.server.clusterhub import ClusterHub, Request
 from chatctl.server.hub import Delivery, Session, control, deliver

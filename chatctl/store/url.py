@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chatctl.cluster.url import is_redis, parse_redis_url
 from chatctl.errors import ChatctlError
+from chatctl.redis_url import is_redis, parse_redis_url
 from chatctl.store.base import Store
 from chatctl.store.memory import MemoryStore
 from chatctl.store.registry import MemoryRegistry, Registry
