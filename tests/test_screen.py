@@ -253,3 +253,9 @@ def test_a_log_that_cannot_be_written_stops_logging_once(tmp_path: Path) -> None
     assert why is not None and "logging stopped" in why
     assert logs.write("room", "lobby", date(2026, 3, 3), ["x"]) is None  # said once
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_no_break_space_keeps_its_words_together() -> None:
+    # Found by the property above: U+00A0 is whitespace to str.split, but not a place to break.
+    pieces = [p for p, _ in wrap("see 10\xa0km away", 6, 6)]
+    assert pieces == ["see ", "10\xa0km ", "away"]

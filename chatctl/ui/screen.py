@@ -68,7 +68,9 @@ def stamp(ts: int | None, fmt: str) -> str:
     return clock(ts, fmt)
 
 
-_TOKENS = re.compile(r"\S+\s*|\s+")
+# Lines break after runs of plain spaces only: not at a no-break space (U+00A0), which
+# must keep its words together, nor at other spaces a terminal shows as a column.
+_TOKENS = re.compile(r"[^ ]+ *| +")
 
 
 def _fit(word: str, avail: int) -> int:
@@ -90,7 +92,7 @@ def _wrap_hard_line(text: str, first: int, rest: int) -> list[str]:
     cur = ""
     avail = first
     for token in _TOKENS.findall(text):
-        word = token.rstrip()
+        word = token.rstrip(" ")
         spaces = token[len(word) :]
         while word:
             if cwidth(cur) + cwidth(word) <= avail:
