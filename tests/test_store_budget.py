@@ -5,7 +5,6 @@ tails share one byte budget, the least recently appended to dropped first."""
 from __future__ import annotations
 
 import gc
-import sqlite3
 import tempfile
 import tracemalloc
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from chatctl.store.base import Store, StoredMessage
 from chatctl.store.memory import MemoryStore
+from chatctl.store.segments import Place
 from chatctl.store.sqlite import (
     TAIL_MESSAGE_COST,
     TAIL_ROOM_COST,
@@ -57,61 +57,19 @@ def stores(kind: str, **options: Any) -> Iterator[Store]:
             store.close()
 
 
-class CountingConnection:
-    """A stand-in for the store's sqlite3 connection that counts the chunks of messages its
-    cursors hand out."""
+class CountingReads:
+    """Counts the records the store reads from its segment files."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: SqliteStore) -> None:
         self.rows = 0
+        segments = store._segments_or_closed()
+        read = segments.read
 
-    def execute(self, sql: str, parameters: Any = ()) -> Any:
-        cursor = self.db.execute(sql, parameters)
-        if "FROM chunks" not in sql:
-            return cursor
-        return CountingCursor(cursor, self)
+        def counted(place: Place) -> bytes:
+            self.rows += 1
+            return read(place)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
-class CountingCursor:
-    def __init__(self, cursor: sqlite3.Cursor, counter: CountingConnection) -> None:
-        self.cursor = cursor
-        self.counter = counter
-
-    def __iter__(self) -> CountingCursor:
-        return self
-
-    def __next__(self) -> Any:
-        row = next(self.cursor)
-        self.counter.rows += 1
-        return row
-
-    def fetchone(self) -> Any:
-        row = self.cursor.fetchone()
-        self.counter.rows += row is not None
-        return row
-
-    def fetchmany(self, n: int = 1) -> list[Any]:
-        rows = self.cursor.fetchmany(n)
-        self.counter.rows += len(rows)
-        return rows
-
-    def fetchall(self) -> list[Any]:
-        rows = self.cursor.fetchall()
-        self.counter.rows += len(rows)
-        return rows
-
-    def close(self) -> None:
-        self.cursor.close()
-
-
-def counting(store: SqliteStore) -> CountingConnection:
-    assert store._db is not None
-    counter = CountingConnection(store._db)
-    store._db = counter  # type: ignore[assignment]
-    return counter
+        segments.read = counted  # type: ignore[method-assign]
 
 
 # -- the byte budget of a read -----------------------------------------------------------------
@@ -152,16 +110,16 @@ def test_property_a_read_stops_at_the_budget_but_never_returns_nothing(
             assert sum(map(size, newest[-len(kept) - 1 :])) > max_bytes
 
 
-def test_sqlite_reads_about_as_many_chunks_as_the_budget_allows(tmp_path: Path) -> None:
-    """1,000 messages of 1 KB, none of them in a tail, in chunks of at most 64 KiB of text:
-    asking for all of them within 10 KB reads one chunk (and at most one more), not all."""
+def test_sqlite_reads_about_as_many_records_as_the_budget_allows(tmp_path: Path) -> None:
+    """1,000 messages of 1 KB, none of them in a tail, in records of at most 64 KiB of text:
+    asking for all of them within 10 KB reads one record (and at most one more), not all."""
     store = SqliteStore(tmp_path, tail=1)
     try:
         fill(store, ROOM, [f"{i:04d}" + "x" * 996 for i in range(1000)])
-        assert store.stored_rows() == 1000  # all in SQLite
-        (chunks,) = store._connection().execute("SELECT count(*) FROM chunks").fetchone()
-        assert chunks >= 1000 * 1000 // (64 * 1024 + 1000)
-        rows = counting(store)
+        assert store.stored_rows() == 1000  # all indexed
+        (records,) = store._connection().execute("SELECT count(*) FROM records").fetchone()
+        assert records >= 1000 * 1000 // (64 * 1024 + 1000)
+        rows = CountingReads(store)
 
         page = store.read(ROOM, 0, 1000, max_bytes=10_000)
         assert [m.seq for m in page.messages] == list(range(1, 11))
@@ -172,9 +130,9 @@ def test_sqlite_reads_about_as_many_chunks_as_the_budget_allows(tmp_path: Path) 
         assert [m.seq for m in newest] == list(range(991, 1001))
         assert 1 <= rows.rows <= 2
 
-        rows.rows = 0  # the counter sees what an unbudgeted read costs: every chunk
+        rows.rows = 0  # the counter sees what an unbudgeted read costs: every record
         assert len(store.read(ROOM, 0, 1000).messages) == 1000
-        assert rows.rows == chunks
+        assert rows.rows == records
     finally:
         store.close()
 

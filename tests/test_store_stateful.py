@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -21,6 +22,7 @@ from hypothesis.stateful import (
 
 from chatctl.store.base import ReadResult, Store, StoredMessage
 from chatctl.store.memory import MemoryStore
+from chatctl.store.segments import RECORD, segment_name
 from chatctl.store.sqlite import TAIL_BYTES, SqliteStore, _tail_cost
 
 ROOMS = st.sampled_from(["lobby", "dev", "ops"])
@@ -319,9 +321,22 @@ class SqliteStoreMachine(StoreMachine):
         assert store.stored_rows() >= self.model.count()
         db = store._connection()
         for room, last in db.execute(
-            "SELECT room, last FROM chunks UNION ALL SELECT room, last FROM sent"
+            "SELECT room, last FROM records UNION ALL SELECT room, last FROM sent"
         ):
             assert last >= self.model.first(room)
+        # Trimmed history is gone from the files: every byte outside a live record is zero,
+        # and a segment file with no live record is gone (the newest may stay, empty).
+        live: dict[str, list[tuple[int, int]]] = {}
+        for segment, pos, length in db.execute("SELECT segment, pos, length FROM records"):
+            live.setdefault(segment_name(segment), []).append((pos, pos + RECORD.size + length))
+        files = sorted(p for p in Path(self.directory).iterdir() if p.name.startswith("messages-"))
+        for path in files[:-1]:
+            assert path.name in live, f"{path.name} holds nothing alive"
+        for path in files:
+            data = bytearray(path.read_bytes())
+            for start, end in live.get(path.name, []):
+                data[start:end] = bytes(end - start)
+            assert not any(data), f"{path.name} keeps bytes of trimmed history"
 
     def teardown(self) -> None:
         try:

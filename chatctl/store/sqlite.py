@@ -1,30 +1,32 @@
-"""Durable history: SQLite (stdlib sqlite3, WAL mode) in one data directory, fed through a
-small append-only journal.
+"""Durable history: message files (segments.py) indexed by SQLite (stdlib sqlite3, WAL mode)
+in one data directory.
 
 Writes: `append` only buffers. `flush` (once per loop turn, before any ack is written) makes
-the batch durable with ONE `write()` of the batch to DIR/journal: once that returns, the data
-is in the kernel's page cache and survives a `kill -9` of the server, exactly like a commit in
-WAL mode with synchronous=NORMAL, at a fraction of the cost (a small SQLite commit writes ~10
-page frames). Journaled rows go into SQLite in large transactions (every `sync_rows` rows, on
-`trim`, before a read that needs SQL, at close) and the journal is then emptied; rows it still
-holds at start-up (after a kill) are replayed, so a kill between the SQLite commit and
-emptying the journal is harmless (rows already in SQLite are skipped). A torn last journal
-line was never acknowledged (its write had not returned) and is dropped. An OS crash or power
-cut may lose the last writes (no fsync), as with synchronous=NORMAL; synchronous="FULL" fsyncs
-the journal at every flush (about 3.6 ms on the development machine). docs/history.md
-explains the choice.
+the batch durable with ONE `write()` of its records (a room's consecutive messages each) at the
+end of the newest segment file: once that returns, the data is in the kernel's page cache and
+survives a `kill -9` of the server, like a commit in WAL mode with synchronous=NORMAL, at a
+fraction of the cost. The messages are never written again: SQLite gets, every `sync_rows`
+messages (and on `trim`, at close), only where each record is and who sent what, in one
+transaction, after an fdatasync of the segments it points into. At start-up the records
+written after the last such transaction (the server was killed) are read back from the
+files and indexed; a torn last record was never acknowledged (its write had not returned)
+and is cut off. An OS crash or power cut may lose the last writes (no fsync per turn), as
+with synchronous=NORMAL; synchronous="FULL" fdatasyncs every flush. docs/history.md explains
+the choices.
 
-Layout (schema 6; schema 5's marshalled chunks and ids still read): messages are stored in chunks, one SQLite row per run of up to
-`chunk_messages` consecutive messages of a room (and at most CHUNK_TEXT_BYTES of their
-text), encoded by msgspec: every SQL row costs ~1.5-2 us to insert and as much to delete whatever its
-width, so a row per message cost more than everything else a message does (docs/history.md
-has the measurements). Resends are found through `sent`: per sender (a hash of its key),
-room and move into SQLite, the ids it sent and their seqs, one row however many there are.
+Layout (schema 7): a record holds up to `CHUNK_MESSAGES` consecutive messages of a room (and
+at most CHUNK_TEXT_BYTES of their text), encoded by msgspec; its row in `records` says where
+it is. Every SQL row costs ~1.5-2 us to insert and as much to delete whatever its width, and
+every byte written into SQLite is written again at the checkpoint and once more when deleted,
+so messages live in files and SQL rows stay few and small (docs/history.md has the
+measurements). Resends are found through `sent`: per sender (a hash of its key), room and
+move into SQLite, the ids it sent and their seqs, one row however many there are. Schemas 5
+and 6 kept the records in SQLite (`chunks`); opening one moves them into a segment once.
 
 Reads: a room keeps a bounded in-memory tail, a contiguous run of its newest messages
-(possibly empty), so joins and short resumes never touch SQL. Older reads go to the chunks
-from the cursor on, decoding one chunk at a time, and stop as soon as `max_bytes` of text is
-spent: a history request reads about what it may send (at most one chunk more).
+(possibly empty), so joins and short resumes never touch SQL. Older reads go to the records
+from the cursor on, decoding one at a time, and stop as soon as `max_bytes` of text is
+spent: a history request reads about what it may send (at most one record more).
 
 Memory. Per room with history, for ever (like its row in the rooms table; the hub caps the
 rooms at `total_rooms`): its name and three dict entries (head, first visible, first kept),
@@ -38,25 +40,27 @@ rooms at `total_rooms`): its name and three dict entries (head, first visible, f
 an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_message_cost` says
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
-cache holds at most OLDEST_TS_MAX rooms, the resend dict at most `sync_rows` messages, the
-resend filter ~13 bits per stored id (414 KiB at least), and SQLite's page cache 16 MiB. So
-10,000 rooms cost ~2 MiB plus at most 32 MiB of tails, whatever is said in them.
+cache holds at most OLDEST_TS_MAX rooms, the messages not yet indexed (and their records'
+places) at most `sync_rows` messages, the resend filter ~13 bits per stored id (414 KiB at
+least), and SQLite's page cache 16 MiB. So 10,000 rooms cost ~2 MiB plus at most 32 MiB of
+tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
-MemoryStore does), the age limit when `trim` runs; either way rows leave the database only in
-`trim` (called from a timer), a whole chunk at a time once all of it is hidden, in bounded
-batches so that one call never stalls the loop. The `rooms` table keeps each room's head so
-that sequence numbers continue after everything was trimmed or the server restarted.
+MemoryStore does), the age limit when `trim` runs; either way records leave only in `trim`
+(called from a timer), a whole record at a time once all of it is hidden, in bounded batches
+so that one call never stalls the loop: their rows are deleted, then their bytes punched out
+of the files, and a file with nothing alive is deleted. The `rooms` table keeps each room's
+head so that sequence numbers continue after everything was trimmed or the server restarted.
 
 Resends (`find`): a Bloom filter of every stored id says for certain when an id is new; a
-"maybe" looks among the messages not yet in SQLite (a dict, built then), then reads SQL: the
-sender's `sent` rows,
-newest first, until RESEND_WINDOW of its ids were looked at (the protocol promises that
-window, docs/protocol.md), each row's ids tested with one substring search before it is
-decoded.
+"maybe" looks among the messages not yet indexed (a dict, built then), then reads SQL: the
+sender's `sent` rows, newest first, until RESEND_WINDOW of its ids were looked at (the
+protocol promises that window, docs/protocol.md), each row's ids tested with one substring
+search before it is decoded.
 
-The journal's format is in journal.py and the resend filter in idfilter.py; what stays here is
-one cohesive thing, the SQLite side of the Store interface.
+The files are segments.py's, the resend filter idfilter.py's, and the journal of schemas 5
+and 6 is read by journal.py; what stays here is one cohesive thing, the Store interface over
+files and an SQL index.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ import os
 import sqlite3
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Literal
@@ -82,14 +86,16 @@ from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
-from chatctl.store.journal import ENCODER, JOURNAL_NAME, MARSHALLED, MESSAGES, Journal
+from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, replay_journal
+from chatctl.store.segments import ENCODER, MESSAGES, Place, Segments, segment_name
 
 # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
 # sender_key_of(token), not the token; 5: chunks of messages and per-sender `sent` rows
 # instead of a row per message (see _SCHEMA); 6: new chunks and `sent` ids in MessagePack
 # (msgspec) instead of marshal, about 10x cheaper to write; 5's marshalled ones still read,
-# so 5 becomes 6 without rewriting anything (the version keeps older servers out).
-SCHEMA_VERSION = 6
+# so 5 becomes 6 without rewriting anything (the version keeps older servers out); 7: the
+# chunks, now records, in segment files, indexed by `records` (5 and 6 are moved there).
+SCHEMA_VERSION = 7
 DB_NAME = "history.sqlite3"
 LOCK_NAME = "lock"
 # The in-memory tails: their budget, and what each costs against it (see the module's
@@ -99,8 +105,8 @@ TAIL_BYTES = 32 * 1024 * 1024
 TAIL_ROOM_COST = 1024
 TAIL_MESSAGE_COST = 384
 OLDEST_TS_MAX = 65_536
-# A chunk: at most this many messages, and (after its first) this much text. A read decodes
-# at most one chunk more than it returns.
+# A record: at most this many messages, and (after its first) this much text. A read decodes
+# at most one record more than it returns.
 CHUNK_MESSAGES = 256
 CHUNK_TEXT_BYTES = 64 * 1024
 # A resend is recognised among at least the sender's newest RESEND_WINDOW stored messages,
@@ -109,18 +115,26 @@ CHUNK_TEXT_BYTES = 64 * 1024
 RESEND_WINDOW = UNACKED_MAX
 
 _SCHEMA = """
--- A run of consecutive messages of one room: body is a MessagePack array of StoredMessage
--- arrays (room, seq, ts, sender, text, action, sender_key, msg_id), first to last (or, written
--- by schema 5, marshal of a list of (seq, ts, sender, text, action, sender_key, msg_id)).
--- ts_max lets the age limit skip whole chunks.
-CREATE TABLE IF NOT EXISTS chunks (
+-- A record: a run of consecutive messages of one room in a segment file (segments.py):
+-- messages-<segment>.log, its header at byte pos, its body `length` bytes. ts_max lets the
+-- age limit skip whole records.
+CREATE TABLE IF NOT EXISTS records (
     room TEXT NOT NULL,
     first INTEGER NOT NULL,
     last INTEGER NOT NULL,
     ts_max INTEGER NOT NULL,
-    body BLOB NOT NULL,
+    segment INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    length INTEGER NOT NULL,
     PRIMARY KEY (room, first)
 ) WITHOUT ROWID;
+-- Where the records indexed so far end: the ones after it were written by a server that was
+-- killed before it indexed them, and are read back at start-up.
+CREATE TABLE IF NOT EXISTS indexed (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    segment INTEGER NOT NULL,
+    pos INTEGER NOT NULL
+);
 -- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and move into
 -- SQLite (batch, increasing), the n ids it sent: a MessagePack array of [msg_id, seq] pairs
 -- (schema 5: marshal of a list of (msg_id, seq)).
@@ -136,20 +150,37 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_by_room ON sent (room, last);
 -- One row per room: the head survives the trimming of every message; first is the lowest seq
--- the age limit left visible (a chunk may still hold older messages, hidden).
+-- the age limit left visible (a record may still hold older messages, hidden).
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
     head INTEGER NOT NULL,
     first INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 """
+# Schemas 5 and 6: the records as rows of SQLite, body a MessagePack array of StoredMessage
+# arrays (or, by 5, marshal of a list of (seq, ts, sender, text, action, sender_key, msg_id)).
+_LEGACY_CHUNKS = """
+CREATE TABLE IF NOT EXISTS chunks (
+    room TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (room, first)
+) WITHOUT ROWID;
+"""
 _INSERT_CHUNK = (
     "INSERT OR IGNORE INTO chunks (room, first, last, ts_max, body) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_RECORD = (
+    "INSERT INTO records (room, first, last, ts_max, segment, pos, length)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SENT = (
     "INSERT OR IGNORE INTO sent (key_hash, batch, room, sender_key, last, n, ids)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_SET_INDEXED = "INSERT OR REPLACE INTO indexed (one, segment, pos) VALUES (1, ?, ?)"
 _INSERT_ROOM = "INSERT OR IGNORE INTO rooms (room, head) VALUES (?, 0)"
 _UPSERT_ROOM = "INSERT OR REPLACE INTO rooms (room, head, first) VALUES (?, ?, ?)"
 _ROOM, _SEQ, _TS, _TEXT = (
@@ -161,9 +192,17 @@ _ROOM, _SEQ, _TS, _TEXT = (
 _KEY, _ID = attrgetter("sender_key"), attrgetter("msg_id")
 _IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
 _FIRST = itemgetter(0)
-# Reads decode a chunk at a time; the chunk count of a read is what the tests watch.
-_CHUNKS_FROM = "SELECT body FROM chunks WHERE room = ? AND last >= ? ORDER BY first"
-_CHUNKS_NEWEST = "SELECT body FROM chunks WHERE room = ? ORDER BY first DESC"
+# Reads decode a record at a time; the record count of a read is what the tests watch.
+_RECORDS_FROM = "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? ORDER BY first"
+_RECORDS_NEWEST = "SELECT segment, pos, length FROM records WHERE room = ? ORDER BY first DESC"
+_RECORD_AT = (
+    "SELECT segment, pos, length FROM records WHERE room = ? AND first <= ?"
+    " ORDER BY first DESC LIMIT 1"
+)
+_RECORDS_UNEXPIRED = (
+    "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? AND ts_max >= ?"
+    " ORDER BY first"
+)
 
 
 def _migrate(db: sqlite3.Connection, version: int) -> None:
@@ -172,7 +211,7 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
     in chunks. secure_delete and a checkpoint leave no copy of a token in the file's free
     space or in the WAL."""
     db.create_function("sender_key_of", 1, sender_key_of, deterministic=True)
-    db.executescript(f"BEGIN; {_SCHEMA}")  # the transaction stays open until the COMMIT
+    db.executescript(f"BEGIN; {_SCHEMA} {_LEGACY_CHUNKS}")  # open until the COMMIT
     columns = "room, seq, ts, sender, text, action, sender_key, msg_id"
     if version < 4:
         columns = columns.replace(
@@ -188,10 +227,17 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         messages = [
             StoredMessage(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in some
         ]
-        _write_rows(db, messages, batch)
+        db.executemany(
+            _INSERT_CHUNK,
+            [
+                (room, part[0].seq, part[-1].seq, max(map(_TS, part)), ENCODER.encode(part))
+                for room, part in _parts(messages)
+            ],
+        )
+        db.executemany(_INSERT_SENT, _sent_rows(messages, batch))
     db.executemany(_INSERT_ROOM, db.execute("SELECT DISTINCT room FROM chunks").fetchall())
     db.execute("DROP TABLE messages")
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.execute("PRAGMA user_version=5")  # whose chunks _open moves into a segment next
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -201,18 +247,21 @@ def key_hash(sender_key: str) -> int:
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
-def _write_rows(db: sqlite3.Connection, messages: list[StoredMessage], batch: int) -> None:
-    """Insert `messages` (any rooms, each room's in seq order) as chunks and `sent` rows. Runs
-    once per move into SQLite over thousands of messages: no Python per message, only C
-    (msgspec, attrgetter, map, compress, a stable sort) where it can."""
-    if len(set(map(_ROOM, messages))) == 1:
+def _parts(messages: list[StoredMessage]) -> list[tuple[str, list[StoredMessage]]]:
+    """`messages` (any rooms, each room's in seq order) cut into records: runs of one room's
+    consecutive messages, at most CHUNK_MESSAGES and CHUNK_TEXT_BYTES of text (past their
+    first) each. On every flush: C (attrgetter, map, a stable sort, bisect) where it can."""
+    rooms = set(map(_ROOM, messages))
+    if len(rooms) == 1:
         runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
     else:  # a stable sort keeps each room's order
         runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
-    chunks = []
-    sent: list[tuple[int, int, str, str, int, int, bytes]] = []
+    parts = []
     for room, grouped in runs:
         run = grouped if isinstance(grouped, list) else list(grouped)
+        if len(run) <= CHUNK_MESSAGES and sum(map(len, map(_TEXT, run))) <= CHUNK_TEXT_BYTES:
+            parts.append((room, run))
+            continue
         start = 0
         while start < len(run):
             part = run[start : start + CHUNK_MESSAGES]
@@ -220,9 +269,22 @@ def _write_rows(db: sqlite3.Connection, messages: list[StoredMessage], batch: in
             sizes = list(itertools.accumulate(map(len, map(_TEXT, part))))
             part = part[: bisect.bisect_right(sizes, CHUNK_TEXT_BYTES) + 1]
             start += len(part)
-            chunks.append(
-                (room, part[0].seq, part[-1].seq, max(map(_TS, part)), ENCODER.encode(part))
-            )
+            parts.append((room, part))
+    return parts
+
+
+def _sent_rows(
+    messages: list[StoredMessage], batch: int
+) -> list[tuple[int, int, str, str, int, int, bytes]]:
+    """The `sent` rows of `messages` (any rooms, each room's in seq order): per room and
+    sender, the (msg_id, seq) pairs of the messages that have an id."""
+    if len(set(map(_ROOM, messages))) == 1:
+        runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
+    else:
+        runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
+    sent = []
+    for room, grouped in runs:
+        run = grouped if isinstance(grouped, list) else list(grouped)
         keys = list(map(_KEY, run))
         distinct = set(keys)
         for key in distinct:
@@ -238,8 +300,7 @@ def _write_rows(db: sqlite3.Connection, messages: list[StoredMessage], batch: in
                 sent.append(
                     (key_hash(key), batch, room, key, ids[-1][1], len(ids), ENCODER.encode(ids))
                 )
-    db.executemany(_INSERT_CHUNK, chunks)
-    db.executemany(_INSERT_SENT, sent)
+    return sent
 
 
 def _message_cost(message: StoredMessage) -> int:
@@ -280,12 +341,11 @@ def _ids(blob: bytes) -> list[tuple[str, int]]:
 
 
 def _messages(
-    room: str, bodies: Iterable[tuple[bytes]], start: int, *, newest_first: bool = False
+    room: str, bodies: Iterable[bytes], start: int, *, newest_first: bool = False
 ) -> Iterator[StoredMessage]:
-    """The messages of the chunks `bodies` (rows of one column) of `room` from seq `start` on:
-    in their order, or with `newest_first` (chunks newest first) newest first, ending at
-    `start`."""
-    for (body,) in bodies:
+    """The messages of the records `bodies` of `room` from seq `start` on: in their order, or
+    with `newest_first` (records newest first) newest first, ending at `start`."""
+    for body in bodies:
         messages = _chunk(room, body)
         if newest_first:
             messages.reverse()
@@ -364,13 +424,17 @@ class SqliteStore:
         # ts of the message at _first, when known: lets trim skip rooms with nothing expired.
         self._oldest_ts: dict[str, int] = {}
         self._pending: list[StoredMessage] = []  # appended, not yet durable
-        self._journaled: list[StoredMessage] = []  # durable in the journal, not yet in SQLite
+        # Durable in a segment, not yet indexed in SQLite: the messages, and per room the
+        # places of their records (first, last, ts_max, (segment, pos, length)).
+        self._journaled: list[StoredMessage] = []
+        self._unindexed: dict[str, list[tuple[int, int, int, Place]]] = {}
+        self._live: dict[int, int] = {}  # per segment, how many of its records are alive
         self._new_rooms: list[str] = []
         self._appended_since_trim = 0
         self._batch = 0  # the last `sent.batch` written
         # Resend detection without SQL for the common case, a new id: a filter of every
         # stored id says for certain when an id is new; a "maybe" (a real resend, or ~0.2%)
-        # looks in the messages not yet in SQLite (through dicts built only then, and kept
+        # looks in the messages not yet indexed (through dicts built only then, and kept
         # until those move on), then in SQL.
         self._recent: dict[tuple[str, str], StoredMessage] = {}  # of _journaled[:_indexed]
         self._indexed = 0
@@ -380,7 +444,7 @@ class SqliteStore:
         self._next_ids: IdFilter | None = None
         self._scan_from: tuple[int, int, str] | None = None
         self._lock_fd = -1
-        self._journal: Journal | None = None
+        self._segments: Segments | None = None
         self.notes: list[str] = []  # what opening repaired, for the server's log
         self._db: sqlite3.Connection | None = None
         try:
@@ -423,28 +487,86 @@ class SqliteStore:
             # file. It costs ~0.2 us a message at full speed (the freed pages are written).
             db.execute("PRAGMA secure_delete=ON")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version in (1, 2, 3, 4):
-                _migrate(db, version)
-            elif version not in (0, 5, SCHEMA_VERSION):  # 5 reads as 6
+            if version not in (0, 1, 2, 3, 4, 5, 6, SCHEMA_VERSION):
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
-            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            if version in (1, 2, 3, 4):
+                _migrate(db, version)
+            if version != SCHEMA_VERSION:
+                # Segment files beside an older database are what a move into segments
+                # interrupted by a kill wrote: it starts over.
+                for name in os.listdir(self.directory):
+                    if name.startswith("messages-") and name.endswith(".log"):
+                        os.unlink(self.directory / name)
+            self._segments = Segments(self.directory, fsync=self._fsync)
+            if version != SCHEMA_VERSION:
+                self._into_segments(db)
             if "first" not in {row[1] for row in db.execute("PRAGMA table_info(rooms)")}:
                 # The rooms table of schemas 1 to 4 (CREATE IF NOT EXISTS kept it).
                 db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
             self._load(db)
-            self._replay_journal(db, tokens_in_clear=version in (1, 2, 3))
+            self._recover()
+            self._replay_journal(tokens_in_clear=version in (1, 2, 3))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open history database {path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open history in {where}: {exc.strerror or exc}") from None
 
-    def _replay_journal(self, db: sqlite3.Connection, *, tokens_in_clear: bool) -> None:
-        """Put what the journal holds (written before a kill) into SQLite, then empty it: the
-        rows SQLite does not have yet (a kill between the commit and emptying the journal
-        leaves rows it has). A journal left by a schema-3 server holds tokens, not their
-        hashes."""
-        self._journal = Journal.open(self.directory / JOURNAL_NAME)
-        messages, torn = self._journal.replay()
+    def _into_segments(self, db: sqlite3.Connection) -> None:
+        """Create schema 7, moving the chunks of schema 5 or 6 (if any) into a segment file as
+        they are: one transaction, after an fdatasync of the file (so a kill anywhere leaves
+        either the old layout, and segment files that the next start deletes, or the new)."""
+        segments = self._segments_or_closed()
+        db.executescript(f"BEGIN; {_SCHEMA}")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone():
+            rows = db.execute("SELECT room, first, last, ts_max, body FROM chunks ORDER BY room, first")
+            while some := rows.fetchmany(1024):
+                places = segments.append([body for *_, body in some])
+                db.executemany(
+                    _INSERT_RECORD,
+                    [(*row[:4], *place) for row, place in zip(some, places, strict=True)],
+                )
+            segments.sync()
+            db.execute("DROP TABLE chunks")
+        db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+
+    def _recover(self) -> None:
+        """Index the records written after the last indexing (the server was killed before
+        it came): read back from the segment files, a torn last one cut off."""
+        segments = self._segments_or_closed()
+        where = self._connection().execute("SELECT segment, pos FROM indexed").fetchone()
+        found, note = segments.scan(*where) if where else segments.scan(1, 0)
+        if note:
+            self.notes.append(note)
+        for place, messages in found:
+            room = messages[0].room
+            head = self._heads.get(room, 0)
+            if messages[0].seq != head + 1 or any(m.room != room for m in messages):
+                raise StoreError(
+                    f"{self.directory / segment_name(place[0])} is damaged at byte {place[1]}"
+                    f" (a record of {room!r} from seq {messages[0].seq}, after {head})"
+                )
+            if room not in self._heads:
+                self._new_rooms.append(room)
+                self._first[room] = self._kept[room] = 1
+            self._heads[room] = messages[-1].seq
+            self._first[room] = max(self._first[room], self._count_floor(messages[-1].seq))
+            self._index_later(room, messages, place)
+            self._journaled += messages
+            self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
+        self._sync()
+
+    def _replay_journal(self, *, tokens_in_clear: bool) -> None:
+        """Take in what the journal of schema 5 or 6 holds (written before a kill: newer than
+        every chunk), then delete it. A journal left by a schema-3 server holds tokens, not
+        their hashes."""
+        path = self.directory / JOURNAL_NAME
+        if not path.exists():
+            return
+        messages, torn = replay_journal(path)
         if tokens_in_clear:
             messages = [
                 msgspec.structs.replace(m, sender_key=sender_key_of(m.sender_key))
@@ -454,32 +576,34 @@ class SqliteStore:
             ]
         if torn:
             self.notes.append(
-                f"{self._journal.path}: dropped {torn} bytes of a write cut short at the end "
+                f"{path}: dropped {torn} bytes of a write cut short at the end "
                 "(a kill or crash during the write; it was never acknowledged)"
             )
-        messages = [m for m in messages if m.seq > self._heads.get(m.room, 0)]
-        if messages:
-            self._journaled = messages
-            self._new_rooms = list({m.room: None for m in messages if m.room not in self._heads})
-            for m in messages:
-                room, seq = m.room, m.seq
-                if room not in self._heads:
-                    self._first[room] = self._kept[room] = 1
-                self._heads[room] = seq
-                self._first[room] = max(self._first[room], self._count_floor(seq))
-            self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
-            self._sync()
-        self._journal.empty()
+        for message in messages:
+            if message.seq > self._heads.get(message.room, 0):
+                self.append(message)
+        self.flush()
+        self._sync()
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise StoreError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
     def _load(self, db: sqlite3.Connection) -> None:
         for room, head, visible in db.execute("SELECT room, head, first FROM rooms").fetchall():
             low, high = db.execute(
-                "SELECT min(first), max(last) FROM chunks WHERE room = ?", (room,)
+                "SELECT min(first), max(last) FROM records WHERE room = ?", (room,)
             ).fetchone()
             top = max(head, high or 0)
             self._heads[room] = top
             self._kept[room] = low if low is not None else top + 1
             self._first[room] = max(self._kept[room], self._count_floor(top), visible)
+        self._live = dict(db.execute("SELECT segment, count(*) FROM records GROUP BY segment"))
+        segments = self._segments_or_closed()
+        (indexed,) = db.execute("SELECT segment FROM indexed").fetchone() or (segments.current,)
+        for number in list(segments.numbers):
+            if number < indexed and number not in self._live:
+                segments.remove(number)  # emptied by a trim that a kill cut short
         ids: list[tuple[str, str]] = []
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
             ids += zip(itertools.repeat(key), map(_FIRST, _ids(blob)))
@@ -539,35 +663,59 @@ class SqliteStore:
                 self._next_ids.add(pair)
 
     def flush(self) -> None:
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return
         # Nothing of this batch may be acknowledged if this raises: the server must stop.
-        self._journal_or_closed().append(self._pending, fsync=self._fsync)
-        self._stored_ids.added(len(self._pending))
+        parts = _parts(pending)
+        places = self._segments_or_closed().append([ENCODER.encode(part) for _, part in parts])
+        for (room, part), place in zip(parts, places, strict=True):
+            self._index_later(room, part, place)
+        self._stored_ids.added(len(pending))
         if self._next_ids is not None:
-            self._next_ids.added(len(self._pending))
-        self._journaled += self._pending
-        self._appended_since_trim += len(self._pending)
-        self._pending.clear()
+            self._next_ids.added(len(pending))
+        self._journaled += pending
+        self._appended_since_trim += len(pending)
+        pending.clear()
         if len(self._journaled) >= self._sync_rows:
             self._sync()
 
+    def _index_later(self, room: str, part: list[StoredMessage], place: Place) -> None:
+        """Note the record `part` of `room`, written at `place`, for the next _sync."""
+        entry = (part[0].seq, part[-1].seq, max(map(_TS, part)), place)
+        entries = self._unindexed.get(room)
+        if entries is None:
+            self._unindexed[room] = [entry]
+        else:
+            entries.append(entry)
+        self._live[place[0]] = self._live.get(place[0], 0) + 1
+
     def _sync(self) -> None:
-        """Move the journaled rows into SQLite (one transaction), then empty the journal."""
-        if not self._journaled:
+        """Index the records written since the last call, and their `sent` ids, in one
+        transaction, once the segments they are in are on disk."""
+        if not self._unindexed:
             return
+        segments = self._segments_or_closed()
+        segments.sync()  # before the index: a power cut must not leave a row without its record
         db = self._connection()
+        rows = [
+            (room, first, last, ts_max, *place)
+            for room, entries in self._unindexed.items()
+            for first, last, ts_max, place in entries
+        ]
         try:
             db.execute("BEGIN")
-            _write_rows(db, self._journaled, self._batch + 1)
+            db.executemany(_INSERT_RECORD, rows)
+            db.executemany(_INSERT_SENT, _sent_rows(self._journaled, self._batch + 1))
             if self._new_rooms:
                 db.executemany(_INSERT_ROOM, [(room,) for room in self._new_rooms])
+            db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
         self._batch += 1
-        self._journal_or_closed().empty()
+        self._unindexed.clear()
         self._journaled.clear()
         self._new_rooms.clear()
         self._recent.clear()
@@ -587,12 +735,12 @@ class SqliteStore:
             i = start - tail[0].seq
             span = range(i, min(i + limit, len(tail)))
             return ReadResult(take((tail[j] for j in span), max_bytes), gap)
-        cursor = self._query(_CHUNKS_FROM, (room, start))
+        bodies = self._bodies(room, start)
         try:
-            messages = _messages(room, cursor, start)
+            messages = _messages(room, bodies, start)
             found = take((m for m, _ in zip(messages, range(limit), strict=False)), max_bytes)
         finally:
-            cursor.close()
+            bodies.close()
         return ReadResult(found, gap)
 
     def latest(self, room: str, limit: int, max_bytes: int | None = None) -> list[StoredMessage]:
@@ -609,12 +757,12 @@ class SqliteStore:
             if have >= limit or len(found) < have:  # the tail held enough, or the budget ended
                 found.reverse()
                 return found
-        cursor = self._query(_CHUNKS_NEWEST, (room,))
+        bodies = self._bodies(room, first, newest_first=True)
         try:
-            newest = _messages(room, cursor, first, newest_first=True)
+            newest = _messages(room, bodies, first, newest_first=True)
             found = take((m for m, _ in zip(newest, range(limit), strict=False)), max_bytes)
         finally:
-            cursor.close()
+            bodies.close()
         found.reverse()
         if len(found) > have:
             self._refill_tail(room, found[-self._tail_size :])
@@ -636,11 +784,31 @@ class SqliteStore:
         self._tail_last = "" if last == room else last
         self.tail_used += cost
 
-    def _query(self, sql: str, parameters: tuple[str, int] | tuple[str]) -> sqlite3.Cursor:
-        """A cursor over chunks, once every appended row is in SQLite (a read may reach them)."""
+    def _bodies(
+        self, room: str, start: int, *, newest_first: bool = False
+    ) -> Generator[bytes, None, None]:
+        """The bodies of the records of `room` that reach `start` or beyond, in seq order
+        (or, with `newest_first`, all of them newest first), read one at a time: the indexed
+        ones through SQL, then the newer ones not indexed yet. Flushes first (a read may
+        reach the messages of this turn). Close it when done: it holds an SQL cursor."""
         self.flush()
-        self._sync()
-        return self._connection().execute(sql, parameters)
+        segments = self._segments_or_closed()
+        recent = [place for _, last, _, place in self._unindexed.get(room, ()) if last >= start]
+        if newest_first:
+            for place in reversed(recent):
+                yield segments.read(place)
+        cursor = self._connection().execute(
+            _RECORDS_NEWEST if newest_first else _RECORDS_FROM,
+            (room,) if newest_first else (room, start),
+        )
+        try:
+            for place in cursor:
+                yield segments.read(place)
+        finally:
+            cursor.close()
+        if not newest_first:
+            for place in recent:
+                yield segments.read(place)
 
     def find(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         if not msg_id:
@@ -651,10 +819,10 @@ class SqliteStore:
                 break
         else:
             return None
-        known = self._not_in_sql(sender_key, msg_id)
+        known = self._not_indexed(sender_key, msg_id)
         if known is not None:
             return known if known.seq >= self._first[known.room] else None
-        # Every message not in SQLite yet was looked at, so SQL alone is exact here: the
+        # Every message not indexed yet was looked at, so SQL alone is exact here: the
         # sender's rows, newest first, within the window. One substring search tells
         # whether a row can hold the id (its UTF-8 is in the encoded list as it is).
         needle = msg_id.encode("utf-8", "surrogatepass")
@@ -679,10 +847,10 @@ class SqliteStore:
             rows.close()
         return None
 
-    def _not_in_sql(self, sender_key: str, msg_id: str) -> StoredMessage | None:
-        """The message `msg_id` of `sender_key` among those not in SQLite yet: this turn's
-        (few: looked through) and the journaled ones (through a dict, extended to the ones
-        journaled since the last look and dropped when they move into SQLite)."""
+    def _not_indexed(self, sender_key: str, msg_id: str) -> StoredMessage | None:
+        """The message `msg_id` of `sender_key` among those not indexed yet: this turn's
+        (few: looked through) and the flushed ones (through a dict, extended to the ones
+        flushed since the last look and dropped when they are indexed)."""
         for message in reversed(self._pending):
             if message.msg_id == msg_id and message.sender_key == sender_key:
                 return message
@@ -694,22 +862,23 @@ class SqliteStore:
         return recent.get((sender_key, msg_id))
 
     def _message_at(self, room: str, seq: int) -> StoredMessage | None:
-        cursor = self._connection().execute(
-            "SELECT body FROM chunks WHERE room = ? AND first <= ? ORDER BY first DESC LIMIT 1",
-            (room, seq),
-        )
-        try:
-            for message in _messages(room, cursor, seq):
-                return message if message.seq == seq else None
-        finally:
-            cursor.close()
+        """The indexed message `seq` of `room` (find looked through the others first)."""
+        place = self._connection().execute(_RECORD_AT, (room, seq)).fetchone()
+        if place is None:
+            return None
+        for message in _chunk(room, self._segments_or_closed().read(place)):
+            if message.seq == seq:
+                return message
         return None
 
     def trim(self, now_ms: int) -> int:
         """Apply retention; delete at most `trim_batch` messages more than were appended since
         the last call (so deletion keeps pace with any ingest rate while a backlog drains in
-        bounded steps) and return how many were deleted. Chunks go whole: one whose newest
-        message is still visible stays, its older messages hidden."""
+        bounded steps) and return how many were deleted. Records go whole: one whose newest
+        message is still visible stays, its older messages hidden. Their rows go first, in
+        one transaction; then their bytes are punched out of the files, and files with
+        nothing alive left are deleted (a kill in between leaves bytes no row points to,
+        and files that the next start deletes)."""
         if not (self.retain_messages or self.retain_age):
             return 0
         self.flush()
@@ -719,6 +888,7 @@ class SqliteStore:
         budget = self._trim_batch + self._appended_since_trim
         self._appended_since_trim = 0
         removed = 0
+        dead: list[Place] = []
         try:
             db.execute("BEGIN")
             for room, head in self._heads.items():
@@ -727,21 +897,22 @@ class SqliteStore:
                     target = self._first_unexpired(db, room, first, head, cutoff)
                     if target > first:
                         self._forget_below(room, target)
-                        # Durable with the trim: a chunk may keep the hidden ones.
+                        # Durable with the trim: a record may keep the hidden ones.
                         db.execute(_UPSERT_ROOM, (room, head, target))
                 kept = self._kept[room]
-                # Chunks go whole: the budget may be passed by less than one.
+                # Records go whole: the budget may be passed by less than one.
                 upto = min(self._first[room], kept + budget + CHUNK_MESSAGES)
                 if upto <= kept:
                     continue
-                db.execute(
-                    "DELETE FROM chunks WHERE room = ? AND first < ? AND last < ?",
+                dead += db.execute(
+                    "DELETE FROM records WHERE room = ? AND first < ? AND last < ?"
+                    " RETURNING segment, pos, length",
                     (room, upto, upto),
-                )
+                ).fetchall()
                 db.execute("DELETE FROM sent WHERE room = ? AND last < ?", (room, upto))
                 db.execute(_UPSERT_ROOM, (room, head, self._first[room]))
                 (low,) = db.execute(
-                    "SELECT min(first) FROM chunks WHERE room = ?", (room,)
+                    "SELECT min(first) FROM records WHERE room = ?", (room,)
                 ).fetchone()
                 now_kept = low if low is not None else head + 1
                 if now_kept <= kept:
@@ -756,7 +927,22 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot trim history in {self.directory}: {exc}") from None
+        if dead:
+            self._release_records(dead)
         return removed
+
+    def _release_records(self, dead: list[Place]) -> None:
+        """Punch the records at `dead` (their rows deleted) out of their segments, and delete
+        the segments that hold nothing alive any more."""
+        segments = self._segments_or_closed()
+        segments.release(dead)
+        live = self._live
+        for number, _, _ in dead:
+            live[number] -= 1
+        for number in {number for number, _, _ in dead}:
+            if not live[number]:
+                del live[number]
+                segments.remove(number)
 
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
         """Retention never takes ids out of the resend filter, so a busy server's filter would
@@ -801,18 +987,19 @@ class SqliteStore:
     # -- beyond the interface ----------------------------------------------------------------
 
     def stored_rows(self) -> int:
-        """Messages in the database file: the stored ones plus those retention has hidden
-        but trim() has not deleted yet (at most a chunk's worth per room, once it has run)."""
+        """Messages in the segment files: the stored ones plus those retention has hidden
+        but trim() has not deleted yet (at most a record's worth per room, once it has run)."""
         self.flush()
         self._sync()
+        segments = self._segments_or_closed()
         return sum(
-            len(_chunk("", body))
-            for (body,) in self._connection().execute("SELECT body FROM chunks")
+            len(_chunk("", segments.read(place)))
+            for place in self._connection().execute("SELECT segment, pos, length FROM records")
         )
 
     def crash(self) -> None:
         """Drop every unflushed append and let go of the files, as a `kill -9` would (the
-        journal keeps what was flushed but not yet in SQLite)."""
+        segments keep what was flushed but not yet indexed)."""
         self._pending.clear()
         self._release()
 
@@ -859,13 +1046,11 @@ class SqliteStore:
         oldest = self._oldest_ts.get(room)
         if oldest is not None and oldest >= cutoff:
             return first
-        chunks = db.execute(
-            "SELECT body FROM chunks WHERE room = ? AND last >= ? AND ts_max >= ? ORDER BY first",
-            (room, first, cutoff),
-        )
+        places = db.execute(_RECORDS_UNEXPIRED, (room, first, cutoff))
+        segments = self._segments_or_closed()
         try:
-            for (body,) in chunks:
-                for message in _chunk(room, body):
+            for place in places:
+                for message in _chunk(room, segments.read(place)):
                     seq, ts = message.seq, message.ts
                     if seq >= first and ts >= cutoff:
                         if seq == first:
@@ -874,13 +1059,13 @@ class SqliteStore:
                             self._oldest_ts[room] = ts
                         return int(seq)
         finally:
-            chunks.close()
+            places.close()
         return head + 1
 
-    def _journal_or_closed(self) -> Journal:
-        if self._journal is None:
+    def _segments_or_closed(self) -> Segments:
+        if self._segments is None:
             raise StoreError(f"the history store in {self.directory} is closed")
-        return self._journal
+        return self._segments
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -898,9 +1083,9 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        if self._segments is not None:
+            self._segments.close()
+            self._segments = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = -1
