@@ -39,5 +39,5 @@ def test_property_a_batch_goes_into_as_many_layers_as_it_needs(
 def test_new_ids_are_mostly_known_absent() -> None:
     ids = IdFilter(1000)
     ids.add_many([("session", f"m{n}") for n in range(4000)])  # 4x the capacity: two layers
-    wrong = sum(ids.may_contain("session", f"new{n}") for n in range(10_000))
-    assert wrong < 100  # ~0.2% per full layer; SQL answers those exactly
+    wrong = sum(ids.may_contain("session", f"new{n}") for n in range(100_000))
+    assert wrong < 100  # ~0.02% per full layer; SQL answers those exactly

@@ -28,7 +28,7 @@ class StoredMessage(msgspec.Struct, frozen=True, gc=False, array_like=True):
     third of a named tuple's time), and with gc=False (its fields are strings, ints and a
     bool: it can never be in a reference cycle) the garbage collector never scans it.
     Build it positionally: keywords cost more. The SQLite store writes lists of them to its
-    journal and chunks with msgspec, each as an array (`array_like`: no field names)."""
+    segment files with msgspec, each as an array (`array_like`: no field names)."""
 
     room: str
     seq: int

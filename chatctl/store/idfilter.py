@@ -9,20 +9,22 @@ from rbloom import Bloom
 
 class IdFilter:
     """A Bloom filter of (sender_key, msg_id) pairs that grows by adding layers: "no" is
-    certain, "maybe" is wrong about 0.2% of the time per full layer. Nothing is ever removed
+    certain, "maybe" is wrong about 0.02% of the time per full layer. Nothing is ever removed
     (a trimmed id only costs a false "maybe"): the store replaces it with a fresh one once it
     holds many more ids than are stored. It lives in memory: a restart rebuilds it.
 
-    Why these numbers: every false "maybe" costs an SQL lookup (~30 us on the server, where
-    a whole message costs ~10 us), so the rate matters more than the memory: ~0.2% per layer
-    (about 13 bits per id), layers growing fourfold so that few of them can be wrong at once.
+    Why these numbers: every false "maybe" costs a search of the ids not yet indexed and an
+    SQL lookup (~30-50 us on the server, where a whole message costs ~8 us), so the rate
+    matters more than the memory: ~0.02% per layer (about 18 bits per id: 2.2 MB for a
+    million ids; at 0.2% a busy server's false "maybe"s cost ~0.2 us a message), layers
+    growing fourfold so that few of them can be wrong at once.
 
     The layers are rbloom's (Rust): an add or a lookup costs ~0.1 us where the pure-Python
     filter this replaced cost ~0.9 us, a tenth of a message's whole cost. The store adds on
     its hot path through `add`, the newest layer's own method (no Python call in between),
     and says how many it added with `added`, which grows the filter (and so rebinds `add`)."""
 
-    FALSE_POSITIVES = 0.002
+    FALSE_POSITIVES = 0.0002
     GROWTH = 4
     add: Callable[[tuple[str, str]], None]
 

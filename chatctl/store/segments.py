@@ -103,15 +103,18 @@ class Segments:
             places.append((self.current, pos, len(body)))
             pos += RECORD.size + len(body)
         data = b"".join(map(frame, bodies)) if len(bodies) > 1 else frame(bodies[0])
-        path = self._path(self.current)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            written = os.write(self._fd, data)
+            if written < len(data):  # a file system that writes in parts: the rest
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
             if self._fsync:
                 os.fdatasync(self._fd)
         except OSError as exc:
-            raise StoreError(f"cannot write history to {path}: {exc.strerror or exc}") from None
+            raise StoreError(
+                f"cannot write history to {self._path(self.current)}: {exc.strerror or exc}"
+            ) from None
         self._size = pos
         self._dirty.add(self.current)
         return places

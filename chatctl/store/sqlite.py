@@ -41,7 +41,7 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the messages not yet indexed (and their records'
-places) at most `sync_rows` messages, the resend filter ~13 bits per stored id (414 KiB at
+places) at most `sync_rows` messages, the resend filter ~18 bits per stored id (576 KiB at
 least), and SQLite's page cache 16 MiB. So 10,000 rooms cost ~2 MiB plus at most 32 MiB of
 tails, whatever is said in them.
 
@@ -75,7 +75,7 @@ import sqlite3
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Generator, Iterable, Iterator
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +113,9 @@ CHUNK_TEXT_BYTES = 64 * 1024
 # as many as a client may have unacknowledged (docs/protocol.md §6.3): what `find` reads at
 # most, when the filter says "maybe".
 RESEND_WINDOW = UNACKED_MAX
+# How many "maybe"s of the resend filter, between two indexings, search the flushed ids
+# before a dict of them is built (see _not_indexed).
+MAYBES_SEARCHED = 8
 
 _SCHEMA = """
 -- A record: a run of consecutive messages of one room in a segment file (segments.py):
@@ -135,9 +138,11 @@ CREATE TABLE IF NOT EXISTS indexed (
     segment INTEGER NOT NULL,
     pos INTEGER NOT NULL
 );
--- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and move into
--- SQLite (batch, increasing), the n ids it sent: a MessagePack array of [msg_id, seq] pairs
--- (schema 5: marshal of a list of (msg_id, seq)).
+-- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and indexing
+-- (batch, increasing), the n ids it sent: a MessagePack array of two, its messages' msg_ids
+-- ("" for none) and their seqs (schema 6: an array of [msg_id, seq] pairs; schema 5: marshal
+-- of a list of (msg_id, seq) tuples; both rewritten when moved to 7). `last` is the seq of
+-- the sender's last message in the row.
 CREATE TABLE IF NOT EXISTS sent (
     key_hash INTEGER NOT NULL,
     batch INTEGER NOT NULL,
@@ -190,10 +195,12 @@ _ROOM, _SEQ, _TS, _TEXT = (
     attrgetter("text"),
 )
 _KEY, _ID = attrgetter("sender_key"), attrgetter("msg_id")
-_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
-_FIRST = itemgetter(0)
+_IDS = msgspec.msgpack.Decoder(tuple[list[str], list[int]])
+_OLD_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
 # Reads decode a record at a time; the record count of a read is what the tests watch.
-_RECORDS_FROM = "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? ORDER BY first"
+_RECORDS_FROM = (
+    "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? ORDER BY first"
+)
 _RECORDS_NEWEST = "SELECT segment, pos, length FROM records WHERE room = ? ORDER BY first DESC"
 _RECORD_AT = (
     "SELECT segment, pos, length FROM records WHERE room = ? AND first <= ?"
@@ -291,15 +298,11 @@ def _sent_rows(
             mine = (
                 run if len(distinct) == 1 else list(itertools.compress(run, map(key.__eq__, keys)))
             )
-            ids = list(
-                itertools.compress(
-                    zip(map(_ID, mine), map(_SEQ, mine), strict=False), map(_ID, mine)
-                )
-            )
-            if ids:
-                sent.append(
-                    (key_hash(key), batch, room, key, ids[-1][1], len(ids), ENCODER.encode(ids))
-                )
+            ids = list(map(_ID, mine))  # two flat lists: no tuple per message
+            n = len(ids) - ids.count("")
+            if n:
+                blob = ENCODER.encode((ids, list(map(_SEQ, mine))))
+                sent.append((key_hash(key), batch, room, key, mine[-1].seq, n, blob))
     return sent
 
 
@@ -332,12 +335,17 @@ def _chunk(room: str, body: bytes) -> list[StoredMessage]:
     return MESSAGES.decode(body)
 
 
-def _ids(blob: bytes) -> list[tuple[str, int]]:
-    """The (msg_id, seq) pairs of a `sent` row."""
-    if blob[0] in MARSHALLED:
-        pairs: list[tuple[str, int]] = marshal.loads(blob)
-        return pairs
+def _ids(blob: bytes) -> tuple[list[str], list[int]]:
+    """The msg_ids of a `sent` row ("" for a message without one) and their seqs."""
     return _IDS.decode(blob)
+
+
+def _old_ids(blob: bytes) -> bytes:
+    """A `sent` row's ids of schema 5 or 6 in the form of 7."""
+    pairs: list[tuple[str, int]] = (
+        marshal.loads(blob) if blob[0] in MARSHALLED else _OLD_IDS.decode(blob)
+    )
+    return ENCODER.encode(([p[0] for p in pairs], [p[1] for p in pairs]))
 
 
 def _messages(
@@ -390,7 +398,7 @@ class SqliteStore:
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         tail: int = 256,
         tail_bytes: int = TAIL_BYTES,
-        sync_rows: int = 2048,
+        sync_rows: int = 8192,
         trim_batch: int = 20_000,
         filter_floor: int = 1 << 20,
         filter_chunk: int = 50_000,
@@ -433,9 +441,13 @@ class SqliteStore:
         self._appended_since_trim = 0
         self._batch = 0  # the last `sent.batch` written
         # Resend detection without SQL for the common case, a new id: a filter of every
-        # stored id says for certain when an id is new; a "maybe" (a real resend, or ~0.2%)
+        # stored id says for certain when an id is new; a "maybe" (a real resend, or ~0.02%)
         # looks in the messages not yet indexed (through dicts built only then, and kept
         # until those move on), then in SQL.
+        # The msg_ids of _journaled, in order: a few "maybe"s look through them (in C);
+        # a burst of them (a client resending after a reconnect) builds the dict instead.
+        self._journaled_ids: list[str] = []
+        self._maybes = 0
         self._recent: dict[tuple[str, str], StoredMessage] = {}  # of _journaled[:_indexed]
         self._indexed = 0
         self._stored_ids = IdFilter(1 << 18)
@@ -501,7 +513,7 @@ class SqliteStore:
                         os.unlink(self.directory / name)
             self._segments = Segments(self.directory, fsync=self._fsync)
             if version != SCHEMA_VERSION:
-                self._into_segments(db)
+                self._into_segments(db, old_ids=version in (5, 6))
             if "first" not in {row[1] for row in db.execute("PRAGMA table_info(rooms)")}:
                 # The rooms table of schemas 1 to 4 (CREATE IF NOT EXISTS kept it).
                 db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
@@ -513,14 +525,17 @@ class SqliteStore:
         except OSError as exc:
             raise StoreError(f"cannot open history in {where}: {exc.strerror or exc}") from None
 
-    def _into_segments(self, db: sqlite3.Connection) -> None:
+    def _into_segments(self, db: sqlite3.Connection, *, old_ids: bool) -> None:
         """Create schema 7, moving the chunks of schema 5 or 6 (if any) into a segment file as
-        they are: one transaction, after an fdatasync of the file (so a kill anywhere leaves
-        either the old layout, and segment files that the next start deletes, or the new)."""
+        they are, and (`old_ids`) rewriting the `sent` ids of 5 or 6 in the form of 7: one
+        transaction, after an fdatasync of the file (so a kill anywhere leaves either the
+        old layout, and segment files that the next start deletes, or the new)."""
         segments = self._segments_or_closed()
         db.executescript(f"BEGIN; {_SCHEMA}")
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'chunks'").fetchone():
-            rows = db.execute("SELECT room, first, last, ts_max, body FROM chunks ORDER BY room, first")
+            rows = db.execute(
+                "SELECT room, first, last, ts_max, body FROM chunks ORDER BY room, first"
+            )
             while some := rows.fetchmany(1024):
                 places = segments.append([body for *_, body in some])
                 db.executemany(
@@ -529,6 +544,14 @@ class SqliteStore:
                 )
             segments.sync()
             db.execute("DROP TABLE chunks")
+        if old_ids:
+            db.executemany(
+                "UPDATE sent SET ids = ? WHERE key_hash = ? AND batch = ? AND room = ?",
+                [
+                    (_old_ids(blob), *where)
+                    for *where, blob in db.execute("SELECT key_hash, batch, room, ids FROM sent")
+                ],
+            )
         db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -606,7 +629,7 @@ class SqliteStore:
                 segments.remove(number)  # emptied by a trim that a kill cut short
         ids: list[tuple[str, str]] = []
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
-            ids += zip(itertools.repeat(key), map(_FIRST, _ids(blob)))
+            ids += zip(itertools.repeat(key), filter(None, _ids(blob)[0]))
         self._stored_ids = IdFilter(len(ids) + (1 << 18))
         self._stored_ids.add_many(ids)
         (batch,) = db.execute("SELECT max(batch) FROM sent").fetchone()
@@ -655,7 +678,12 @@ class SqliteStore:
             self._evict_tails()
         retain = self.retain_messages
         if retain and seq - retain >= self._first[room]:
-            self._forget_below(room, seq - retain + 1)
+            # _forget_below, inlined for the common case: the tail is far above the limit.
+            first = self._first[room] = seq - retain + 1
+            if room in self._oldest_ts:
+                del self._oldest_ts[room]
+            if tail[0].seq < first:
+                self._forget_below(room, first)
         if msg_id:
             pair = (message.sender_key, msg_id)
             self._stored_ids.add(pair)  # rbloom's, in C (counted in flush)
@@ -675,6 +703,7 @@ class SqliteStore:
         if self._next_ids is not None:
             self._next_ids.added(len(pending))
         self._journaled += pending
+        self._journaled_ids += map(_ID, pending)
         self._appended_since_trim += len(pending)
         pending.clear()
         if len(self._journaled) >= self._sync_rows:
@@ -718,6 +747,8 @@ class SqliteStore:
         self._unindexed.clear()
         self._journaled.clear()
         self._new_rooms.clear()
+        self._journaled_ids.clear()
+        self._maybes = 0
         self._recent.clear()
         self._indexed = 0
 
@@ -824,8 +855,9 @@ class SqliteStore:
             return known if known.seq >= self._first[known.room] else None
         # Every message not indexed yet was looked at, so SQL alone is exact here: the
         # sender's rows, newest first, within the window. One substring search tells
-        # whether a row can hold the id (its UTF-8 is in the encoded list as it is).
-        needle = msg_id.encode("utf-8", "surrogatepass")
+        # whether a row can hold the id: it is in the row's list as MessagePack encodes it
+        # alone, its length in front (so "c12" is not found inside "c123").
+        needle = ENCODER.encode(msg_id)
         seen = 0
         rows = self._connection().execute(
             "SELECT room, sender_key, last, n, ids FROM sent WHERE key_hash = ?"
@@ -837,7 +869,7 @@ class SqliteStore:
                 if key != sender_key or last < self._first[room]:
                     continue
                 if needle in blob:
-                    for candidate, seq in _ids(blob):
+                    for candidate, seq in zip(*_ids(blob), strict=True):
                         if candidate == msg_id and seq >= self._first[room]:
                             return self._message_at(room, seq)
                 seen += n
@@ -849,11 +881,24 @@ class SqliteStore:
 
     def _not_indexed(self, sender_key: str, msg_id: str) -> StoredMessage | None:
         """The message `msg_id` of `sender_key` among those not indexed yet: this turn's
-        (few: looked through) and the flushed ones (through a dict, extended to the ones
-        flushed since the last look and dropped when they are indexed)."""
+        (few: looked through) and the flushed ones: the first few times since the last
+        indexing (the filter's false "maybe"s, ~1 in 5,000 new ids) by a search of their ids
+        in C, then (a resend burst) through a dict, extended to the ones flushed since the
+        last look and dropped when they are indexed."""
         for message in reversed(self._pending):
             if message.msg_id == msg_id and message.sender_key == sender_key:
                 return message
+        if self._maybes < MAYBES_SEARCHED:
+            self._maybes += 1
+            at = 0
+            while True:
+                try:
+                    at = self._journaled_ids.index(msg_id, at)  # a loop in C
+                except ValueError:
+                    return None
+                if self._journaled[at].sender_key == sender_key:
+                    return self._journaled[at]
+                at += 1
         recent = self._recent
         if self._indexed < len(self._journaled):
             new = self._journaled[self._indexed :]
@@ -967,7 +1012,7 @@ class SqliteStore:
         budget = self._filter_chunk
         try:
             for hashed, batch, room, key, n, blob in rows:
-                add_many(list(zip(itertools.repeat(key), map(_FIRST, _ids(blob)))))
+                add_many(list(zip(itertools.repeat(key), filter(None, _ids(blob)[0]))))
                 self._scan_from = (hashed, batch, room)
                 budget -= n
                 if budget <= 0:
