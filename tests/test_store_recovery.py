@@ -34,9 +34,13 @@ def flushed(directory: Path, count: int, *, sync_rows: int = 1000) -> SqliteStor
     return store
 
 
-def indexed(directory: Path) -> list[tuple[int, int]]:
-    """The (first, last) of every record the database indexes (the store is closed)."""
-    db = sqlite3.connect(directory / DB_NAME)
+def indexed(where: Path | SqliteStore) -> list[tuple[int, int]]:
+    """The (first, last) of every record the database in `where` indexes (a closed store's
+    directory, or an open store: it holds the database's lock)."""
+    if isinstance(where, SqliteStore):
+        db = where._connection()
+        return db.execute("SELECT first, last FROM records ORDER BY first").fetchall()
+    db = sqlite3.connect(where / DB_NAME)
     try:
         return db.execute("SELECT first, last FROM records ORDER BY first").fetchall()
     finally:
@@ -61,6 +65,7 @@ def test_a_torn_last_record_is_cut_off_and_the_rest_kept(tmp_path: Path, torn: b
         " (a kill or crash during the write; it was never acknowledged)"
     ]
     assert segment.stat().st_size == whole
+    assert indexed(store) == [(1, 1), (2, 2), (3, 3)]  # at start-up
     assert store.head("lobby") == 3
     assert store.read("lobby", 0, 10).messages == [message(1), message(2), message(3)]
     assert store.find("k", "lobby-2") == message(2)
@@ -87,6 +92,7 @@ def test_records_not_indexed_before_a_kill_are_read_back_once(
     for _ in range(2):
         again = SqliteStore(tmp_path, sync_rows=sync_rows)
         assert again.notes == []
+        assert indexed(again) == [(seq, seq) for seq in range(1, 8)]
         assert again.head("lobby") == 7
         assert again.read("lobby", 0, 20).messages == [message(seq) for seq in range(1, 8)]
         assert again.latest("lobby", 3) == [message(5), message(6), message(7)]
