@@ -1,12 +1,11 @@
-"""The data directory is the server user's alone: modes, owners, symlinks, damaged journals."""
+"""The data directory is the server user's alone: modes, owners, symlinks, damaged segment
+files and journals."""
 
 from __future__ import annotations
 
 import marshal
 import os
 import stat
-import struct
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,9 @@ from chatctl.store.errors import StoreError
 from chatctl.store.journal import JOURNAL_NAME
 from chatctl.store.sqlite import DB_NAME, SqliteStore
 from tests.servers import Client, run_chatctl, running_server, serve_process
+from tests.store_files import record
+
+SEGMENT = "messages-000001.log"
 
 
 def message(seq: int) -> StoredMessage:
@@ -42,9 +44,9 @@ def test_files_are_private_whatever_the_umask(tmp_path: Path, open_umask: None) 
     store = SqliteStore(directory)
     store.append(message(1))
     store.flush()
-    store.stored_rows()  # into SQLite: the -wal file exists now
+    store.stored_rows()  # indexed in SQLite: the -wal file exists now
     created = sorted(p.name for p in directory.iterdir())
-    assert {DB_NAME, f"{DB_NAME}-wal", JOURNAL_NAME, "lock"} <= set(created)
+    assert set(created) == {DB_NAME, f"{DB_NAME}-wal", SEGMENT, "lock"}
     assert mode(directory) == 0o700
     for name in created:
         assert mode(directory / name) == 0o600, name
@@ -92,8 +94,42 @@ def test_a_symlink_in_the_directory_is_refused_not_followed(tmp_path: Path, name
     assert victim.read_text() == "precious\n"
 
 
-def record(body: bytes) -> bytes:
-    return struct.pack("!II", len(body), zlib.crc32(body)) + body
+def test_a_symlink_in_place_of_a_segment_file_is_refused_not_followed(tmp_path: Path) -> None:
+    """(In a new directory a segment file is deleted unread: a schema-7 one is opened.)"""
+    SqliteStore(tmp_path).close()
+    victim = tmp_path.parent / f"{tmp_path.name}-victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / SEGMENT).unlink()
+    (tmp_path / SEGMENT).symlink_to(victim)
+    with pytest.raises(StoreError, match="symbolic link"):
+        SqliteStore(tmp_path)
+    assert victim.read_text() == "precious\n"
+
+
+BAD_BODIES = [
+    b"\xff garbage that is not MessagePack data",
+    marshal.dumps([("lobby", 1, 1, "ann", "hi", 0, "", "", 0)]),  # schema 5's journal
+    msgspec.msgpack.encode({"not": "a list"}),
+    msgspec.msgpack.encode([["lobby", 1, "ts?", "ann", "hi", False, "", ""]]),
+    msgspec.msgpack.encode([["lobby", 1]]),
+    msgspec.msgpack.encode([["lobby", 1, 1, "ann", "hi", False, "", ""]])[:-1] + b"\xc1",
+    b"",
+    # Well formed, but not what follows the room's head (0), or of two rooms.
+    msgspec.msgpack.encode([["lobby", 2, 1, "ann", "hi", False, "", ""]]),
+    msgspec.msgpack.encode([["lobby", 1, 1, "a", "x", False, "", ""], ["dev", 2, 1, "a", "y"]]),
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+def test_a_segment_record_with_a_good_checksum_and_bad_content_is_one_line(
+    tmp_path: Path, body: bytes
+) -> None:
+    SqliteStore(tmp_path).close()
+    (tmp_path / SEGMENT).write_bytes(record(body))  # written after the last indexing
+    result = run_chatctl("serve", "--port", "0", "--data", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{tmp_path / SEGMENT} is damaged at byte 0" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -103,37 +139,37 @@ def record(body: bytes) -> bytes:
         marshal.dumps({"not": "a list"}),
         marshal.dumps([("lobby", 1, "ts?", "ann", "hi", 0, "", "", 0)]),
         marshal.dumps([("lobby", 1)]),
-        # Schema 6 writes MessagePack (the first byte tells it from schema 5's marshal).
-        msgspec.msgpack.encode({"not": "a list"}),
-        msgspec.msgpack.encode([["lobby", 1, "ts?", "ann", "hi", False, "", ""]]),
-        msgspec.msgpack.encode([["lobby", 1]]),
-        msgspec.msgpack.encode([["lobby", 1, 1, "ann", "hi", False, "", ""]])[:-1] + b"\xc1",
-        b"",
+        *BAD_BODIES[2:7],
     ],
 )
-def test_a_journal_record_with_a_good_checksum_and_bad_content_is_one_line(
+def test_a_legacy_journal_record_with_a_good_checksum_and_bad_content_is_refused(
     tmp_path: Path, body: bytes
 ) -> None:
     SqliteStore(tmp_path).close()
     (tmp_path / JOURNAL_NAME).write_bytes(record(body))
-    result = run_chatctl("serve", "--port", "0", "--data", str(tmp_path))
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"{tmp_path / JOURNAL_NAME} is damaged at byte 0" in result.stderr
+    with pytest.raises(StoreError, match=f"^{tmp_path / JOURNAL_NAME} is damaged at byte 0 "):
+        SqliteStore(tmp_path)
 
 
-def test_a_torn_tail_is_reported_with_the_bytes_dropped(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path, sync_rows=1000)
+def torn_segment(directory: Path, cut: int) -> bytes:
+    """A store whose segment ends in a record `cut` bytes short (killed during the write);
+    the torn bytes."""
+    store = SqliteStore(directory, sync_rows=1000)
     store.append(message(1))
     store.flush()
     store.crash()
-    torn = record(marshal.dumps([("lobby", 2, 2, "ann", "m2", 0, "", "", 0)]))[:-1]
-    with (tmp_path / JOURNAL_NAME).open("ab") as f:
-        f.write(torn)  # a record one byte short
+    torn = record(msgspec.msgpack.encode([message(2)]))[:-cut]
+    with (directory / SEGMENT).open("ab") as f:
+        f.write(torn)
+    return torn
+
+
+def test_a_torn_tail_is_reported_with_the_bytes_dropped(tmp_path: Path) -> None:
+    torn = torn_segment(tmp_path, 1)
     again = SqliteStore(tmp_path)
     assert again.head("lobby") == 1
     assert again.notes == [
-        f"{tmp_path / JOURNAL_NAME}: dropped {len(torn)} bytes of a write cut short at the end"
+        f"{tmp_path / SEGMENT}: dropped {len(torn)} bytes of a write cut short at the end"
         " (a kill or crash during the write; it was never acknowledged)"
     ]
     again.close()
@@ -143,27 +179,21 @@ def test_a_running_server_never_writes_a_resume_token(tmp_path: Path) -> None:
     with running_server(data=str(tmp_path)) as (host, port), Client(host, port) as alice:
         token = alice.hello("alice").token
         for n in range(3):
-            alice.say("lobby", f"hello {n}")  # acked: durable in the journal
+            alice.say("lobby", f"hello {n}")  # acked: durable in the segment file
         assert alice.say("lobby", "again", msg_id="m-1").seq == 4
         # A resend after a reconnect with the same token is still recognised (by its hash).
         with Client(host, port) as again:
             again.hello("alice", token=token)
             assert again.say("lobby", "again", msg_id="m-1").seq == 4
         files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert files  # the journal at least
+    assert SEGMENT in files
     files.update({p.name + " (closed)": p.read_bytes() for p in tmp_path.iterdir()})
     for name, data in files.items():
         assert token.encode() not in data, name
 
 
 def test_the_server_logs_what_opening_the_store_repaired(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path, sync_rows=1000)
-    store.append(message(1))
-    store.flush()
-    store.crash()
-    torn = record(marshal.dumps([("lobby", 2, 2, "ann", "m2", 0, "", "", 0)]))[:-3]
-    with (tmp_path / JOURNAL_NAME).open("ab") as f:
-        f.write(torn)
+    torn = torn_segment(tmp_path, 3)
     with serve_process("--data", str(tmp_path), "--log-format", "json") as server:
         line = server.wait_for_line(r'"event": "store_repaired"')
     assert f"dropped {len(torn)} bytes of a write cut short" in line.string

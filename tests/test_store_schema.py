@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import marshal
 import sqlite3
-import struct
-import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chatctl.store.base import StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
 from chatctl.store.journal import JOURNAL_NAME
-from chatctl.store.sqlite import _SCHEMA, DB_NAME, SCHEMA_VERSION, SqliteStore, key_hash
+from chatctl.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore, key_hash
+from tests.store_files import legacy_database, record, segment_files
 
 VERSION_1 = """
 CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
@@ -136,41 +136,100 @@ def test_messages_the_age_limit_hid_stay_hidden_after_a_restart(tmp_path: Path) 
     again.close()
 
 
-def test_a_schema_5_database_and_journal_are_read_as_they_are(tmp_path: Path) -> None:
-    """Schema 5 marshalled its chunks, `sent` ids and journal records; 6 writes MessagePack
-    and reads both, so opening a 5 rewrites nothing, and an older server is kept out."""
+def schema_5_or_6(directory: Path, version: int) -> str:
+    """A database of schema `version` (5: marshal, 6: MessagePack) holding lobby 1-2, and the
+    journal its server, killed, left with lobby 3; the sender key."""
     key = sender_key_of("key")
-    db = sqlite3.connect(tmp_path / DB_NAME)
-    db.executescript(_SCHEMA)
-    rows = [(1, 10, "ann", "hi", 0, key, "m1"), (2, 11, "ann", "again", 1, key, "")]
-    db.execute("INSERT INTO chunks VALUES ('lobby', 1, 2, 11, ?)", (marshal.dumps(rows),))
-    db.execute(
-        "INSERT INTO sent VALUES (?, 1, 'lobby', ?, 1, 1, ?)",
-        (key_hash(key), key, marshal.dumps([("m1", 1)])),
+    messages = [
+        StoredMessage("lobby", 1, 10, "ann", "hi", False, key, "m1"),
+        StoredMessage("lobby", 2, 11, "ann", "again", True, key, ""),
+        StoredMessage("lobby", 3, 12, "bo", "late", False, key, "m3"),
+    ]
+    rows = [
+        (m.seq, m.ts, m.sender, m.text, int(m.action), m.sender_key, m.msg_id) for m in messages
+    ]
+    if version == 5:
+        chunk, ids = marshal.dumps(rows[:2]), marshal.dumps([("m1", 1)])
+        journal = marshal.dumps([("lobby", *rows[2])])
+    else:
+        chunk, ids = msgspec.msgpack.encode(messages[:2]), msgspec.msgpack.encode([("m1", 1)])
+        journal = msgspec.msgpack.encode(messages[2:])
+    legacy_database(
+        directory,
+        version,
+        chunks=[("lobby", 1, 2, 11, chunk)],
+        sent=[(key_hash(key), 1, "lobby", key, 1, 1, ids)],
+        rooms=[("lobby", 2, 1)],
     )
-    db.execute("INSERT INTO rooms VALUES ('lobby', 2, 1)")
-    db.execute("PRAGMA user_version = 5")
-    db.commit()
-    db.close()
-    # What a schema-5 server killed with a message journaled and not yet in SQLite leaves.
-    body = marshal.dumps([("lobby", 3, 12, "bo", "late", 0, key, "m3")])
-    (tmp_path / JOURNAL_NAME).write_bytes(struct.pack("!II", len(body), zlib.crc32(body)) + body)
+    (directory / JOURNAL_NAME).write_bytes(record(journal))
+    return key
+
+
+def schema_of(directory: Path) -> tuple[int, list[str]]:
+    db = sqlite3.connect(directory / DB_NAME)
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = [
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+    finally:
+        db.close()
+    return version, sorted(tables)
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_a_schema_5_or_6_database_and_journal_are_moved_into_a_segment(
+    tmp_path: Path, version: int
+) -> None:
+    """Schemas 5 and 6 kept their records in SQLite (`chunks`; 5 marshalled them, its `sent`
+    ids and its journal records): opening moves the records into a segment file once, replays
+    the journal and deletes it, and an older server is kept out by the version."""
+    key = schema_5_or_6(tmp_path, version)
     store = SqliteStore(tmp_path)
+    assert not (tmp_path / JOURNAL_NAME).exists()
     assert store.head("lobby") == 3
     assert store.find(key, "m1") == StoredMessage("lobby", 1, 10, "ann", "hi", False, key, "m1")
     assert store.find(key, "m3") == StoredMessage("lobby", 3, 12, "bo", "late", False, key, "m3")
     store.append(StoredMessage("lobby", 4, 13, "cy", "new", True, "", "m4"))
     store.close()
-    again = SqliteStore(tmp_path)
-    assert [(m.seq, m.text, m.action) for m in again.read("lobby", 0, 10).messages] == [
-        (1, "hi", False),
-        (2, "again", True),
-        (3, "late", False),
-        (4, "new", True),
-    ]
-    assert again.find("", "m4") is not None and again.find(key, "m1") is not None
-    assert again.stored_rows() == 4
-    again.close()
+    assert SCHEMA_VERSION == 7
+    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["indexed", "records", "rooms", "sent"])
+    expected = [(1, "hi", False), (2, "again", True), (3, "late", False), (4, "new", True)]
+    for _ in range(2):  # the second open reads what the first left, unchanged
+        again = SqliteStore(tmp_path)
+        assert [(m.seq, m.text, m.action) for m in again.read("lobby", 0, 10).messages] == expected
+        assert again.find("", "m4") is not None and again.find(key, "m1") is not None
+        assert again.stored_rows() == 4
+        again.close()
+        assert schema_of(tmp_path)[0] == SCHEMA_VERSION
+        assert [p.name for p in segment_files(tmp_path)] == ["messages-000001.log"]
+
+
+@pytest.mark.parametrize("leftover", ["garbage", "half-moved"])
+def test_a_move_into_segments_cut_short_by_a_kill_is_redone(tmp_path: Path, leftover: str) -> None:
+    """A kill during the move from schema 6 leaves the database as it was and segment files
+    beside it: they are deleted and the move starts over, nothing lost or doubled."""
+    key = schema_5_or_6(tmp_path, 6)
     db = sqlite3.connect(tmp_path / DB_NAME)
-    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    (chunk,) = db.execute("SELECT body FROM chunks").fetchone()
     db.close()
+    journal = (tmp_path / JOURNAL_NAME).read_bytes()  # one record: lobby 3
+    if leftover == "garbage":
+        (tmp_path / "messages-000001.log").write_bytes(b"\x00\x01garbage" * 50)
+        (tmp_path / "messages-000002.log").write_bytes(record(b"\xc1"))
+    else:  # the chunk written, and half of it again
+        (tmp_path / "messages-000001.log").write_bytes(record(chunk) + record(chunk)[:9])
+    store = SqliteStore(tmp_path)
+    assert store.notes == []
+    assert [m.seq for m in store.read("lobby", 0, 10).messages] == [1, 2, 3]
+    assert store.find(key, "m1") is not None
+    assert store.stored_rows() == 3
+    store.close()
+    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["indexed", "records", "rooms", "sent"])
+    assert [p.name for p in segment_files(tmp_path)] == ["messages-000001.log"]
+    # The chunk moved once, then the journal's record: nothing of the leftovers.
+    assert (tmp_path / "messages-000001.log").read_bytes() == record(chunk) + journal
+    again = SqliteStore(tmp_path)
+    assert [m.seq for m in again.read("lobby", 0, 10).messages] == [1, 2, 3]
+    assert again.stored_rows() == 3
+    again.close()
