@@ -193,7 +193,7 @@ def test_a_schema_5_or_6_database_and_journal_are_moved_into_a_segment(
     store.append(StoredMessage("lobby", 4, 13, "cy", "new", True, "", "m4"))
     store.close()
     assert SCHEMA_VERSION == 7
-    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["indexed", "records", "rooms", "sent"])
+    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["dead", "indexed", "records", "rooms", "sent"])
     expected = [(1, "hi", False), (2, "again", True), (3, "late", False), (4, "new", True)]
     for _ in range(2):  # the second open reads what the first left, unchanged
         again = SqliteStore(tmp_path)
@@ -225,7 +225,7 @@ def test_a_move_into_segments_cut_short_by_a_kill_is_redone(tmp_path: Path, left
     assert store.find(key, "m1") is not None
     assert store.stored_rows() == 3
     store.close()
-    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["indexed", "records", "rooms", "sent"])
+    assert schema_of(tmp_path) == (SCHEMA_VERSION, ["dead", "indexed", "records", "rooms", "sent"])
     assert [p.name for p in segment_files(tmp_path)] == ["messages-000001.log"]
     # The chunk moved once, then the journal's record: nothing of the leftovers.
     assert (tmp_path / "messages-000001.log").read_bytes() == record(chunk) + journal

@@ -5,6 +5,7 @@ record and cuts off a torn last one."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from chatctl.store import segments
 from chatctl.store.base import StoredMessage
 from chatctl.store.errors import StoreError
 from chatctl.store.segments import ENCODER, Place, Segments, segment_name
-from chatctl.store.sqlite import SqliteStore
+from chatctl.store.sqlite import DB_NAME, SqliteStore
 from tests.store_files import HEADER, check_only_live_bytes, segment_files
 
 ROOMS = ("lobby", "dev")
@@ -119,6 +120,41 @@ def test_a_trim_cut_short_by_a_kill_leaves_files_the_next_start_deletes(
     for room in ROOMS:
         assert again.read(room, 0, 100).messages == [message(room, s) for s in range(251, 301)]
     again.close()
+
+
+class Killed(BaseException):
+    """Stands for a kill at one instant: nothing after it runs."""
+
+
+def test_a_kill_between_trims_commit_and_its_punching_is_finished_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """Trim deletes rows, commits, then punches the bytes out and deletes dead files. A kill
+    right after the commit leaves the records' bytes in files that still hold live ones
+    (one big segment here): the next start punches them out from the `dead` table."""
+    store = SqliteStore(tmp_path, retain_messages=50, sync_rows=1000)
+    fill(store, 300, every=5)
+    with mock.patch.object(Segments, "release", side_effect=Killed), pytest.raises(Killed):
+        trim_all(store, 0)
+    store.crash()
+    assert numbers(tmp_path) == [1]
+    with pytest.raises(AssertionError, match="keeps bytes of trimmed history"):
+        check_only_live_bytes(tmp_path, live_places_of(tmp_path))
+    again = SqliteStore(tmp_path, retain_messages=50, tail=1)
+    check_only_live_bytes(tmp_path, live_places(again))
+    assert again._connection().execute("SELECT count(*) FROM dead").fetchone() == (0,)
+    for room in ROOMS:
+        assert again.read(room, 0, 100).messages == [message(room, s) for s in range(251, 301)]
+    again.close()
+
+
+def live_places_of(directory: Path) -> list[tuple[int, int, int]]:
+    """The live records' places, read from a closed store's database."""
+    db = sqlite3.connect(directory / DB_NAME)
+    try:
+        return db.execute("SELECT segment, pos, length FROM records").fetchall()
+    finally:
+        db.close()
 
 
 def test_a_trim_that_leaves_nothing_alive_starts_a_new_segment(
@@ -238,7 +274,7 @@ def test_scan_refuses_a_record_cut_short_before_the_last_segment(
         try:
             if cut in starts:  # the cut fell between two records: whole ones only
                 assert files.scan(number, 0)[0] == [
-                    r for r in records if r[0][0] > number or r[0][1] < cut
+                    r for r in records if r[0][0] > number or (r[0][0] == number and r[0][1] < cut)
                 ]
             else:
                 at = max(start for start in starts if start <= cut)

@@ -96,7 +96,7 @@ class Segments:
         """Write the records `bodies` at the end of the newest segment with one `write()`
         (fdatasync'd when the store is FULL), and say where each went."""
         if self._size >= SEGMENT_BYTES:
-            self._roll()
+            self.roll()
         places = []
         pos = self._size
         for body in bodies:
@@ -119,7 +119,8 @@ class Segments:
         self._dirty.add(self.current)
         return places
 
-    def _roll(self) -> None:
+    def roll(self) -> None:
+        """Start the next segment: appends go there from now on."""
         os.close(self._fd)
         self._fd = -1
         self.current += 1
@@ -222,9 +223,12 @@ class Segments:
         self._size = size
 
     def release(self, places: Iterable[Place]) -> None:
-        """Punch the records at `places` (index rows already deleted) out of their files."""
+        """Punch the records at `places` (index rows already deleted) out of their files (of
+        those that still exist)."""
         spans: dict[int, list[tuple[int, int]]] = {}
         for number, pos, length in places:
+            if number not in self.numbers:
+                continue
             spans.setdefault(number, []).append((pos, pos + RECORD.size + length))
         for number, ranges in spans.items():
             ranges.sort()
@@ -246,10 +250,10 @@ class Segments:
                 os.close(fd)
 
     def remove(self, number: int) -> None:
-        """Delete segment `number`, which holds no live record (the newest after a new one
-        is started: the index says where records end, so a file never shrinks under it)."""
+        """Delete segment `number`, which holds no live record (the newest one after a new
+        one is started: the index says where records end, so a file never shrinks under it)."""
         if number == self.current:
-            self._roll()
+            self.roll()
         fd = self._readers.pop(number, None)
         if fd is not None:
             os.close(fd)

@@ -138,6 +138,14 @@ CREATE TABLE IF NOT EXISTS indexed (
     segment INTEGER NOT NULL,
     pos INTEGER NOT NULL
 );
+-- Records whose rows trim deleted and whose bytes it has not punched out of their files
+-- yet: a kill in between leaves them here for the next start.
+CREATE TABLE IF NOT EXISTS dead (
+    segment INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    PRIMARY KEY (segment, pos)
+) WITHOUT ROWID;
 -- Resend detection: per sender (key_hash, a 32-bit hash of its key), room and indexing
 -- (batch, increasing), the n ids it sent: a MessagePack array of two, its messages' msg_ids
 -- ("" for none) and their seqs (schema 6: an array of [msg_id, seq] pairs; schema 5: marshal
@@ -567,10 +575,13 @@ class SqliteStore:
         for place, messages in found:
             room = messages[0].room
             head = self._heads.get(room, 0)
-            if messages[0].seq != head + 1 or any(m.room != room for m in messages):
+            if list(map(_SEQ, messages)) != list(range(head + 1, head + 1 + len(messages))) or any(
+                m.room != room for m in messages
+            ):
                 raise StoreError(
                     f"{self.directory / segment_name(place[0])} is damaged at byte {place[1]}"
-                    f" (a record of {room!r} from seq {messages[0].seq}, after {head})"
+                    f" (a record of {room!r} from seq {messages[0].seq} that does not run on"
+                    f" from {head})"
                 )
             if room not in self._heads:
                 self._new_rooms.append(room)
@@ -603,8 +614,13 @@ class SqliteStore:
                 "(a kill or crash during the write; it was never acknowledged)"
             )
         for message in messages:
-            if message.seq > self._heads.get(message.room, 0):
+            head = self._heads.get(message.room, 0)
+            if message.seq == head + 1:
                 self.append(message)
+            elif message.seq > head:
+                raise StoreError(
+                    f"{path} is damaged (seq {message.seq} of {message.room!r} after {head})"
+                )
         self.flush()
         self._sync()
         try:
@@ -623,10 +639,16 @@ class SqliteStore:
             self._first[room] = max(self._kept[room], self._count_floor(top), visible)
         self._live = dict(db.execute("SELECT segment, count(*) FROM records GROUP BY segment"))
         segments = self._segments_or_closed()
-        (indexed,) = db.execute("SELECT segment FROM indexed").fetchone() or (segments.current,)
-        for number in list(segments.numbers):
-            if number < indexed and number not in self._live:
-                segments.remove(number)  # emptied by a trim that a kill cut short
+        # What a trim that a kill cut short left: bytes not punched yet, files not deleted
+        # (those at or past where indexing stopped may hold records to read back).
+        segments.release(db.execute("SELECT segment, pos, length FROM dead").fetchall())
+        db.execute("DELETE FROM dead")
+        indexed, pos = db.execute("SELECT segment, pos FROM indexed").fetchone() or (0, 0)
+        for number in segments.numbers[:-1]:
+            if number not in self._live and (
+                number < indexed or (number == indexed and segments.size(number) <= pos)
+            ):
+                segments.remove(number)
         ids: list[tuple[str, str]] = []
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
             ids += zip(itertools.repeat(key), filter(None, _ids(blob)[0]))
@@ -967,18 +989,21 @@ class SqliteStore:
                 budget -= now_kept - kept
                 if budget <= 0:
                     break
+            db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?)", dead)
             db.execute("COMMIT")
             self._refresh_ids(db)
+            if dead:
+                self._release_records(db, dead)
+                db.execute("DELETE FROM dead")
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot trim history in {self.directory}: {exc}") from None
-        if dead:
-            self._release_records(dead)
         return removed
 
-    def _release_records(self, dead: list[Place]) -> None:
-        """Punch the records at `dead` (their rows deleted) out of their segments, and delete
-        the segments that hold nothing alive any more."""
+    def _release_records(self, db: sqlite3.Connection, dead: list[Place]) -> None:
+        """Punch the records at `dead` (their rows deleted, everything indexed) out of their
+        segments, and delete the segments that hold nothing alive any more: the newest one
+        after starting another, which the index then points to."""
         segments = self._segments_or_closed()
         segments.release(dead)
         live = self._live
@@ -987,6 +1012,9 @@ class SqliteStore:
         for number in {number for number, _, _ in dead}:
             if not live[number]:
                 del live[number]
+                if number == segments.current:
+                    segments.roll()
+                    db.execute(_SET_INDEXED, (segments.current, 0))
                 segments.remove(number)
 
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
