@@ -41,7 +41,7 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the messages not yet indexed (and their records'
-places) at most `sync_rows` messages, the resend filter ~18 bits per stored id (576 KiB at
+places) at most `sync_rows` messages, the resend filter ~22 bits per stored id (670 KiB at
 least), and SQLite's page cache 16 MiB. So 10,000 rooms cost ~2 MiB plus at most 32 MiB of
 tails, whatever is said in them.
 
@@ -708,7 +708,7 @@ class SqliteStore:
                 self._forget_below(room, first)
         if msg_id:
             pair = (message.sender_key, msg_id)
-            self._stored_ids.add(pair)  # rbloom's, in C (counted in flush)
+            self._stored_ids.add(pair)  # abloom's, in C (counted in flush)
             if self._next_ids is not None:
                 self._next_ids.add(pair)
 
