@@ -12,16 +12,13 @@ acknowledged: it is dropped.
 from __future__ import annotations
 
 import marshal
-import os
-import zlib
 from pathlib import Path
 
 import msgspec
 
-from chatctl.store import datadir
 from chatctl.store.base import StoredMessage
 from chatctl.store.errors import StoreError
-from chatctl.store.segments import MESSAGES, RECORD
+from chatctl.store.segments import MESSAGES, read_file, whole_records
 
 JOURNAL_NAME = "journal"
 # The first byte of a marshalled list (with or without marshal's reference flag).
@@ -32,23 +29,12 @@ def replay_journal(path: Path) -> tuple[list[StoredMessage], int]:
     """Every message of every whole record of the journal at `path`, in order, and how many
     bytes of a torn record at the end were dropped. A record whose checksum or content is
     wrong is a StoreError naming the file and the byte where it starts."""
-    try:
-        with open(datadir.open_file(path, os.O_RDONLY), "rb") as f:  # never through a link
-            data = f.read()
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = read_file(path)
+    records, end = whole_records(data, path, 0)
     messages: list[StoredMessage] = []
-    pos = 0
-    while pos + RECORD.size <= len(data):
-        size, crc = RECORD.unpack_from(data, pos)
-        body = data[pos + RECORD.size : pos + RECORD.size + size]
-        if len(body) < size:
-            break
-        if zlib.crc32(body) != crc:
-            raise StoreError(f"{path} is damaged at byte {pos} (checksum mismatch)")
+    for pos, body in records:
         messages += _messages(body, path, pos)
-        pos += RECORD.size + size
-    return messages, len(data) - pos
+    return messages, len(data) - end
 
 
 def _messages(body: bytes, path: Path, pos: int) -> list[StoredMessage]:

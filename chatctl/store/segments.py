@@ -58,6 +58,35 @@ def frame(body: bytes) -> bytes:
     return RECORD.pack(len(body), zlib.crc32(body)) + body
 
 
+def read_file(path: Path, start: int = 0) -> bytes:
+    """The bytes of `path` (a file of the data directory, never through a link) from `start`."""
+    try:
+        with open(datadir.open_file(path, os.O_RDONLY), "rb") as f:
+            f.seek(start)
+            return f.read()
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def whole_records(data: bytes, path: Path, start: int) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole records at the head of `data`, read from byte `start` of `path`: each one's
+    offset in `data` and its body, checksum checked (a mismatch is a StoreError naming the
+    file and the byte); and where they end (before a record cut short, if any)."""
+    found = []
+    at = 0
+    while at + RECORD.size <= len(data):
+        size, crc = RECORD.unpack_from(data, at)
+        end = at + RECORD.size + size
+        if end > len(data):
+            break
+        body = data[at + RECORD.size : end]
+        if zlib.crc32(body) != crc:
+            raise StoreError(f"{path} is damaged at byte {start + at} (checksum mismatch)")
+        found.append((at, body))
+        at = end
+    return found, at
+
+
 class Segments:
     """The segment files of one data directory: append records, read one back, punch the
     dead ones out, delete empty files."""
@@ -181,30 +210,18 @@ class Segments:
         note = ""
         for n in [n for n in self.numbers if n >= number]:
             path = self._path(n)
-            try:
-                with open(path, "rb") as f:
-                    f.seek(pos if n == number else 0)
-                    data = f.read()
-            except OSError as exc:
-                raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
             start = pos if n == number else 0
-            at = 0
-            while at + RECORD.size <= len(data):
-                size, crc = RECORD.unpack_from(data, at)
-                body = data[at + RECORD.size : at + RECORD.size + size]
-                if len(body) < size:
-                    break
-                if zlib.crc32(body) != crc:
-                    raise StoreError(f"{path} is damaged at byte {start + at} (checksum mismatch)")
+            data = read_file(path, start)
+            records, at = whole_records(data, path, start)
+            for offset, body in records:
                 try:
                     messages = MESSAGES.decode(body)
                 except msgspec.DecodeError as exc:
                     raise StoreError(
-                        f"{path} is damaged at byte {start + at} (unreadable record: {exc})"
+                        f"{path} is damaged at byte {start + offset} (unreadable record: {exc})"
                     ) from None
                 if messages:
-                    found.append(((n, start + at, size), messages))
-                at += RECORD.size + size
+                    found.append(((n, start + offset, len(body)), messages))
             if at < len(data):
                 if n != self.numbers[-1]:
                     raise StoreError(f"{path} is damaged at byte {start + at} (a record cut short)")

@@ -590,6 +590,7 @@ class SqliteStore:
             self._first[room] = max(self._first[room], self._count_floor(messages[-1].seq))
             self._index_later(room, messages, place)
             self._journaled += messages
+            self._journaled_ids += map(_ID, messages)
             self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
         self._sync()
 
