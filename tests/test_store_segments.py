@@ -19,7 +19,7 @@ from chatctl.store import segments
 from chatctl.store.base import StoredMessage
 from chatctl.store.errors import StoreError
 from chatctl.store.segments import ENCODER, Place, Segments, segment_name
-from chatctl.store.sqlite import DB_NAME, SqliteStore
+from chatctl.store.sqlite import COMPACT_ABOVE, DB_NAME, SqliteStore
 from tests.store_files import HEADER, check_only_live_bytes, segment_files
 
 ROOMS = ("lobby", "dev")
@@ -155,6 +155,58 @@ def live_places_of(directory: Path) -> list[tuple[int, int, int]]:
         return db.execute("SELECT segment, pos, length FROM records").fetchall()
     finally:
         db.close()
+
+
+def pinned(store: SqliteStore, turns: int) -> None:
+    """`turns` turns of a busy room (a segment each, small segments) with one message of a
+    quiet room in each: the quiet room's records would keep every segment."""
+    for turn in range(turns):
+        store.append(message("quiet", turn + 1))
+        for seq in range(turn * 20 + 1, turn * 20 + 21):
+            store.append(message("busy", seq))
+        store.flush()
+        if turn % 5 == 4:
+            store.trim(0)
+
+
+def test_quiet_rooms_do_not_keep_old_segments(tmp_path: Path, small_segments: None) -> None:
+    """One record of a quiet room in every segment: trim moves such records into the newest
+    segment, so the files stay few; everything still reads back, and only live bytes stay."""
+    store = SqliteStore(tmp_path, retain_messages=40, sync_rows=50, tail=1)
+    pinned(store, 200)
+    trim_all(store, 0)
+    files = numbers(tmp_path)
+    assert len(files) <= COMPACT_ABOVE + 3, files
+    check_only_live_bytes(tmp_path, live_places(store))
+    assert store.read("quiet", 0, 500).messages == [message("quiet", s) for s in range(161, 201)]
+    store.close()
+    again = SqliteStore(tmp_path, retain_messages=40, tail=1)
+    assert again.read("quiet", 0, 500).messages == [message("quiet", s) for s in range(161, 201)]
+    assert again.read("busy", 3960, 100).messages == [message("busy", s) for s in range(3961, 4001)]
+    again.close()
+
+
+def test_a_move_cut_short_by_a_kill_leaves_copies_the_next_start_punches_out(
+    tmp_path: Path, small_segments: None
+) -> None:
+    """A kill after the moved records' copies are written, before their rows point to them:
+    the next start finds copies of stored messages after the index's end, punches them out,
+    and reads everything from the originals."""
+    store = SqliteStore(tmp_path, retain_messages=0, sync_rows=10_000, tail=1)
+    pinned(store, 30)  # no retention: nothing dies, so trim only moves
+    store.flush()
+    store._sync()
+    store._segments_or_closed().sync = mock.Mock(side_effect=Killed)  # type: ignore[method-assign]
+    store.retain_messages = 10**9  # trim runs (and moves), deletes nothing
+    with pytest.raises(Killed):
+        store.trim(0)
+    store.crash()
+    again = SqliteStore(tmp_path, retain_messages=0, tail=1)
+    check_only_live_bytes(tmp_path, live_places(again))
+    assert again.read("quiet", 0, 100).messages == [message("quiet", s) for s in range(1, 31)]
+    assert again.read("busy", 0, 1000).messages == [message("busy", s) for s in range(1, 601)]
+    again.trim(0)
+    again.close()
 
 
 def test_a_trim_that_leaves_nothing_alive_starts_a_new_segment(

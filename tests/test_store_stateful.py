@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -20,6 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from chatctl.store import segments, sqlite
 from chatctl.store.base import ReadResult, Store, StoredMessage
 from chatctl.store.memory import MemoryStore
 from chatctl.store.sqlite import TAIL_BYTES, SqliteStore, _tail_cost
@@ -340,6 +343,29 @@ class SqliteStoreNoJournalMachine(SqliteStoreMachine):
     tail_bytes = TAIL_BYTES  # the default: no tail is ever dropped
 
 
+class SqliteStoreSmallSegmentsMachine(SqliteStoreMachine):
+    """Segments of 256 bytes, and every trim moves whatever is alive out of the older ones:
+    rolls, deletions and moves (and kills in between) at most steps."""
+
+    def __init__(self) -> None:
+        self._patches: list[Any] = [
+            mock.patch.object(segments, "SEGMENT_BYTES", 256),
+            mock.patch.object(sqlite, "COMPACT_ABOVE", 0),
+            mock.patch.object(sqlite, "COMPACT_LIVE", 1.0),
+        ]
+        for patch in self._patches:
+            patch.start()
+        super().__init__()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            for patch in self._patches:
+                patch.stop()
+
+
 TestMemoryStoreStateful = MemoryStoreMachine.TestCase
 TestSqliteStoreStateful = SqliteStoreMachine.TestCase
 TestSqliteStoreNoJournalStateful = SqliteStoreNoJournalMachine.TestCase
+TestSqliteStoreSmallSegmentsStateful = SqliteStoreSmallSegmentsMachine.TestCase

@@ -87,7 +87,7 @@ from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
 from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, replay_journal
-from chatctl.store.segments import ENCODER, MESSAGES, Place, Segments, segment_name
+from chatctl.store.segments import ENCODER, MESSAGES, RECORD, Place, Segments, segment_name
 
 # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
 # sender_key_of(token), not the token; 5: chunks of messages and per-sender `sent` rows
@@ -116,6 +116,17 @@ RESEND_WINDOW = UNACKED_MAX
 # How many "maybe"s of the resend filter, between two indexings, search the flushed ids
 # before a dict of them is built (see _not_indexed).
 MAYBES_SEARCHED = 8
+# Segments are deleted once nothing in them is alive, but one record of a quiet room keeps a
+# whole segment (its dead bytes punched out): past COMPACT_ABOVE older segments with something
+# alive, each trim moves up to COMPACT_RECORDS records (COMPACT_BYTES of them) out of those at
+# most COMPACT_LIVE alive, sparsest first, into the newest. So the files stay few however the
+# rooms' paces differ (at most COMPACT_ABOVE, or 1 / COMPACT_LIVE times the live history in
+# segments), and a byte is copied at most about once more on average; a server that keeps
+# everything, or whose rooms age alike, never moves anything.
+COMPACT_ABOVE = 8
+COMPACT_LIVE = 0.25
+COMPACT_RECORDS = 1024
+COMPACT_BYTES = 8 * 1024 * 1024
 
 _SCHEMA = """
 -- A record: a run of consecutive messages of one room in a segment file (segments.py):
@@ -131,6 +142,7 @@ CREATE TABLE IF NOT EXISTS records (
     length INTEGER NOT NULL,
     PRIMARY KEY (room, first)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_by_segment ON records (segment);
 -- Where the records indexed so far end: the ones after it were written by a server that was
 -- killed before it indexed them, and are read back at start-up.
 CREATE TABLE IF NOT EXISTS indexed (
@@ -444,7 +456,9 @@ class SqliteStore:
         # places of their records (first, last, ts_max, (segment, pos, length)).
         self._journaled: list[StoredMessage] = []
         self._unindexed: dict[str, list[tuple[int, int, int, Place]]] = {}
-        self._live: dict[int, int] = {}  # per segment, how many of its records are alive
+        # Per segment, how many of its records are alive, and their bytes (headers included).
+        self._live: dict[int, int] = {}
+        self._live_bytes: dict[int, int] = {}
         self._new_rooms: list[str] = []
         self._appended_since_trim = 0
         self._batch = 0  # the last `sent.batch` written
@@ -522,6 +536,7 @@ class SqliteStore:
             self._segments = Segments(self.directory, fsync=self._fsync)
             if version != SCHEMA_VERSION:
                 self._into_segments(db, old_ids=version in (5, 6))
+            db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # what a newer 7 added (an index)
             if "first" not in {row[1] for row in db.execute("PRAGMA table_info(rooms)")}:
                 # The rooms table of schemas 1 to 4 (CREATE IF NOT EXISTS kept it).
                 db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
@@ -572,9 +587,13 @@ class SqliteStore:
         found, note = segments.scan(*where) if where else segments.scan(1, 0)
         if note:
             self.notes.append(note)
+        leftovers = []
         for place, messages in found:
             room = messages[0].room
             head = self._heads.get(room, 0)
+            if messages[-1].seq <= head and all(m.room == room for m in messages):
+                leftovers.append(place)  # a copy by a _compact that a kill cut short
+                continue
             if list(map(_SEQ, messages)) != list(range(head + 1, head + 1 + len(messages))) or any(
                 m.room != room for m in messages
             ):
@@ -592,6 +611,7 @@ class SqliteStore:
             self._journaled += messages
             self._journaled_ids += map(_ID, messages)
             self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
+        segments.release(leftovers)
         self._sync()
 
     def _replay_journal(self, *, tokens_in_clear: bool) -> None:
@@ -638,7 +658,11 @@ class SqliteStore:
             self._heads[room] = top
             self._kept[room] = low if low is not None else top + 1
             self._first[room] = max(self._kept[room], self._count_floor(top), visible)
-        self._live = dict(db.execute("SELECT segment, count(*) FROM records GROUP BY segment"))
+        counts = db.execute(
+            "SELECT segment, count(*), sum(length) FROM records GROUP BY segment"
+        ).fetchall()
+        self._live = {number: n for number, n, _ in counts}
+        self._live_bytes = {number: size + n * RECORD.size for number, n, size in counts}
         segments = self._segments_or_closed()
         # What a trim that a kill cut short left: bytes not punched yet, files not deleted
         # (those at or past where indexing stopped may hold records to read back).
@@ -741,6 +765,7 @@ class SqliteStore:
         else:
             entries.append(entry)
         self._live[place[0]] = self._live.get(place[0], 0) + 1
+        self._live_bytes[place[0]] = self._live_bytes.get(place[0], 0) + place[2] + RECORD.size
 
     def _sync(self) -> None:
         """Index the records written since the last call, and their `sent` ids, in one
@@ -996,10 +1021,61 @@ class SqliteStore:
             if dead:
                 self._release_records(db, dead)
                 db.execute("DELETE FROM dead")
+            self._compact(db)
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot trim history in {self.directory}: {exc}") from None
         return removed
+
+    def _compact(self, db: sqlite3.Connection) -> None:
+        """Move records out of the older segments with the fewest alive, of as many of them
+        as are too many (see COMPACT_ABOVE), into the newest, within a budget. Everything is
+        indexed (trim syncs first): the copies are written and fdatasync'd, their rows point
+        to them and the index's end moves past them in one transaction, and then the
+        originals are punched out like trimmed ones. A kill before the commit leaves copies
+        after the index's end that the next start finds already stored, and punches out."""
+        segments = self._segments_or_closed()
+        older = [n for n in segments.numbers[:-1] if n in self._live]
+        if len(older) <= COMPACT_ABOVE:
+            return
+        sparse = sorted(
+            (n for n in older if self._live_bytes[n] <= COMPACT_LIVE * segments.size(n)),
+            key=self._live_bytes.__getitem__,
+        )
+        rows: list[tuple[str, int, int, int, int]] = []
+        total = 0
+        for victim in sparse:
+            for row in db.execute(
+                "SELECT room, first, segment, pos, length FROM records WHERE segment = ?"
+                " ORDER BY pos LIMIT ?",
+                (victim, COMPACT_RECORDS - len(rows)),
+            ).fetchall():
+                total += row[4]
+                if total > COMPACT_BYTES and rows:
+                    break
+                rows.append(row)
+            if total > COMPACT_BYTES or len(rows) >= COMPACT_RECORDS:
+                break
+        if not rows:
+            return
+        old = [row[2:] for row in rows]
+        places = segments.append([segments.read(place) for place in old])
+        segments.sync()
+        db.execute("BEGIN")
+        db.executemany(
+            "UPDATE records SET segment = ?, pos = ? WHERE room = ? AND first = ?",
+            [(place[0], place[1], row[0], row[1]) for row, place in zip(rows, places, strict=True)],
+        )
+        db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?)", old)
+        db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
+        db.execute("COMMIT")
+        current = segments.current
+        self._live[current] = self._live.get(current, 0) + len(places)
+        self._live_bytes[current] = self._live_bytes.get(current, 0) + sum(
+            RECORD.size + place[2] for place in places
+        )
+        self._release_records(db, old)
+        db.execute("DELETE FROM dead")
 
     def _release_records(self, db: sqlite3.Connection, dead: list[Place]) -> None:
         """Punch the records at `dead` (their rows deleted, everything indexed) out of their
@@ -1008,11 +1084,12 @@ class SqliteStore:
         segments = self._segments_or_closed()
         segments.release(dead)
         live = self._live
-        for number, _, _ in dead:
+        for number, _, length in dead:
             live[number] -= 1
+            self._live_bytes[number] -= RECORD.size + length
         for number in {number for number, _, _ in dead}:
             if not live[number]:
-                del live[number]
+                del live[number], self._live_bytes[number]
                 if number == segments.current:
                     segments.roll()
                     db.execute(_SET_INDEXED, (segments.current, 0))
