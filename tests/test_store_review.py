@@ -1,0 +1,59 @@
+"""Defects found reviewing schema 7 of the SQLite store, each shown by the files a real store
+leaves behind (no mocks: a write is made to fail with RLIMIT_FSIZE, as a full disk would)."""
+
+from __future__ import annotations
+
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from chatctl.store.base import StoredMessage
+from chatctl.store.errors import StoreError
+from chatctl.store.sqlite import SqliteStore
+
+SEGMENT = "messages-000001.log"
+
+
+def message(seq: int, room: str = "lobby", key: str = "k") -> StoredMessage:
+    return StoredMessage(room, seq, seq, "ann", f"{seq:>100}", False, key, f"{room}-{seq}")
+
+
+@contextmanager
+def files_capped_at(size: int) -> Iterator[None]:
+    """No file of this process may grow past `size` bytes: a write past it is cut short, the
+    next one fails (EFBIG), like a disk that fills up in the middle of a write."""
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_a_write_that_failed_half_way_leaves_the_segment_as_it_was(tmp_path: Path) -> None:
+    """The server's flush fails (disk full) after part of the batch went into the file; the
+    server then closes the store, which flushes again. Nothing of the first attempt may stay
+    in the file under the second, or the index points at the wrong bytes."""
+    store = SqliteStore(tmp_path, sync_rows=100_000)
+    for seq in range(1, 4):
+        store.append(message(seq))
+        store.flush()
+    size = (tmp_path / SEGMENT).stat().st_size
+    for seq in range(4, 51):
+        store.append(message(seq))
+    with files_capped_at(size + 100), pytest.raises(StoreError, match="File too large"):
+        store.flush()
+    assert (tmp_path / SEGMENT).stat().st_size == size  # the failed write was cut off
+    store.close()  # as the server's `finally` does: what it still holds is written now
+    again = SqliteStore(tmp_path)
+    try:
+        assert again.read("lobby", 0, 100).messages == [message(seq) for seq in range(1, 51)]
+        assert again.notes == []
+    finally:
+        again.close()
