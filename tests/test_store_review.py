@@ -57,3 +57,26 @@ def test_a_write_that_failed_half_way_leaves_the_segment_as_it_was(tmp_path: Pat
         assert again.notes == []
     finally:
         again.close()
+
+
+# Two sender keys (sender_key_of's form) with the same CRC-32, the `sent` table's key_hash.
+ALIKE = ("e5e0298325159fc4a6404caa78488e2f", "227a7243944d20459868db7c47571641")
+
+
+def test_senders_whose_key_hashes_collide_keep_their_resends(tmp_path: Path) -> None:
+    """Two senders in one room and one indexing whose keys hash alike: each keeps its `sent`
+    row, so a resend of either is recognised once indexed (else it is stored twice)."""
+    store = SqliteStore(tmp_path, sync_rows=4)
+    for seq, key in enumerate([ALIKE[0], ALIKE[1], ALIKE[0], ALIKE[1]], start=1):
+        store.append(message(seq, key=key))
+    store.flush()  # four messages: indexed now
+    try:
+        for seq, key in enumerate([ALIKE[0], ALIKE[1], ALIKE[0], ALIKE[1]], start=1):
+            assert store.find(key, f"lobby-{seq}") == message(seq, key=key)
+    finally:
+        store.close()
+    again = SqliteStore(tmp_path)
+    try:
+        assert again.find(ALIKE[1], "lobby-4") == message(4, key=ALIKE[1])
+    finally:
+        again.close()

@@ -249,7 +249,9 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
                 for room, part in _parts(messages)
             ],
         )
-        db.executemany(_INSERT_SENT, _sent_rows(messages, batch))
+        sent = _sent_rows(messages, batch)
+        db.executemany(_INSERT_SENT, sent)
+        batch = max((row[1] for row in sent), default=batch)
     db.executemany(_INSERT_ROOM, db.execute("SELECT DISTINCT room FROM chunks").fetchall())
     db.execute("DROP TABLE messages")
     db.execute("PRAGMA user_version=5")  # whose chunks _open moves into a segment next
@@ -292,12 +294,15 @@ def _sent_rows(
     messages: list[StoredMessage], batch: int
 ) -> list[tuple[int, int, str, str, int, int, bytes]]:
     """The `sent` rows of `messages` (any rooms, each room's in seq order): per room and
-    sender, the (msg_id, seq) pairs of the messages that have an id."""
+    sender, the (msg_id, seq) pairs of the messages that have an id. In batch `batch`, but a
+    sender whose key_hash (a CRC-32) another sender's in the room shares takes the next one,
+    as the primary key wants: the caller goes on after the highest batch used."""
     if len(set(map(_ROOM, messages))) == 1:
         runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
     else:
         runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
     sent = []
+    taken: dict[tuple[int, str], int] = {}  # (key_hash, room): its rows so far
     for room, grouped in runs:
         run = grouped if isinstance(grouped, list) else list(grouped)
         keys = list(map(_KEY, run))
@@ -310,7 +315,10 @@ def _sent_rows(
             n = len(ids) - ids.count("")
             if n:
                 blob = ENCODER.encode((ids, list(map(_SEQ, mine))))
-                sent.append((key_hash(key), batch, room, key, mine[-1].seq, n, blob))
+                hashed = key_hash(key)
+                later = taken.get((hashed, room), 0)
+                taken[hashed, room] = later + 1
+                sent.append((hashed, batch + later, room, key, mine[-1].seq, n, blob))
     return sent
 
 
@@ -758,7 +766,8 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             db.executemany(_INSERT_RECORD, rows)
-            db.executemany(_INSERT_SENT, _sent_rows(self._journaled, self._batch + 1))
+            sent = _sent_rows(self._journaled, self._batch + 1)
+            db.executemany(_INSERT_SENT, sent)
             if self._new_rooms:
                 db.executemany(_INSERT_ROOM, [(room,) for room in self._new_rooms])
             db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
@@ -766,7 +775,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
-        self._batch += 1
+        self._batch = max((row[1] for row in sent), default=self._batch + 1)
         self._unindexed.clear()
         self._journaled.clear()
         self._new_rooms.clear()
