@@ -206,8 +206,12 @@ _KEY, _ID = attrgetter("sender_key"), attrgetter("msg_id")
 _IDS = msgspec.msgpack.Decoder(tuple[list[str], list[int]])
 _OLD_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
 # Reads decode a record at a time; the record count of a read is what the tests watch.
+# From the record that holds seq ?2 on (one primary-key seek; `last >= ?2` alone would walk
+# every older record of the room first: records are many where each turn writes one).
 _RECORDS_FROM = (
-    "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? ORDER BY first"
+    "SELECT segment, pos, length FROM records WHERE room = ?1 AND last >= ?2 AND first >="
+    " coalesce((SELECT max(first) FROM records WHERE room = ?1 AND first <= ?2), 0)"
+    " ORDER BY first"
 )
 _RECORDS_NEWEST = "SELECT segment, pos, length FROM records WHERE room = ? ORDER BY first DESC"
 _RECORD_AT = (
