@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import resource
 import signal
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from chatctl.store.base import StoredMessage
+from chatctl.store.base import StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
-from chatctl.store.sqlite import SqliteStore
+from chatctl.store.sqlite import DB_NAME, SqliteStore
+from tests.test_store_schema import VERSION_4
 
 SEGMENT = "messages-000001.log"
 
@@ -120,5 +122,27 @@ def test_a_read_seeks_to_its_record_instead_of_scanning_the_room_from_its_start(
         early = sql_steps(store, "lobby", 100)
         late = sql_steps(store, "lobby", count - 100)
         assert late <= 2 * early + 2, (early, late)
+    finally:
+        store.close()
+
+
+def test_an_upgrade_from_schema_4_cut_short_after_its_move_to_5_opens_next_time(
+    tmp_path: Path,
+) -> None:
+    """Schemas 1 to 4 are migrated to 5 (committed), then moved into segments: a start that
+    ends in between (a kill; here a segment name it cannot delete, one line) leaves a
+    version-5 database whose `sent` rows _migrate wrote in 7's form. The next start must
+    open it (it died on a msgspec traceback, every time)."""
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(VERSION_4)
+    db.close()
+    (tmp_path / "messages-000001.log").mkdir()
+    with pytest.raises(StoreError, match="Is a directory"):
+        SqliteStore(tmp_path)
+    (tmp_path / "messages-000001.log").rmdir()
+    store = SqliteStore(tmp_path)
+    try:
+        assert [m.seq for m in store.read("lobby", 0, 10).messages] == [1, 2]
+        assert store.find(sender_key_of("key"), "m1") is not None
     finally:
         store.close()

@@ -361,10 +361,17 @@ def _ids(blob: bytes) -> tuple[list[str], list[int]]:
 
 
 def _old_ids(blob: bytes) -> bytes:
-    """A `sent` row's ids of schema 5 or 6 in the form of 7."""
-    pairs: list[tuple[str, int]] = (
-        marshal.loads(blob) if blob[0] in MARSHALLED else _OLD_IDS.decode(blob)
-    )
+    """A `sent` row's ids of schema 5 or 6 in the form of 7. The rows _migrate wrote (from 1
+    to 4) are in 7's form already, and a kill may leave them under version 5: kept as they
+    are (the two forms cannot be taken for each other: a pair holds a str and an int)."""
+    if blob[0] in MARSHALLED:
+        pairs: list[tuple[str, int]] = marshal.loads(blob)
+    else:
+        try:
+            _IDS.decode(blob)
+            return blob
+        except msgspec.ValidationError:
+            pairs = _OLD_IDS.decode(blob)
     return ENCODER.encode(([p[0] for p in pairs], [p[1] for p in pairs]))
 
 
