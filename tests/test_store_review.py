@@ -3,6 +3,7 @@ leaves behind (no mocks: a write is made to fail with RLIMIT_FSIZE, as a full di
 
 from __future__ import annotations
 
+import marshal
 import resource
 import signal
 import sqlite3
@@ -14,8 +15,10 @@ import pytest
 
 from chatctl.store.base import StoredMessage, sender_key_of
 from chatctl.store.errors import StoreError
+from chatctl.store.journal import JOURNAL_NAME
 from chatctl.store.sqlite import DB_NAME, SqliteStore
-from tests.test_store_schema import VERSION_4
+from tests.store_files import record
+from tests.test_store_schema import VERSION_3, VERSION_4
 
 SEGMENT = "messages-000001.log"
 
@@ -146,3 +149,31 @@ def test_an_upgrade_from_schema_4_cut_short_after_its_move_to_5_opens_next_time(
         assert store.find(sender_key_of("key"), "m1") is not None
     finally:
         store.close()
+
+
+def test_a_schema_3_journal_is_hashed_even_when_its_first_start_was_cut_short(
+    tmp_path: Path,
+) -> None:
+    """A schema-3 server's journal holds resume tokens in clear. The start that migrates its
+    database commits schema 5 long before the journal is taken in: when that start ends early
+    (a kill; here a segment name it cannot delete, one line), the next one must still hash the
+    journal's tokens, not store them."""
+    token = "tok3n-in-clear-0123456789"
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(VERSION_3.replace("'key'", f"'{token}'"))
+    db.close()
+    row = ("lobby", 3, 12, "bo", "late", 0, token, "m3", 0)
+    (tmp_path / JOURNAL_NAME).write_bytes(record(marshal.dumps([row])))
+    (tmp_path / "messages-000001.log").mkdir()
+    with pytest.raises(StoreError, match="Is a directory"):
+        SqliteStore(tmp_path)
+    (tmp_path / "messages-000001.log").rmdir()
+    store = SqliteStore(tmp_path)
+    try:
+        assert store.head("lobby") == 3
+        assert store.find(sender_key_of(token), "m3") is not None
+        assert store.find(token, "m3") is None
+    finally:
+        store.close()
+    for path in tmp_path.iterdir():
+        assert token.encode() not in path.read_bytes(), path.name

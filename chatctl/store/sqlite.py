@@ -86,7 +86,7 @@ from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
-from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, replay_journal
+from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, TOKENS_JOURNAL_NAME, replay_journal
 from chatctl.store.segments import ENCODER, MESSAGES, Place, Segments, segment_name
 
 # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
@@ -530,6 +530,11 @@ class SqliteStore:
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
+            if version in (1, 2, 3) and (self.directory / JOURNAL_NAME).exists():
+                # Its keys are tokens: said by its name before the migration commits (a start
+                # cut short after that would find a version that no longer says it).
+                os.rename(self.directory / JOURNAL_NAME, self.directory / TOKENS_JOURNAL_NAME)
+                datadir.sync_directory(self.directory)
             if version in (1, 2, 3, 4):
                 _migrate(db, version)
             if version != SCHEMA_VERSION:
@@ -546,7 +551,8 @@ class SqliteStore:
                 db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
             self._load(db)
             self._recover()
-            self._replay_journal(tokens_in_clear=version in (1, 2, 3))
+            self._replay_journal(TOKENS_JOURNAL_NAME, tokens_in_clear=True)
+            self._replay_journal(JOURNAL_NAME, tokens_in_clear=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open history database {path}: {exc}") from None
         except OSError as exc:
@@ -613,11 +619,11 @@ class SqliteStore:
             self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
         self._sync()
 
-    def _replay_journal(self, *, tokens_in_clear: bool) -> None:
+    def _replay_journal(self, name: str, *, tokens_in_clear: bool) -> None:
         """Take in what the journal of schema 5 or 6 holds (written before a kill: newer than
-        every chunk), then delete it. A journal left by a schema-3 server holds tokens, not
-        their hashes."""
-        path = self.directory / JOURNAL_NAME
+        every chunk), then delete it. A journal left by a schema-1 to 3 server holds tokens, not
+        their hashes: the start that migrates its database renames it TOKENS_JOURNAL_NAME."""
+        path = self.directory / name
         if not path.exists():
             return
         messages, torn = replay_journal(path)
