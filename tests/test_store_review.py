@@ -129,6 +129,17 @@ def test_a_read_seeks_to_its_record_instead_of_scanning_the_room_from_its_start(
         store.close()
 
 
+def start_after_a_start_cut_short(directory: Path) -> SqliteStore:
+    """Open the old database in `directory` twice: the first start ends after the migration
+    to schema 5 committed, before the move into segments (a directory where the move's
+    leftovers are deleted: one line, as a kill there would leave it), the second finishes."""
+    (directory / SEGMENT).mkdir()
+    with pytest.raises(StoreError, match="Is a directory"):
+        SqliteStore(directory)
+    (directory / SEGMENT).rmdir()
+    return SqliteStore(directory)
+
+
 def test_an_upgrade_from_schema_4_cut_short_after_its_move_to_5_opens_next_time(
     tmp_path: Path,
 ) -> None:
@@ -139,11 +150,7 @@ def test_an_upgrade_from_schema_4_cut_short_after_its_move_to_5_opens_next_time(
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.executescript(VERSION_4)
     db.close()
-    (tmp_path / "messages-000001.log").mkdir()
-    with pytest.raises(StoreError, match="Is a directory"):
-        SqliteStore(tmp_path)
-    (tmp_path / "messages-000001.log").rmdir()
-    store = SqliteStore(tmp_path)
+    store = start_after_a_start_cut_short(tmp_path)
     try:
         assert [m.seq for m in store.read("lobby", 0, 10).messages] == [1, 2]
         assert store.find(sender_key_of("key"), "m1") is not None
@@ -164,11 +171,7 @@ def test_a_schema_3_journal_is_hashed_even_when_its_first_start_was_cut_short(
     db.close()
     row = ("lobby", 3, 12, "bo", "late", 0, token, "m3", 0)
     (tmp_path / JOURNAL_NAME).write_bytes(record(marshal.dumps([row])))
-    (tmp_path / "messages-000001.log").mkdir()
-    with pytest.raises(StoreError, match="Is a directory"):
-        SqliteStore(tmp_path)
-    (tmp_path / "messages-000001.log").rmdir()
-    store = SqliteStore(tmp_path)
+    store = start_after_a_start_cut_short(tmp_path)
     try:
         assert store.head("lobby") == 3
         assert store.find(sender_key_of(token), "m3") is not None
