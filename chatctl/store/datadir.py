@@ -68,3 +68,15 @@ def open_file(path: Path, flags: int) -> int:
                 f"{path} is a symbolic link; the data directory holds no links"
             ) from None
         raise StoreError(f"cannot use {path}: {exc.strerror or exc}") from None
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync `directory`: a rename in it is on disk before what follows."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"cannot use data directory {directory}: {exc.strerror or exc}") from None

@@ -21,6 +21,9 @@ from chatctl.store.errors import StoreError
 from chatctl.store.segments import MESSAGES, read_file, whole_records
 
 JOURNAL_NAME = "journal"
+# The journal of a schema-1 to 3 server (its sender keys are resume tokens) once the start that
+# migrates its database has renamed it: the name keeps that fact after the version is gone.
+TOKENS_JOURNAL_NAME = "journal-tokens"
 # The first byte of a marshalled list (with or without marshal's reference flag).
 MARSHALLED = (ord("["), ord("[") | 0x80)
 

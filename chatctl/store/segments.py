@@ -101,6 +101,7 @@ class Segments:
         self._fd = -1
         self._size = 0
         self._dirty: set[int] = set()  # segments written since the last sync()
+        self._broken = ""  # why no append may follow (a failed one could not be cut off)
         self._readers: OrderedDict[int, int] = OrderedDict()
         self._open_current()
 
@@ -124,6 +125,8 @@ class Segments:
     def append(self, bodies: list[bytes]) -> list[Place]:
         """Write the records `bodies` at the end of the newest segment with one `write()`
         (fdatasync'd when the store is FULL), and say where each went."""
+        if self._broken:
+            raise StoreError(self._broken)
         if self._size >= SEGMENT_BYTES:
             self.roll()
         places = []
@@ -141,12 +144,22 @@ class Segments:
             if self._fsync:
                 os.fdatasync(self._fd)
         except OSError as exc:
+            self._cut_back()
             raise StoreError(
                 f"cannot write history to {self._path(self.current)}: {exc.strerror or exc}"
             ) from None
         self._size = pos
         self._dirty.add(self.current)
         return places
+
+    def _cut_back(self) -> None:
+        """After a failed append: cut off what it wrote (nothing of it was acknowledged), so
+        that the places of the next append, and the index, match the file; if that fails
+        too, no append may follow."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError as exc:
+            self._broken = f"cannot write history to {self._path(self.current)}: {exc}"
 
     def roll(self) -> None:
         """Start the next segment: appends go there from now on."""

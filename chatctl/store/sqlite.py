@@ -86,7 +86,7 @@ from chatctl.store import datadir
 from chatctl.store.base import ReadResult, StoredMessage, sender_key_of, take
 from chatctl.store.errors import StoreError
 from chatctl.store.idfilter import IdFilter
-from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, replay_journal
+from chatctl.store.journal import JOURNAL_NAME, MARSHALLED, TOKENS_JOURNAL_NAME, replay_journal
 from chatctl.store.segments import ENCODER, MESSAGES, RECORD, Place, Segments, segment_name
 
 # 1: resend index on (sender_key, msg_id); 2: on id_hash; 3: on key_hash; 4: sender_key holds
@@ -218,8 +218,12 @@ _KEY, _ID = attrgetter("sender_key"), attrgetter("msg_id")
 _IDS = msgspec.msgpack.Decoder(tuple[list[str], list[int]])
 _OLD_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]])
 # Reads decode a record at a time; the record count of a read is what the tests watch.
+# From the record that holds seq ?2 on (one primary-key seek; `last >= ?2` alone would walk
+# every older record of the room first: records are many where each turn writes one).
 _RECORDS_FROM = (
-    "SELECT segment, pos, length FROM records WHERE room = ? AND last >= ? ORDER BY first"
+    "SELECT segment, pos, length FROM records WHERE room = ?1 AND last >= ?2 AND first >="
+    " coalesce((SELECT max(first) FROM records WHERE room = ?1 AND first <= ?2), 0)"
+    " ORDER BY first"
 )
 _RECORDS_NEWEST = "SELECT segment, pos, length FROM records WHERE room = ? ORDER BY first DESC"
 _RECORD_AT = (
@@ -261,7 +265,9 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
                 for room, part in _parts(messages)
             ],
         )
-        db.executemany(_INSERT_SENT, _sent_rows(messages, batch))
+        sent = _sent_rows(messages, batch)
+        db.executemany(_INSERT_SENT, sent)
+        batch = max((row[1] for row in sent), default=batch)
     db.executemany(_INSERT_ROOM, db.execute("SELECT DISTINCT room FROM chunks").fetchall())
     db.execute("DROP TABLE messages")
     db.execute("PRAGMA user_version=5")  # whose chunks _open moves into a segment next
@@ -304,12 +310,15 @@ def _sent_rows(
     messages: list[StoredMessage], batch: int
 ) -> list[tuple[int, int, str, str, int, int, bytes]]:
     """The `sent` rows of `messages` (any rooms, each room's in seq order): per room and
-    sender, the (msg_id, seq) pairs of the messages that have an id."""
+    sender, the (msg_id, seq) pairs of the messages that have an id. In batch `batch`, but a
+    sender whose key_hash (a CRC-32) another sender's in the room shares takes the next one,
+    as the primary key wants: the caller goes on after the highest batch used."""
     if len(set(map(_ROOM, messages))) == 1:
         runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
     else:
         runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
     sent = []
+    taken: dict[tuple[int, str], int] = {}  # (key_hash, room): its rows so far
     for room, grouped in runs:
         run = grouped if isinstance(grouped, list) else list(grouped)
         keys = list(map(_KEY, run))
@@ -322,7 +331,10 @@ def _sent_rows(
             n = len(ids) - ids.count("")
             if n:
                 blob = ENCODER.encode((ids, list(map(_SEQ, mine))))
-                sent.append((key_hash(key), batch, room, key, mine[-1].seq, n, blob))
+                hashed = key_hash(key)
+                later = taken.get((hashed, room), 0)
+                taken[hashed, room] = later + 1
+                sent.append((hashed, batch + later, room, key, mine[-1].seq, n, blob))
     return sent
 
 
@@ -361,10 +373,17 @@ def _ids(blob: bytes) -> tuple[list[str], list[int]]:
 
 
 def _old_ids(blob: bytes) -> bytes:
-    """A `sent` row's ids of schema 5 or 6 in the form of 7."""
-    pairs: list[tuple[str, int]] = (
-        marshal.loads(blob) if blob[0] in MARSHALLED else _OLD_IDS.decode(blob)
-    )
+    """A `sent` row's ids of schema 5 or 6 in the form of 7. The rows _migrate wrote (from 1
+    to 4) are in 7's form already, and a kill may leave them under version 5: kept as they
+    are (the two forms cannot be taken for each other: a pair holds a str and an int)."""
+    if blob[0] in MARSHALLED:
+        pairs: list[tuple[str, int]] = marshal.loads(blob)
+    else:
+        try:
+            _IDS.decode(blob)
+            return blob
+        except msgspec.ValidationError:
+            pairs = _OLD_IDS.decode(blob)
     return ENCODER.encode(([p[0] for p in pairs], [p[1] for p in pairs]))
 
 
@@ -525,6 +544,11 @@ class SqliteStore:
                 raise StoreError(
                     f"{path} has history schema version {version}; this chatctl reads {SCHEMA_VERSION}"
                 )
+            if version in (1, 2, 3) and (self.directory / JOURNAL_NAME).exists():
+                # Its keys are tokens: said by its name before the migration commits (a start
+                # cut short after that would find a version that no longer says it).
+                os.rename(self.directory / JOURNAL_NAME, self.directory / TOKENS_JOURNAL_NAME)
+                datadir.sync_directory(self.directory)
             if version in (1, 2, 3, 4):
                 _migrate(db, version)
             if version != SCHEMA_VERSION:
@@ -542,7 +566,8 @@ class SqliteStore:
                 db.execute("ALTER TABLE rooms ADD COLUMN first INTEGER NOT NULL DEFAULT 1")
             self._load(db)
             self._recover()
-            self._replay_journal(tokens_in_clear=version in (1, 2, 3))
+            self._replay_journal(TOKENS_JOURNAL_NAME, tokens_in_clear=True)
+            self._replay_journal(JOURNAL_NAME, tokens_in_clear=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open history database {path}: {exc}") from None
         except OSError as exc:
@@ -614,11 +639,11 @@ class SqliteStore:
         segments.release(leftovers)
         self._sync()
 
-    def _replay_journal(self, *, tokens_in_clear: bool) -> None:
+    def _replay_journal(self, name: str, *, tokens_in_clear: bool) -> None:
         """Take in what the journal of schema 5 or 6 holds (written before a kill: newer than
-        every chunk), then delete it. A journal left by a schema-3 server holds tokens, not
-        their hashes."""
-        path = self.directory / JOURNAL_NAME
+        every chunk), then delete it. A journal left by a schema-1 to 3 server holds tokens, not
+        their hashes: the start that migrates its database renames it TOKENS_JOURNAL_NAME."""
+        path = self.directory / name
         if not path.exists():
             return
         messages, torn = replay_journal(path)
@@ -783,7 +808,8 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             db.executemany(_INSERT_RECORD, rows)
-            db.executemany(_INSERT_SENT, _sent_rows(self._journaled, self._batch + 1))
+            sent = _sent_rows(self._journaled, self._batch + 1)
+            db.executemany(_INSERT_SENT, sent)
             if self._new_rooms:
                 db.executemany(_INSERT_ROOM, [(room,) for room in self._new_rooms])
             db.execute(_SET_INDEXED, (segments.current, segments.size(segments.current)))
@@ -791,7 +817,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._rollback(db)
             raise StoreError(f"cannot write history to {self.directory}: {exc}") from None
-        self._batch += 1
+        self._batch = max((row[1] for row in sent), default=self._batch + 1)
         self._unindexed.clear()
         self._journaled.clear()
         self._new_rooms.clear()
