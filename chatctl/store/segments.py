@@ -71,14 +71,14 @@ def read_file(path: Path, start: int = 0) -> bytes:
 def whole_records(data: bytes, path: Path, start: int) -> tuple[list[tuple[int, bytes]], int]:
     """The whole records at the head of `data`, read from byte `start` of `path`: each one's
     offset in `data` and its body, checksum checked (a mismatch is a StoreError naming the
-    file and the byte); and where they end (before a record cut short, if any)."""
+    file and the byte); and where they end (before a record cut short or zeros, if any)."""
     found = []
     at = 0
     while at + RECORD.size <= len(data):
         size, crc = RECORD.unpack_from(data, at)
         end = at + RECORD.size + size
-        if end > len(data):
-            break
+        if end > len(data) or not size:  # cut short; or zeros (never written: no record is
+            break  # empty), what a power cut can leave where the file grew before its data
         body = data[at + RECORD.size : end]
         if zlib.crc32(body) != crc:
             raise StoreError(f"{path} is damaged at byte {start + at} (checksum mismatch)")

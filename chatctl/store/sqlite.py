@@ -357,14 +357,18 @@ def _tail_cost(tail: deque[StoredMessage]) -> int:
 
 
 def _chunk(room: str, body: bytes) -> list[StoredMessage]:
-    """The messages of a chunk of `room`, first to last: decoded by msgspec in C, or written
-    by schema 5 (marshalled tuples without the room)."""
-    if body[0] in MARSHALLED:
-        return [
-            StoredMessage(room, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6])
-            for r in marshal.loads(body)
-        ]
-    return MESSAGES.decode(body)
+    """The messages of a record of `room`, first to last: decoded by msgspec in C, or written
+    by schema 5 (marshalled tuples without the room). Its checksum was right; content that
+    is not what this code writes is damage all the same (a StoreError, not a traceback)."""
+    try:
+        if body[:1] and body[0] in MARSHALLED:
+            return [
+                StoredMessage(room, r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6])
+                for r in marshal.loads(body)
+            ]
+        return MESSAGES.decode(body)
+    except (msgspec.DecodeError, ValueError, EOFError, TypeError, IndexError, KeyError) as exc:
+        raise StoreError(f"a record of {room!r} in the history is damaged ({exc})") from None
 
 
 def _ids(blob: bytes) -> tuple[list[str], list[int]]:
@@ -609,6 +613,11 @@ class SqliteStore:
         it came): read back from the segment files, a torn last one cut off."""
         segments = self._segments_or_closed()
         where = self._connection().execute("SELECT segment, pos FROM indexed").fetchone()
+        if where and where[0] in segments.numbers and segments.size(where[0]) < where[1]:
+            raise StoreError(
+                f"{self.directory / segment_name(where[0])} is damaged (shorter than the"
+                f" {where[1]} bytes indexed)"
+            )
         found, note = segments.scan(*where) if where else segments.scan(1, 0)
         if note:
             self.notes.append(note)
