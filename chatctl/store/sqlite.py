@@ -41,7 +41,7 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the messages not yet indexed (and their records'
-places) at most `sync_rows` messages, the resend filter ~22 bits per stored id (670 KiB at
+places) at most `sync_rows` messages, the resend filter up to ~11 bytes per stored id (2.9 MB at
 least), and SQLite's page cache 16 MiB. So 10,000 rooms cost ~2 MiB plus at most 32 MiB of
 tails, whatever is said in them.
 
@@ -495,7 +495,7 @@ class SqliteStore:
         self._maybes = 0
         self._recent: dict[tuple[str, str], StoredMessage] = {}  # of _journaled[:_indexed]
         self._indexed = 0
-        self._stored_ids = IdFilter(1 << 18)
+        self._stored_ids = IdFilter(1)  # replaced by _load
         # The filter's successor while it is being built, and where its scan of `sent` is
         # (the primary key of the last row read; None: not started).
         self._next_ids: IdFilter | None = None
@@ -708,11 +708,11 @@ class SqliteStore:
                 number < indexed or (number == indexed and segments.size(number) <= pos)
             ):
                 segments.remove(number)
-        ids: list[tuple[str, str]] = []
-        for key, blob in db.execute("SELECT sender_key, ids FROM sent"):
-            ids += zip(itertools.repeat(key), filter(None, _ids(blob)[0]))
-        self._stored_ids = IdFilter(len(ids) + (1 << 18))
-        self._stored_ids.add_many(ids)
+        (count,) = db.execute("SELECT coalesce(sum(n), 0) FROM sent").fetchone()
+        self._stored_ids = IdFilter(self._filter_capacity(count))
+        for key, blob in db.execute("SELECT sender_key, ids FROM sent"):  # row by row: the
+            # ids of a whole database at once would take ~10 times the filter's memory
+            self._stored_ids.add_many(list(zip(itertools.repeat(key), filter(None, _ids(blob)[0]))))
         (batch,) = db.execute("SELECT max(batch) FROM sent").fetchone()
         self._batch = batch or 0
 
@@ -973,14 +973,16 @@ class SqliteStore:
                 return message
         if self._maybes < MAYBES_SEARCHED:
             self._maybes += 1
+            newest_first = self._journaled_ids[::-1]  # the newest copy wins, as in the dict
             at = 0
             while True:
                 try:
-                    at = self._journaled_ids.index(msg_id, at)  # a loop in C
+                    at = newest_first.index(msg_id, at)  # a loop in C
                 except ValueError:
                     return None
-                if self._journaled[at].sender_key == sender_key:
-                    return self._journaled[at]
+                message = self._journaled[len(newest_first) - 1 - at]
+                if message.sender_key == sender_key:
+                    return message
                 at += 1
         recent = self._recent
         if self._indexed < len(self._journaled):
@@ -1130,6 +1132,12 @@ class SqliteStore:
                     db.execute(_SET_INDEXED, (segments.current, 0))
                 segments.remove(number)
 
+    def _filter_capacity(self, stored: int) -> int:
+        """A resend filter's first layer: room for as many ids as it may take before it is
+        replaced (see _refresh_ids), so that it rarely needs a second layer, which every
+        lookup would also ask (a cache miss more a message)."""
+        return max(4 * stored, self._filter_floor) + (1 << 16)
+
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
         """Retention never takes ids out of the resend filter, so a busy server's filter would
         grow for ever: once it has taken 4 times the stored messages, build a successor from
@@ -1141,7 +1149,7 @@ class SqliteStore:
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
                 return
             # trim() has just moved every journaled row into SQLite: the scan sees them all.
-            self._next_ids = IdFilter(stored + (1 << 18))
+            self._next_ids = IdFilter(self._filter_capacity(stored))
             self._scan_from = (-1, 0, "")
         assert self._scan_from is not None
         add_many = self._next_ids.add_many
