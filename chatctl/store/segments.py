@@ -280,10 +280,10 @@ class Segments:
                 os.close(fd)
 
     def remove(self, number: int) -> None:
-        """Delete segment `number`, which holds no live record (the newest one after a new
-        one is started: the index says where records end, so a file never shrinks under it)."""
-        if number == self.current:
-            self.roll()
+        """Delete segment `number`, which holds no live record and is not the newest (to
+        delete that one, `roll` first and move the index to the new one: the index says where
+        records end, so the file appended to never shrinks under it)."""
+        assert number != self.current, "roll before removing the newest segment"
         fd = self._readers.pop(number, None)
         if fd is not None:
             os.close(fd)

@@ -280,18 +280,22 @@ def key_hash(sender_key: str) -> int:
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
+def _by_room(messages: list[StoredMessage]) -> Iterator[tuple[str, list[StoredMessage]]]:
+    """`messages` (any rooms, each room's in seq order), room by room, each room's in order:
+    the list itself when there is one room (the common case, no sort)."""
+    if len(set(map(_ROOM, messages))) == 1:
+        yield messages[0].room, messages
+        return
+    for room, run in itertools.groupby(sorted(messages, key=_ROOM), _ROOM):  # a stable sort
+        yield room, list(run)
+
+
 def _parts(messages: list[StoredMessage]) -> list[tuple[str, list[StoredMessage]]]:
     """`messages` (any rooms, each room's in seq order) cut into records: runs of one room's
     consecutive messages, at most CHUNK_MESSAGES and CHUNK_TEXT_BYTES of text (past their
     first) each. On every flush: C (attrgetter, map, a stable sort, bisect) where it can."""
-    rooms = set(map(_ROOM, messages))
-    if len(rooms) == 1:
-        runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
-    else:  # a stable sort keeps each room's order
-        runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
     parts = []
-    for room, grouped in runs:
-        run = grouped if isinstance(grouped, list) else list(grouped)
+    for room, run in _by_room(messages):
         if len(run) <= CHUNK_MESSAGES and sum(map(len, map(_TEXT, run))) <= CHUNK_TEXT_BYTES:
             parts.append((room, run))
             continue
@@ -313,14 +317,9 @@ def _sent_rows(
     sender, the (msg_id, seq) pairs of the messages that have an id. In batch `batch`, but a
     sender whose key_hash (a CRC-32) another sender's in the room shares takes the next one,
     as the primary key wants: the caller goes on after the highest batch used."""
-    if len(set(map(_ROOM, messages))) == 1:
-        runs: Iterable[tuple[str, Iterable[StoredMessage]]] = ((messages[0].room, messages),)
-    else:
-        runs = itertools.groupby(sorted(messages, key=_ROOM), _ROOM)
     sent = []
     taken: dict[tuple[int, str], int] = {}  # (key_hash, room): its rows so far
-    for room, grouped in runs:
-        run = grouped if isinstance(grouped, list) else list(grouped)
+    for room, run in _by_room(messages):
         keys = list(map(_KEY, run))
         distinct = set(keys)
         for key in distinct:
