@@ -280,10 +280,13 @@ def key_hash(sender_key: str) -> int:
     return zlib.crc32(sender_key.encode("utf-8", "surrogatepass"))
 
 
-def _by_room(messages: list[StoredMessage]) -> Iterator[tuple[str, list[StoredMessage]]]:
+def _by_room(
+    messages: list[StoredMessage], one_room: bool = False
+) -> Iterator[tuple[str, list[StoredMessage]]]:
     """`messages` (any rooms, each room's in seq order), room by room, each room's in order:
-    the list itself when there is one room (the common case, no sort)."""
-    if len(set(map(_ROOM, messages))) == 1:
+    the list itself when there is one room (the common case, no sort; `one_room`: the caller
+    knows it)."""
+    if one_room or len(set(map(_ROOM, messages))) == 1:
         yield messages[0].room, messages
         return
     for room, run in itertools.groupby(sorted(messages, key=_ROOM), _ROOM):  # a stable sort
@@ -311,22 +314,27 @@ def _parts(messages: list[StoredMessage]) -> list[tuple[str, list[StoredMessage]
 
 
 def _sent_rows(
-    messages: list[StoredMessage], batch: int
+    messages: list[StoredMessage],
+    batch: int,
+    one_room: bool = False,
+    all_ids: list[str] | None = None,
 ) -> list[tuple[int, int, str, str, int, int, bytes]]:
     """The `sent` rows of `messages` (any rooms, each room's in seq order): per room and
     sender, the (msg_id, seq) pairs of the messages that have an id. In batch `batch`, but a
     sender whose key_hash (a CRC-32) another sender's in the room shares takes the next one,
-    as the primary key wants: the caller goes on after the highest batch used."""
+    as the primary key wants: the caller goes on after the highest batch used. `one_room`:
+    the caller knows they are all in one room; `all_ids`: their msg_ids, if it has them."""
     sent = []
     taken: dict[tuple[int, str], int] = {}  # (key_hash, room): its rows so far
-    for room, run in _by_room(messages):
+    for room, run in _by_room(messages, one_room):
         keys = list(map(_KEY, run))
         distinct = set(keys)
         for key in distinct:
             mine = (
                 run if len(distinct) == 1 else list(itertools.compress(run, map(key.__eq__, keys)))
             )
-            ids = list(map(_ID, mine))  # two flat lists: no tuple per message
+            # Two flat lists: no tuple per message.
+            ids = all_ids if mine is messages and all_ids is not None else list(map(_ID, mine))
             n = len(ids) - ids.count("")
             if n:
                 blob = ENCODER.encode((ids, list(map(_SEQ, mine))))
@@ -474,9 +482,16 @@ class SqliteStore:
         # ts of the message at _first, when known: lets trim skip rooms with nothing expired.
         self._oldest_ts: dict[str, int] = {}
         self._pending: list[StoredMessage] = []  # appended, not yet durable
+        # How many runs of one room _pending holds (the room of the last append), and their
+        # text in characters: one room with little text is cut into records without a look
+        # at each message (flush), the common case of a busy room.
+        self._pending_runs = 0
+        self._pending_room: str | None = None
+        self._pending_text = 0
         # Durable in a segment, not yet indexed in SQLite: the messages, and per room the
         # places of their records (first, last, ts_max, (segment, pos, length)).
         self._journaled: list[StoredMessage] = []
+        self._journaled_room: str | None = None  # their one room (None: none, or several)
         self._unindexed: dict[str, list[tuple[int, int, int, Place]]] = {}
         # Per segment, how many of its records are alive, and their bytes (headers included).
         self._live: dict[int, int] = {}
@@ -642,6 +657,7 @@ class SqliteStore:
             self._first[room] = max(self._first[room], self._count_floor(messages[-1].seq))
             self._index_later(room, messages, place)
             self._journaled += messages
+            self._journaled_room = None  # not known: _sent_rows looks
             self._journaled_ids += map(_ID, messages)
             self._stored_ids.add_many([(m.sender_key, m.msg_id) for m in messages if m.msg_id])
         segments.release(leftovers)
@@ -737,6 +753,10 @@ class SqliteStore:
         text = message.text
         msg_id = message.msg_id
         self._pending.append(message)
+        if room != self._pending_room:
+            self._pending_room = room
+            self._pending_runs += 1
+        self._pending_text += len(text)
         # The tail, its cost counted and its place in the order of appends kept.
         cost = (len(text) if text.isascii() else 8 * len(text)) + 8 * len(msg_id)
         tail = self._tails.get(room)
@@ -775,17 +795,30 @@ class SqliteStore:
         if not pending:
             return
         # Nothing of this batch may be acknowledged if this raises: the server must stop.
-        parts = _parts(pending)
+        one_room = self._pending_room if self._pending_runs == 1 else None
+        if one_room is not None and self._pending_text <= CHUNK_TEXT_BYTES:
+            # As _parts would cut them, without a look at each message.
+            parts = [
+                (one_room, pending[i : i + CHUNK_MESSAGES])
+                for i in range(0, len(pending), CHUNK_MESSAGES)
+            ]
+        else:
+            parts = _parts(pending)
         places = self._segments_or_closed().append([ENCODER.encode(part) for _, part in parts])
         for (room, part), place in zip(parts, places, strict=True):
             self._index_later(room, part, place)
         self._stored_ids.added(len(pending))
         if self._next_ids is not None:
             self._next_ids.added(len(pending))
+        if self._journaled and one_room != self._journaled_room:
+            one_room = None
+        self._journaled_room = one_room
         self._journaled += pending
         self._journaled_ids += map(_ID, pending)
         self._appended_since_trim += len(pending)
         pending.clear()
+        self._pending_runs = self._pending_text = 0
+        self._pending_room = None
         if len(self._journaled) >= self._sync_rows:
             self._sync()
 
@@ -816,7 +849,12 @@ class SqliteStore:
         try:
             db.execute("BEGIN")
             db.executemany(_INSERT_RECORD, rows)
-            sent = _sent_rows(self._journaled, self._batch + 1)
+            sent = _sent_rows(
+                self._journaled,
+                self._batch + 1,
+                self._journaled_room is not None,
+                self._journaled_ids,
+            )
             db.executemany(_INSERT_SENT, sent)
             if self._new_rooms:
                 db.executemany(_INSERT_ROOM, [(room,) for room in self._new_rooms])
@@ -828,6 +866,7 @@ class SqliteStore:
         self._batch = max((row[1] for row in sent), default=self._batch + 1)
         self._unindexed.clear()
         self._journaled.clear()
+        self._journaled_room = None
         self._new_rooms.clear()
         self._journaled_ids.clear()
         self._maybes = 0
@@ -1194,6 +1233,8 @@ class SqliteStore:
         """Drop every unflushed append and let go of the files, as a `kill -9` would (the
         segments keep what was flushed but not yet indexed)."""
         self._pending.clear()
+        self._pending_runs = self._pending_text = 0
+        self._pending_room = None
         self._release()
 
     # -- internals -----------------------------------------------------------------------
