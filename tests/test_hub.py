@@ -4,6 +4,8 @@ hypothesis state machine against a simple model."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from hypothesis import given, settings
@@ -18,6 +20,8 @@ from hypothesis.stateful import (
 
 from chatctl.names import NICK_MAX, nick_problem, room_key
 from chatctl.protocol import (
+    HEADER,
+    HEADER_SIZE,
     Ack,
     Bye,
     ChangeNick,
@@ -40,6 +44,7 @@ from chatctl.protocol import (
     Tell,
     Welcome,
     Who,
+    decode_body,
     encode,
     encode_ack,
     encode_message,
@@ -284,6 +289,77 @@ def test_property_the_say_fast_path_answers_as_handle_does(says: list[tuple[int,
         assert fast.handle_say(cid, say, NOW) == slow.handle(cid, say, NOW)
         assert fast.last_cost == slow.last_cost
     assert fast.store.rooms() == slow.store.rooms()
+
+
+def frames(data: bytes) -> list[Event]:
+    """The events of whole frames, one after another."""
+    events = []
+    while data:
+        _, frame_type, _, length = HEADER.unpack_from(data)
+        events.append(decode_body(frame_type, data[HEADER_SIZE : HEADER_SIZE + length]))
+        data = data[HEADER_SIZE + length :]
+    return events
+
+
+def streams(deliveries: Sequence[Delivery], into: dict[int, bytes]) -> None:
+    """Add to `into` the bytes each connection receives from `deliveries`, in order."""
+    for d in deliveries:
+        for cid in d.to:
+            if cid != d.skip:
+                into[cid] = into.get(cid, b"") + d.data
+
+
+@given(SAYS)
+def test_property_a_run_of_says_answers_as_each_say_does(says: list[tuple[int, Say]]) -> None:
+    """The event loop hands a connection's Says of one read to handle_says: every connection
+    receives the same bytes in the same order as from handle_say called for each, and the
+    same is stored; the messages of one room and their Acks travel in one Delivery each."""
+    batched, _ = make_hub()
+    single, _ = make_hub()
+    for hub in (batched, single):
+        hello(hub, 1, "alice")
+        hello(hub, 2, "bob")
+        hub.handle(1, Join(room="dev"), NOW)  # the sender is a member: cut out of its own
+        hub.handle(2, Join(room="dev"), NOW)
+        hub.handle(2, Join(room="lobby"), NOW)
+    got: dict[int, bytes] = {}
+    want: dict[int, bytes] = {}
+    runs = [(cid, [say for _, say in run]) for cid, run in groupby(says, key=itemgetter(0))]
+    for cid, run in runs:
+        answers = batched.handle_says(cid, run, NOW)
+        streams(answers, got)
+        for say in run:
+            streams(single.handle_say(cid, say, NOW), want)
+        stored = [d for d in answers if d.data[2] == Ack.TYPE]
+        assert len(stored) <= len(run)
+    assert got == want
+    assert batched.store.rooms() == single.store.rooms()
+    for room in single.store.rooms():
+        # Each hub's sessions have tokens of their own: all else is the same.
+        assert [
+            (m.seq, m.sender, m.text, m.action, m.msg_id)
+            for m in batched.store.read(room, 0, 100).messages
+        ] == [
+            (m.seq, m.sender, m.text, m.action, m.msg_id)
+            for m in single.store.read(room, 0, 100).messages
+        ]
+
+
+def test_a_run_of_says_to_one_room_is_two_deliveries() -> None:
+    """Ten Says to one room: one Delivery of ten Messages to the room but the sender, and one
+    of ten Acks to the sender, in that order."""
+    hub, _ = make_hub()
+    hello(hub, 1, "alice")
+    hello(hub, 2, "bob")
+    hub.handle(1, Join(room="dev"), NOW)
+    hub.handle(2, Join(room="dev"), NOW)
+    says = [Say(msg_id=str(i), room="dev", text=f"m{i}") for i in range(10)]
+    [messages, acks] = hub.handle_says(1, says, NOW)
+    assert (sorted(messages.to), messages.skip) == ([1, 2], 1)
+    assert acks.to == (1,)
+    events = frames(messages.data + acks.data)
+    assert [e.text for e in events if isinstance(e, Message)] == [f"m{i}" for i in range(10)]
+    assert [e.msg_id for e in events if isinstance(e, Ack)] == [str(i) for i in range(10)]
 
 
 # -- the state machine -------------------------------------------------------------------------

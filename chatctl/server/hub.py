@@ -148,14 +148,15 @@ def check_now(check: Check) -> bool | str:
 
 
 class Delivery(msgspec.Struct, frozen=True, gc=False):
-    """`data`, one encoded frame, goes to every connection in `to` except `skip`.
+    """`data`, one encoded frame (or, from a SayRun, a run of Messages or of Acks), goes to
+    every connection in `to` except `skip`.
 
     Two are built for every message on the hot path: a msgspec Struct is built in C, about
     three times faster than a named tuple, and gc=False keeps the collector away (it holds
     ints, bytes and, at most, a Welcome or Bye: never a cycle). Build it positionally.
     `control` is the event of a Welcome or Bye (these change the connection's state, and
     the loop logs them), so that the loop needs neither to decode `data` nor to encode the
-    event again. `event` decodes `data` again, for tests.
+    event again. `event` decodes `data`'s first frame again, for tests.
     """
 
     to: Sequence[int]
@@ -170,6 +171,55 @@ class Delivery(msgspec.Struct, frozen=True, gc=False):
     @property
     def event(self) -> Event:
         return decode_body(self.data[2], self.data[HEADER_SIZE:])
+
+
+_NOTHING: list[Delivery] = []  # never appended to
+
+
+class SayRun:
+    """The answers to a run of one connection's Says, in order (Hub.handle_says): the frames
+    of consecutive messages stored in the same room are joined, their Messages into one
+    Delivery to the room (but the sender) and their Acks into one to the sender. The room's
+    other members and the sender see the same bytes in the same order as with a Delivery per
+    frame; any other answer (a refusal, a resend's Ack) closes the run first."""
+
+    __slots__ = ("_acks", "_cid", "_messages", "_room", "out")
+
+    def __init__(self, cid: int) -> None:
+        self._cid = cid
+        self.out: list[Delivery] = []
+        self._room: Room | None = None
+        self._messages: list[bytes] = []
+        self._acks: list[bytes] = []
+
+    def said(self, room: Room | None, message: bytes | None, ack: bytes) -> None:
+        """A message stored in `room` (None: a room nobody is in), its frame and its Ack."""
+        if room is not self._room:
+            self._close()
+            self._room = room
+        if message is not None:
+            self._messages.append(message)
+        self._acks.append(ack)
+
+    def add(self, deliveries: list[Delivery]) -> None:
+        """Answers that are not part of the run: after what the run holds so far."""
+        self._close()
+        self.out += deliveries
+
+    def close(self) -> list[Delivery]:
+        """Everything, in order."""
+        self._close()
+        return self.out
+
+    def _close(self) -> None:
+        if self._acks:
+            if self._messages:
+                assert self._room is not None
+                data = b"".join(self._messages)
+                self.out.append(Delivery(self._room.targets, data, self._cid))
+                self._messages = []
+            self.out.append(Delivery((self._cid,), b"".join(self._acks)))
+            self._acks = []
 
 
 def deliver(to: Sequence[int], event: Event, skip: int = -1) -> Delivery:
@@ -438,6 +488,23 @@ class Hub:
         if session is None:
             return []
         return self._say(session, say, now_ms)
+
+    def handle_says(self, cid: int, says: list[Say], now_ms: int) -> list[Delivery]:
+        """`handle_say` for each of `says` (Says without a rid, in the order they came from
+        `cid`), answered by the same frames in the same order for every connection. A run of
+        them stored in one room goes out as one Delivery of their Messages and one of their
+        Acks, not two per message: at 1 -> 1 the deliveries cost as much as the rest of the
+        message (docs/architecture.md, "Cost of a message")."""
+        self.last_cost = 1.0
+        session = self.sessions.get(cid)
+        if session is None:
+            return []
+        run = SayRun(cid)
+        for say in says:
+            refused = self._say(session, say, now_ms, run)
+            if refused:
+                run.add(refused)
+        return run.close()
 
     def disconnect(
         self, cid: int, reason: str, now_ms: int, *, clean: bool = False
@@ -791,7 +858,9 @@ class Hub:
             ]
         return None
 
-    def _say(self, session: Session, say: Say, now_ms: int) -> list[Delivery]:
+    def _say(
+        self, session: Session, say: Say, now_ms: int, run: SayRun | None = None
+    ) -> list[Delivery]:
         cid = session.cid
         name = self._room_names.get(say.room)
         if name is None:
@@ -836,7 +905,16 @@ class Hub:
         if self.propose is not None:  # a node of a cluster: the shared log decides (see there)
             return self.propose(session, name, say, now_ms)
         return self._commit_say(
-            name, now_ms, session.nick, text, say.action, session.sender_key, msg_id, cid, say.rid
+            name,
+            now_ms,
+            session.nick,
+            text,
+            say.action,
+            session.sender_key,
+            msg_id,
+            cid,
+            say.rid,
+            run,
         )
 
     def _resent(
@@ -867,9 +945,11 @@ class Hub:
         msg_id: str,
         cid: int,
         rid: str,
+        run: SayRun | None = None,
     ) -> list[Delivery]:
         """Store a message as the room's next one and deliver it to the room's members but
-        `cid`, with an Ack to `cid` (none for `cid` -1: a message of another node)."""
+        `cid`, with an Ack to `cid` (none for `cid` -1: a message of another node). With
+        `run`, the two frames join it instead (and nothing is returned)."""
         room = self.rooms.get(name)
         seq = self.store.head(name) + 1
         # Positional: a named tuple builds about twice as fast without keywords.
@@ -879,10 +959,13 @@ class Hub:
         else:
             members = room.members
             recipients = len(members) - (cid in members) + len(room.remote)
+        message = None if room is None else encode_message(name, seq, ts, nick, text, action)
+        if run is not None:
+            run.said(room, message, encode_ack(msg_id, ts, recipients, name, seq, rid))
+            return _NOTHING
         out = []
         if room is not None:
-            message = encode_message(name, seq, ts, nick, text, action)
-            out.append(Delivery(room.targets, message, cid))
+            out.append(Delivery(room.targets, message, cid))  # type: ignore[arg-type]
         if cid >= 0:
             out.append(Delivery((cid,), encode_ack(msg_id, ts, recipients, name, seq, rid)))
         return out

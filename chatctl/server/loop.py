@@ -524,68 +524,93 @@ class Server:
         replay_room = self.config.max_output // 2
         order = None if self.cluster is None else self.cluster.order
         waiting = None if order is None else order.waiting
-        for _ in range(FRAMES_PER_TURN):
-            if (
-                waiting
-                and peer.cid in waiting
-                and (conn.next_frame_type() != Say.TYPE or not peer.welcomed)
-            ):
-                # A node of a cluster answers in order: what follows a request still on its
-                # way through the log waits for its answer (answers.py), but a welcomed
-                # connection's Says (their answers are held behind it).
-                if conn.buffered > HELD_INPUT_MAX:
-                    self._end(peer, ErrorCode.FLOODING, "flooding while its messages were stored")
-                else:
-                    order.stalled(peer.cid, peer)  # type: ignore[union-attr]
-                return
-            event = conn.next_event()
-            if event is NEED_DATA:
-                return
-            # Only whole frames count as life: a client dribbling bytes still goes idle.
-            peer.last_recv = now
-            peer.pinged = False
-            kind = type(event)
-            if kind is Bye:
-                reason = clip_reason(event.reason)  # type: ignore[attr-defined]
-                self._end(peer, None, reason or "quit", clean=True)
-                return
-            if kind is ConnectionClosed:
-                self._end(peer, None, "connection lost")
-                return
-            if meter is not None and kind is not Hello:
-                verdict = meter.take(now)
-                if verdict:
-                    self._over_rate(peer, event, verdict)
-                    if peer.ended:
-                        return
+        # A standalone server hands the hub a run of Says at once (Hub.handle_says): before
+        # anything else the connection sent after them, and before this returns.
+        says: list[Say] | None = [] if order is None else None
+        try:
+            for _ in range(FRAMES_PER_TURN):
+                if (
+                    waiting
+                    and peer.cid in waiting
+                    and (conn.next_frame_type() != Say.TYPE or not peer.welcomed)
+                ):
+                    # A node of a cluster answers in order: what follows a request still on its
+                    # way through the log waits for its answer (answers.py), but a welcomed
+                    # connection's Says (their answers are held behind it).
+                    if conn.buffered > HELD_INPUT_MAX:
+                        self._end(
+                            peer, ErrorCode.FLOODING, "flooding while its messages were stored"
+                        )
+                    else:
+                        order.stalled(peer.cid, peer)  # type: ignore[union-attr]
+                    return
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    return
+                # Only whole frames count as life: a client dribbling bytes still goes idle.
+                peer.last_recv = now
+                peer.pinged = False
+                kind = type(event)
+                if says is not None:
+                    if kind is Say and not event.rid:  # type: ignore[attr-defined]
+                        verdict = meter.take(now) if meter is not None else Verdict.PASS
+                        if not verdict:
+                            says.append(event)  # type: ignore[arg-type]
+                            continue
+                    if says:  # what came after them is answered after them
+                        self._dispatch(hub.handle_says(peer.cid, says, now_ms))
+                        says.clear()
+                        if peer.ended:
+                            return
+                    if kind is Say and not event.rid:  # type: ignore[attr-defined]
+                        self._over_rate(peer, event, verdict)
+                        if peer.ended:
+                            return
+                        continue
+                if kind is Bye:
+                    reason = clip_reason(event.reason)  # type: ignore[attr-defined]
+                    self._end(peer, None, reason or "quit", clean=True)
+                    return
+                if kind is ConnectionClosed:
+                    self._end(peer, None, "connection lost")
+                    return
+                if meter is not None and kind is not Hello:
+                    verdict = meter.take(now)
+                    if verdict:
+                        self._over_rate(peer, event, verdict)
+                        if peer.ended:
+                            return
+                        continue
+                if kind is Ping:
+                    self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]
                     continue
-            if kind is Ping:
-                self._enqueue(peer, encode(Pong(token=event.token)))  # type: ignore[attr-defined]
-                continue
-            if kind is Pong:
-                continue
-            if kind is Say and not event.rid:  # type: ignore[attr-defined]
-                deliveries = hub.handle_say(peer.cid, event, now_ms)  # type: ignore[arg-type]
-            elif kind is Hello:
-                origin = Origin(peer.addr, self._secure(peer), peer.client.key)
-                deliveries = hub.handle(peer.cid, event, now_ms, origin=origin)
-            elif kind is History or kind is Join:
-                # A replay is cut to what the connection's queue can still take, before any
-                # of it is read: a pipeline of big requests cannot make its own reader huge.
-                room = max(replay_room - peer.out_size, 0)
-                deliveries = hub.handle(peer.cid, event, now_ms, replay_room=room)
-            else:
-                deliveries = hub.handle(peer.cid, event, now_ms)
-            if meter is not None and hub.last_cost > 1.0:
-                meter.charge(now, hub.last_cost - 1.0)
-            if waiting and deliveries and peer.cid in waiting:
-                deliveries = order.hold(peer.cid, deliveries)  # type: ignore[union-attr]
-            self._dispatch(deliveries)
-            if peer.ended:
-                return
-            if hub.pending and peer.cid in hub.pending:
-                peer.paused = True  # until its password is checked (_drain_wakeup)
-                return
+                if kind is Pong:
+                    continue
+                if kind is Say and not event.rid:  # type: ignore[attr-defined]
+                    deliveries = hub.handle_say(peer.cid, event, now_ms)  # type: ignore[arg-type]
+                elif kind is Hello:
+                    origin = Origin(peer.addr, self._secure(peer), peer.client.key)
+                    deliveries = hub.handle(peer.cid, event, now_ms, origin=origin)
+                elif kind is History or kind is Join:
+                    # A replay is cut to what the connection's queue can still take, before any
+                    # of it is read: a pipeline of big requests cannot make its own reader huge.
+                    room = max(replay_room - peer.out_size, 0)
+                    deliveries = hub.handle(peer.cid, event, now_ms, replay_room=room)
+                else:
+                    deliveries = hub.handle(peer.cid, event, now_ms)
+                if meter is not None and hub.last_cost > 1.0:
+                    meter.charge(now, hub.last_cost - 1.0)
+                if waiting and deliveries and peer.cid in waiting:
+                    deliveries = order.hold(peer.cid, deliveries)  # type: ignore[union-attr]
+                self._dispatch(deliveries)
+                if peer.ended:
+                    return
+                if hub.pending and peer.cid in hub.pending:
+                    peer.paused = True  # until its password is checked (_drain_wakeup)
+                    return
+        finally:
+            if says:
+                self._dispatch(hub.handle_says(peer.cid, says, now_ms))
         peer.more_input = True  # its share of this turn is used: the rest in the next one
         self._more_input.append(peer)
 
