@@ -7,6 +7,7 @@ import socket
 from chatctl.errors import ExitCode
 from chatctl.protocol import (
     Ack,
+    Bye,
     ChangeNick,
     DirectMessage,
     Error,
@@ -224,3 +225,18 @@ def test_pipelined_frames_keep_their_order_for_every_member() -> None:
         assert got == lobby_only
         acks = [bob.wait_for(Ack).msg_id for _ in range(5)]
         assert acks == ["1", "2", "3", "4", "5"]
+
+
+def test_says_and_a_bye_in_one_write_are_all_stored_and_acknowledged() -> None:
+    """The loop hands a run of Says to the hub at once: a Bye right behind them in the same
+    read must not overtake them (they are stored, delivered and acknowledged first)."""
+    with running_server(rate=0) as (host, port):
+        alice = Client.connect(host, port, "alice", "lobby")
+        bob = Client.connect(host, port, "bob", "lobby")
+        alice.wait_for(Notice, lambda n: n.nick == "bob")
+        says = [Say(msg_id=str(i), room="lobby", text=f"m{i}") for i in range(3)]
+        bob.send_raw(b"".join(encode(frame) for frame in [*says, Bye(reason="done")]))
+        assert [alice.wait_for(Message).text for _ in says] == ["m0", "m1", "m2"]
+        assert [bob.wait_for(Ack).msg_id for _ in says] == ["0", "1", "2"]
+        left = alice.wait_for(Notice, lambda n: n.nick == "bob" and n.kind != "joined")
+        assert left.reason == "done"
