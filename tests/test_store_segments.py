@@ -12,7 +12,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chatctl.store import segments, sqlite
@@ -335,3 +335,46 @@ def test_scan_refuses_a_record_cut_short_before_the_last_segment(
                 assert str(caught.value) == f"{path} is damaged at byte {at} (a record cut short)"
         finally:
             files.close()
+
+
+SIZES = st.sampled_from([1, 300, 9000])  # characters of text past the seq
+BATCHES = st.lists(
+    st.one_of(
+        st.builds(
+            lambda room, sizes: [(room, size) for size in sizes],
+            st.sampled_from(ROOMS),
+            st.lists(SIZES, min_size=1, max_size=600),
+        ),
+        st.lists(st.tuples(st.sampled_from(ROOMS), SIZES), min_size=1, max_size=600),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(BATCHES)
+@example([[("lobby", 9000)] * 10, [("dev", 1)] * 300, [("dev", 1), ("lobby", 1)]])
+def test_property_each_flush_writes_the_records_parts_cuts(
+    batches: list[list[tuple[str, int]]],
+) -> None:
+    """A flush of one room's messages skips _parts when their text is small (its own count of
+    runs and text): the records written must be exactly those _parts makes of the batch,
+    whatever the mix of rooms and text sizes (past CHUNK_MESSAGES, past CHUNK_TEXT_BYTES)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "d", sync_rows=1 << 30)
+        heads = dict.fromkeys(ROOMS, 0)
+        want: list[tuple[str, list[StoredMessage]]] = []
+        for batch in batches:
+            pending = []
+            for room, size in batch:
+                heads[room] += 1
+                text = f"{heads[room]} " + "x" * size
+                pending.append(StoredMessage(room, heads[room], 1, "ann", text, False, "k", ""))
+            for m in pending:
+                store.append(m)
+            want += sqlite._parts(pending)
+            store.flush()
+        found, note = store._segments_or_closed().scan(1, 0)
+        store.close()
+    assert note == ""
+    assert [(messages[0].room, messages) for _, messages in found] == want

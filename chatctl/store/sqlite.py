@@ -337,7 +337,13 @@ def _sent_rows(
             ids = all_ids if mine is messages and all_ids is not None else list(map(_ID, mine))
             n = len(ids) - ids.count("")
             if n:
-                blob = ENCODER.encode((ids, list(map(_SEQ, mine))))
+                # A room's seqs only grow: as many as their span, they are all of them.
+                first, last = mine[0].seq, mine[-1].seq
+                if last - first + 1 == len(mine):
+                    seqs = list(range(first, last + 1))
+                else:
+                    seqs = list(map(_SEQ, mine))
+                blob = ENCODER.encode((ids, seqs))
                 hashed = key_hash(key)
                 later = taken.get((hashed, room), 0)
                 taken[hashed, room] = later + 1
