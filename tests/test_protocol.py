@@ -335,6 +335,82 @@ def test_property_garbage_yields_events_or_remote_errors(
         assert isinstance(exc.code, p.ErrorCode)
 
 
+def _frames_a_client_sends() -> st.SearchStrategy[bytes]:
+    """A ready client's frames, Says without a rid most of all (the ones next_says takes),
+    sometimes damaged: a byte changed anywhere (header or body), or a frame cut short."""
+    say = st.builds(
+        p.Say,
+        msg_id=st.text(max_size=8),
+        room=st.sampled_from(["lobby", "dev", "bad room", ""]),
+        text=st.text(max_size=12),  # non-ASCII too
+        action=st.booleans(),
+    )
+    frame = st.one_of(say, say, say, client_ready_events, st.just(p.Bye(reason="done")))
+    frames = st.lists(frame.map(p.encode), max_size=10).map(b"".join)
+    damage = st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=2)
+
+    def apply(stream: bytes, edits: list[tuple[int, int]], cut: int) -> bytes:
+        out = bytearray(stream)
+        for pos, value in edits:
+            if out:
+                out[pos % len(out)] = value
+        return bytes(out[: len(out) - cut % 4])
+
+    return st.builds(apply, frames, damage, st.integers(min_value=0))
+
+
+def _taken(conn: p.Connection, chunks: list[bytes], says_first: bool) -> list[object]:
+    """What `conn` yields from `chunks`: its events, then the error that ended them (its
+    type, text and code), through next_event alone or next_says before each next_event."""
+    out: list[object] = []
+    try:
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            while True:
+                if says_first:
+                    says = conn.next_says(3)
+                    if says:
+                        assert len(says) <= 3 and not any(say.rid for say in says)
+                        out.extend(says)
+                        continue
+                event = conn.next_event()
+                if event is p.NEED_DATA:
+                    break
+                out.append(event)
+    except p.RemoteProtocolError as exc:
+        out.append((type(exc), str(exc), exc.code))
+    return out
+
+
+_BAD_UTF8_SAY = b'{"msg_id":"a","room":"lobby","text":"hi","x":"\xff"}'  # in a skipped field
+
+
+@given(_frames_a_client_sends(), st.lists(st.integers(min_value=0), max_size=6))
+@example(p.HEADER.pack(p.MAGIC, p.Say.TYPE, 0, len(_BAD_UTF8_SAY)) + _BAD_UTF8_SAY, [])
+def test_property_next_says_takes_what_next_event_would(data: bytes, cuts: list[int]) -> None:
+    """The server takes runs of Says with next_says: the same events, in the same order, and
+    the same error at the same point as next_event alone, however the bytes arrive."""
+    chunks = _chunked(data, cuts)
+    _, one_by_one = ready_pair()
+    _, in_runs = ready_pair()
+    assert _taken(in_runs, chunks, True) == _taken(one_by_one, chunks, False)
+    assert in_runs.state is one_by_one.state
+
+
+def test_next_says_leaves_a_say_with_a_rid_and_other_frames_to_next_event() -> None:
+    _, server = ready_pair()
+    plain = [p.Say(msg_id=str(i), room="lobby", text="hi") for i in range(3)]
+    asked = p.Say(msg_id="3", room="lobby", text="hi", rid="r1")
+    server.receive_data(b"".join(map(p.encode, [*plain, asked, p.Ping(token=7), *plain])))
+    assert server.next_says(2) == plain[:2]
+    assert server.next_says(5) == plain[2:]
+    assert server.next_says(5) == []
+    assert server.next_event() == asked
+    assert server.next_says(5) == []
+    assert server.next_event() == p.Ping(token=7)
+    assert server.next_says(5) == plain
+
+
 @given(st.integers(min_value=1025, max_value=2**32 - 1), st.sampled_from(ALL_FRAME_CLASSES))
 def test_property_oversized_frames_fail_on_the_header(length: int, cls: type[p.Event]) -> None:
     server = p.Connection(p.Role.SERVER, max_frame_size=1024)

@@ -224,6 +224,13 @@ def test_flooder_is_rate_limited_then_disconnected() -> None:
         assert bye is not None and bye.code == ErrorCode.FLOODING
         codes = {getattr(e, "code", None) for e in flooder.seen}
         assert ErrorCode.RATE_LIMITED in codes
+        # In the order sent: the Acks of the burst, then the first refusal (the loop hands
+        # the hub runs of Says, and answers a refused one after those before it).
+        answers = [e for e in flooder.seen if isinstance(e, (Ack, Error))]
+        first_refused = next(i for i, e in enumerate(answers) if type(e) is Error)
+        assert [e.msg_id for e in answers[: first_refused + 1]] == [
+            str(i) for i in range(first_refused + 1)
+        ]
         dropped = alice.wait_for(Notice, lambda n: n.kind == "dropped")
         assert dropped.nick == "flooder" and "flood" in dropped.reason
         spam = [e for e in alice.seen if type(e) is Message and e.sender == "flooder"]

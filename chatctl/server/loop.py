@@ -60,6 +60,7 @@ from chatctl.server.admission import (
     FD_RESERVE,
     REFUSED_LINGER_MAX,
     Admission,
+    RateMeter,
     Refusals,
     Refused,
     Verdict,
@@ -527,8 +528,21 @@ class Server:
         # A standalone server hands the hub a run of Says at once (Hub.handle_says): before
         # anything else the connection sent after them, and before this returns.
         says: list[Say] | None = [] if order is None else None
+        budget = FRAMES_PER_TURN
         try:
-            for _ in range(FRAMES_PER_TURN):
+            while budget > 0:
+                if says is not None:
+                    run = conn.next_says(budget)
+                    if run:
+                        budget -= len(run)
+                        peer.last_recv = now
+                        peer.pinged = False
+                        if meter is None:
+                            says += run
+                        elif self._metered_says(peer, run, says, meter, now_ms):
+                            return  # it ended
+                        continue
+                budget -= 1
                 if (
                     waiting
                     and peer.cid in waiting
@@ -553,20 +567,17 @@ class Server:
                 kind = type(event)
                 if says is not None:
                     if kind is Say and not event.rid:  # type: ignore[attr-defined]
-                        verdict = meter.take(now) if meter is not None else Verdict.PASS
-                        if not verdict:
+                        # One next_says passed over (the state was being looked up anew).
+                        if meter is None:
                             says.append(event)  # type: ignore[arg-type]
-                            continue
+                        elif self._metered_says(peer, [event], says, meter, now_ms):  # type: ignore[list-item]
+                            return
+                        continue
                     if says:  # what came after them is answered after them
                         self._dispatch(hub.handle_says(peer.cid, says, now_ms))
                         says.clear()
                         if peer.ended:
                             return
-                    if kind is Say and not event.rid:  # type: ignore[attr-defined]
-                        self._over_rate(peer, event, verdict)
-                        if peer.ended:
-                            return
-                        continue
                 if kind is Bye:
                     reason = clip_reason(event.reason)  # type: ignore[attr-defined]
                     self._end(peer, None, reason or "quit", clean=True)
@@ -613,6 +624,26 @@ class Server:
                 self._dispatch(hub.handle_says(peer.cid, says, now_ms))
         peer.more_input = True  # its share of this turn is used: the rest in the next one
         self._more_input.append(peer)
+
+    def _metered_says(
+        self, peer: Peer, run: list[Say], says: list[Say], meter: RateMeter, now_ms: int
+    ) -> bool:
+        """Add the Says of `run` the rate meter lets through to `says`; one it refuses is
+        answered after the Says before it. Whether that ended the connection."""
+        now = self._now
+        for say in run:
+            verdict = meter.take(now)
+            if not verdict:
+                says.append(say)
+                continue
+            if says:
+                assert self.hub is not None
+                self._dispatch(self.hub.handle_says(peer.cid, says, now_ms))
+                says.clear()
+            self._over_rate(peer, say, verdict)
+            if peer.ended:
+                return True
+        return False
 
     @staticmethod
     def _secure(peer: Peer) -> bool:
