@@ -457,7 +457,7 @@ class SqliteStore:
         sync_rows: int = 8192,
         trim_batch: int = 20_000,
         filter_floor: int = 1 << 20,
-        filter_chunk: int = 50_000,
+        filter_chunk: int = 32_768,
         resend_window: int = RESEND_WINDOW,
     ) -> None:
         self.directory = Path(directory)
@@ -827,6 +827,12 @@ class SqliteStore:
         self._pending_room = None
         if len(self._journaled) >= self._sync_rows:
             self._sync()
+            # Under load the filter fills faster than trim() (every few seconds) could
+            # rebuild it: each indexing moves a rebuild on, by a chunk (see there).
+            try:
+                self._refresh_ids(self._connection())
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read history in {self.directory}: {exc}") from None
 
     def _index_later(self, room: str, part: list[StoredMessage], place: Place) -> None:
         """Note the record `part` of `room`, written at `place`, for the next _sync."""
@@ -1179,20 +1185,26 @@ class SqliteStore:
     def _filter_capacity(self, stored: int) -> int:
         """A resend filter's first layer: room for as many ids as it may take before it is
         replaced (see _refresh_ids), so that it rarely needs a second layer, which every
-        lookup would also ask (a cache miss more a message)."""
-        return max(4 * stored, self._filter_floor) + (1 << 16)
+        lookup would also ask (a cache miss more a message): 4 times the stored ids, and
+        what comes in while its successor is built (a chunk of the stored ones scanned for
+        every sync_rows new ones: at most stored / 4 at the defaults)."""
+        return max(4 * stored, self._filter_floor) + stored // 2 + (1 << 16)
 
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
         """Retention never takes ids out of the resend filter, so a busy server's filter would
         grow for ever: once it has taken 4 times the stored messages, build a successor from
-        `sent` in key order, about `filter_chunk` ids per trim() call (whole rows: a row holds
-        at most a move's worth), while new ids go into both; then swap. Rows written during
-        the scan went into the successor already."""
+        `sent` in key order, about `filter_chunk` ids per call (whole rows: a row holds at
+        most a move's worth), while new ids go into both; then swap. Rows written during the
+        scan went into the successor already. Called after every indexing (so a rebuild keeps
+        ahead of the new ids at any load: before, at one chunk per trim() every 5 s, a server
+        at full speed took more new ids than it scanned, and every lookup asked two or three
+        layers and the successor's adds, a cache miss each) and by trim() (when it is quiet).
+        Everything flushed is indexed when it is called: the scan sees every stored id."""
         if self._next_ids is None:
             stored = sum(head - self._kept[room] + 1 for room, head in self._heads.items())
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
                 return
-            # trim() has just moved every journaled row into SQLite: the scan sees them all.
+            # Everything journaled was just indexed (trim, or the sync in flush): the scan sees it.
             self._next_ids = IdFilter(self._filter_capacity(stored))
             self._scan_from = (-1, 0, "")
         assert self._scan_from is not None
