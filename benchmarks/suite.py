@@ -46,7 +46,8 @@ TARGETS = {
 }
 NOTES = {
     "chatctl-sqlite": "`chatctl serve` with a data directory (the default SQLite store), "
-    "started by the suite with the bench's own server settings otherwise",
+    "started by the suite with the bench's own server settings otherwise (in the fan-out "
+    "section, a fresh one every round, as the bench starts chatctl's `:memory:` server)",
     "ngircd": "ngircd with benchmarks/ircd.py's configuration (penalties off)",
     "miniircd": "miniircd (Python, no flood control)",
 }
@@ -246,7 +247,14 @@ def _fanout(
             ]
             if rnd == 0:
                 cmds.append(_cmd(args))
-            data = _bench(args, ports)
+            if kind == "chatctl-sqlite" and ports.get(kind) is not None:
+                # A fresh data directory every round, as the bench starts a fresh `:memory:`
+                # server for "chatctl" every round: the two stores from the same start, not
+                # one fresh and one holding every earlier run's history.
+                with _chatctl_sqlite() as port:
+                    data = _bench(args, {**ports, kind: port})
+            else:
+                data = _bench(args, ports)
             for n, run in zip(subscribers, data["runs"] if data else [], strict=False):
                 table[kind].setdefault(n, []).append(run)
     cpu_rows = []
