@@ -568,9 +568,10 @@ class Server:
                 if says is not None:
                     if kind is Say and not event.rid:  # type: ignore[attr-defined]
                         # One next_says passed over (the state was being looked up anew).
+                        say: Say = event  # type: ignore[assignment]
                         if meter is None:
-                            says.append(event)  # type: ignore[arg-type]
-                        elif self._metered_says(peer, [event], says, meter, now_ms):  # type: ignore[list-item]
+                            says.append(say)
+                        elif self._metered_says(peer, [say], says, meter, now_ms):
                             return
                         continue
                     if says:  # what came after them is answered after them

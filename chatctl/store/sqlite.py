@@ -41,9 +41,9 @@ an upper bound of what a tail holds (tracemalloc measures 40-95% of it; `_messag
 why 8). Past the budget, the tails of the rooms least recently appended to are dropped whole:
 their reads go to SQL, and the next append starts a new tail. Beside those, the `_oldest_ts`
 cache holds at most OLDEST_TS_MAX rooms, the messages not yet indexed (and their records'
-places) at most `sync_rows` messages, the resend filter up to ~13 bytes per stored id (2.9 MB at
-least; twice that while its successor is built), and SQLite's page cache 16 MiB. So 10,000 rooms cost ~2 MiB plus at most 32 MiB of
-tails, whatever is said in them.
+places) at most `sync_rows` messages, the resend filter up to ~13 bytes per stored id (2.9 MB
+at least; twice that while its successor is built), and SQLite's page cache 16 MiB. So 10,000
+rooms cost ~2 MiB plus at most 32 MiB of tails, whatever is said in them.
 
 Retention: the count limit takes effect at once (a read past it reports the gap, exactly as
 MemoryStore does), the age limit when `trim` runs; either way records leave only in `trim`
