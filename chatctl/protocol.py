@@ -828,9 +828,13 @@ class Connection:
         while len(says) < limit and size - pos >= HEADER_SIZE:
             magic, frame_type, flags, length = _unpack_header(buf, pos)
             end = pos + HEADER_SIZE + length
-            if frame_type != Say.TYPE or magic != MAGIC or flags or length > max_frame:
-                break
-            if end > size:
+            if (
+                frame_type != Say.TYPE
+                or magic != MAGIC
+                or flags
+                or length > max_frame
+                or end > size
+            ):
                 break
             body = buf[pos + HEADER_SIZE : end]
             try:

@@ -23,10 +23,9 @@ class IdFilter:
     64-byte block, so an add or a lookup touches one cache line, where a classic filter
     touches one per probe (12 at this rate). On the server at full speed, beside everything
     else in the cache, rbloom's classic filter cost ~1.2 us a message (an add and a lookup
-    per layer; A/B against no filter), this one ~0.4. The
-    store adds on its hot path through `add`, the newest layer's own method (no Python
-    call in between), and says how many it added with `added`, which grows the filter
-    (and so rebinds `add`)."""
+    per layer; A/B against no filter), this one ~0.4. The store adds on its hot path
+    through `add`, the newest layer's own method (no Python call in between), and says how
+    many it added with `added`, which grows the filter (and so rebinds `add`)."""
 
     FALSE_POSITIVES = 0.0002
     GROWTH = 4

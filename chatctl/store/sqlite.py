@@ -53,10 +53,10 @@ of the files, and a file with nothing alive is deleted. The `rooms` table keeps 
 head so that sequence numbers continue after everything was trimmed or the server restarted.
 
 Resends (`find`): a Bloom filter of every stored id says for certain when an id is new; a
-"maybe" looks among the messages not yet indexed (a dict, built then), then reads SQL: the
-sender's `sent` rows, newest first, until RESEND_WINDOW of its ids were looked at (the
-protocol promises that window, docs/protocol.md), each row's ids tested with one substring
-search before it is decoded.
+"maybe" looks among the messages not yet indexed (their ids searched in C, or through a dict
+once many "maybe"s come), then reads SQL: the sender's `sent` rows, newest first, until
+RESEND_WINDOW of its ids were looked at (the protocol promises that window, docs/protocol.md),
+each row's ids tested with one substring search before it is decoded.
 
 The files are segments.py's, the resend filter idfilter.py's, and the journal of schemas 5
 and 6 is read by journal.py; what stays here is one cohesive thing, the Store interface over
@@ -387,6 +387,11 @@ def _chunk(room: str, body: bytes) -> list[StoredMessage]:
 def _ids(blob: bytes) -> tuple[list[str], list[int]]:
     """The msg_ids of a `sent` row ("" for a message without one) and their seqs."""
     return _IDS.decode(blob)
+
+
+def _id_pairs(sender_key: str, blob: bytes) -> list[tuple[str, str]]:
+    """A `sent` row's ids as the resend filter takes them: (sender_key, msg_id) pairs."""
+    return list(zip(itertools.repeat(sender_key), filter(None, _ids(blob)[0])))
 
 
 def _old_ids(blob: bytes) -> bytes:
@@ -733,7 +738,7 @@ class SqliteStore:
         self._stored_ids = IdFilter(self._filter_capacity(count))
         for key, blob in db.execute("SELECT sender_key, ids FROM sent"):  # row by row: the
             # ids of a whole database at once would take ~10 times the filter's memory
-            self._stored_ids.add_many(list(zip(itertools.repeat(key), filter(None, _ids(blob)[0]))))
+            self._stored_ids.add_many(_id_pairs(key, blob))
         (batch,) = db.execute("SELECT max(batch) FROM sent").fetchone()
         self._batch = batch or 0
 
@@ -822,9 +827,7 @@ class SqliteStore:
         self._journaled += pending
         self._journaled_ids += map(_ID, pending)
         self._appended_since_trim += len(pending)
-        pending.clear()
-        self._pending_runs = self._pending_text = 0
-        self._pending_room = None
+        self._clear_pending()
         if len(self._journaled) >= self._sync_rows:
             self._sync()
             # Under load the filter fills faster than trim() (every few seconds) could
@@ -1187,7 +1190,7 @@ class SqliteStore:
         replaced (see _refresh_ids), so that it rarely needs a second layer, which every
         lookup would also ask (a cache miss more a message): 4 times the stored ids, and
         what comes in while its successor is built (a chunk of the stored ones scanned for
-        every sync_rows new ones: at most stored / 4 at the defaults)."""
+        every sync_rows new ones: at most stored / 4 at the defaults; room for twice that)."""
         return max(4 * stored, self._filter_floor) + stored // 2 + (1 << 16)
 
     def _refresh_ids(self, db: sqlite3.Connection) -> None:
@@ -1195,11 +1198,10 @@ class SqliteStore:
         grow for ever: once it has taken 4 times the stored messages, build a successor from
         `sent` in key order, about `filter_chunk` ids per call (whole rows: a row holds at
         most a move's worth), while new ids go into both; then swap. Rows written during the
-        scan went into the successor already. Called after every indexing (so a rebuild keeps
-        ahead of the new ids at any load: before, at one chunk per trim() every 5 s, a server
-        at full speed took more new ids than it scanned, and every lookup asked two or three
-        layers and the successor's adds, a cache miss each) and by trim() (when it is quiet).
-        Everything flushed is indexed when it is called: the scan sees every stored id."""
+        scan went into the successor already. Called after every indexing, so that a rebuild
+        keeps ahead of the new ids at any load (trim() alone, every few seconds, fell behind
+        a server at full speed: lookups then ask more layers), and by trim(). Everything
+        flushed is indexed when it is called: the scan sees every stored id."""
         if self._next_ids is None:
             stored = sum(head - self._kept[room] + 1 for room, head in self._heads.items())
             if self._stored_ids.count <= max(4 * stored, self._filter_floor):
@@ -1217,7 +1219,7 @@ class SqliteStore:
         budget = self._filter_chunk
         try:
             for hashed, batch, room, key, n, blob in rows:
-                add_many(list(zip(itertools.repeat(key), filter(None, _ids(blob)[0]))))
+                add_many(_id_pairs(key, blob))
                 self._scan_from = (hashed, batch, room)
                 budget -= n
                 if budget <= 0:
@@ -1250,12 +1252,15 @@ class SqliteStore:
     def crash(self) -> None:
         """Drop every unflushed append and let go of the files, as a `kill -9` would (the
         segments keep what was flushed but not yet indexed)."""
-        self._pending.clear()
-        self._pending_runs = self._pending_text = 0
-        self._pending_room = None
+        self._clear_pending()
         self._release()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _clear_pending(self) -> None:
+        self._pending.clear()
+        self._pending_runs = self._pending_text = 0
+        self._pending_room = None
 
     def _count_floor(self, head: int) -> int:
         """The lowest seq the count limit keeps when the room's head is `head`."""
